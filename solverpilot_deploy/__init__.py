@@ -1,0 +1,3 @@
+"""Render, lint and deploy the SolverPilot job wrapper."""
+
+__version__ = "0.1.0"

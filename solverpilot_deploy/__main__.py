@@ -1,0 +1,3 @@
+from solverpilot_deploy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""The errors sp-deploy knows how to report: one line each, with an exit code."""
+
+from __future__ import annotations
+
+
+class DeployError(Exception):
+    """Base of every error the CLI reports as one line; ``exit_code`` is what it exits with."""
+
+    exit_code = 1
+
+
+class UsageError(DeployError):
+    """The command line asked for something that does not exist (e.g. an unknown profile)."""
+
+    exit_code = 2
+
+
+class ProfileError(DeployError):
+    """A profile data file is missing a field or cannot be parsed."""
+
+
+class OutputError(DeployError):
+    """A rendered file could not be written; nothing was left half-written."""
+
+
+class ToolMissingError(DeployError):
+    """An external tool (shellcheck) is not installed."""

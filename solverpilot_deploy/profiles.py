@@ -1,0 +1,63 @@
+"""Distro profiles: one TOML data file per target under templates/profiles/."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from solverpilot_deploy.errors import ProfileError, UsageError
+from solverpilot_deploy.resources import templates_dir
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What differs between target distros; everything else lives in the one template."""
+
+    name: str
+    description: str
+    targets: str
+    os_ids: tuple[str, ...]
+    install_hint: str
+    min_bash: str
+    min_sqlite: str
+    userland: str
+
+
+def profiles_dir() -> Path:
+    return templates_dir() / "profiles"
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
+
+
+def _parse(path: Path) -> Profile:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"cannot read profile {path.name}: {exc}") from exc
+    wanted = {f.name for f in fields(Profile)}
+    missing, unknown = wanted - data.keys(), data.keys() - wanted
+    if missing or unknown:
+        raise ProfileError(
+            f"profile {path.name}: missing {sorted(missing)}, unknown {sorted(unknown)}"
+        )
+    if data["name"] != path.stem:
+        raise ProfileError(f"profile {path.name} names itself {data['name']!r}")
+    if data["userland"] not in ("gnu", "busybox"):
+        raise ProfileError(f"profile {path.name}: userland must be 'gnu' or 'busybox'")
+    data["os_ids"] = tuple(data["os_ids"])
+    return Profile(**data)
+
+
+def load_profile(name: str) -> Profile:
+    """The named profile; UsageError naming the known ones when there is none."""
+    known = profile_names()
+    if name not in known:
+        raise UsageError(f"unknown profile {name!r}; known profiles: {', '.join(known)}")
+    return _parse(profiles_dir() / f"{name}.toml")
+
+
+def load_profiles() -> list[Profile]:
+    return [load_profile(name) for name in profile_names()]

@@ -1,0 +1,63 @@
+"""Render the job wrapper for one profile; output is byte-stable for a version and profile."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+from solverpilot_deploy import __version__
+from solverpilot_deploy.errors import OutputError
+from solverpilot_deploy.profiles import Profile
+from solverpilot_deploy.resources import schema_sql, templates_dir
+
+WRAPPER_TEMPLATE = "job_wrapper.sh.j2"
+
+
+def shell_quote(text: str) -> str:
+    """One bash word that expands to exactly ``text`` (single quotes, ' spelled '\\'')."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def make_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        # bash's ${#var} would open a Jinja comment; templates comment with {## ... ##}
+        comment_start_string="{##",
+        comment_end_string="##}",
+    )
+    env.filters["shquote"] = shell_quote
+    return env
+
+
+def render_wrapper(profile: Profile) -> str:
+    template = make_environment().get_template(WRAPPER_TEMPLATE)
+    return template.render(
+        version=__version__, profile=profile, schema=" ".join(schema_sql().split())
+    )
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o755) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
