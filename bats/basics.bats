@@ -1,0 +1,195 @@
+#!/usr/bin/env bats
+# Exit codes, pass-through, the running and final states, job ids and users.
+
+setup() {
+  load test_helper/common
+  common_setup
+}
+
+ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9]{2}"$'
+
+@test "success: exit 0, state and DB say completed with ISO 8601 times" {
+  run -0 --separate-stderr wrapper job-ok true
+  assert_output ''
+  assert_equal "$stderr" ''
+  assert_equal "$(state_field job-ok status)" '"completed"'
+  assert_equal "$(state_field job-ok exit_code)" 0
+  assert_equal "$(state_field job-ok signal)" null
+  [[ $(state_field job-ok started_at) =~ $ISO_RE ]]
+  [[ $(state_field job-ok completed_at) =~ $ISO_RE ]]
+  assert_equal "$(db_row job-ok)" 'completed|0|1'
+}
+
+@test "failure: the job's own exit code, recorded as failed" {
+  run -42 wrapper job-fail sh -c 'exit 42'
+  assert_equal "$(state_field job-fail status)" '"failed"'
+  assert_equal "$(state_field job-fail exit_code)" 42
+  assert_equal "$(state_field job-fail signal)" null
+  assert_equal "$(db_row job-fail)" 'failed|42|1'
+}
+
+@test "a command that is not found exits 127 and is recorded" {
+  run -127 wrapper job-127 "$WORK/no-such-command"
+  assert_equal "$(state_field job-127 exit_code)" 127
+  assert_equal "$(db_row job-127)" 'failed|127|1'
+}
+
+@test "a command that is not executable exits 126 and is recorded" {
+  printf 'echo hi\n' >"$WORK/not-executable"
+  chmod 644 "$WORK/not-executable"
+  run -126 wrapper job-126 "$WORK/not-executable"
+  assert_equal "$(state_field job-126 exit_code)" 126
+  assert_equal "$(db_row job-126)" 'failed|126|1'
+}
+
+@test "timestamps carry the local offset" {
+  TZ='IST-05:30' run -0 wrapper job-tz true
+  [[ $(state_field job-tz started_at) == *'+05:30"' ]]
+  [[ $(state_field job-tz completed_at) == *'+05:30"' ]]
+}
+
+@test "arguments, stdin, stdout and stderr pass through untouched" {
+  printf '#!/bin/sh\nfor a in "$@"; do printf "<%%s>\\n" "$a"; done\ncat\nprintf err-line >&2\n' \
+    >"$WORK/echo-args"
+  chmod 755 "$WORK/echo-args"
+  local args=('a b' '' "it's" '"q"' $'two\nlines' '*' '-n' '$HOME' '\x')
+  printf 'stdin line 1\nstdin\ttab\n' >"$WORK/stdin"
+  "$WORK/echo-args" "${args[@]}" <"$WORK/stdin" >"$WORK/direct.out" 2>"$WORK/direct.err"
+  wrapper job-args "$WORK/echo-args" "${args[@]}" <"$WORK/stdin" >"$WORK/wrapped.out" \
+    2>"$WORK/wrapped.err"
+  cmp "$WORK/direct.out" "$WORK/wrapped.out"
+  cmp "$WORK/direct.err" "$WORK/wrapped.err"
+  grep -q 'stdin	tab' "$WORK/wrapped.out"
+}
+
+@test "running state in both stores before the job ends: pid, host, boot id, user, tmux name" {
+  USER=tester start_wrapper job-run sh -c "touch '$WORK/started'; while [ ! -e '$WORK/go' ]; do sleep 0.05; done"
+  poll_until 10 test -e "$WORK/started"
+  assert_equal "$(state_field job-run status)" '"running"'
+  assert_equal "$(state_field job-run pid)" "$WPID"
+  assert_equal "$(state_field job-run host)" "\"$(hostname)\""
+  assert_equal "$(state_field job-run boot_id)" "\"$(cat /proc/sys/kernel/random/boot_id)\""
+  assert_equal "$(state_field job-run user)" '"tester"'
+  run ! state_field job-run exit_code
+  assert_equal "$(sqlite3 "$DB" "SELECT status, started_at IS NOT NULL, completed_at IS NULL, exit_code IS NULL, tmux_session_name FROM jobs WHERE id = 'job-run'")" \
+    'running|1|1|1|solverpilot_tester_job-run'
+  touch "$WORK/go"
+  wait_rc "$WPID"
+  assert_equal "$RC" 0
+  assert_equal "$(state_field job-run status)" '"completed"'
+}
+
+@test "the tmux session name uses the first 8 characters of the job id" {
+  USER=ann run -0 wrapper 0123456789abcdef true
+  assert_equal "$(sqlite3 "$DB" "SELECT tmux_session_name FROM jobs")" 'solverpilot_ann_01234567'
+}
+
+@test "usage errors exit 64 and write nothing" {
+  run -64 --separate-stderr wrapper
+  assert_equal "$stderr" 'job_wrapper: usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
+  run -64 wrapper only-an-id
+  [[ ! -e $SERVER ]]
+}
+
+@test "hostile job ids exit 64, write nothing and never run the command" {
+  local long
+  printf -v long '%0200d' 0
+  local id
+  for id in '../x' "a'b" 'a"b' 'a b' $'a\nb' $'ab\n' '' "$long" '.hidden' '-x' 'a/b' 'a;b'; do
+    run -64 --separate-stderr wrapper "$id" touch "$WORK/ran"
+    assert_output ''
+    [[ $stderr == 'job_wrapper: invalid JOB_ID'* ]] || fail "no clear error for id [$id]: $stderr"
+    [[ ! -e $WORK/ran ]] || fail "command ran for id [$id]"
+    [[ ! -e $SERVER && ! -e $BATS_TEST_TMPDIR/x.status ]] || fail "something written for [$id]"
+  done
+}
+
+@test "the longest valid job id (128 characters) and a UUID are accepted" {
+  local long
+  printf -v long 'a%0127d' 0
+  run -0 wrapper "$long" true
+  assert_equal "$(state_field "$long" status)" '"completed"'
+  run -0 wrapper 123e4567-e89b-12d3-a456-426614174000 true
+  assert_equal "$(db_row 123e4567-e89b-12d3-a456-426614174000)" 'completed|0|1'
+}
+
+@test "a hostile USER keeps the JSON and the SQL valid and is stored exactly" {
+  local hostile=$'o\'brien"; DROP TABLE jobs; --\\\n\t\x01é'
+  USER=$hostile run -0 --separate-stderr wrapper job-user true
+  assert_equal "$stderr" ''
+  run -0 python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["user"] == sys.argv[2])' \
+    "$SERVER/jobs/job-user.status" "$hostile"
+  assert_output True
+  assert_equal "$(sqlite3 "$DB" "SELECT tmux_session_name = 'solverpilot_' || char(111,39,98,114,105,101,110,34,59,32,68,82,79,80,32,84,65,66,76,69,32,106,111,98,115,59,32,45,45,92,10,9,1,233) || '_job-user' FROM jobs WHERE id = 'job-user'")" 1
+}
+
+@test "a bad SOLVERPILOT_KILL_GRACE is a usage error" {
+  SOLVERPILOT_KILL_GRACE=soon run -64 --separate-stderr wrapper job-grace touch "$WORK/ran"
+  [[ $stderr == *SOLVERPILOT_KILL_GRACE* ]]
+  [[ ! -e $WORK/ran && ! -e $SERVER ]]
+}
+
+@test "the same job id twice at once: the second refuses with 75 and touches nothing" {
+  start_wrapper job-twice sh -c "touch '$WORK/started'; while [ ! -e '$WORK/go' ]; do sleep 0.05; done"
+  poll_until 10 test -e "$WORK/started"
+  cp "$SERVER/jobs/job-twice.status" "$WORK/before"
+  local db_before
+  db_before=$(sqlite3 "$DB" "SELECT * FROM jobs")
+  run -75 --separate-stderr wrapper job-twice touch "$WORK/second-ran"
+  [[ $stderr == *'already running'* ]]
+  [[ ! -e $WORK/second-ran ]]
+  cmp "$WORK/before" "$SERVER/jobs/job-twice.status"
+  assert_equal "$(sqlite3 "$DB" "SELECT * FROM jobs")" "$db_before"
+  touch "$WORK/go"
+  wait_rc "$WPID"
+  assert_equal "$RC" 0
+  assert_equal "$(state_field job-twice status)" '"completed"'
+  run -0 wrapper job-twice true
+}
+
+@test "a reader never sees half a state file" {
+  local reader=$WORK/reader.py
+  cat >"$reader" <<'EOF'
+import json, os, sys
+path, stop = sys.argv[1], sys.argv[2]
+reads = bad = 0
+while not os.path.exists(stop):
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        continue
+    reads += 1
+    try:
+        json.loads(text)
+    except ValueError:
+        bad += 1
+print(reads, bad)
+EOF
+  python3 "$reader" "$SERVER/jobs/job-read.status" "$WORK/stop" >"$WORK/reader.out" &
+  local rpid=$! i
+  for i in $(seq 60); do
+    USER="user-$(printf '%0500d' "$i")" wrapper job-read true || fail "run $i failed"
+  done
+  touch "$WORK/stop"
+  wait "$rpid"
+  read -r reads bad <"$WORK/reader.out"
+  echo "reads=$reads bad=$bad"
+  ((reads > 100))
+  assert_equal "$bad" 0
+  run -0 find "$SERVER/jobs" -name '*.tmp'
+  assert_output ''
+}
+
+@test "the wrapper runs on the userland its profile names" {
+  local tool resolved
+  for tool in mv setsid sleep rm; do
+    resolved=$(PATH=$WRAPPER_PATH command -v "$tool")
+    if [[ ${SP_USERLAND:-gnu} == busybox ]]; then
+      [[ $(readlink -f "$resolved") == "$(readlink -f "$(command -v busybox)")" ]] ||
+        fail "$tool is $resolved, not busybox"
+    else
+      [[ $(readlink -f "$resolved") != *busybox* ]] || fail "$tool is busybox on a GNU profile"
+    fi
+  done
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bats
+# The SQLite side: creation, existing tables, locks, corruption, absence, concurrency.
+
+setup() {
+  load test_helper/common
+  common_setup
+}
+
+WARNING='WARNING: Failed to update SQLite, state file written'
+
+@test "DB and table absent: both are created with the job's row" {
+  [[ ! -e $DB ]]
+  run -0 wrapper job-new true
+  assert_equal "$(db_row job-new)" 'completed|0|1'
+  run -0 sqlite3 "$DB" "SELECT name FROM pragma_table_info('jobs') ORDER BY cid"
+  assert_output $'id\nstatus\nstarted_at\ncompleted_at\nexit_code\ntmux_session_name'
+}
+
+@test "table present, row absent: the row is inserted and other rows are untouched" {
+  mkdir -p "$SERVER"
+  sqlite3 "$DB" "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT,
+    completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT);
+    INSERT INTO jobs VALUES ('other', 'completed', 'a', 'b', 0, 't');"
+  run -0 wrapper job-row true
+  assert_equal "$(db_row job-row)" 'completed|0|1'
+  assert_equal "$(sqlite3 "$DB" "SELECT * FROM jobs WHERE id = 'other'")" 'other|completed|a|b|0|t'
+  assert_equal "$(sqlite3 "$DB" "SELECT count(*) FROM jobs")" 2
+}
+
+@test "a table with extra columns and no primary key keeps working; other columns untouched" {
+  mkdir -p "$SERVER"
+  sqlite3 "$DB" "CREATE TABLE jobs (id TEXT, owner TEXT DEFAULT 'nobody', status TEXT,
+    started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT, note TEXT);
+    INSERT INTO jobs (id, owner, status, note) VALUES ('job-extra', 'alice', 'queued', 'keep me');"
+  run -0 wrapper job-extra true
+  assert_equal "$(sqlite3 "$DB" "SELECT owner, status, exit_code, note FROM jobs WHERE id = 'job-extra'")" \
+    'alice|completed|0|keep me'
+  assert_equal "$(sqlite3 "$DB" "SELECT count(*) FROM jobs")" 1
+  run -0 wrapper job-extra-2 true
+  assert_equal "$(sqlite3 "$DB" "SELECT owner, status FROM jobs WHERE id = 'job-extra-2'")" 'nobody|completed'
+}
+
+@test "sqlite3 absent from PATH: warning, state file written, job's exit code" {
+  use_path "$(path_without_sqlite)"
+  run -3 --separate-stderr wrapper job-nosql sh -c 'exit 3'
+  assert_equal "$stderr" "$WARNING"$'\n'"$WARNING"
+  assert_equal "$(state_field job-nosql status)" '"failed"'
+  assert_equal "$(state_field job-nosql exit_code)" 3
+  [[ ! -e $DB ]]
+}
+
+@test "a corrupt DB is left byte-identical; the state file is still written" {
+  mkdir -p "$SERVER"
+  head -c 8192 /dev/urandom >"$DB"
+  cp "$DB" "$WORK/db.before"
+  run -0 --separate-stderr wrapper job-corrupt true
+  assert_equal "$stderr" "$WARNING"$'\n'"$WARNING"
+  cmp "$DB" "$WORK/db.before"
+  assert_equal "$(state_field job-corrupt status)" '"completed"'
+}
+
+@test "a DB locked briefly: the write waits and succeeds" {
+  run -0 wrapper job-warm true # DB and table exist
+  hold_db_lock
+  start_wrapper job-wait true
+  local start=$SECONDS
+  # keep the lock for about a second while the wrapper's first write waits on it
+  poll_until 1 not_alive "$WPID" && fail "the wrapper did not wait for the lock"
+  release_db_lock
+  wait_rc "$WPID"
+  assert_equal "$RC" 0
+  assert_equal "$(cat "$WORK/job-wait.err")" ''
+  assert_equal "$(db_row job-wait)" 'completed|0|1'
+}
+
+@test "a DB locked for a long time: each write gives up within 5-10 s with the warning" {
+  run -0 wrapper job-warm true
+  hold_db_lock
+  local start=$SECONDS
+  run -0 --separate-stderr wrapper job-locked true
+  local took=$((SECONDS - start))
+  release_db_lock
+  assert_equal "$stderr" "$WARNING"$'\n'"$WARNING"
+  ((took >= 9 && took <= 21)) || fail "two writes took $took s; each must wait 5-10 s"
+  assert_equal "$(state_field job-locked status)" '"completed"'
+  assert_equal "$(sqlite3 "$DB" "SELECT count(*) FROM jobs WHERE id = 'job-locked'")" 0
+}
+
+@test "100 jobs finishing at once lose no DB update" {
+  local i pids=()
+  for i in $(seq 100); do
+    start_wrapper "job-many-$i" sh -c 'while [ ! -e "$0/go" ]; do sleep 0.05; done' "$WORK"
+    pids+=("$WPID")
+  done
+  all_running() { [[ $(sqlite3 "$DB" "SELECT count(*) FROM jobs WHERE status = 'running'" 2>/dev/null) == 100 ]]; }
+  poll_until 60 all_running || fail "not all 100 jobs started"
+  touch "$WORK/go"
+  for i in "${pids[@]}"; do wait "$i"; done
+  assert_equal "$(sqlite3 "$DB" "SELECT count(*) FROM jobs WHERE status = 'completed' AND exit_code = 0")" 100
+  run -0 cat "$WORK"/job-many-*.err
+  assert_output ''
+}

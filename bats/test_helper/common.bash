@@ -1,0 +1,139 @@
+# Shared set-up for the wrapper's behaviour tests.
+#
+# Environment (tests/run_all.sh sets it for each profile):
+#   SP_WRAPPER   the rendered job_wrapper.sh under test (mode 0755)
+#   SP_USERLAND  "gnu" (the host's tools) or "busybox" (a folder of busybox-static applets
+#                plus bash, sqlite3 and flock, as on Alpine)
+# Outside CI a test that needs root or a missing tool is skipped with the reason; with CI set
+# it fails instead.
+
+bats_require_minimum_version 1.5.0
+
+common_setup() {
+  bats_load_library bats-support
+  bats_load_library bats-assert
+  [[ -x ${SP_WRAPPER:-} ]] || fail "SP_WRAPPER must name a rendered, executable wrapper"
+  export SOLVERPILOT_SERVER_DIR="$BATS_TEST_TMPDIR/server"
+  export SOLVERPILOT_KILL_GRACE=10
+  SERVER=$SOLVERPILOT_SERVER_DIR
+  DB=$SERVER/server.db
+  WORK=$BATS_TEST_TMPDIR/work
+  mkdir -p "$WORK"
+  use_path "$(userland_path)"
+}
+
+# use_path DIR...: the PATH the wrapper runs with. Run as a user runs it, with INT and QUIT at
+# their defaults (a shell's background jobs would otherwise inherit them ignored).
+use_path() {
+  WRAPPER_PATH=$1
+  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" "$SP_WRAPPER")
+}
+
+# require_or_skip COND_DESCRIPTION CMD...: run CMD; when it fails, skip (or fail in CI).
+require_or_skip() {
+  local why=$1
+  shift
+  "$@" >/dev/null 2>&1 && return 0
+  [[ -n ${CI:-} ]] && fail "cannot run in CI: $why"
+  skip "$why"
+}
+
+# The PATH the wrapper runs with: the host's, or a busybox userland built once per run.
+userland_path() {
+  if [[ ${SP_USERLAND:-gnu} != busybox ]]; then
+    printf '%s' "$PATH"
+    return
+  fi
+  local dir=$BATS_RUN_TMPDIR/busybox-userland bb tool
+  if [[ ! -d $dir ]]; then
+    bb=$(command -v busybox) || fail "busybox not found (apt-get install busybox-static)"
+    mkdir -p "$dir.new"
+    for tool in $("$bb" --list); do ln -s "$bb" "$dir.new/$tool"; done
+    for tool in bash sqlite3 flock; do
+      ln -sf "$(command -v "$tool")" "$dir.new/$tool" || fail "$tool not found"
+    done
+    mv "$dir.new" "$dir" 2>/dev/null || rm -rf "$dir.new"
+  fi
+  printf '%s' "$dir"
+}
+
+# A PATH with the userland's tools but without sqlite3.
+path_without_sqlite() {
+  local dir=$BATS_TEST_TMPDIR/no-sqlite f
+  mkdir -p "$dir"
+  local IFS=:
+  for f in $WRAPPER_PATH; do
+    [[ -d $f ]] || continue
+    for f in "$f"/*; do
+      [[ ${f##*/} == sqlite3 || -e $dir/${f##*/} ]] && continue
+      ln -s "$(readlink -f "$f")" "$dir/${f##*/}"
+    done
+  done
+  printf '%s' "$dir"
+}
+
+wrapper() { "${WRAPPER_CMD[@]}" "$@"; }
+
+# poll_until DEADLINE_SECONDS CMD...: true as soon as CMD succeeds, false at the deadline.
+poll_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
+}
+
+# state_field ID KEY: one field of a job's state file, printed as JSON.
+state_field() {
+  python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' \
+    "$SERVER/jobs/$1.status" "$2"
+}
+
+db_row() { # db_row ID: status|exit_code|completed_at? of the job's DB row
+  sqlite3 "$DB" "SELECT status, exit_code, completed_at IS NOT NULL FROM jobs WHERE id = '$1'"
+}
+
+file_has() { [[ -s $1 ]] && grep -q -- "$2" "$1"; }
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+  local s
+  { read -r s <"/proc/$1/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  [[ ${s:0:1} != Z ]]
+}
+
+not_alive() { ! alive "$1"; }
+
+# start_wrapper ID CMD...: run the wrapper in the background; sets WPID. Its stdout and stderr
+# go to $WORK/ID.out and $WORK/ID.err.
+start_wrapper() {
+  local id=$1
+  (exec "${WRAPPER_CMD[@]}" "$@") >"$WORK/$id.out" 2>"$WORK/$id.err" &
+  WPID=$!
+}
+
+# wait_rc PID: RC becomes the exit status of a background process of this shell.
+wait_rc() {
+  RC=0
+  wait "$1" || RC=$?
+}
+
+# hold_db_lock: take an exclusive lock on $DB with the sqlite3 CLI until release_db_lock.
+hold_db_lock() {
+  mkdir -p "$SERVER"
+  rm -f "$WORK/release"
+  {
+    printf 'BEGIN EXCLUSIVE;\nSELECT '\''locked'\'';\n'
+    while [[ ! -e $WORK/release ]]; do sleep 0.05; done
+    printf 'COMMIT;\n'
+  } | sqlite3 "$DB" >"$WORK/locker.out" &
+  LOCKER=$!
+  poll_until 10 file_has "$WORK/locker.out" locked || fail "could not lock the database"
+}
+
+release_db_lock() {
+  touch "$WORK/release"
+  wait "$LOCKER"
+}
