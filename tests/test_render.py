@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from regen_golden import golden_path
+
+from solverpilot_deploy import __version__
+from solverpilot_deploy.profiles import load_profile
+from solverpilot_deploy.render import render_wrapper, shell_quote
+from solverpilot_deploy.resources import schema_sql
+
+
+def test_render_matches_golden_file_byte_for_byte(profile_name: str) -> None:
+    rendered = render_wrapper(load_profile(profile_name)).encode()
+    assert rendered == golden_path(profile_name).read_bytes(), (
+        "rendering changed: review it, then run python tests/regen_golden.py"
+    )
+
+
+def test_render_is_deterministic(profile_name: str) -> None:
+    profile = load_profile(profile_name)
+    assert render_wrapper(profile) == render_wrapper(profile)
+
+
+def test_header_names_version_profile_and_contract(profile_name: str) -> None:
+    text = render_wrapper(load_profile(profile_name))
+    header = text.split("\nset -u\n")[0]
+    assert header.startswith("#!/usr/bin/env bash\n")
+    assert f"sp-deploy {__version__} for profile {profile_name}" in header
+    for needed in ("Usage:", "Exit codes:", "SIGKILL", "64", "73", "75"):
+        assert needed in header
+
+
+def test_script_stays_small(profile_name: str) -> None:
+    assert len(render_wrapper(load_profile(profile_name)).splitlines()) <= 110
+
+
+def test_install_hint_is_in_the_script(profile_name: str) -> None:
+    profile = load_profile(profile_name)
+    assert f"readonly INSTALL_HINT={shell_quote(profile.install_hint)}\n" in render_wrapper(profile)
+
+
+def test_schema_is_embedded_from_its_single_source() -> None:
+    text = render_wrapper(load_profile("debian"))
+    assert f"readonly SCHEMA={shell_quote(' '.join(schema_sql().split()))}\n" in text
+    assert re.search(r"CREATE TABLE IF NOT EXISTS jobs", schema_sql())
+
+
+@pytest.mark.parametrize("text", ["", "plain", "it's", "a'b'c", '$HOME `x` \\ " !', "\n\t"])
+def test_shell_quote_round_trips_through_bash(text: str) -> None:
+    out = subprocess.run(
+        ["bash", "-c", f"printf %s {shell_quote(text)}"], capture_output=True, check=True
+    ).stdout.decode()
+    assert out == text
+
+
+def test_every_rendered_script_passes_bash_syntax_check(profile_name: str) -> None:
+    text = render_wrapper(load_profile(profile_name))
+    subprocess.run(["bash", "-n"], input=text.encode(), check=True)
