@@ -2,8 +2,9 @@
 #
 # Environment (tests/run_all.sh sets it for each profile):
 #   SP_WRAPPER   the rendered job_wrapper.sh under test (mode 0755)
-#   SP_USERLAND  "gnu" (the host's tools) or "busybox" (a folder of busybox-static applets
-#                plus bash, sqlite3 and flock, as on Alpine)
+#   SP_USERLAND  "gnu" (the host's GNU tools), "busybox" (a folder of busybox-static applets
+#                plus bash, sqlite3 and flock, as on Alpine) or "host" (whatever PATH has,
+#                as in Dockerfile.test)
 # Outside CI a test that needs root or a missing tool is skipped with the reason; with CI set
 # it fails instead.
 
@@ -40,7 +41,7 @@ require_or_skip() {
 
 # The PATH the wrapper runs with: the host's, or a busybox userland built once per run.
 userland_path() {
-  if [[ ${SP_USERLAND:-gnu} != busybox ]]; then
+  if [[ ${SP_USERLAND:-gnu} != busybox ]]; then # gnu or host
     printf '%s' "$PATH"
     return
   fi

@@ -20,7 +20,7 @@ readonly DB_WARNING='WARNING: Failed to update SQLite, state file written'
 readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT );'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM) CHILD='' SIGNAL=''
 
-die() { printf 'job_wrapper: %s\n' "$2" >&2; exit "$1"; }
+die() { trap - EXIT; printf 'job_wrapper: %s\n' "$2" >&2; exit "$1"; }
 now() { # now VAR: ISO 8601 local time with offset, no fork
   printf -v "$1" '%(%Y-%m-%dT%H:%M:%S%z)T' -1
   printf -v "$1" '%s:%s' "${!1:0:-2}" "${!1: -2}"
@@ -100,8 +100,8 @@ json_str J_USER "$RUN_USER"; json_str J_HOST "$HOSTNAME"; now STARTED_AT
 COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
 # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
 for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
+trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
 write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
-trap 'finish "$?"' EXIT
 db_write running NULL NULL
 setsid "$@" <&0 & # own process group, so a stop reaches grandchildren; explicit stdin
 trap '' PIPE; wait "$!" 2>/dev/null
