@@ -6,6 +6,10 @@ setup() {
   common_setup
 }
 
+teardown() {
+  common_teardown
+}
+
 ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9]{2}"$'
 
 @test "success: exit 0, state and DB say completed with ISO 8601 times" {
@@ -166,7 +170,7 @@ while not os.path.exists(stop):
         bad += 1
 print(reads, bad)
 EOF
-  python3 "$reader" "$SERVER/jobs/job-read.status" "$WORK/stop" >"$WORK/reader.out" &
+  python3 "$reader" "$SERVER/jobs/job-read.status" "$WORK/stop" >"$WORK/reader.out" 3>&- &
   local rpid=$! i
   for i in $(seq 60); do
     USER="user-$(printf '%0500d' "$i")" wrapper job-read true || fail "run $i failed"

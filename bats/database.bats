@@ -6,6 +6,10 @@ setup() {
   common_setup
 }
 
+teardown() {
+  common_teardown
+}
+
 WARNING='WARNING: Failed to update SQLite, state file written'
 
 @test "DB and table absent: both are created with the job's row" {

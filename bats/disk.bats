@@ -15,6 +15,8 @@ setup() {
 WARNING='WARNING: Failed to update SQLite, state file written'
 
 teardown() {
+  common_teardown
+  umount "$DB" 2>/dev/null || true
   umount "$MNT" 2>/dev/null || true
 }
 

@@ -6,6 +6,10 @@ setup() {
   common_setup
 }
 
+teardown() {
+  common_teardown
+}
+
 @test "one job costs exactly flock, mv, sqlite3, setsid, mv, sqlite3 besides the job" {
   require_or_skip "strace is needed to count execs (apt-get install strace)" command -v strace
   run -0 wrapper job-warm true # folders exist from now on, as on a server in use

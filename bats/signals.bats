@@ -7,11 +7,7 @@ setup() {
 }
 
 teardown() {
-  # Stop only what this test started: the job's process group, if anything is left of it.
-  local pid
-  for pid in ${WPID:-} $(cat "$WORK/child.pid" "$WORK/grandchild.pid" 2>/dev/null); do
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  common_teardown
 }
 
 # A job whose child records its pid and starts a grandchild, then both wait forever.

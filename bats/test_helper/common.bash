@@ -19,6 +19,7 @@ common_setup() {
   SERVER=$SOLVERPILOT_SERVER_DIR
   DB=$SERVER/server.db
   WORK=$BATS_TEST_TMPDIR/work
+  STARTED=()
   mkdir -p "$WORK"
   use_path "$(userland_path)"
 }
@@ -108,11 +109,30 @@ alive() {
 not_alive() { ! alive "$1"; }
 
 # start_wrapper ID CMD...: run the wrapper in the background; sets WPID. Its stdout and stderr
-# go to $WORK/ID.out and $WORK/ID.err.
+# go to $WORK/ID.out and $WORK/ID.err; fd 3 (bats' own) is closed so a leftover cannot hang bats.
 start_wrapper() {
   local id=$1
-  (exec "${WRAPPER_CMD[@]}" "$@") >"$WORK/$id.out" 2>"$WORK/$id.err" &
+  (exec "${WRAPPER_CMD[@]}" "$@") >"$WORK/$id.out" 2>"$WORK/$id.err" 3>&- &
   WPID=$!
+  STARTED+=("$WPID")
+}
+
+# common_teardown: stop what this test started, even when it failed half-way. Test jobs end
+# when $WORK/go exists, the lock holder on $WORK/release, the state reader on $WORK/stop; the
+# wrappers stop their jobs on TERM; child.pid and grandchild.pid name processes a test left
+# running on purpose.
+common_teardown() {
+  local pid
+  touch "$WORK/go" "$WORK/release" "$WORK/stop"
+  for pid in $(cat "$WORK/child.pid" "$WORK/grandchild.pid" 2>/dev/null); do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    poll_until 15 not_alive "$pid" || kill -KILL "$pid" 2>/dev/null || true
+  done
 }
 
 # wait_rc PID: RC becomes the exit status of a background process of this shell.
@@ -129,7 +149,7 @@ hold_db_lock() {
     printf 'BEGIN EXCLUSIVE;\nSELECT '\''locked'\'';\n'
     while [[ ! -e $WORK/release ]]; do sleep 0.05; done
     printf 'COMMIT;\n'
-  } | sqlite3 "$DB" >"$WORK/locker.out" &
+  } 3>&- | sqlite3 "$DB" >"$WORK/locker.out" 3>&- &
   LOCKER=$!
   poll_until 10 file_has "$WORK/locker.out" locked || fail "could not lock the database"
 }
