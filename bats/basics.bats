@@ -172,8 +172,9 @@ print(reads, bad)
 EOF
   python3 "$reader" "$SERVER/jobs/job-read.status" "$WORK/stop" >"$WORK/reader.out" 3>&- &
   local rpid=$! i
+  # a long USER makes each state file ~64 KiB, written in several write() calls
   for i in $(seq 60); do
-    USER="user-$(printf '%0500d' "$i")" wrapper job-read true || fail "run $i failed"
+    USER="user-$(printf '%065536d' "$i")" wrapper job-read true || fail "run $i failed"
   done
   touch "$WORK/stop"
   wait "$rpid"

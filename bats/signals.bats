@@ -107,3 +107,19 @@ signal_stops_tree() {
   assert_equal "$(db_row job-second)" 'failed|143|1'
   assert_equal "$(state_field job-second signal)" '"TERM"'
 }
+
+@test "a signal during the final write of a finished job is ignored: the job's own status stands" {
+  start_wrapper job-done sh -c 'while [ ! -e "$0/go" ]; do sleep 0.05; done' "$WORK"
+  poll_until 10 file_has "$SERVER/jobs/job-done.status" running || fail "job did not start"
+  hold_db_lock
+  touch "$WORK/go"
+  poll_until 10 file_has "$SERVER/jobs/job-done.status" completed || fail "no final state"
+  kill -TERM "$WPID"
+  kill -HUP "$WPID"
+  alive "$WPID" || fail "the wrapper died of a signal during its final write"
+  release_db_lock
+  wait_rc "$WPID"
+  assert_equal "$RC" 0
+  assert_equal "$(db_row job-done)" 'completed|0|1'
+  assert_equal "$(state_field job-done signal)" null
+}
