@@ -1,7 +1,7 @@
 """sp-deploy: argument parsing and dispatch; maps errors to exit codes.
 
-Exit codes: 0 success; 1 lint findings or an operation failed; 2 usage error or unknown
-profile; 130 interrupted.
+Exit codes: 0 success; 1 lint findings, a host that failed or did not verify, or another
+failure; 2 usage error or unknown profile; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,9 +10,19 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from solverpilot_deploy import __version__
 from solverpilot_deploy.errors import DeployError
+
+if TYPE_CHECKING:
+    from solverpilot_deploy.deploy import HostResult
+    from solverpilot_deploy.fleet import Operation
+    from solverpilot_deploy.ssh import ConnectOptions, Session
+
+
+class HostFailed(DeployError):
+    """The one host a command talks to failed (its message names the kind)."""
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -53,6 +63,130 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1 if dirty else 0
 
 
+def _connect_options(args: argparse.Namespace) -> ConnectOptions:
+    from solverpilot_deploy.ssh import ConnectOptions
+
+    return ConnectOptions(
+        config_file=args.config_file,
+        identity=args.identity,
+        login=args.login,
+        port=args.port,
+        known_hosts=Path(args.known_hosts).expanduser(),
+        accept_new=getattr(args, "accept_new", False),
+        timeout=args.timeout,
+    )
+
+
+def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -> int:
+    import json
+
+    from solverpilot_deploy.fleet import run_fleet
+
+    progress = sys.stderr.isatty() and not args.json
+
+    def on_done(result: HostResult) -> None:
+        for warning in result.warnings:
+            print(f"sp-deploy: {result.host}: warning: {warning}", file=sys.stderr)
+        if progress:
+            print(f"  {result.host}: {result.status}", file=sys.stderr)
+
+    results = run_fleet(args.hosts, _connect_options(args), operation, args.jobs, on_done)
+    if args.json:
+        print(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        rows = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
+        rows += [
+            (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
+            for r in results
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4])
+    return 0 if all(r.status in good for r in results) else 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from solverpilot_deploy.deploy import push_host
+    from solverpilot_deploy.profiles import load_profile
+
+    if args.distro != "auto":
+        load_profile(args.distro)  # an unknown name is a usage error before any connection
+
+    def operation(session: Session, host: str, deadline: float) -> HostResult:
+        return push_host(session, host, args.distro, deadline, args.dry_run, not args.no_smoke)
+
+    return _run_fleet(args, operation, {"deployed", "unchanged", "would-deploy"})
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from solverpilot_deploy.deploy import verify_host
+    from solverpilot_deploy.profiles import load_profile
+
+    if args.distro != "auto":
+        load_profile(args.distro)
+
+    def operation(session: Session, host: str, deadline: float) -> HostResult:
+        return verify_host(session, host, args.distro, deadline)
+
+    return _run_fleet(args, operation, {"ok"})
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from solverpilot_deploy.ssh import connect
+    from solverpilot_deploy.status import JOB_KEYS, read_status
+
+    options = _connect_options(args)
+    deadline = time.monotonic() + options.timeout
+    try:
+        with connect(args.host, options, deadline) as session:
+            jobs = read_status(session, options.timeout)
+    except DeployError as exc:
+        raise HostFailed(f"{args.host}: {exc}") from exc
+    if args.job_ids:
+        wanted = set(args.job_ids)
+        jobs = [job for job in jobs if job.id in wanted]
+    if args.json:
+        print(json.dumps([job.as_json() for job in jobs], indent=2))
+        return 0
+    rows = [tuple(key.upper() for key in JOB_KEYS)]
+    rows += [tuple("-" if v is None else str(v) for v in job.as_json().values()) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(JOB_KEYS))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -> None:
+    group = parser.add_argument_group("ssh")
+    group.add_argument("-F", dest="config_file", metavar="FILE", help="ssh config file")
+    group.add_argument("-i", dest="identity", metavar="KEY", help="identity (private key) file")
+    group.add_argument("-l", dest="login", metavar="USER", help="remote user")
+    group.add_argument("-p", dest="port", type=int, metavar="PORT", help="remote port")
+    group.add_argument(
+        "--known-hosts",
+        default="~/.ssh/known_hosts",
+        metavar="FILE",
+        help="known_hosts file (default ~/.ssh/known_hosts)",
+    )
+    if accept_new:
+        group.add_argument(
+            "--accept-new",
+            action="store_true",
+            help="trust and record the key of a host not yet known (a changed key is refused)",
+        )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="deadline per host (default 60)",
+    )
+    parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sp-deploy",
@@ -77,6 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--distro", action="append", metavar="NAME", help="profile to lint; repeatable"
     )
     lint.set_defaults(func=cmd_lint)
+
+    push = sub.add_parser("push", help="deploy the wrapper to hosts over SSH")
+    push.add_argument("hosts", nargs="+", metavar="HOST", help="ssh alias or [user@]host[:port]")
+    push.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
+    push.add_argument("--dry-run", action="store_true", help="connect and probe, change nothing")
+    push.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
+    push.add_argument("-j", dest="jobs", type=int, default=8, metavar="N", help="hosts at once")
+    _add_ssh_options(push)
+    push.set_defaults(func=cmd_push)
+
+    verify = sub.add_parser("verify", help="compare each host's wrapper with the render")
+    verify.add_argument("hosts", nargs="+", metavar="HOST")
+    verify.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
+    verify.add_argument("-j", dest="jobs", type=int, default=8, metavar="N", help="hosts at once")
+    _add_ssh_options(verify)
+    verify.set_defaults(func=cmd_verify)
+
+    status = sub.add_parser("status", help="list the jobs recorded on a host")
+    status.add_argument("host", metavar="HOST")
+    status.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs")
+    _add_ssh_options(status)
+    status.set_defaults(func=cmd_status)
     return parser
 
 

@@ -25,3 +25,40 @@ class OutputError(DeployError):
 
 class ToolMissingError(DeployError):
     """An external tool (shellcheck) is not installed."""
+
+
+class HostError(DeployError):
+    """One host failed; ``kind`` names the failure in its one-line message."""
+
+    kind = "error"
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {super().__str__()}"
+
+
+class UnreachableError(HostError):
+    kind = "unreachable"
+
+
+class AuthenticationError(HostError):
+    kind = "authentication failed"
+
+
+class HostKeyError(HostError):
+    kind = "host key"
+
+
+class RequirementError(HostError):
+    kind = "missing requirement"
+
+
+class ChecksumError(HostError):
+    kind = "checksum mismatch"
+
+
+class HostTimeoutError(HostError):
+    kind = "timeout"
+
+
+class RemoteCommandError(HostError):
+    kind = "remote command failed"

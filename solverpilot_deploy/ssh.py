@@ -1,0 +1,320 @@
+"""SSH connections as OpenSSH would make them: config, host keys, jumps, deadlines.
+
+The user's OpenSSH configuration is resolved by OpenSSH itself (``ssh -G``), so Include, Match,
+wildcards and defaults behave exactly as they do for ``ssh``; paramiko then makes the
+connection. Host keys are checked against a known_hosts file (hashed and ``[host]:port`` entries
+included); an unknown key is refused unless ``accept_new`` records it, a changed key always is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from solverpilot_deploy.errors import (
+    AuthenticationError,
+    HostError,
+    HostKeyError,
+    HostTimeoutError,
+    UnreachableError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    import paramiko
+
+BANNER_RETRIES = 2
+_KNOWN_HOSTS_LOCK = threading.Lock()
+_SPEC_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """What the command line says about connecting; None means "as the config says"."""
+
+    config_file: str | None = None
+    identity: str | None = None
+    login: str | None = None
+    port: int | None = None
+    known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
+    accept_new: bool = False
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One destination, fully resolved."""
+
+    spec: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...]
+    identities_only: bool
+    proxy_jump: tuple[str, ...]
+
+
+def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` (host may be ``[v6addr]``) into its parts."""
+    match = _SPEC_RE.match(spec)
+    if not match:
+        raise UsageError(f"not a host: {spec!r} (use an ssh alias or [user@]hostname[:port])")
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"not a port: {match['port']!r} in {spec!r}")
+    return match["user"], match["host"].strip("[]"), port
+
+
+def _ssh_g(
+    host: str, user: str | None, port: int | None, config: str | None
+) -> dict[str, list[str]]:
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise UsageError("the OpenSSH client (ssh) is needed to read the ssh config; install it")
+    argv = [ssh, "-G"]
+    if config:
+        argv += ["-F", config]
+    if user:
+        argv += ["-l", user]
+    if port:
+        argv += ["-p", str(port)]
+    proc = subprocess.run(
+        [*argv, "--", host], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0:
+        reason = proc.stderr.strip().splitlines()[-1:] or ["ssh -G failed"]
+        raise UsageError(f"cannot read the ssh config for {host}: {reason[0]}")
+    values: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        values.setdefault(key.lower(), []).append(value)
+    return values
+
+
+def resolve(spec: str, options: ConnectOptions) -> Target:
+    """Resolve ``spec`` through the ssh config; -l/-p/-i (``options``) override it."""
+    user, host, port = parse_spec(spec)
+    values = _ssh_g(host, options.login or user, options.port or port, options.config_file)
+
+    def one(key: str, default: str = "") -> str:
+        return values.get(key, [default])[0]
+
+    jump = one("proxyjump", "none")
+    identity_files = tuple(os.path.expanduser(p) for p in values.get("identityfile", []))
+    if options.identity:
+        identity_files = (os.path.expanduser(options.identity),)
+    return Target(
+        spec=spec,
+        hostname=one("hostname", host),
+        port=int(one("port", "22")),
+        user=one("user"),
+        identity_files=identity_files,
+        identities_only=one("identitiesonly", "no") == "yes" or bool(options.identity),
+        proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
+    )
+
+
+def known_hosts_name(hostname: str, port: int) -> str:
+    return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def _host_key_policy(options: ConnectOptions) -> paramiko.MissingHostKeyPolicy:
+    import paramiko
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(
+            self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+        ) -> None:
+            if not options.accept_new:
+                raise HostKeyError(
+                    f"unknown host key for {hostname} ({_fingerprint(key)}); check it, then "
+                    "re-run with --accept-new to trust and record it"
+                )
+            record_host_key(options.known_hosts, hostname, key)
+
+    return Policy()
+
+
+def record_host_key(path: Path, name: str, key: paramiko.PKey) -> None:
+    """Append ``name key`` to a known_hosts file, as OpenSSH's accept-new does."""
+    with _KNOWN_HOSTS_LOCK:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = path.read_text() if path.exists() else ""
+        with path.open("a") as handle:
+            if text and not text.endswith("\n"):
+                handle.write("\n")
+            handle.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+
+
+class Session:
+    """One live connection (and the jump connections under it); ``abort`` ends them all."""
+
+    def __init__(self) -> None:
+        self.clients: list[paramiko.SSHClient] = []
+        self.aborted = threading.Event()
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        return self.clients[-1]
+
+    def abort(self) -> None:
+        self.aborted.set()
+        self.close()
+
+    def close(self) -> None:
+        for client in reversed(self.clients):
+            client.close()
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run ``command`` on the host; returns (exit status, stdout, stderr)."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise UnreachableError("connection lost")
+        channel = transport.open_session(timeout=timeout)
+        end = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        try:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            while True:  # exit-status arrives after all the data, so drain until it has
+                if channel.recv_ready():
+                    out += channel.recv(65536)
+                elif channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                elif channel.exit_status_ready():
+                    break
+                elif time.monotonic() > end:
+                    raise HostTimeoutError(f"no answer to a command within {timeout:.0f} s")
+                else:
+                    time.sleep(0.002)
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def _connect_one(
+    session: Session,
+    target: Target,
+    options: ConnectOptions,
+    deadline: float,
+    sock: paramiko.Channel | None,
+) -> None:
+    import paramiko
+
+    client = paramiko.SSHClient()
+    if options.known_hosts.exists():
+        try:
+            client.load_host_keys(str(options.known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyError(f"cannot read {options.known_hosts}: {exc}") from exc
+    client.set_missing_host_key_policy(_host_key_policy(options))
+    keys = [p for p in target.identity_files if os.path.exists(p)]
+    name = known_hosts_name(target.hostname, target.port)
+    for attempt in range(BANNER_RETRIES + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HostTimeoutError(f"no connection to {name} within the deadline")
+        try:
+            client.connect(
+                target.hostname,
+                port=target.port,
+                username=target.user,
+                key_filename=keys or None,
+                allow_agent=not target.identities_only,
+                look_for_keys=False,
+                timeout=remaining,
+                banner_timeout=remaining,
+                auth_timeout=remaining,
+                channel_timeout=remaining,
+                sock=sock,
+            )
+            break
+        except HostError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"host key for {name} has CHANGED (now {_fingerprint(exc.key)}); refusing to "
+                f"connect: if the change is expected, remove the old entry from "
+                f"{options.known_hosts}"
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise AuthenticationError(f"{target.user}@{name}: {exc}") from exc
+        except TimeoutError as exc:
+            client.close()
+            raise HostTimeoutError(f"no answer from {name}") from exc
+        except paramiko.SSHException as exc:
+            client.close()
+            if "banner" in str(exc).lower() and attempt < BANNER_RETRIES:
+                time.sleep(min(0.5 * (attempt + 1), max(deadline - time.monotonic(), 0)))
+                continue
+            if time.monotonic() >= deadline:
+                raise HostTimeoutError(f"no SSH answer from {name}: {exc}") from exc
+            raise UnreachableError(f"{name}: {exc}") from exc
+        except OSError as exc:
+            client.close()
+            raise UnreachableError(f"{name}: {exc.strerror or exc}") from exc
+    session.clients.append(client)
+
+
+@contextmanager
+def connect(spec: str, options: ConnectOptions, deadline: float) -> Iterator[Session]:
+    """A Session to ``spec``, through its ProxyJump hosts; closed on exit."""
+    session = Session()
+    try:
+        target = resolve(spec, options)
+        jump_options = _jump_options(options)
+        chain = [*(resolve(jump, jump_options) for jump in target.proxy_jump), target]
+        sock = None
+        for index, hop in enumerate(chain):
+            _connect_one(session, hop, options, deadline, sock)
+            if index + 1 < len(chain):
+                sock = _open_forward(session, chain[index + 1], deadline)
+        yield session
+    finally:
+        session.close()
+
+
+def _jump_options(options: ConnectOptions) -> ConnectOptions:
+    """Jump hosts take their identity from the config, not from -i/-l/-p."""
+    return ConnectOptions(
+        config_file=options.config_file,
+        known_hosts=options.known_hosts,
+        accept_new=options.accept_new,
+        timeout=options.timeout,
+    )
+
+
+def _open_forward(session: Session, target: Target, deadline: float) -> paramiko.Channel:
+    transport = session.client.get_transport()
+    if transport is None:
+        raise UnreachableError("jump host connection lost")
+    try:
+        return transport.open_channel(
+            "direct-tcpip",
+            (target.hostname, target.port),
+            ("127.0.0.1", 0),
+            timeout=max(deadline - time.monotonic(), 0.1),
+        )
+    except Exception as exc:
+        raise UnreachableError(
+            f"jump host cannot reach {known_hosts_name(target.hostname, target.port)}: {exc}"
+        ) from exc
