@@ -27,7 +27,8 @@ signal_stops_tree() {
   kill "-$sig" "$WPID"
   wait_rc "$WPID"
   assert_equal "$RC" "$code"
-  ((SECONDS - start < 5)) || fail "took $((SECONDS - start)) s to stop; the grace is 10 s"
+  ((SECONDS - start < 5)) ||
+    fail "took $((SECONDS - start)) s to stop; the grace is 10 s; state: $(cat "$SERVER/jobs/$id.status")"
   poll_until 10 not_alive "$CHILD" || fail "child survived"
   poll_until 10 not_alive "$GRANDCHILD" || fail "grandchild survived"
   assert_equal "$(state_field "$id" status)" '"failed"'

@@ -37,9 +37,9 @@ echo "os_like=${{ID_LIKE:-}}"
 echo "bash=$(bash -c 'echo "${{BASH_VERSINFO[0]}}.${{BASH_VERSINFO[1]}}"' 2>/dev/null)"
 t=$(mktemp 2>/dev/null) || t=/tmp/.sp-probe.$$
 : >"$t"
-flock -n "$t" true 2>/dev/null && echo flock=ok
+(exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
 rm -f "$t"
-setsid true </dev/null 2>/dev/null && echo setsid=ok
+setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
 [ "$(sqlite3 :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
   echo "sqlite3=$(sqlite3 -version 2>/dev/null | cut -d' ' -f1)"
 for c in sha256sum 'busybox sha256sum' 'shasum -a 256' 'openssl dgst -sha256 -r'; do
@@ -228,7 +228,7 @@ def smoke_run(session: Session, deadline: float) -> None:
     job_id = f"sp-smoke-{secrets.token_hex(4)}"
     command = (
         "d=$(mktemp -d) || exit 90; "
-        f'SOLVERPILOT_SERVER_DIR="$d" "$HOME/{WRAPPER_PATH}" {job_id} true </dev/null; rc=$?; '
+        f'SOLVERPILOT_SERVER_DIR="$d" "$HOME/{WRAPPER_PATH}" {job_id} sh -c : </dev/null; rc=$?; '
         f'cat "$d/jobs/{job_id}.status"; rm -rf "$d"; exit "$rc"'
     )
     status, out, err = session.run(command, timeout=_remaining(deadline))

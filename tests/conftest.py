@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))
+
+from sshlab import SSHD, TEST_USERS, Sshd, authorize, clean_home, ensure_test_user, keygen  # noqa: E402
+
+from solverpilot_deploy import cli  # noqa: E402
 
 PROFILE_NAMES = ["alpine", "debian", "rhel", "ubuntu"]
 
@@ -15,3 +26,110 @@ PROFILE_NAMES = ["alpine", "debian", "rhel", "ubuntu"]
 def profile_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
+
+
+# ---- real sshd servers (see sshlab.py) ----
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip a test that cannot run here; in CI (CI set) fail it instead."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"cannot run in CI: {why}")
+    pytest.skip(why)
+
+
+@dataclass
+class Lab:
+    user: pwd.struct_passwd  # the user of hosts a and jump
+    users: dict[str, pwd.struct_passwd]
+    client_key: Path
+    wrong_key: Path
+    a: Sshd
+    b: Sshd
+    jump: Sshd
+    limited: Sshd
+    limited_bin: Path
+
+
+def _limited_bin(folder: Path) -> Path:
+    """A PATH folder with the basics but no flock and no sqlite3."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for tool in ("sh", "bash", "cat", "cut", "mktemp", "rm", "mv", "setsid", "sha256sum", "mkdir"):
+        found = shutil.which(tool)
+        assert found, tool
+        (folder / tool).symlink_to(found)
+    folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require(os.geteuid() == 0, "the ssh tests need root (a test user and sshd)")
+    require(Path(SSHD).exists() and bool(shutil.which("ssh-keygen")), "needs openssh-server")
+    require(bool(shutil.which("ssh")), "needs the OpenSSH client (ssh -G)")
+    base = tmp_path_factory.mktemp("sshlab")
+    base.chmod(0o755)
+    users = {name: ensure_test_user(name) for name in TEST_USERS}
+    client_key = keygen(base / "client")
+    wrong_key = keygen(base / "wrong")
+    for user in users.values():
+        authorize(user, base / "client.pub")
+    # outside pytest's tmp tree, which other users cannot enter
+    limited_bin = _limited_bin(Path(tempfile.mkdtemp(prefix="sp-limited-bin-")))
+    a_user, b_user, limited_user = TEST_USERS
+    servers = {
+        "a": Sshd(base / "a", a_user),
+        "b": Sshd(base / "b", b_user),
+        "jump": Sshd(base / "jump", a_user, log_level="DEBUG1"),
+        "limited": Sshd(
+            base / "limited", limited_user, extra_config=f"SetEnv PATH={limited_bin}\n"
+        ),
+    }
+    try:
+        for server in servers.values():
+            server.start()
+        yield Lab(users[a_user], users, client_key, wrong_key, limited_bin=limited_bin, **servers)
+    finally:
+        for server in servers.values():
+            server.stop()
+        for user in users.values():
+            clean_home(user)
+        shutil.rmtree(limited_bin, ignore_errors=True)
+
+
+@pytest.fixture
+def home(lab: Lab) -> Iterator[Path]:
+    """Host a's home; every test host's home starts without a wrapper or server folder."""
+    for user in lab.users.values():
+        clean_home(user)
+    yield Path(lab.user.pw_dir)
+    for user in lab.users.values():
+        clean_home(user)
+
+
+@pytest.fixture
+def known_hosts(tmp_path: Path) -> Path:
+    return tmp_path / "known_hosts"
+
+
+@pytest.fixture
+def trusted(lab: Lab, known_hosts: Path) -> Path:
+    """A known_hosts file that already trusts every lab server."""
+    known_hosts.write_text(
+        "".join(s.known_hosts_line for s in (lab.a, lab.b, lab.jump, lab.limited))
+    )
+    return known_hosts
+
+
+def sp(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sp_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, object]]]:
+    code, out, _ = sp(capsys, *argv, "--json")
+    data: list[dict[str, object]] = json.loads(out)
+    return code, data

@@ -41,7 +41,6 @@ install_python_packages() {
 run_bats() {
   local out profile userland failed=0 passed=0 tap
   out=$(mktemp -d)
-  trap 'rm -rf "$out"' RETURN
   while read -r profile userland; do
     "$VENV/bin/sp-deploy" render --distro "$profile" -o "$out/job_wrapper.$profile.sh"
     echo "== bats: profile $profile ($userland userland)"
@@ -55,6 +54,7 @@ run_bats() {
 from solverpilot_deploy.profiles import load_profiles
 for p in load_profiles():
     print(p.name, p.userland)')
+  rm -rf "$out"
   BATS_SUMMARY="bats: $passed passed, $failed failed"
   BATS_FAILED=$failed
 }

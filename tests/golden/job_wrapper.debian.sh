@@ -64,7 +64,8 @@ on_signal() { # on_signal NAME: stop the job's process group, then exit 128+N
     exit # the job had already ended on its own: keep its status
   fi
   SIGNAL=$1
-  for ((i = 10#$GRACE * 10; i > 0; i--)); do group_alive || break; sleep 0.1; done
+  local i end=$((SECONDS + 10#$GRACE)) # the wall clock bounds the wait, even on a busy host
+  for ((i = 10#$GRACE * 10; i > 0 && SECONDS <= end; i--)); do group_alive || break; sleep 0.1; done
   kill -KILL -- "-$CHILD" 2>/dev/null
   wait "$CHILD" 2>/dev/null
   exit $((128 + $(kill -l "$1")))

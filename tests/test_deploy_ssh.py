@@ -1,0 +1,371 @@
+"""sp-deploy push / verify / status against real OpenSSH servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Lab, sp, sp_json
+from sshlab import free_port, run_as
+
+from solverpilot_deploy.profiles import load_profile
+from solverpilot_deploy.render import render_wrapper
+
+WRAPPER = ".solverpilot/bin/job_wrapper.sh"
+DEBIAN_BYTES = render_wrapper(load_profile("debian")).encode()
+DEBIAN_SHA = hashlib.sha256(DEBIAN_BYTES).hexdigest()
+
+
+def push(capsys: pytest.CaptureFixture[str], lab: Lab, kh: Path, *args: str):  # type: ignore[no-untyped-def]
+    return sp_json(
+        capsys, "push", *args, "-i", str(lab.client_key), "--known-hosts", str(kh), "--timeout", "30"
+    )
+
+
+def bin_dir_listing(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / ".solverpilot/bin").iterdir())
+
+
+def test_first_deploy_checksum_mode_db_and_clean_smoke(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0
+    assert results == [
+        {"host": lab.a.spec, "status": "deployed", "distro": "debian", "sha256": DEBIAN_SHA,
+         "error": None}
+    ]
+    live = home / WRAPPER
+    assert live.read_bytes() == DEBIAN_BYTES
+    assert stat.S_IMODE(live.stat().st_mode) == 0o755
+    assert live.stat().st_uid == lab.user.pw_uid
+    assert bin_dir_listing(home) == ["job_wrapper.sh"]  # nothing temporary left
+    db = home / ".solverpilot-server/server.db"
+    with sqlite3.connect(db) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
+        assert columns == ["id", "status", "started_at", "completed_at", "exit_code",
+                           "tmux_session_name"]
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)  # smoke: no trace
+    assert not (home / ".solverpilot-server/jobs").exists()
+    assert not (home / ".solverpilot-server/locks").exists()
+
+
+def test_repush_is_unchanged_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    assert push(capsys, lab, trusted, lab.a.spec)[0] == 0
+    before = (home / WRAPPER).stat()
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "unchanged"
+    after = (home / WRAPPER).stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_ino, before.st_mtime_ns, before.st_ctime_ns)
+
+
+def test_replace_is_a_rename_a_hard_link_keeps_the_old_bytes(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    assert push(capsys, lab, trusted, lab.a.spec)[0] == 0
+    live = home / WRAPPER
+    old = b"#!/bin/bash\necho old wrapper\n"
+    live.write_bytes(old)
+    os.link(live, home / ".solverpilot/old-link")
+    try:
+        code, results = push(capsys, lab, trusted, lab.a.spec)
+        assert code == 0 and results[0]["status"] == "deployed"
+        assert live.read_bytes() == DEBIAN_BYTES
+        assert (home / ".solverpilot/old-link").read_bytes() == old
+        assert live.stat().st_ino != (home / ".solverpilot/old-link").stat().st_ino
+    finally:
+        (home / ".solverpilot/old-link").unlink()
+
+
+def test_unknown_host_key_is_refused_with_fingerprint(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, known_hosts: Path
+) -> None:
+    code, results = push(capsys, lab, known_hosts, lab.a.spec)
+    assert code == 1
+    (result,) = results
+    assert result["status"] == "failed"
+    error = str(result["error"])
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", str(lab.a.host_key) + ".pub"], capture_output=True, text=True,
+        check=True,
+    ).stdout.split()[1]
+    assert error.startswith("host key: unknown host key for [127.0.0.1]:")
+    assert fingerprint in error and "--accept-new" in error
+    assert not known_hosts.exists()
+    assert not (home / ".solverpilot").exists()
+
+
+def test_accept_new_records_the_key_then_it_is_trusted(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, known_hosts: Path
+) -> None:
+    code, results = push(capsys, lab, known_hosts, lab.a.spec, "--accept-new")
+    assert code == 0 and results[0]["status"] == "deployed"
+    assert known_hosts.read_text() == lab.a.known_hosts_line
+    code, results = push(capsys, lab, known_hosts, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "unchanged"
+
+
+def test_hashed_known_hosts_entries_are_understood(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(trusted)], check=True,
+                   capture_output=True)
+    assert "|1|" in trusted.read_text() and "127.0.0.1" not in trusted.read_text()
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "deployed"
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, known_hosts: Path
+) -> None:
+    other = lab.b.known_hosts_line.split(" ", 1)[1]  # b's key, recorded for a's address
+    known_hosts.write_text(f"[127.0.0.1]:{lab.a.port} {other}")
+    before = known_hosts.read_text()
+    code, results = push(capsys, lab, known_hosts, lab.a.spec, "--accept-new")
+    assert code == 1
+    assert str(results[0]["error"]).startswith("host key: host key for [127.0.0.1]:")
+    assert "CHANGED" in str(results[0]["error"])
+    assert known_hosts.read_text() == before
+    assert not (home / ".solverpilot").exists()
+
+
+def test_wrong_key_is_an_authentication_error(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, results = sp_json(capsys, "push", lab.a.spec, "-i", str(lab.wrong_key),
+                            "--known-hosts", str(trusted))
+    assert code == 1
+    assert str(results[0]["error"]).startswith("authentication failed: ")
+
+
+def test_a_dead_host_among_live_ones(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    dead = f"{lab.user.pw_name}@127.0.0.1:{free_port()}"
+    code, results = push(capsys, lab, trusted, lab.a.spec, dead, lab.b.spec, "-j", "3")
+    assert code == 1
+    assert [r["host"] for r in results] == [lab.a.spec, dead, lab.b.spec]
+    assert [r["status"] for r in results] == ["deployed", "failed", "deployed"]
+    assert str(results[1]["error"]).startswith("unreachable: ")
+    assert results[1]["distro"] is None and results[1]["sha256"] is None
+    assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
+    assert (Path(lab.users["sptest2"].pw_dir) / WRAPPER).read_bytes() == DEBIAN_BYTES
+
+
+def test_dry_run_changes_nothing(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, results = push(capsys, lab, trusted, lab.a.spec, "--dry-run")
+    assert code == 0
+    assert results[0]["status"] == "would-deploy" and results[0]["sha256"] == DEBIAN_SHA
+    assert not (home / ".solverpilot").exists()
+    assert not (home / ".solverpilot-server").exists()
+    push(capsys, lab, trusted, lab.a.spec)
+    code, results = push(capsys, lab, trusted, lab.a.spec, "--dry-run")
+    assert results[0]["status"] == "unchanged"
+
+
+def test_verify_ok_then_tampered_then_missing(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    verify = ("verify", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, results = sp_json(capsys, *verify)
+    assert code == 1 and results[0]["status"] == "missing"
+    push(capsys, lab, trusted, lab.a.spec)
+    code, results = sp_json(capsys, *verify)
+    assert code == 0 and results[0]["status"] == "ok" and results[0]["sha256"] == DEBIAN_SHA
+    with (home / WRAPPER).open("ab") as handle:
+        handle.write(b"# tampered\n")
+    code, results = sp_json(capsys, *verify)
+    assert code == 1 and results[0]["status"] == "mismatch"
+    assert results[0]["sha256"] == hashlib.sha256(DEBIAN_BYTES + b"# tampered\n").hexdigest()
+    (home / WRAPPER).unlink()
+    code, results = sp_json(capsys, *verify)
+    assert code == 1 and results[0]["status"] == "missing"
+
+
+def test_ssh_config_alias_with_identity_file_and_port(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "extra.conf").write_text(
+        f"Host box-a\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User sptest\n"
+        f"  IdentityFile {lab.client_key}\n  IdentitiesOnly yes\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(f"Include {tmp_path}/extra.conf\n")
+    code, results = sp_json(capsys, "push", "box-a", "-F", str(config), "--known-hosts",
+                            str(trusted))
+    assert code == 0
+    assert results[0]["host"] == "box-a" and results[0]["status"] == "deployed"
+
+
+def test_proxy_jump_through_a_second_sshd(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        f"Host hop\n  HostName 127.0.0.1\n  Port {lab.jump.port}\n  User sptest\n"
+        f"  IdentityFile {lab.client_key}\n"
+        f"Host inner\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User sptest\n"
+        f"  IdentityFile {lab.client_key}\n  ProxyJump hop\n"
+    )
+    log_before = lab.jump.log.read_text() if lab.jump.log.exists() else ""
+    code, results = sp_json(capsys, "push", "inner", "-F", str(config), "--known-hosts",
+                            str(trusted))
+    assert code == 0 and results[0]["status"] == "deployed"
+    new_log = lab.jump.log.read_text()[len(log_before):]
+    assert f"to 127.0.0.1 port {lab.a.port}" in new_log  # the jump host opened the forward
+
+
+def test_missing_requirement_fails_with_install_hint(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, results = push(capsys, lab, trusted, lab.limited.spec)
+    assert code == 1
+    error = str(results[0]["error"])
+    assert error.startswith("missing requirement: flock; install: sudo apt-get install")
+    assert not (Path(lab.users["sptest3"].pw_dir) / ".solverpilot").exists()
+
+
+def test_timeout_on_a_host_that_never_answers(
+    capsys: pytest.CaptureFixture[str], lab: Lab, trusted: Path
+) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        code, results = sp_json(capsys, "push", f"sptest@127.0.0.1:{listener.getsockname()[1]}",
+                                "--known-hosts", str(trusted), "--timeout", "2")
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert code == 1
+    assert str(results[0]["error"]).startswith("timeout: ")
+    assert 1.5 < took < 10
+
+
+def test_status_completed_failed_running_and_lost(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    push(capsys, lab, trusted, lab.a.spec)
+    wrapper = str(home / WRAPPER)
+    assert run_as(lab.user, wrapper, "job-ok", "true").returncode == 0
+    assert run_as(lab.user, wrapper, "job-bad", "sh", "-c", "exit 3").returncode == 3
+    # a running job, and one whose wrapper is killed by SIGKILL (lost), both with jobs alive
+    go = home / "go"
+    env = {"HOME": str(home), "USER": "sptest", "PATH": "/usr/bin:/bin"}
+    wait_go = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    procs = [
+        subprocess.Popen(["setpriv", f"--reuid={lab.user.pw_uid}", f"--regid={lab.user.pw_gid}",
+                          "--init-groups", wrapper, job, "sh", "-c", wait_go], env=env)
+        for job in ("job-run", "job-lost")
+    ]
+    try:
+        for job in ("job-run", "job-lost"):
+            state = home / f".solverpilot-server/jobs/{job}.status"
+            deadline = time.monotonic() + 10
+            while not (state.exists() and "running" in state.read_text()):
+                assert time.monotonic() < deadline, f"{job} did not start"
+                time.sleep(0.05)
+        procs[1].kill()
+        procs[1].wait()
+        code, jobs = sp_json(capsys, "status", lab.a.spec, "-i", str(lab.client_key),
+                             "--known-hosts", str(trusted))
+    finally:
+        go.touch()
+        procs[0].wait(timeout=20)
+        go.unlink()
+    assert code == 0
+    by_id = {job["id"]: job for job in jobs}
+    assert set(by_id) == {"job-ok", "job-bad", "job-run", "job-lost"}
+    assert by_id["job-ok"]["status"] == "completed" and by_id["job-ok"]["exit_code"] == 0
+    assert by_id["job-bad"]["status"] == "failed" and by_id["job-bad"]["exit_code"] == 3
+    assert by_id["job-run"]["status"] == "running"
+    assert by_id["job-lost"]["status"] == "lost"
+    assert set(by_id["job-ok"]) == {"id", "status", "exit_code", "signal", "started_at",
+                                    "completed_at"}
+    code, jobs = sp_json(capsys, "status", lab.a.spec, "job-bad", "-i", str(lab.client_key),
+                         "--known-hosts", str(trusted))
+    assert [job["id"] for job in jobs] == ["job-bad"]
+
+
+def test_render_does_not_import_paramiko_and_starts_fast() -> None:
+    import sys
+
+    probe = (
+        "import sys; from solverpilot_deploy.cli import main; "
+        "main(['render', '--distro', 'debian']); "
+        "print('paramiko' in sys.modules, file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert proc.stderr.strip() == "False"
+    exe = str(Path(sys.executable).parent / "sp-deploy")
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        subprocess.run([exe, "render", "--distro", "debian"], capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[3] < 0.150, f"median start {sorted(times)[3] * 1000:.0f} ms"
+
+
+def test_json_output_is_only_json(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, out, _ = sp(capsys, "push", lab.a.spec, "-i", str(lab.client_key), "--known-hosts",
+                      str(trusted), "--json")
+    assert code == 0
+    assert isinstance(json.loads(out), list)
+
+
+def test_missing_sqlite3_is_only_a_warning(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    added = []
+    for tool in ("flock", "sleep", "id"):
+        link = lab.limited_bin / tool
+        link.symlink_to(shutil.which(tool) or tool)
+        added.append(link)
+    try:
+        code, out, err = sp(capsys, "push", lab.limited.spec, "-i", str(lab.client_key),
+                            "--known-hosts", str(trusted), "--json")
+    finally:
+        for link in added:
+            link.unlink()
+    assert (code, json.loads(out)[0]["error"]) == (0, None)
+    assert json.loads(out)[0]["status"] == "deployed"
+    assert f"sp-deploy: {lab.limited.spec}: warning: sqlite3 missing" in err
+    limited_home = Path(lab.users["sptest3"].pw_dir)
+    assert (limited_home / WRAPPER).read_bytes() == DEBIAN_BYTES
+    assert not (limited_home / ".solverpilot-server").exists()
