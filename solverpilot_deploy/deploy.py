@@ -186,17 +186,22 @@ def upload(session: Session, data: bytes, digest: str, sha256_cmd: str, deadline
     sftp = session.client.open_sftp()
     sftp.get_channel().settimeout(_remaining(deadline))
     try:
-        for folder in (".solverpilot", WRAPPER_DIR):
-            try:
-                sftp.stat(folder)
-            except FileNotFoundError:
-                sftp.mkdir(folder, 0o755)
-        sftp.putfo(io.BytesIO(data), tmp, file_size=len(data), confirm=True)
-        sftp.chmod(tmp, 0o755)
+        try:
+            for folder in (".solverpilot", WRAPPER_DIR):
+                try:
+                    sftp.stat(folder)
+                except FileNotFoundError:
+                    sftp.mkdir(folder, 0o755)
+            sftp.putfo(io.BytesIO(data), tmp, file_size=len(data), confirm=True)
+            sftp.chmod(tmp, 0o755)
+        except OSError as exc:
+            message = f"cannot upload to ~/{WRAPPER_DIR}: {exc.strerror or exc}"
+            raise RemoteCommandError(message) from exc
         check = (
             f"cd && bash -n {tmp} || exit 10; "
             f"h=$({sha256_cmd} <{tmp} | cut -d' ' -f1); "
             f'[ "$h" = {digest} ] || {{ echo "$h"; exit 11; }}; '
+            f"[ ! -d {WRAPPER_PATH} ] || exit 12; "  # mv would move the file into it
             f"mv -f {tmp} {WRAPPER_PATH} || exit 12"
         )
         status, out, err = session.run(check, timeout=_remaining(deadline))
@@ -205,7 +210,8 @@ def upload(session: Session, data: bytes, digest: str, sha256_cmd: str, deadline
         if status == 11:
             raise ChecksumError(f"uploaded {digest[:12]}..., host computed {out.strip()[:12]}...")
         if status != 0:
-            raise RemoteCommandError(f"cannot install {WRAPPER_PATH}: {err.strip() or status}")
+            reason = err.strip() or ("a folder is in the way" if status == 12 else f"exit {status}")
+            raise RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {reason}")
     finally:
         with contextlib.suppress(OSError):
             sftp.remove(tmp)  # gone already after a successful rename

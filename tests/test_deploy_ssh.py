@@ -28,7 +28,15 @@ DEBIAN_SHA = hashlib.sha256(DEBIAN_BYTES).hexdigest()
 
 def push(capsys: pytest.CaptureFixture[str], lab: Lab, kh: Path, *args: str):  # type: ignore[no-untyped-def]
     return sp_json(
-        capsys, "push", *args, "-i", str(lab.client_key), "--known-hosts", str(kh), "--timeout", "30"
+        capsys,
+        "push",
+        *args,
+        "-i",
+        str(lab.client_key),
+        "--known-hosts",
+        str(kh),
+        "--timeout",
+        "30",
     )
 
 
@@ -42,8 +50,13 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 0
     assert results == [
-        {"host": lab.a.spec, "status": "deployed", "distro": "debian", "sha256": DEBIAN_SHA,
-         "error": None}
+        {
+            "host": lab.a.spec,
+            "status": "deployed",
+            "distro": "debian",
+            "sha256": DEBIAN_SHA,
+            "error": None,
+        }
     ]
     live = home / WRAPPER
     assert live.read_bytes() == DEBIAN_BYTES
@@ -53,8 +66,14 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
     db = home / ".solverpilot-server/server.db"
     with sqlite3.connect(db) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
-        assert columns == ["id", "status", "started_at", "completed_at", "exit_code",
-                           "tmux_session_name"]
+        assert columns == [
+            "id",
+            "status",
+            "started_at",
+            "completed_at",
+            "exit_code",
+            "tmux_session_name",
+        ]
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)  # smoke: no trace
     assert not (home / ".solverpilot-server/jobs").exists()
     assert not (home / ".solverpilot-server/locks").exists()
@@ -69,7 +88,10 @@ def test_repush_is_unchanged_and_writes_nothing(
     assert code == 0 and results[0]["status"] == "unchanged"
     after = (home / WRAPPER).stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
-        before.st_ino, before.st_mtime_ns, before.st_ctime_ns)
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
 
 
 def test_replace_is_a_rename_a_hard_link_keeps_the_old_bytes(
@@ -99,7 +121,9 @@ def test_unknown_host_key_is_refused_with_fingerprint(
     assert result["status"] == "failed"
     error = str(result["error"])
     fingerprint = subprocess.run(
-        ["ssh-keygen", "-lf", str(lab.a.host_key) + ".pub"], capture_output=True, text=True,
+        ["ssh-keygen", "-lf", str(lab.a.host_key) + ".pub"],
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout.split()[1]
     assert error.startswith("host key: unknown host key for [127.0.0.1]:")
@@ -121,8 +145,7 @@ def test_accept_new_records_the_key_then_it_is_trusted(
 def test_hashed_known_hosts_entries_are_understood(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(trusted)], check=True,
-                   capture_output=True)
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(trusted)], check=True, capture_output=True)
     assert "|1|" in trusted.read_text() and "127.0.0.1" not in trusted.read_text()
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 0 and results[0]["status"] == "deployed"
@@ -145,8 +168,9 @@ def test_changed_host_key_is_refused_even_with_accept_new(
 def test_wrong_key_is_an_authentication_error(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    code, results = sp_json(capsys, "push", lab.a.spec, "-i", str(lab.wrong_key),
-                            "--known-hosts", str(trusted))
+    code, results = sp_json(
+        capsys, "push", lab.a.spec, "-i", str(lab.wrong_key), "--known-hosts", str(trusted)
+    )
     assert code == 1
     assert str(results[0]["error"]).startswith("authentication failed: ")
 
@@ -206,8 +230,9 @@ def test_ssh_config_alias_with_identity_file_and_port(
     )
     config = tmp_path / "config"
     config.write_text(f"Include {tmp_path}/extra.conf\n")
-    code, results = sp_json(capsys, "push", "box-a", "-F", str(config), "--known-hosts",
-                            str(trusted))
+    code, results = sp_json(
+        capsys, "push", "box-a", "-F", str(config), "--known-hosts", str(trusted)
+    )
     assert code == 0
     assert results[0]["host"] == "box-a" and results[0]["status"] == "deployed"
 
@@ -223,10 +248,11 @@ def test_proxy_jump_through_a_second_sshd(
         f"  IdentityFile {lab.client_key}\n  ProxyJump hop\n"
     )
     log_before = lab.jump.log.read_text() if lab.jump.log.exists() else ""
-    code, results = sp_json(capsys, "push", "inner", "-F", str(config), "--known-hosts",
-                            str(trusted))
+    code, results = sp_json(
+        capsys, "push", "inner", "-F", str(config), "--known-hosts", str(trusted)
+    )
     assert code == 0 and results[0]["status"] == "deployed"
-    new_log = lab.jump.log.read_text()[len(log_before):]
+    new_log = lab.jump.log.read_text()[len(log_before) :]
     assert f"to 127.0.0.1 port {lab.a.port}" in new_log  # the jump host opened the forward
 
 
@@ -261,8 +287,15 @@ def test_timeout_on_a_host_that_never_answers(
     thread.start()
     try:
         start = time.monotonic()
-        code, results = sp_json(capsys, "push", f"sptest@127.0.0.1:{listener.getsockname()[1]}",
-                                "--known-hosts", str(trusted), "--timeout", "2")
+        code, results = sp_json(
+            capsys,
+            "push",
+            f"sptest@127.0.0.1:{listener.getsockname()[1]}",
+            "--known-hosts",
+            str(trusted),
+            "--timeout",
+            "2",
+        )
         took = time.monotonic() - start
     finally:
         stop.set()
@@ -287,8 +320,20 @@ def test_status_completed_failed_running_and_lost(
     env = {"HOME": str(home), "USER": "sptest", "PATH": "/usr/bin:/bin"}
     wait_go = f"while [ ! -e {go} ]; do sleep 0.05; done"
     procs = [
-        subprocess.Popen(["setpriv", f"--reuid={lab.user.pw_uid}", f"--regid={lab.user.pw_gid}",
-                          "--init-groups", wrapper, job, "sh", "-c", wait_go], env=env)
+        subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={lab.user.pw_uid}",
+                f"--regid={lab.user.pw_gid}",
+                "--init-groups",
+                wrapper,
+                job,
+                "sh",
+                "-c",
+                wait_go,
+            ],
+            env=env,
+        )
         for job in ("job-run", "job-lost")
     ]
     try:
@@ -300,8 +345,9 @@ def test_status_completed_failed_running_and_lost(
                 time.sleep(0.05)
         procs[1].kill()
         procs[1].wait()
-        code, jobs = sp_json(capsys, "status", lab.a.spec, "-i", str(lab.client_key),
-                             "--known-hosts", str(trusted))
+        code, jobs = sp_json(
+            capsys, "status", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted)
+        )
     finally:
         go.touch()
         procs[0].wait(timeout=20)
@@ -313,10 +359,24 @@ def test_status_completed_failed_running_and_lost(
     assert by_id["job-bad"]["status"] == "failed" and by_id["job-bad"]["exit_code"] == 3
     assert by_id["job-run"]["status"] == "running"
     assert by_id["job-lost"]["status"] == "lost"
-    assert set(by_id["job-ok"]) == {"id", "status", "exit_code", "signal", "started_at",
-                                    "completed_at"}
-    code, jobs = sp_json(capsys, "status", lab.a.spec, "job-bad", "-i", str(lab.client_key),
-                         "--known-hosts", str(trusted))
+    assert set(by_id["job-ok"]) == {
+        "id",
+        "status",
+        "exit_code",
+        "signal",
+        "started_at",
+        "completed_at",
+    }
+    code, jobs = sp_json(
+        capsys,
+        "status",
+        lab.a.spec,
+        "job-bad",
+        "-i",
+        str(lab.client_key),
+        "--known-hosts",
+        str(trusted),
+    )
     assert [job["id"] for job in jobs] == ["job-bad"]
 
 
@@ -328,8 +388,7 @@ def test_render_does_not_import_paramiko_and_starts_fast() -> None:
         "main(['render', '--distro', 'debian']); "
         "print('paramiko' in sys.modules, file=sys.stderr)"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert proc.stderr.strip() == "False"
     exe = str(Path(sys.executable).parent / "sp-deploy")
     times = []
@@ -343,8 +402,16 @@ def test_render_does_not_import_paramiko_and_starts_fast() -> None:
 def test_json_output_is_only_json(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    code, out, _ = sp(capsys, "push", lab.a.spec, "-i", str(lab.client_key), "--known-hosts",
-                      str(trusted), "--json")
+    code, out, _ = sp(
+        capsys,
+        "push",
+        lab.a.spec,
+        "-i",
+        str(lab.client_key),
+        "--known-hosts",
+        str(trusted),
+        "--json",
+    )
     assert code == 0
     assert isinstance(json.loads(out), list)
 
@@ -358,8 +425,16 @@ def test_missing_sqlite3_is_only_a_warning(
         link.symlink_to(shutil.which(tool) or tool)
         added.append(link)
     try:
-        code, out, err = sp(capsys, "push", lab.limited.spec, "-i", str(lab.client_key),
-                            "--known-hosts", str(trusted), "--json")
+        code, out, err = sp(
+            capsys,
+            "push",
+            lab.limited.spec,
+            "-i",
+            str(lab.client_key),
+            "--known-hosts",
+            str(trusted),
+            "--json",
+        )
     finally:
         for link in added:
             link.unlink()
@@ -369,3 +444,121 @@ def test_missing_sqlite3_is_only_a_warning(
     limited_home = Path(lab.users["sptest3"].pw_dir)
     assert (limited_home / WRAPPER).read_bytes() == DEBIAN_BYTES
     assert not (limited_home / ".solverpilot-server").exists()
+
+
+def test_l_p_i_override_and_a_named_distro(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    rhel = render_wrapper(load_profile("rhel")).encode()
+    code, results = sp_json(
+        capsys,
+        "push",
+        "127.0.0.1",
+        "-l",
+        lab.user.pw_name,
+        "-p",
+        str(lab.a.port),
+        "-i",
+        str(lab.client_key),
+        "--known-hosts",
+        str(trusted),
+        "--distro",
+        "rhel",
+    )
+    assert code == 0
+    assert results[0]["distro"] == "rhel"
+    assert results[0]["sha256"] == hashlib.sha256(rhel).hexdigest()
+    assert (home / WRAPPER).read_bytes() == rhel
+    code, results = sp_json(
+        capsys,
+        "verify",
+        "127.0.0.1",
+        "-l",
+        lab.user.pw_name,
+        "-p",
+        str(lab.a.port),
+        "-i",
+        str(lab.client_key),
+        "--known-hosts",
+        str(trusted),
+    )
+    assert code == 1 and results[0]["status"] == "mismatch"  # auto picks debian
+
+
+def test_ssh_agent_is_used_when_present(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    trusted: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(lab.client_key)], env=env, check=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        config = tmp_path / "config"  # no IdentityFile anywhere: only the agent has the key
+        config.write_text(
+            f"Host agent-box\n  HostName 127.0.0.1\n  Port {lab.a.port}\n"
+            f"  User {lab.user.pw_name}\n  IdentityFile {tmp_path}/none\n"
+        )
+        code, results = sp_json(
+            capsys, "push", "agent-box", "-F", str(config), "--known-hosts", str(trusted)
+        )
+    finally:
+        agent.terminate()
+        agent.wait()
+    assert code == 0 and results[0]["status"] == "deployed"
+
+
+def test_a_failed_install_leaves_nothing_temporary(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    blocker = home / WRAPPER  # a non-empty folder where the wrapper goes: the rename fails
+    (blocker / "keep").mkdir(parents=True)
+    for path in (home / ".solverpilot", home / ".solverpilot/bin", blocker, blocker / "keep"):
+        os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 1
+    assert str(results[0]["error"]).startswith("remote command failed: cannot install ")
+    assert bin_dir_listing(home) == ["job_wrapper.sh"]
+    assert blocker.is_dir() and (blocker / "keep").is_dir()
+
+
+def test_summary_table_without_json(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, out, _ = sp(
+        capsys, "push", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted)
+    )
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["HOST", "STATUS", "DISTRO", "SHA256", "ERROR"]
+    assert row.split() == [lab.a.spec, "deployed", "debian", DEBIAN_SHA[:12]]
+
+
+def test_status_of_an_unreachable_host_is_one_line(
+    capsys: pytest.CaptureFixture[str], trusted: Path
+) -> None:
+    dead = f"nobody@127.0.0.1:{free_port()}"
+    code, out, err = sp(capsys, "status", dead, "--known-hosts", str(trusted))
+    assert code == 1 and out == ""
+    assert err.startswith(f"sp-deploy: error: {dead}: unreachable: ") and err.count("\n") == 1
+
+
+def test_an_unwritable_folder_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    (home / ".solverpilot/bin").mkdir(parents=True)  # owned by root: the user cannot write
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 1
+    assert results[0]["error"] == (
+        "remote command failed: cannot upload to ~/.solverpilot/bin: Permission denied"
+    )
+    assert bin_dir_listing(home) == []

@@ -1,0 +1,57 @@
+"""Judging job states read back from a host (the remote side is covered with real sshd)."""
+
+from __future__ import annotations
+
+from solverpilot_deploy.status import judge, parse_status_output
+
+BOOT = "11111111-2222-3333-4444-555555555555"
+
+
+def test_running_with_lock_and_pid_is_running() -> None:
+    assert judge({"status": "running", "boot_id": BOOT}, True, True, BOOT) == "running"
+
+
+def test_running_is_lost_when_lock_free_pid_dead_or_rebooted() -> None:
+    state = {"status": "running", "boot_id": BOOT}
+    assert judge(state, False, True, BOOT) == "lost"
+    assert judge(state, True, False, BOOT) == "lost"
+    assert judge(state, True, True, "another-boot") == "lost"
+
+
+def test_finished_states_are_reported_as_recorded() -> None:
+    assert judge({"status": "failed"}, False, False, BOOT) == "failed"
+    assert judge({"status": "completed"}, False, False, BOOT) == "completed"
+
+
+def test_parse_merges_state_files_and_db_only_rows() -> None:
+    text = (
+        f"@boot {BOOT}\n"
+        "@job a free no\n"
+        '{"id":"a","status":"completed","exit_code":0,"signal":null,'
+        '"started_at":"s","completed_at":"c"}\n\n'
+        "@job b held yes\n"
+        f'{{"id":"b","status":"running","boot_id":"{BOOT}","started_at":"s"}}\n\n'
+        "@job c held yes\n{not json\n"
+        "@db\n"
+        "a\tcompleted\t0\ts\tc\n"
+        "z\tfailed\t2\ts2\tc2\n"
+    )
+    jobs = {job.id: job.as_json() for job in parse_status_output(text)}
+    assert jobs["a"] == {
+        "id": "a",
+        "status": "completed",
+        "exit_code": 0,
+        "signal": None,
+        "started_at": "s",
+        "completed_at": "c",
+    }
+    assert jobs["b"]["status"] == "running"
+    assert jobs["c"]["status"] == "unreadable"
+    assert jobs["z"] == {
+        "id": "z",
+        "status": "failed",
+        "exit_code": 2,
+        "signal": None,
+        "started_at": "s2",
+        "completed_at": "c2",
+    }
