@@ -13,16 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from solverpilot_deploy import __version__
-from solverpilot_deploy.errors import DeployError
+from solverpilot_deploy.errors import DeployError, HostFailedError
 
 if TYPE_CHECKING:
     from solverpilot_deploy.deploy import HostResult
     from solverpilot_deploy.fleet import Operation
     from solverpilot_deploy.ssh import ConnectOptions, Session
-
-
-class HostFailed(DeployError):
-    """The one host a command talks to failed (its message names the kind)."""
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -81,6 +77,10 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
     import json
 
     from solverpilot_deploy.fleet import run_fleet
+    from solverpilot_deploy.ssh import parse_spec
+
+    for host in args.hosts:
+        parse_spec(host)  # a malformed HOST is a usage error before any connection
 
     progress = sys.stderr.isatty() and not args.json
 
@@ -107,10 +107,8 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
 
 def cmd_push(args: argparse.Namespace) -> int:
     from solverpilot_deploy.deploy import push_host
-    from solverpilot_deploy.profiles import load_profile
 
-    if args.distro != "auto":
-        load_profile(args.distro)  # an unknown name is a usage error before any connection
+    _require_profile(args.distro)
 
     def operation(session: Session, host: str, deadline: float) -> HostResult:
         return push_host(session, host, args.distro, deadline, args.dry_run, not args.no_smoke)
@@ -120,10 +118,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from solverpilot_deploy.deploy import verify_host
-    from solverpilot_deploy.profiles import load_profile
 
-    if args.distro != "auto":
-        load_profile(args.distro)
+    _require_profile(args.distro)
 
     def operation(session: Session, host: str, deadline: float) -> HostResult:
         return verify_host(session, host, args.distro, deadline)
@@ -135,16 +131,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from solverpilot_deploy.ssh import connect
+    from solverpilot_deploy.ssh import connect, parse_spec
     from solverpilot_deploy.status import JOB_KEYS, read_status
 
     options = _connect_options(args)
     deadline = time.monotonic() + options.timeout
+    parse_spec(args.host)  # a malformed HOST is a usage error, not a host failure
     try:
         with connect(args.host, options, deadline) as session:
             jobs = read_status(session, options.timeout)
     except DeployError as exc:
-        raise HostFailed(f"{args.host}: {exc}") from exc
+        raise HostFailedError(f"{args.host}: {exc}") from exc
     if args.job_ids:
         wanted = set(args.job_ids)
         jobs = [job for job in jobs if job.id in wanted]
@@ -157,6 +154,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+        return value
+
+    return parse
+
+
+def _require_profile(name: str) -> None:
+    """An unknown --distro is a usage error before any connection is made."""
+    from solverpilot_deploy.profiles import load_profile
+
+    if name != "auto":
+        load_profile(name)
 
 
 def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -> None:
@@ -179,7 +197,7 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
         )
     group.add_argument(
         "--timeout",
-        type=float,
+        type=_positive(float),
         default=60.0,
         metavar="SECONDS",
         help="deadline per host (default 60)",
@@ -217,14 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
     push.add_argument("--dry-run", action="store_true", help="connect and probe, change nothing")
     push.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
-    push.add_argument("-j", dest="jobs", type=int, default=8, metavar="N", help="hosts at once")
+    push.add_argument(
+        "-j", dest="jobs", type=_positive(int), default=8, metavar="N", help="hosts at once"
+    )
     _add_ssh_options(push)
     push.set_defaults(func=cmd_push)
 
     verify = sub.add_parser("verify", help="compare each host's wrapper with the render")
     verify.add_argument("hosts", nargs="+", metavar="HOST")
     verify.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
-    verify.add_argument("-j", dest="jobs", type=int, default=8, metavar="N", help="hosts at once")
+    verify.add_argument(
+        "-j", dest="jobs", type=_positive(int), default=8, metavar="N", help="hosts at once"
+    )
     _add_ssh_options(verify)
     verify.set_defaults(func=cmd_verify)
 

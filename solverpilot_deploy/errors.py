@@ -36,6 +36,10 @@ class HostError(DeployError):
         return f"{self.kind}: {super().__str__()}"
 
 
+class HostFailedError(DeployError):
+    """The one host a command talks to failed; the message names the host and the kind."""
+
+
 class UnreachableError(HostError):
     kind = "unreachable"
 

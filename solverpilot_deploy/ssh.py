@@ -8,6 +8,7 @@ included); an unknown key is refused unless ``accept_new`` records it, a changed
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,10 @@ from solverpilot_deploy.errors import (
 
 if TYPE_CHECKING:
     import paramiko
+
+# paramiko logs failures (with tracebacks) that we report as one line per host instead
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 BANNER_RETRIES = 2
 _KNOWN_HOSTS_LOCK = threading.Lock()

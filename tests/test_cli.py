@@ -61,7 +61,13 @@ def test_render_over_a_folder_fails_and_leaves_nothing(
 
 
 @pytest.mark.parametrize(
-    "command", [["render", "--distro", "gentoo"], ["lint", "--distro", "gentoo"]]
+    "command",
+    [
+        ["render", "--distro", "gentoo"],
+        ["lint", "--distro", "gentoo"],
+        ["push", "somehost", "--distro", "gentoo"],
+        ["verify", "somehost", "--distro", "gentoo"],
+    ],
 )
 def test_unknown_profile_exits_2_and_names_known_ones(
     capsys: pytest.CaptureFixture[str], command: list[str]
@@ -121,14 +127,28 @@ def sp_deploy(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize("command", [[], ["render"], ["profiles"], ["lint"]])
+@pytest.mark.parametrize(
+    "command", [[], ["render"], ["profiles"], ["lint"], ["push"], ["verify"], ["status"]]
+)
 def test_every_command_has_help(command: list[str]) -> None:
     proc = sp_deploy(*command, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith("usage: sp-deploy")
 
 
 @pytest.mark.parametrize(
-    "argv", [["render"], ["nonsense"], ["render", "--distro"], ["lint", "--bogus"], []]
+    "argv",
+    [
+        ["render"],
+        ["nonsense"],
+        ["render", "--distro"],
+        ["lint", "--bogus"],
+        [],
+        ["push"],
+        ["push", "h", "-j", "0"],
+        ["verify", "h", "--timeout", "-1"],
+        ["status"],
+        ["push", "h", "--timeout", "soon"],
+    ],
 )
 def test_usage_errors_exit_2_without_traceback(argv: list[str]) -> None:
     proc = sp_deploy(*argv)
@@ -157,3 +177,12 @@ def test_broken_pipe_is_quiet() -> None:
         check=False,
     )
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "push", "verify"])
+def test_a_host_that_is_not_a_host_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    code, out, err = run_main(capsys, command, "a b@c")
+    assert (code, out) == (2, "")
+    assert err.startswith("sp-deploy: error: not a host: 'a b@c'") and err.count("\n") == 1

@@ -184,6 +184,7 @@ def test_a_dead_host_among_live_ones(
     assert [r["host"] for r in results] == [lab.a.spec, dead, lab.b.spec]
     assert [r["status"] for r in results] == ["deployed", "failed", "deployed"]
     assert str(results[1]["error"]).startswith("unreachable: ")
+    assert "Traceback" not in capsys.readouterr().err
     assert results[1]["distro"] is None and results[1]["sha256"] is None
     assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
     assert (Path(lab.users["sptest2"].pw_dir) / WRAPPER).read_bytes() == DEBIAN_BYTES
@@ -305,6 +306,7 @@ def test_timeout_on_a_host_that_never_answers(
         listener.close()
     assert code == 1
     assert str(results[0]["error"]).startswith("timeout: ")
+    assert "Traceback" not in capsys.readouterr().err
     assert 1.5 < took < 10
 
 
@@ -562,3 +564,31 @@ def test_an_unwritable_folder_is_a_one_line_error(
         "remote command failed: cannot upload to ~/.solverpilot/bin: Permission denied"
     )
     assert bin_dir_listing(home) == []
+
+
+def test_a_checksum_mismatch_fails_the_host_and_leaves_nothing(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    # a sha256sum that is right for the probe's "abc" and wrong for anything else, as a
+    # corrupted upload would look
+    fake = lab.limited_bin / "sha256sum"
+    real = fake.readlink()
+    fake.unlink()
+    fake.write_text(
+        '#!/bin/sh\nin=$(cat)\nif [ "$in" = abc ]; then\n'
+        "  echo 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  -'\n"
+        "else\n  echo '0000000000000000000000000000000000000000000000000000000000000000  -'\nfi\n"
+    )
+    fake.chmod(0o755)
+    flock = lab.limited_bin / "flock"
+    flock.symlink_to(shutil.which("flock") or "flock")
+    try:
+        code, results = push(capsys, lab, trusted, lab.limited.spec)
+    finally:
+        flock.unlink()
+        fake.unlink()
+        fake.symlink_to(real)
+    assert code == 1
+    assert str(results[0]["error"]).startswith("checksum mismatch: uploaded ")
+    limited_home = Path(lab.users["sptest3"].pw_dir)
+    assert bin_dir_listing(limited_home) == []
