@@ -27,6 +27,7 @@ WRAPPER_PATH = f"{WRAPPER_DIR}/job_wrapper.sh"
 SERVER_DIR = ".solverpilot-server"
 MIN_BASH = (4, 2)
 SHA256_OF_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+SHA256_TOOLS = ("sha256sum", "busybox sha256sum", "shasum -a 256", "openssl dgst -sha256 -r")
 
 # One round trip: what the host is and what its tools can do (each checked by using it).
 PROBE_SCRIPT = f"""
@@ -42,7 +43,7 @@ rm -f "$t"
 setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
 [ "$(sqlite3 :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
   echo "sqlite3=$(sqlite3 -version 2>/dev/null | cut -d' ' -f1)"
-for c in sha256sum 'busybox sha256sum' 'shasum -a 256' 'openssl dgst -sha256 -r'; do
+for c in {" ".join(shlex.quote(tool) for tool in SHA256_TOOLS)}; do
   if [ "$(printf abc | $c 2>/dev/null | cut -d' ' -f1)" = {SHA256_OF_ABC} ]; then
     echo "sha256=$c"
     [ -f {WRAPPER_PATH} ] && echo "wrapper=$($c <{WRAPPER_PATH} | cut -d' ' -f1)"
@@ -105,7 +106,7 @@ def probe(session: Session, timeout: float) -> Probe:
         flock=found.get("flock") == "ok",
         setsid=found.get("setsid") == "ok",
         sqlite3=found.get("sqlite3") or None,
-        sha256=found.get("sha256") or None,
+        sha256=found.get("sha256") if found.get("sha256") in SHA256_TOOLS else None,
         wrapper_sha256=found.get("wrapper") or None,
         has_db=found.get("db") == "yes",
     )

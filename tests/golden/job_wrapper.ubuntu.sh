@@ -52,7 +52,7 @@ group_alive() { # true while a process that is not a zombie is in the job's proc
   for f in /proc/[0-9]*/stat; do
     { read -r s <"$f"; } 2>/dev/null || continue
     s=${s##*) }
-    [[ ${s:0:1} != Z ]] && s=${s#* * } && [[ ${s%% *} == "$CHILD" ]] && return 0
+    [[ ${s:0:1} != [ZX] ]] && s=${s#* * } && [[ ${s%% *} == "$CHILD" ]] && return 0
   done
   return 1
 }
