@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -592,3 +593,104 @@ def test_a_checksum_mismatch_fails_the_host_and_leaves_nothing(
     assert str(results[0]["error"]).startswith("checksum mismatch: uploaded ")
     limited_home = Path(lab.users["sptest3"].pw_dir)
     assert bin_dir_listing(limited_home) == []
+
+
+class FlakyProxy:
+    """A TCP front for a real sshd that hangs up on the first ``drops`` connections."""
+
+    def __init__(self, backend_port: int, drops: int) -> None:
+        self.backend_port, self.drops, self.connections = backend_port, drops, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.serve, daemon=True)]
+        self.threads[0].start()
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            if self.connections <= self.drops:
+                conn.close()  # the client sees no SSH banner
+                continue
+            backend = socket.create_connection(("127.0.0.1", self.backend_port))
+            for src, dst in ((conn, backend), (backend, conn)):
+                thread = threading.Thread(target=self.pipe, args=(src, dst), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+
+    @staticmethod
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.threads[0].join()
+        self.listener.close()
+
+
+@pytest.mark.parametrize(("drops", "status"), [(2, "deployed"), (5, "failed")])
+def test_banner_errors_are_retried_a_bounded_number_of_times(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    known_hosts: Path,
+    drops: int,
+    status: str,
+) -> None:
+    proxy = FlakyProxy(lab.a.port, drops)
+    key = lab.a.known_hosts_line.split(" ", 1)[1]
+    known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {key}")
+    try:
+        code, results = push(capsys, lab, known_hosts, f"{lab.user.pw_name}@127.0.0.1:{proxy.port}")
+    finally:
+        proxy.close()
+    assert results[0]["status"] == status
+    assert proxy.connections == min(drops + 1, 3)  # one try and two retries at most
+    if status == "failed":
+        assert code == 1 and "banner" in str(results[0]["error"]).lower()
+
+
+def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Path) -> None:
+    import sys
+
+    master, slave = os.openpty()
+    exe = str(Path(sys.executable).parent / "sp-deploy")
+    proc = subprocess.run(
+        [
+            exe,
+            "push",
+            lab.a.spec,
+            lab.b.spec,
+            "-i",
+            str(lab.client_key),
+            "--known-hosts",
+            str(trusted),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+        check=False,
+    )
+    os.close(slave)
+    progress = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(master, 65536):
+            progress += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    lines = progress.decode().split()
+    assert f"{lab.a.spec}:" in lines and f"{lab.b.spec}:" in lines
+    assert proc.stdout.splitlines()[0].split()[:2] == ["HOST", "STATUS"]
