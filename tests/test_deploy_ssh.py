@@ -453,38 +453,14 @@ def test_l_p_i_override_and_a_named_distro(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
     rhel = render_wrapper(load_profile("rhel")).encode()
-    code, results = sp_json(
-        capsys,
-        "push",
-        "127.0.0.1",
-        "-l",
-        lab.user.pw_name,
-        "-p",
-        str(lab.a.port),
-        "-i",
-        str(lab.client_key),
-        "--known-hosts",
-        str(trusted),
-        "--distro",
-        "rhel",
-    )
+    where = ("127.0.0.1", "-l", lab.user.pw_name, "-p", str(lab.a.port))
+    auth = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, results = sp_json(capsys, "push", *where, *auth, "--distro", "rhel")
     assert code == 0
     assert results[0]["distro"] == "rhel"
     assert results[0]["sha256"] == hashlib.sha256(rhel).hexdigest()
     assert (home / WRAPPER).read_bytes() == rhel
-    code, results = sp_json(
-        capsys,
-        "verify",
-        "127.0.0.1",
-        "-l",
-        lab.user.pw_name,
-        "-p",
-        str(lab.a.port),
-        "-i",
-        str(lab.client_key),
-        "--known-hosts",
-        str(trusted),
-    )
+    code, results = sp_json(capsys, "verify", *where, *auth)
     assert code == 1 and results[0]["status"] == "mismatch"  # auto picks debian
 
 
