@@ -8,6 +8,7 @@ sha256 with the host's own tool) and only then renamed over the old file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -147,8 +148,11 @@ def check_requirements(found: Probe, profile: Profile) -> tuple[str, ...]:
     return ()
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+@functools.cache
+def wrapper_for(profile: Profile) -> tuple[bytes, str]:
+    """The rendered wrapper for ``profile`` and its sha256, rendered once per run."""
+    data = render_wrapper(profile).encode()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _remaining(deadline: float) -> float:
@@ -166,8 +170,7 @@ def push_host(
     found = probe(session, _remaining(deadline))
     profile = pick_profile(found, requested)
     warnings = check_requirements(found, profile)
-    data = render_wrapper(profile).encode()
-    digest = sha256_hex(data)
+    data, digest = wrapper_for(profile)
     if found.wrapper_sha256 == digest:
         return HostResult(host, "unchanged", profile.name, digest, warnings=warnings)
     if dry_run:
@@ -220,10 +223,9 @@ def upload(session: Session, data: bytes, digest: str, sha256_cmd: str, deadline
 
 
 def init_database(session: Session, deadline: float) -> None:
-    schema = " ".join(schema_sql().split())
     command = (
         f"cd && mkdir -p {SERVER_DIR} && "
-        f"sqlite3 -init /dev/null -bail {SERVER_DIR}/server.db {shlex.quote(schema)}"
+        f"sqlite3 -init /dev/null -bail {SERVER_DIR}/server.db {shlex.quote(schema_sql())}"
     )
     status, _, err = session.run(command, timeout=_remaining(deadline))
     if status != 0:
@@ -252,7 +254,7 @@ def smoke_run(session: Session, deadline: float) -> None:
 def verify_host(session: Session, host: str, requested: str, deadline: float) -> HostResult:
     found = probe(session, _remaining(deadline))
     profile = pick_profile(found, requested)
-    digest = sha256_hex(render_wrapper(profile).encode())
+    _, digest = wrapper_for(profile)
     if not found.sha256:
         raise RequirementError(f"no sha256 tool on the host; install: {profile.install_hint}")
     if found.wrapper_sha256 is None:

@@ -39,9 +39,7 @@ def make_environment() -> jinja2.Environment:
 
 def render_wrapper(profile: Profile) -> str:
     template = make_environment().get_template(WRAPPER_TEMPLATE)
-    return template.render(
-        version=__version__, profile=profile, schema=" ".join(schema_sql().split())
-    )
+    return template.render(version=__version__, profile=profile, schema=schema_sql())
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o755) -> None:

@@ -16,5 +16,5 @@ def templates_dir() -> Path:
 
 
 def schema_sql() -> str:
-    """The server database schema: one source for the wrapper and the deployer."""
-    return (templates_dir() / "schema.sql").read_text(encoding="utf-8")
+    """The server database schema as one line: one source for the wrapper and the deployer."""
+    return " ".join((templates_dir() / "schema.sql").read_text(encoding="utf-8").split())

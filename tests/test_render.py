@@ -44,7 +44,7 @@ def test_install_hint_is_in_the_script(profile_name: str) -> None:
 
 def test_schema_is_embedded_from_its_single_source() -> None:
     text = render_wrapper(load_profile("debian"))
-    assert f"readonly SCHEMA={shell_quote(' '.join(schema_sql().split()))}\n" in text
+    assert f"readonly SCHEMA={shell_quote(schema_sql())}\n" in text
     assert re.search(r"CREATE TABLE IF NOT EXISTS jobs", schema_sql())
 
 
