@@ -26,10 +26,10 @@ printf '@boot %s\\n' "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 for f in "$dir"/jobs/*.status; do
   [ -f "$f" ] || continue
   id=${{f##*/}}; id=${{id%.status}}
+  # held = listed in /proc/locks; read, not taken, so a wrapper starting now is not refused
   lock=free
-  if [ -e "$dir/locks/$id.lock" ] && ! flock -n "$dir/locks/$id.lock" true 2>/dev/null; then
-    lock=held
-  fi
+  ino=$(stat -c %i "$dir/locks/$id.lock" 2>/dev/null)
+  [ -n "$ino" ] && grep -q ":$ino " /proc/locks 2>/dev/null && lock=held
   pid=$(sed -n 's/.*"pid":\\([0-9][0-9]*\\).*/\\1/p' "$f")
   alive=no
   [ -n "$pid" ] && [ -d "/proc/$pid" ] && alive=yes
