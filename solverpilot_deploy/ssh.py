@@ -114,6 +114,8 @@ def resolve(spec: str, options: ConnectOptions) -> Target:
         return values.get(key, [default])[0]
 
     jump = one("proxyjump", "none")
+    if one("proxycommand", "none") != "none":
+        raise UsageError(f"{spec}: ProxyCommand is not supported; use ProxyJump")
     identity_files = tuple(os.path.expanduser(p) for p in values.get("identityfile", []))
     if options.identity:
         identity_files = (os.path.expanduser(options.identity),)

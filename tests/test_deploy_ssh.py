@@ -670,3 +670,17 @@ def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Pa
     lines = progress.decode().split()
     assert f"{lab.a.spec}:" in lines and f"{lab.b.spec}:" in lines
     assert proc.stdout.splitlines()[0].split()[:2] == ["HOST", "STATUS"]
+
+
+def test_proxy_command_is_refused_not_ignored(
+    capsys: pytest.CaptureFixture[str], lab: Lab, trusted: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        f"Host viacmd\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  ProxyCommand nc %h %p\n"
+    )
+    code, results = sp_json(
+        capsys, "push", "viacmd", "-F", str(config), "--known-hosts", str(trusted)
+    )
+    assert code == 1
+    assert results[0]["error"] == "viacmd: ProxyCommand is not supported; use ProxyJump"
