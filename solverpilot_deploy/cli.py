@@ -73,6 +73,13 @@ def _connect_options(args: argparse.Namespace) -> ConnectOptions:
     )
 
 
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -> int:
     import json
 
@@ -94,14 +101,12 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     else:
-        rows = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
+        rows: list[tuple[str, ...]] = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
         rows += [
             (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
             for r in results
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4])
+        _print_table(rows)
     return 0 if all(r.status in good for r in results) else 1
 
 
@@ -150,9 +155,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     rows = [tuple(key.upper() for key in JOB_KEYS)]
     rows += [tuple("-" if v is None else str(v) for v in job.as_json().values()) for job in jobs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(JOB_KEYS))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
     return 0
 
 

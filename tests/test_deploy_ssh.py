@@ -381,6 +381,19 @@ def test_status_completed_failed_running_and_lost(
         str(trusted),
     )
     assert [job["id"] for job in jobs] == ["job-bad"]
+    code, out, _ = sp(
+        capsys,
+        "status",
+        lab.a.spec,
+        "job-bad",
+        "-i",
+        str(lab.client_key),
+        "--known-hosts",
+        str(trusted),
+    )
+    header, row = out.splitlines()
+    assert header.split() == ["ID", "STATUS", "EXIT_CODE", "SIGNAL", "STARTED_AT", "COMPLETED_AT"]
+    assert row.split()[:4] == ["job-bad", "failed", "3", "-"]
 
 
 def test_render_does_not_import_paramiko_and_starts_fast() -> None:
