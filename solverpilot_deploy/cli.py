@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from solverpilot_deploy.profiles import load_profile
-    from solverpilot_deploy.render import render_wrapper, write_atomically
+    from solverpilot_deploy.render_cache import cached_render
 
-    text = render_wrapper(load_profile(args.distro))
+    text = cached_render(args.distro)
     if args.output is None:
         sys.stdout.write(text)
     else:
+        from solverpilot_deploy.render import write_atomically
+
         write_atomically(Path(args.output), text)
     return 0
 
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", dest="jobs", type=_positive(int), default=8, metavar="N", help="hosts at once"
     )
     _add_ssh_options(push)
-    push.set_defaults(func=cmd_push)
+    push.set_defaults(func=cmd_push, more_positionals="hosts")
 
     verify = sub.add_parser("verify", help="compare each host's wrapper with the render")
     verify.add_argument("hosts", nargs="+", metavar="HOST")
@@ -251,20 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", dest="jobs", type=_positive(int), default=8, metavar="N", help="hosts at once"
     )
     _add_ssh_options(verify)
-    verify.set_defaults(func=cmd_verify)
+    verify.set_defaults(func=cmd_verify, more_positionals="hosts")
 
     status = sub.add_parser("status", help="list the jobs recorded on a host")
     status.add_argument("host", metavar="HOST")
     status.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs")
     _add_ssh_options(status)
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=cmd_status, more_positionals="job_ids")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # argparse will not take positionals after options ("push h1 -i key h2"): the list
+        # positional of push/verify (hosts) and status (job ids) gets them
+        dest = getattr(args, "more_positionals", None)
+        if extra and dest and not any(word.startswith("-") for word in extra):
+            setattr(args, dest, [*getattr(args, dest), *extra])
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DeployError as exc:

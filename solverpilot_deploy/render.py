@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from solverpilot_deploy import __version__
 from solverpilot_deploy.errors import OutputError
-from solverpilot_deploy.profiles import Profile
 from solverpilot_deploy.resources import schema_sql, templates_dir
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from solverpilot_deploy.profiles import Profile
 
 WRAPPER_TEMPLATE = "job_wrapper.sh.j2"
 
@@ -22,6 +25,8 @@ def shell_quote(text: str) -> str:
 
 
 def make_environment() -> jinja2.Environment:
+    import jinja2  # here, not at the top: a cached render (render_cache.py) never needs it
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,

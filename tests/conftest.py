@@ -22,6 +22,16 @@ from solverpilot_deploy import cli  # noqa: E402
 PROFILE_NAMES = ["alpine", "debian", "rhel", "ubuntu"]
 
 
+@pytest.fixture(autouse=True)
+def private_render_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own empty render cache (also seen by its subprocesses)."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder
+
+
 @pytest.fixture(params=PROFILE_NAMES)
 def profile_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param

@@ -148,6 +148,8 @@ def test_every_command_has_help(command: list[str]) -> None:
         ["verify", "h", "--timeout", "-1"],
         ["status"],
         ["push", "h", "--timeout", "soon"],
+        ["render", "--distro", "debian", "extra"],
+        ["push", "h", "--json", "--bogus"],
     ],
 )
 def test_usage_errors_exit_2_without_traceback(argv: list[str]) -> None:
