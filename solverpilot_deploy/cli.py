@@ -137,7 +137,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from solverpilot_deploy.ssh import connect, parse_spec
+    from solverpilot_deploy.ssh import connect, parse_spec, remaining
     from solverpilot_deploy.status import JOB_KEYS, read_status
 
     options = _connect_options(args)
@@ -145,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     parse_spec(args.host)  # a malformed HOST is a usage error, not a host failure
     try:
         with connect(args.host, options, deadline) as session:
-            jobs = read_status(session, options.timeout)
+            jobs = read_status(session, remaining(deadline))
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
     if args.job_ids:

@@ -14,14 +14,13 @@ import io
 import json
 import secrets
 import shlex
-import time
 from dataclasses import dataclass
 
 from solverpilot_deploy.errors import ChecksumError, RemoteCommandError, RequirementError
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql
-from solverpilot_deploy.ssh import Session
+from solverpilot_deploy.ssh import Session, remaining
 
 WRAPPER_DIR = ".solverpilot/bin"  # relative to the remote home, for SFTP and the shell alike
 WRAPPER_PATH = f"{WRAPPER_DIR}/job_wrapper.sh"
@@ -155,10 +154,6 @@ def wrapper_for(profile: Profile) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _remaining(deadline: float) -> float:
-    return max(deadline - time.monotonic(), 0.1)
-
-
 def push_host(
     session: Session,
     host: str,
@@ -167,7 +162,7 @@ def push_host(
     dry_run: bool = False,
     smoke: bool = True,
 ) -> HostResult:
-    found = probe(session, _remaining(deadline))
+    found = probe(session, remaining(deadline))
     profile = pick_profile(found, requested)
     warnings = check_requirements(found, profile)
     data, digest = wrapper_for(profile)
@@ -188,7 +183,7 @@ def upload(session: Session, data: bytes, digest: str, sha256_cmd: str, deadline
     """Temporary file beside the live one, 0755, ``bash -n``, sha256, then rename over it."""
     tmp = f"{WRAPPER_DIR}/.job_wrapper.sh.{secrets.token_hex(8)}.tmp"
     sftp = session.client.open_sftp()
-    sftp.get_channel().settimeout(_remaining(deadline))
+    sftp.get_channel().settimeout(remaining(deadline))
     try:
         try:
             for folder in (".solverpilot", WRAPPER_DIR):
@@ -208,7 +203,7 @@ def upload(session: Session, data: bytes, digest: str, sha256_cmd: str, deadline
             f"[ ! -d {WRAPPER_PATH} ] || exit 12; "  # mv would move the file into it
             f"mv -f {tmp} {WRAPPER_PATH} || exit 12"
         )
-        status, out, err = session.run(check, timeout=_remaining(deadline))
+        status, out, err = session.run(check, timeout=remaining(deadline))
         if status == 10:
             raise RemoteCommandError(f"bash -n rejected the uploaded wrapper: {err.strip()}")
         if status == 11:
@@ -227,7 +222,7 @@ def init_database(session: Session, deadline: float) -> None:
         f"cd && mkdir -p {SERVER_DIR} && "
         f"sqlite3 -init /dev/null -bail {SERVER_DIR}/server.db {shlex.quote(schema_sql())}"
     )
-    status, _, err = session.run(command, timeout=_remaining(deadline))
+    status, _, err = session.run(command, timeout=remaining(deadline))
     if status != 0:
         raise RemoteCommandError(f"cannot create the server database: {err.strip() or status}")
 
@@ -240,7 +235,7 @@ def smoke_run(session: Session, deadline: float) -> None:
         f'SOLVERPILOT_SERVER_DIR="$d" "$HOME/{WRAPPER_PATH}" {job_id} sh -c : </dev/null; rc=$?; '
         f'cat "$d/jobs/{job_id}.status"; rm -rf "$d"; exit "$rc"'
     )
-    status, out, err = session.run(command, timeout=_remaining(deadline))
+    status, out, err = session.run(command, timeout=remaining(deadline))
     try:
         state = json.loads(out)
     except ValueError:
@@ -252,7 +247,7 @@ def smoke_run(session: Session, deadline: float) -> None:
 
 
 def verify_host(session: Session, host: str, requested: str, deadline: float) -> HostResult:
-    found = probe(session, _remaining(deadline))
+    found = probe(session, remaining(deadline))
     profile = pick_profile(found, requested)
     _, digest = wrapper_for(profile)
     if not found.sha256:

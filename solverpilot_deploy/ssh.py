@@ -8,6 +8,7 @@ included); an unknown key is refused unless ``accept_new`` records it, a changed
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -59,7 +60,6 @@ class ConnectOptions:
 class Target:
     """One destination, fully resolved."""
 
-    spec: str
     hostname: str
     port: int
     user: str
@@ -120,7 +120,6 @@ def resolve(spec: str, options: ConnectOptions) -> Target:
     if options.identity:
         identity_files = (os.path.expanduser(options.identity),)
     return Target(
-        spec=spec,
         hostname=one("hostname", host),
         port=int(one("port", "22")),
         user=one("user"),
@@ -128,6 +127,11 @@ def resolve(spec: str, options: ConnectOptions) -> Target:
         identities_only=one("identitiesonly", "no") == "yes" or bool(options.identity),
         proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
     )
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (time.monotonic), never less than 0.1."""
+    return max(deadline - time.monotonic(), 0.1)
 
 
 def known_hosts_name(hostname: str, port: int) -> str:
@@ -234,8 +238,8 @@ def _connect_one(
     keys = [p for p in target.identity_files if os.path.exists(p)]
     name = known_hosts_name(target.hostname, target.port)
     for attempt in range(BANNER_RETRIES + 1):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise HostTimeoutError(f"no connection to {name} within the deadline")
         try:
             client.connect(
@@ -245,41 +249,54 @@ def _connect_one(
                 key_filename=keys or None,
                 allow_agent=not target.identities_only,
                 look_for_keys=False,
-                timeout=remaining,
-                banner_timeout=remaining,
-                auth_timeout=remaining,
-                channel_timeout=remaining,
+                timeout=left,
+                banner_timeout=left,
+                auth_timeout=left,
+                channel_timeout=left,
                 sock=sock,
             )
             break
-        except HostError:
+        except Exception as exc:
             client.close()
-            raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise HostKeyError(
-                f"host key for {name} has CHANGED (now {_fingerprint(exc.key)}); refusing to "
-                f"connect: if the change is expected, remove the old entry from "
-                f"{options.known_hosts}"
-            ) from exc
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise AuthenticationError(f"{target.user}@{name}: {exc}") from exc
-        except TimeoutError as exc:
-            client.close()
-            raise HostTimeoutError(f"no answer from {name}") from exc
-        except paramiko.SSHException as exc:
-            client.close()
-            if "banner" in str(exc).lower() and attempt < BANNER_RETRIES:
+            if _is_banner_error(exc) and attempt < BANNER_RETRIES:
                 time.sleep(min(0.5 * (attempt + 1), max(deadline - time.monotonic(), 0)))
                 continue
-            if time.monotonic() >= deadline:
-                raise HostTimeoutError(f"no SSH answer from {name}: {exc}") from exc
-            raise UnreachableError(f"{name}: {exc}") from exc
-        except OSError as exc:
-            client.close()
-            raise UnreachableError(f"{name}: {exc.strerror or exc}") from exc
+            raise _connect_error(exc, target, options, deadline) from exc
     session.clients.append(client)
+
+
+def _is_banner_error(exc: Exception) -> bool:
+    import paramiko
+
+    return isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower()
+
+
+def _connect_error(
+    exc: Exception, target: Target, options: ConnectOptions, deadline: float
+) -> Exception:
+    """The one-line HostError that names what went wrong with a connection attempt."""
+    import paramiko
+
+    name = known_hosts_name(target.hostname, target.port)
+    if isinstance(exc, HostError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyError(
+            f"host key for {name} has CHANGED (now {_fingerprint(exc.key)}); refusing to "
+            f"connect: if the change is expected, remove the old entry from "
+            f"{options.known_hosts}"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return AuthenticationError(f"{target.user}@{name}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return HostTimeoutError(f"no answer from {name}")
+    if isinstance(exc, paramiko.SSHException):
+        if time.monotonic() >= deadline:
+            return HostTimeoutError(f"no SSH answer from {name}: {exc}")
+        return UnreachableError(f"{name}: {exc}")
+    if isinstance(exc, OSError):
+        return UnreachableError(f"{name}: {exc.strerror or exc}")
+    return exc
 
 
 @contextmanager
@@ -302,12 +319,7 @@ def connect(spec: str, options: ConnectOptions, deadline: float) -> Iterator[Ses
 
 def _jump_options(options: ConnectOptions) -> ConnectOptions:
     """Jump hosts take their identity from the config, not from -i/-l/-p."""
-    return ConnectOptions(
-        config_file=options.config_file,
-        known_hosts=options.known_hosts,
-        accept_new=options.accept_new,
-        timeout=options.timeout,
-    )
+    return dataclasses.replace(options, identity=None, login=None, port=None)
 
 
 def _open_forward(session: Session, target: Target, deadline: float) -> paramiko.Channel:
