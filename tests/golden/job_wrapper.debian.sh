@@ -1,24 +1,35 @@
-#!/usr/bin/env bash
+#!/bin/bash -p
 # job_wrapper.sh: run one SolverPilot job and record how it ended.
 # Rendered by sp-deploy 0.1.0 for profile debian (Debian 11, 12, 13).
 # Usage: job_wrapper.sh JOB_ID COMMAND [ARG...]    JOB_ID: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
 #   Files under ${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}: server.db (table jobs),
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
-#   On HUP INT QUIT TERM USR1 USR2 ALRM the job's process group gets TERM, then KILL after
-#   SOLVERPILOT_KILL_GRACE seconds (default 10).
+# Signals: on HUP INT QUIT TERM USR1 USR2 ALRM the stop is recorded at once (failed, 128+N, the
+#   signal's name) and the same signal goes to the job's process group; once the job's main
+#   process has exited, the rest of the group gets TERM; whatever still lives when
+#   SOLVERPILOT_KILL_GRACE seconds (default 10) have passed since the first signal gets KILL.
+#   A signal that comes after the job ended on its own changes nothing.
+# Environment: runs as `bash -p` (restarts so when run as `bash job_wrapper.sh`), so the
+#   caller's BASH_ENV, SHELLOPTS, BASHOPTS and exported functions cannot change it; they still
+#   reach the job. The job starts with the caller's signal dispositions, except under bash 4.2,
+#   which cannot undo its own ignoring of INT and QUIT for background jobs.
 # Exit codes: the job's own; 128+N when the job or the wrapper died of signal N (HUP 129,
-#   INT 130, TERM 143); 64 usage error or invalid JOB_ID (nothing written); 73 initial state
-#   cannot be written; 75 JOB_ID already running. On 64, 73 and 75 the command is not run.
-# Limitations: SIGKILL of the wrapper cannot be recorded; the state stays "running" with pid,
-#   host and boot_id, and the lock stays held while any job process lives, so a reconciler
-#   can tell "still running" from "lost". A job exiting 129-192 itself reads as killed by a
-#   signal. Processes that leave the job's process group escape the stop.
-set -u
+#   INT 130, TERM 143); 64 usage error, invalid JOB_ID or no HOME (nothing written); 73 initial
+#   state cannot be written; 75 JOB_ID already running, or a process of its earlier run still
+#   holds its lock (the message names the pid). On 64, 73 and 75 the command is not run.
+# Limitations: SIGKILL of the wrapper before a stop cannot be recorded; the state stays
+#   "running" with pid, host and boot_id, and the lock stays held while any job process lives,
+#   so a reconciler can tell "still running" from "lost". A job exiting 129-192 itself reads as
+#   killed by a signal. Processes that leave the job's process group escape the stop.
+if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
+case $- in *p*) ;; *) exec "$BASH" -p -- "$0" "$@" ;; esac
+set +aefkmtvxCET +o pipefail +o posix -hBu
 
 readonly INSTALL_HINT='sudo apt-get install bash sqlite3 util-linux coreutils'
 readonly DB_WARNING='WARNING: Failed to update SQLite, state file written'
 readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT );'
-SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM) CHILD='' SIGNAL=''
+SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
+SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0
 
 die() { trap - EXIT; printf 'job_wrapper: %s\n' "$2" >&2; exit "$1"; }
 now() { # now VAR: ISO 8601 local time with offset, no fork
@@ -34,18 +45,26 @@ json_str() { # json_str VAR TEXT: VAR becomes TEXT as a JSON string literal
   done
   printf -v "$1" '"%s%s"' "$out" "$s"
 }
+valid_id() { local LC_ALL=C; [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; }
 write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename
   local tmp="$STATE.$$.tmp"
+  [[ ! -d $STATE ]] || return 1 # mv would move the file into it
   printf '{"id":"%s","status":"%s",%s%s}\n' "$JOB_ID" "$1" "$COMMON" "${2-}" 2>/dev/null >"$tmp" &&
-    mv -f -- "$tmp" "$STATE" 2>/dev/null && return 0
-  rm -f -- "$tmp" 2>/dev/null; return 1
+    mv -f -- "$tmp" "$STATE" 2>/dev/null && SAYS=$1 && return 0
+  rm -f -- "$tmp" 2>/dev/null
+  return 1
 }
-db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE (SQL literals); never fatal
+db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE (SQL literals): one transaction
   sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$DB" "BEGIN IMMEDIATE; $SCHEMA
 INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$JOB_ID');
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
-  tmux_session_name = '${TMUX_NAME//\'/\'\'}' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1 ||
-    printf '%s\n' "$DB_WARNING" >&2
+  tmux_session_name = '${TMUX_NAME//\'/\'\'}' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
+}
+running() { # running PID: the process exists and is not a zombie
+  local s
+  { read -r s <"/proc/$1/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  [[ ${s:0:1} != [ZX] ]]
 }
 group_alive() { # true while a process that is not a zombie is in the job's process group
   local f s
@@ -56,53 +75,126 @@ group_alive() { # true while a process that is not a zombie is in the job's proc
   done
   return 1
 }
-on_signal() { # on_signal NAME: stop the job's process group, then exit 128+N
-  trap '' "${SIGNALS[@]}"
-  CHILD=${!-}
-  if [[ -n $CHILD ]] && ! kill -TERM -- "-$CHILD" 2>/dev/null && ! kill -TERM "$CHILD" 2>/dev/null; then
-    wait "$CHILD" 2>/dev/null
-    exit # the job had already ended on its own: keep its status
+grace_left() { ((TICKS-- > 0 && SECONDS <= STOP_END)); } # counted and by the wall clock
+# shellcheck disable=SC2329 # invoked by the traps below
+on_signal() { # on_signal NAME: the trap of every stop signal
+  [[ -z $FINAL ]] || return 0
+  local pid=${!-}
+  if [[ -z $SIGNAL ]]; then
+    if [[ -n $pid ]] && ! running "$pid"; then LATE=$1; return 0; fi # the job ended on its own
+    SIGNAL=$1 TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+    [[ -n $pid ]] || exit # the job has not started and never will: finish records the stop
   fi
-  SIGNAL=$1
-  local i end=$((SECONDS + 10#$GRACE)) # the wall clock bounds the wait, even on a busy host
-  for ((i = 10#$GRACE * 10; i > 0 && SECONDS <= end; i--)); do group_alive || break; sleep 0.1; done
-  kill -KILL -- "-$CHILD" 2>/dev/null
-  wait "$CHILD" 2>/dev/null
-  exit $((128 + $(kill -l "$1")))
+  kill -s "$1" -- "-$pid" 2>/dev/null || kill -s "$1" "$pid" 2>/dev/null
+  return 0
 }
-finish() { # EXIT trap: record how the job ended; further signals are ignored meanwhile
-  local rc=$1 status=failed sig=null end
-  trap '' "${SIGNALS[@]}"
-  ((rc == 0)) && status=completed
-  if [[ -n $SIGNAL ]]; then sig="\"$SIGNAL\""; elif ((rc > 128 && rc <= 192)); then sig="\"$(kill -l "$rc")\""; fi
+record() { # record STATUS RC SIGNAL_JSON: the final state in both stores; sets ST_OK, DB_OK
+  local end
   now end
-  write_state "$status" ",\"exit_code\":$rc,\"completed_at\":\"$end\",\"signal\":$sig" ||
-    printf 'job_wrapper: cannot write state file %s\n' "$STATE" >&2
-  db_write "$status" "'$end'" "$rc"
+  ST_OK='' DB_OK=''
+  write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3" && ST_OK=1
+  db_write "$1" "'$end'" "$2" && DB_OK=1
+}
+stop_job() { # the stop is recorded at once; then the job's answer, the rest of the group, KILL
+  STOP_RC=$((128 + $(kill -l "$SIGNAL")))
+  record failed "$STOP_RC" "\"$SIGNAL\""
+  while running "$CHILD" && grace_left; do sleep 0.1; done
+  if ! running "$CHILD"; then
+    kill -TERM -- "-$CHILD" 2>/dev/null
+    while group_alive && grace_left; do sleep 0.1; done
+  fi
+  group_alive && kill -KILL -- "-$CHILD" 2>/dev/null
+  wait "$CHILD" 2>/dev/null
+}
+# shellcheck disable=SC2329 # invoked by the EXIT trap
+finish() { # EXIT trap: the final record, and exactly what could not be written
+  FINAL=1
+  local rc=$1 status=failed sig=null
+  trap '' "${SIGNALS[@]}"
+  if [[ -n $SIGNAL ]]; then
+    rc=$((128 + $(kill -l "$SIGNAL"))) sig="\"$SIGNAL\""
+  elif ((rc > 128 && rc <= 192)); then
+    sig=$(kill -l "$rc" 2>/dev/null) && [[ -n $sig ]] && sig="\"$sig\"" || sig=null
+  fi
+  ((rc == 0)) && status=completed
+  record "$status" "$rc" "$sig"
+  if [[ -n $ST_OK && -z $DB_OK ]]; then
+    printf '%s\n' "$DB_WARNING" >&2
+  elif [[ -z $ST_OK && -n $DB_OK ]]; then
+    printf 'job_wrapper: cannot write state file %s (it still says "%s"); the database has the final state\n' "$STATE" "$SAYS" >&2
+  elif [[ -z $ST_OK ]]; then
+    printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$STATE" "$SAYS" >&2
+  fi
+  exit "$rc"
+}
+lock_holder_message() { # the 75 message: who holds the lock
+  local f pid='' comm='' state=''
+  for f in /proc/[0-9]*/fd/200; do
+    [[ $f != "/proc/$$/fd/200" && $f -ef $LOCK ]] && pid=${f#/proc/} && pid=${pid%%/*} && break
+  done 2>/dev/null
+  if [[ -z $pid ]]; then
+    printf -v MESSAGE 'job %s is already running (lock %s is held)' "$JOB_ID" "$LOCK"
+    return
+  fi
+  { read -r comm <"/proc/$pid/comm"; read -r -d '' state <"$STATE"; } 2>/dev/null
+  if [[ $state == *'"status":"running"'* && $state == *"\"pid\":$pid,"* ]]; then
+    printf -v MESSAGE 'job %s is already running (its wrapper, pid %s, holds lock %s)' "$JOB_ID" "$pid" "$LOCK"
+  else
+    printf -v MESSAGE 'job %s: a process of its earlier run still holds lock %s: pid %s (%s); stop it or let it end' "$JOB_ID" "$LOCK" "$pid" "${comm:-?}"
+  fi
 }
 
 (($# >= 2)) || die 64 'usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
 JOB_ID=$1 GRACE=${SOLVERPILOT_KILL_GRACE:-10}
 shift
-[[ $JOB_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] || die 64 'invalid JOB_ID: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit'
+valid_id "$JOB_ID" || die 64 'invalid JOB_ID: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit'
 [[ $GRACE =~ ^[0-9]{1,6}$ ]] || die 64 'SOLVERPILOT_KILL_GRACE must be a whole number of seconds'
-BASE=${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}
+if [[ -n ${SOLVERPILOT_SERVER_DIR-} ]]; then
+  BASE=$SOLVERPILOT_SERVER_DIR
+elif [[ -n ${HOME-} ]]; then
+  BASE=$HOME/.solverpilot-server
+else
+  die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
+fi
+[[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
 DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
-hash flock setsid mv 2>/dev/null || die 73 "flock, setsid or mv not found; install them: $INSTALL_HINT"
+hash flock setsid mv sleep 2>/dev/null || die 73 "flock, setsid, mv or sleep not found; install them: $INSTALL_HINT"
 [[ -d $BASE/jobs && -d $BASE/locks ]] || mkdir -p -- "$BASE/jobs" "$BASE/locks" 2>/dev/null ||
   die 73 "cannot create $BASE/jobs and $BASE/locks"
+[[ ! -e $LOCK || -f $LOCK ]] || die 73 "lock file $LOCK is not a regular file"
+[[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
 { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
-flock -n 200 || die 75 "job $JOB_ID is already running (lock $LOCK is held)"
+flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
 
-RUN_USER=${USER:-$(id -un 2>/dev/null)} BOOT_ID=null
+RUN_USER=${USER:-$(id -un 2>/dev/null)} BOOT_ID=null HOST=${HOSTNAME-}
 TMUX_NAME="solverpilot_${RUN_USER}_${JOB_ID:0:8}"
 { read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
-json_str J_USER "$RUN_USER"; json_str J_HOST "$HOSTNAME"; now STARTED_AT
+{ read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
+json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
 COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
 # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
 for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
 trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
 write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
-db_write running NULL NULL
-setsid "$@" <&0 & # own process group, so a stop reaches grandchildren; explicit stdin
-trap '' PIPE; wait "$!" 2>/dev/null
+db_write running NULL NULL || printf '%s\n' "$DB_WARNING" >&2
+# The job: its own session and process group, so a stop reaches grandchildren; the caller's
+# stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
+if { : <&0; } 2>/dev/null; then
+  (trap - INT QUIT; exec setsid "$@") <&0 &
+else
+  (trap - INT QUIT; exec setsid "$@") <&- &
+fi
+CHILD=$!
+trap '' PIPE
+wait "$CHILD"
+rc=$?
+while [[ -z $SIGNAL && -n $LATE ]]; do # a signal came after the job ended: keep its own status
+  wait "$CHILD" 2>/dev/null
+  rc=$?
+  # bash loses the status of a child it reaps just as a trap interrupts its wait (it still
+  # lists the job then): the signal's stop is the record
+  jobs %1 >/dev/null 2>&1 && SIGNAL=$LATE
+  LATE=''
+done
+[[ -z $SIGNAL ]] || stop_job
+exit "$rc"
