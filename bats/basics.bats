@@ -140,7 +140,7 @@ ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9
   local db_before
   db_before=$(sqlite3 "$DB" "SELECT * FROM jobs")
   run -75 --separate-stderr wrapper job-twice touch "$WORK/second-ran"
-  [[ $stderr == *'already running'* ]]
+  assert_equal "$stderr" "job_wrapper: job job-twice is already running (its wrapper, pid $WPID, holds lock $SERVER/locks/job-twice.lock)"
   [[ ! -e $WORK/second-ran ]]
   cmp "$WORK/before" "$SERVER/jobs/job-twice.status"
   assert_equal "$(sqlite3 "$DB" "SELECT * FROM jobs")" "$db_before"
@@ -198,4 +198,67 @@ EOF
       [[ $(readlink -f "$resolved") != *busybox* ]] || fail "$tool is busybox on a GNU profile"
     fi
   done
+}
+
+@test "every path the wrapper writes is what it claims to be, or a clear error and exit 73" {
+  mkdir -p "$SERVER/jobs" "$SERVER/locks"
+  mkdir "$SERVER/jobs/job-dir.status"
+  run -73 --separate-stderr wrapper job-dir touch "$WORK/ran"
+  assert_equal "$stderr" "job_wrapper: state file $SERVER/jobs/job-dir.status is a folder"
+  ln -s "$WORK" "$SERVER/jobs/job-link.status"
+  run -73 --separate-stderr wrapper job-link touch "$WORK/ran"
+  assert_equal "$stderr" "job_wrapper: state file $SERVER/jobs/job-link.status is a folder"
+  mkdir "$SERVER/locks/job-lockdir.lock"
+  run -73 --separate-stderr wrapper job-lockdir touch "$WORK/ran"
+  assert_equal "$stderr" "job_wrapper: lock file $SERVER/locks/job-lockdir.lock is not a regular file"
+  mkfifo "$SERVER/locks/job-fifo.lock"
+  run -73 --separate-stderr timeout 10 "${WRAPPER_CMD[@]}" job-fifo touch "$WORK/ran"
+  assert_equal "$stderr" "job_wrapper: lock file $SERVER/locks/job-fifo.lock is not a regular file"
+  [[ ! -e $WORK/ran ]] || fail "the job ran"
+  [[ -z $(find "$SERVER/jobs" -name '*.tmp') ]] || fail "a temporary file was left"
+  [[ -z $(find "$WORK" -newer "$SERVER/locks" -type f) ]] || fail "something was written into the folder"
+}
+
+@test "a jobs or locks path that is a file: a clear error and exit 73" {
+  mkdir -p "$SERVER"
+  : >"$SERVER/jobs"
+  run -73 --separate-stderr wrapper job-x touch "$WORK/ran"
+  assert_equal "$stderr" "job_wrapper: cannot create $SERVER/jobs and $SERVER/locks"
+  [[ ! -e $WORK/ran ]]
+}
+
+@test "a relative or option-like server folder is used as the folder it names, from the caller's directory" {
+  cd "$WORK"
+  SOLVERPILOT_SERVER_DIR=-odd run -0 --separate-stderr wrapper job-odd true
+  assert_equal "$stderr" ''
+  [[ -f $WORK/-odd/jobs/job-odd.status ]] || fail "state file not under ./-odd"
+  assert_equal "$(sqlite3 "$WORK/-odd/server.db" "SELECT status FROM jobs WHERE id = 'job-odd'")" completed
+  SOLVERPILOT_SERVER_DIR='--help' run -0 wrapper job-help true
+  [[ -f $WORK/--help/jobs/job-help.status ]]
+}
+
+@test "HOME unset and no SOLVERPILOT_SERVER_DIR: a clear error, exit 64, nothing run" {
+  unset SOLVERPILOT_SERVER_DIR
+  cd "$WORK"
+  run -64 --separate-stderr env -u HOME -u SOLVERPILOT_SERVER_DIR "${WRAPPER_CMD[@]}" job-nohome touch "$WORK/ran"
+  assert_equal "$stderr" 'job_wrapper: HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
+  HOME='' run -64 wrapper job-nohome touch "$WORK/ran"
+  [[ ! -e $WORK/ran ]]
+  HOME=$WORK/home run -0 wrapper job-home true
+  [[ -f $WORK/home/.solverpilot-server/jobs/job-home.status ]]
+}
+
+@test "a process left running by an earlier run holds the lock: 75 names it and its pid" {
+  run -0 wrapper job-left sh -c '(exec sleep 1000 </dev/null >/dev/null 2>&1 3>&-) &
+    echo $! >"$0/grandchild.pid"' "$WORK"
+  local pid
+  pid=$(cat "$WORK/grandchild.pid")
+  alive "$pid" || fail "the leftover process is gone"
+  run -75 --separate-stderr wrapper job-left touch "$WORK/ran"
+  assert_equal "$stderr" "job_wrapper: job job-left: a process of its earlier run still holds lock $SERVER/locks/job-left.lock: pid $pid (sleep); stop it or let it end"
+  [[ ! -e $WORK/ran ]]
+  assert_equal "$(state_field job-left status)" '"completed"'
+  kill "$pid"
+  poll_until 10 not_alive "$pid"
+  run -0 wrapper job-left true
 }

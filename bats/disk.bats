@@ -10,6 +10,7 @@ setup() {
   mount -t tmpfs -o size=64k tmpfs "$MNT"
   export SOLVERPILOT_SERVER_DIR=$MNT/server
   SERVER=$SOLVERPILOT_SERVER_DIR
+  DB=$SERVER/server.db
 }
 
 WARNING='WARNING: Failed to update SQLite, state file written'
@@ -43,6 +44,7 @@ teardown() {
 @test "a read-only DB: warning, the state file is written, the DB is unchanged" {
   export SOLVERPILOT_SERVER_DIR=$BATS_TEST_TMPDIR/server
   SERVER=$SOLVERPILOT_SERVER_DIR
+  DB=$SERVER/server.db
   run -0 wrapper job-ro-setup true
   cp "$DB" "$WORK/db.before"
   mount --bind "$DB" "$DB"
@@ -52,4 +54,62 @@ teardown() {
   assert_equal "$stderr" "$WARNING"$'\n'"$WARNING"
   cmp "$DB" "$WORK/db.before"
   assert_equal "$(state_field job-rodb status)" '"completed"'
+}
+
+# fill_disk DIR: fill the filesystem of DIR to the last byte
+fill_disk() {
+  head -c 10M /dev/zero >"$1/filler" 2>/dev/null || true
+  local i
+  for i in $(seq 50); do : >"$1/filler-$i" 2>/dev/null || break; done # the inodes too
+}
+
+@test "the disk fills during the job, state folder only: stderr says the DB has the final state, and the file still says running" {
+  export SOLVERPILOT_SERVER_DIR=$BATS_TEST_TMPDIR/server
+  SERVER=$SOLVERPILOT_SERVER_DIR
+  DB=$SERVER/server.db
+  mkdir -p "$SERVER/jobs" "$SERVER/locks"
+  mount -t tmpfs -o size=64k tmpfs "$SERVER/jobs"
+  start_wrapper job-fill sh -c 'while [ ! -e "$0/go" ]; do sleep 0.05; done; exit 4' "$WORK"
+  poll_until 10 file_has "$SERVER/jobs/job-fill.status" running || fail "job did not start"
+  fill_disk "$SERVER/jobs"
+  touch "$WORK/go"
+  wait_rc "$WPID"
+  umount "$SERVER/jobs"
+  assert_equal "$RC" 4
+  assert_equal "$(cat "$WORK/job-fill.err")" \
+    "job_wrapper: cannot write state file $SERVER/jobs/job-fill.status (it still says \"running\"); the database has the final state"
+  assert_equal "$(db_row job-fill)" 'failed|4|1'
+}
+
+@test "the disk fills during the job, state and DB: stderr says the final state was not recorded, nothing else" {
+  mkdir -p "$SERVER"
+  start_wrapper job-full2 sh -c 'while [ ! -e "$0/go" ]; do sleep 0.05; done; exit 4' "$WORK"
+  poll_until 10 file_has "$SERVER/jobs/job-full2.status" running || fail "job did not start"
+  fill_disk "$MNT"
+  touch "$WORK/go"
+  wait_rc "$WPID"
+  assert_equal "$RC" 4
+  assert_equal "$(cat "$WORK/job-full2.err")" \
+    "job_wrapper: final state NOT recorded: cannot write state file $SERVER/jobs/job-full2.status (it still says \"running\") nor update the database"
+  assert_equal "$(state_field job-full2 status)" '"running"'
+  assert_equal "$(sqlite3 "$DB" "SELECT status FROM jobs WHERE id = 'job-full2'")" running
+  [[ -z $(find "$SERVER/jobs" -name '*.tmp') ]] || fail "a temporary file was left"
+}
+
+@test "a stop on a full disk: the messages say what the state file holds" {
+  export SOLVERPILOT_SERVER_DIR=$BATS_TEST_TMPDIR/server
+  SERVER=$SOLVERPILOT_SERVER_DIR
+  DB=$SERVER/server.db
+  mkdir -p "$SERVER/jobs" "$SERVER/locks"
+  mount -t tmpfs -o size=64k tmpfs "$SERVER/jobs"
+  start_wrapper job-fillstop sh -c 'touch "$0/started"; while :; do sleep 0.05; done' "$WORK"
+  poll_until 10 test -e "$WORK/started" || fail "job did not start"
+  fill_disk "$SERVER/jobs"
+  kill -TERM "$WPID"
+  wait_rc "$WPID"
+  umount "$SERVER/jobs"
+  assert_equal "$RC" 143
+  assert_equal "$(cat "$WORK/job-fillstop.err")" \
+    "job_wrapper: cannot write state file $SERVER/jobs/job-fillstop.status (it still says \"running\"); the database has the final state"
+  assert_equal "$(db_row job-fillstop)" 'failed|143|1'
 }

@@ -5,6 +5,9 @@
 #   SP_USERLAND  "gnu" (the host's GNU tools), "busybox" (a folder of busybox-static applets
 #                plus bash, sqlite3 and flock, as on Alpine) or "host" (whatever PATH has,
 #                as in Dockerfile.test)
+#   SP_BASH      optional: a bash binary (an old release built by tests/build_bash.sh) that
+#                runs the wrapper as `SP_BASH job_wrapper.sh ...`; default: its #! line
+#   SP_STRESS_RUNS  runs per stress test (default 300)
 # Outside CI a test that needs root or a missing tool is skipped with the reason; with CI set
 # it fails instead.
 
@@ -28,7 +31,12 @@ common_setup() {
 # their defaults (a shell's background jobs would otherwise inherit them ignored).
 use_path() {
   WRAPPER_PATH=$1
-  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" "$SP_WRAPPER")
+  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH"} "$SP_WRAPPER")
+}
+
+# bash_is_42: the wrapper runs under bash 4.2, whose documented limits some tests name.
+bash_is_42() {
+  [[ $("${SP_BASH:-/bin/bash}" -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"') == 4.2 ]]
 }
 
 # require_or_skip COND_DESCRIPTION CMD...: run CMD; when it fails, skip (or fail in CI).

@@ -1,0 +1,95 @@
+#!/usr/bin/env bats
+# The promise under races: a signal at a random moment of every phase (start, running-state
+# write, job end, final write), many times; every run must end with exactly one final record.
+# SP_STRESS_RUNS sets the number of runs per test (default 300).
+
+setup() {
+  load test_helper/common
+  common_setup
+  RUNS=${SP_STRESS_RUNS:-300}
+  export SOLVERPILOT_KILL_GRACE=5
+  # a busy machine widens every race window: one spinning process per core
+  local i
+  for ((i = 0; i < $(nproc); i++)); do
+    sh -c 'while :; do :; done' 3>&- &
+    STARTED+=("$!")
+  done
+}
+
+teardown() {
+  common_teardown
+}
+
+STOP_SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
+
+# random_delay MAX_MS: sleep a random 0..MAX_MS milliseconds
+random_delay() {
+  local ms=$((RANDOM % ($1 + 1)))
+  sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+}
+
+# signal_run ID SIGNAL MAX_MS OWN SCRIPT: one run of `sh -c SCRIPT` with SIGNAL sent after a
+# random delay; appends "ID WRAPPER_EXIT OWN SIGNAL" to $WORK/runs. The job first creates
+# $WORK/ran/ID, so that a run without a record can be told from one that never started.
+signal_run() {
+  local id=$1 sig=$2 max=$3 own=$4 pid rc=0
+  mkdir -p "$WORK/ran"
+  "${WRAPPER_CMD[@]}" "$id" sh -c ": >\"\$0\"; $5" "$WORK/ran/$id" </dev/null >/dev/null \
+    2>>"$WORK/stderr" 3>&- &
+  pid=$!
+  random_delay "$max"
+  kill -s "$sig" "$pid" 2>/dev/null || true
+  wait "$pid" || rc=$?
+  echo "$id $rc $own $sig" >>"$WORK/runs"
+}
+
+check_runs() {
+  run -0 python3 "$BATS_TEST_DIRNAME/test_helper/check_records.py" "$SERVER" "$WORK/runs" "$WORK/ran"
+  printf '# %s\n' "${lines[@]}" >&3
+  [[ $output == *", 0 bad" ]] || fail "some runs lost or falsified their record"
+}
+
+@test "TERM just as the job ends on its own: exactly one final record, own end or the stop, in every run" {
+  local i
+  for ((i = 0; i < RUNS; i++)); do
+    signal_run "end-$i" TERM 80 3 'sleep 0.02; exit 3'
+  done
+  check_runs
+  assert_equal "$(grep -c . "$WORK/runs")" "$RUNS"
+}
+
+@test "every stop signal at a random moment of a slow start, job end and final write: every record sound" {
+  # a userland whose mv and sqlite3 take a random 0-30 ms widens the state and DB writes
+  local slow=$BATS_TEST_TMPDIR/slow tool i sig
+  mkdir -p "$slow"
+  for tool in mv sqlite3; do
+    printf '#!/bin/sh\nsleep "0.0$(($$ %% 30))"\nexec %s "$@"\n' "$(PATH=$WRAPPER_PATH command -v "$tool")" \
+      >"$slow/$tool"
+    chmod +x "$slow/$tool"
+  done
+  use_path "$slow:$WRAPPER_PATH"
+  for ((i = 0; i < RUNS; i++)); do
+    sig=${STOP_SIGNALS[RANDOM % ${#STOP_SIGNALS[@]}]}
+    case $((i % 3)) in
+      0) signal_run "slow-$i" "$sig" 150 0 : ;;
+      1) signal_run "slow-$i" "$sig" 150 5 'sleep 0.03; exit 5' ;;
+      2) signal_run "slow-$i" "$sig" 150 137 'sleep 0.02; kill -KILL $$' ;;
+    esac
+  done
+  check_runs
+}
+
+@test "signals at random moments while eight wrappers at once contend for one DB" {
+  local i j sig batch
+  for ((i = 0; i < RUNS; i += 8)); do
+    batch=()
+    for ((j = i; j < i + 8 && j < RUNS; j++)); do
+      sig=${STOP_SIGNALS[RANDOM % ${#STOP_SIGNALS[@]}]}
+      signal_run "busy-$j" "$sig" 120 4 'sleep 0.0$(($$ % 5)); exit 4' &
+      batch+=("$!")
+    done
+    wait "${batch[@]}"
+  done
+  check_runs
+  assert_equal "$(cat "$WORK/stderr")" '' # no write failed, none was reported
+}
