@@ -7,6 +7,7 @@ failure; 2 usage error or unknown profile; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from solverpilot_deploy import __version__
 from solverpilot_deploy.errors import DeployError, HostFailedError
 
 if TYPE_CHECKING:
+    from threading import Event
+
     from solverpilot_deploy.deploy import HostResult
     from solverpilot_deploy.fleet import Operation
     from solverpilot_deploy.ssh import ConnectOptions, Session
@@ -25,12 +28,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     from solverpilot_deploy.render_cache import cached_render
 
     text = cached_render(args.distro)
-    if args.output is None:
+    if args.output is None or args.output == "-":
         sys.stdout.write(text)
     else:
-        from solverpilot_deploy.render import write_atomically
+        from solverpilot_deploy.render import write_output
 
-        write_atomically(Path(args.output), text)
+        write_output(Path(args.output), text)
     return 0
 
 
@@ -45,18 +48,26 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 def cmd_lint(args: argparse.Namespace) -> int:
     from solverpilot_deploy.lint import lint_script
     from solverpilot_deploy.profiles import load_profile, profile_names
+    from solverpilot_deploy.remote import step_names, step_script
     from solverpilot_deploy.render import render_wrapper
 
     names = args.distro or profile_names()
     profiles = [load_profile(name) for name in names]  # every name checked before any work
+    scripts = [
+        (profile.name, lint_script(f"job_wrapper.{profile.name}.sh", render_wrapper(profile)))
+        for profile in profiles
+    ]
+    scripts += [
+        (f"remote/{step}", lint_script(f"{step}.sh", step_script(step), shell="sh"))
+        for step in step_names()
+    ]
     dirty = 0
-    for profile in profiles:
-        result = lint_script(f"job_wrapper.{profile.name}.sh", render_wrapper(profile))
+    for label, result in scripts:
         if result.clean:
-            print(f"{profile.name}: clean")
+            print(f"{label}: clean")
         else:
             dirty += 1
-            print(f"{profile.name}: shellcheck findings\n{result.findings}")
+            print(f"{label}: shellcheck findings\n{result.findings}")
     return 1 if dirty else 0
 
 
@@ -98,7 +109,8 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
         if progress:
             print(f"  {result.host}: {result.status}", file=sys.stderr)
 
-    results = run_fleet(args.hosts, _connect_options(args), operation, args.jobs, on_done)
+    fleet = run_fleet(args.hosts, _connect_options(args), operation, args.jobs, on_done)
+    results = fleet.results
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     else:
@@ -108,6 +120,9 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
             for r in results
         ]
         _print_table(rows)
+    if fleet.interrupted:
+        print("sp-deploy: interrupted", file=sys.stderr)
+        return 130
     return 0 if all(r.status in good for r in results) else 1
 
 
@@ -116,8 +131,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     _require_profile(args.distro)
 
-    def operation(session: Session, host: str, deadline: float) -> HostResult:
-        return push_host(session, host, args.distro, deadline, args.dry_run, not args.no_smoke)
+    def operation(session: Session, host: str, deadline: float, stop: Event) -> HostResult:
+        return push_host(
+            session, host, args.distro, deadline, args.dry_run, not args.no_smoke, stop
+        )
 
     return _run_fleet(args, operation, {"deployed", "unchanged", "would-deploy"})
 
@@ -127,7 +144,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     _require_profile(args.distro)
 
-    def operation(session: Session, host: str, deadline: float) -> HostResult:
+    def operation(session: Session, host: str, deadline: float, stop: Event) -> HostResult:
         return verify_host(session, host, args.distro, deadline)
 
     return _run_fleet(args, operation, {"ok"})
@@ -160,14 +177,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+def _positive(kind: type[int] | type[float], most: int) -> Callable[[str], int | float]:
+    """A parser of a finite number in (0, most]: inf, nan and the like are usage errors."""
+
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+        if not math.isfinite(value) or not 0 < value <= most:
+            raise argparse.ArgumentTypeError(f"must be a number above 0, at most {most}: {text!r}")
         return value
 
     return parse
@@ -186,7 +205,9 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
     group.add_argument("-F", dest="config_file", metavar="FILE", help="ssh config file")
     group.add_argument("-i", dest="identity", metavar="KEY", help="identity (private key) file")
     group.add_argument("-l", dest="login", metavar="USER", help="remote user")
-    group.add_argument("-p", dest="port", type=int, metavar="PORT", help="remote port")
+    group.add_argument(
+        "-p", dest="port", type=_positive(int, 65535), metavar="PORT", help="remote port"
+    )
     group.add_argument(
         "--known-hosts",
         default="~/.ssh/known_hosts",
@@ -201,7 +222,7 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
         )
     group.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=_positive(float, 86400),
         default=60.0,
         metavar="SECONDS",
         help="deadline per host (default 60)",
@@ -221,14 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="render job_wrapper.sh for one distro profile")
     render.add_argument("--distro", required=True, metavar="NAME", help="profile name")
     render.add_argument(
-        "-o", "--output", metavar="FILE", help="write FILE atomically, mode 0755 (default stdout)"
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write FILE atomically, mode 0755 (default, or -: stdout; a device or fifo is "
+        "written directly)",
     )
     render.set_defaults(func=cmd_render)
 
     profiles = sub.add_parser("profiles", help="list the distro profiles and what they target")
     profiles.set_defaults(func=cmd_profiles)
 
-    lint = sub.add_parser("lint", help="run shellcheck on rendered wrappers (all by default)")
+    lint = sub.add_parser(
+        "lint", help="run shellcheck on rendered wrappers (all by default) and the remote steps"
+    )
     lint.add_argument(
         "--distro", action="append", metavar="NAME", help="profile to lint; repeatable"
     )
@@ -240,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dry-run", action="store_true", help="connect and probe, change nothing")
     push.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
     push.add_argument(
-        "-j", dest="jobs", type=_positive(int), default=8, metavar="N", help="hosts at once"
+        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
     )
     _add_ssh_options(push)
     push.set_defaults(func=cmd_push, more_positionals="hosts")
@@ -249,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("hosts", nargs="+", metavar="HOST")
     verify.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
     verify.add_argument(
-        "-j", dest="jobs", type=_positive(int), default=8, metavar="N", help="hosts at once"
+        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
     )
     _add_ssh_options(verify)
     verify.set_defaults(func=cmd_verify, more_positionals="hosts")

@@ -7,59 +7,41 @@ sha256 with the host's own tool) and only then renamed over the old file.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import io
 import json
 import secrets
-import shlex
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, replace
 
-from solverpilot_deploy.errors import ChecksumError, RemoteCommandError, RequirementError
+from solverpilot_deploy.errors import (
+    ChecksumError,
+    HostTimeoutError,
+    RemoteCommandError,
+    RequirementError,
+    StepInterrupted,
+)
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
+from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql
 from solverpilot_deploy.ssh import Session, remaining
 
-WRAPPER_DIR = ".solverpilot/bin"  # relative to the remote home, for SFTP and the shell alike
+WRAPPER_DIR = ".solverpilot/bin"  # relative to the remote home
 WRAPPER_PATH = f"{WRAPPER_DIR}/job_wrapper.sh"
 SERVER_DIR = ".solverpilot-server"
-MIN_BASH = (4, 2)
-SHA256_OF_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 SHA256_TOOLS = ("sha256sum", "busybox sha256sum", "shasum -a 256", "openssl dgst -sha256 -r")
-
-# One round trip: what the host is and what its tools can do (each checked by using it).
-PROBE_SCRIPT = f"""
-cd || exit 1
-if [ -r /etc/os-release ]; then . /etc/os-release; fi
-echo "os_id=${{ID:-}}"
-echo "os_like=${{ID_LIKE:-}}"
-echo "bash=$(bash -c 'echo "${{BASH_VERSINFO[0]}}.${{BASH_VERSINFO[1]}}"' 2>/dev/null)"
-t=$(mktemp 2>/dev/null) || t=/tmp/.sp-probe.$$
-: >"$t"
-(exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
-rm -f "$t"
-setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
-[ "$(sqlite3 :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
-  echo "sqlite3=$(sqlite3 -version 2>/dev/null | cut -d' ' -f1)"
-for c in {" ".join(shlex.quote(tool) for tool in SHA256_TOOLS)}; do
-  if [ "$(printf abc | $c 2>/dev/null | cut -d' ' -f1)" = {SHA256_OF_ABC} ]; then
-    echo "sha256=$c"
-    [ -f {WRAPPER_PATH} ] && echo "wrapper=$($c <{WRAPPER_PATH} | cut -d' ' -f1)"
-    break
-  fi
-done
-[ -e {SERVER_DIR}/server.db ] && echo db=yes
-exit 0
-"""
+# the host must still have this much of the deadline left when it renames the new wrapper in:
+# a rename later than that could land after sp-deploy has reported a timeout
+COMMIT_MARGIN = 3.0
 
 
 @dataclass(frozen=True)
 class Probe:
     os_id: str
     os_like: tuple[str, ...]
-    bash: tuple[int, int] | None
+    bash: str | None
     flock: bool
     setsid: bool
     sqlite3: str | None
@@ -89,20 +71,23 @@ class HostResult:
         }
 
 
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    """``"5.2"`` or ``"3.40.1"`` as numbers; None when it is not a version."""
+    parts = (text or "").split(".")
+    if not all(part.isdigit() for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
+
+
 def probe(session: Session, timeout: float) -> Probe:
-    status, out, err = session.run("sh -s", stdin=PROBE_SCRIPT.encode(), timeout=timeout)
-    if status != 0:
-        raise RemoteCommandError(f"probe failed: {err.strip() or status}")
-    found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    bash = None
-    if found.get("bash", "").count(".") == 1:
-        major, minor = found["bash"].split(".")
-        if major.isdigit() and minor.isdigit():
-            bash = (int(major), int(minor))
+    result = run_step(session, "probe", timeout=timeout)
+    if result.status != 0:
+        raise RemoteCommandError(f"probe failed: {result.error()}")
+    found = result.values()
     return Probe(
         os_id=found.get("os_id", ""),
         os_like=tuple(found.get("os_like", "").split()),
-        bash=bash,
+        bash=found.get("bash") if version_tuple(found.get("bash")) else None,
         flock=found.get("flock") == "ok",
         setsid=found.get("setsid") == "ok",
         sqlite3=found.get("sqlite3") or None,
@@ -128,10 +113,18 @@ def pick_profile(found: Probe, requested: str) -> Profile:
 
 
 def check_requirements(found: Probe, profile: Profile) -> tuple[str, ...]:
-    """Raise RequirementError for what the wrapper cannot run without; return warnings."""
+    """Raise RequirementError for what the wrapper cannot run without; return warnings.
+
+    The profile's minimums are the rule: bash below min_bash fails, sqlite3 below min_sqlite
+    (or absent) only warns, since the state files still record every job.
+    """
     missing = []
-    if found.bash is None or found.bash < MIN_BASH:
-        missing.append(f"bash >= {MIN_BASH[0]}.{MIN_BASH[1]}")
+    bash = version_tuple(found.bash)
+    need_bash = version_tuple(profile.min_bash) or ()
+    if bash is None:
+        missing.append(f"bash >= {profile.min_bash} as /bin/bash (none found)")
+    elif bash < need_bash:
+        missing.append(f"bash >= {profile.min_bash} as /bin/bash (found {found.bash})")
     if not found.flock:
         missing.append("flock")
     if not found.setsid:
@@ -144,14 +137,25 @@ def check_requirements(found: Probe, profile: Profile) -> tuple[str, ...]:
         return (
             f"sqlite3 missing: jobs will be recorded in state files only ({profile.install_hint})",
         )
+    sqlite = version_tuple(found.sqlite3)
+    if sqlite is None or sqlite < (version_tuple(profile.min_sqlite) or ()):
+        return (
+            f"sqlite3 {found.sqlite3} is older than the {profile.name} profile's "
+            f"{profile.min_sqlite}: the DB may not be updated ({profile.install_hint})",
+        )
     return ()
 
 
 @functools.cache
-def wrapper_for(profile: Profile) -> tuple[bytes, str]:
+def wrapper_for(profile: Profile) -> tuple[str, str]:
     """The rendered wrapper for ``profile`` and its sha256, rendered once per run."""
-    data = render_wrapper(profile).encode()
-    return data, hashlib.sha256(data).hexdigest()
+    text = render_wrapper(profile)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise StepInterrupted("interrupted before any change")
 
 
 def push_host(
@@ -161,88 +165,82 @@ def push_host(
     deadline: float,
     dry_run: bool = False,
     smoke: bool = True,
+    stop: threading.Event | None = None,
 ) -> HostResult:
+    """Probe, then (unless unchanged) install, init the DB and smoke-test; ``stop`` set means
+    an interrupt: no new step starts, and a host not yet changed raises StepInterrupted."""
     found = probe(session, remaining(deadline))
     profile = pick_profile(found, requested)
     warnings = check_requirements(found, profile)
-    data, digest = wrapper_for(profile)
+    text, digest = wrapper_for(profile)
+    result = HostResult(host, "deployed", profile.name, digest, warnings=warnings)
     if found.wrapper_sha256 == digest:
-        return HostResult(host, "unchanged", profile.name, digest, warnings=warnings)
+        return replace(result, status="unchanged")
     if dry_run:
-        return HostResult(host, "would-deploy", profile.name, digest, warnings=warnings)
-    assert found.sha256 is not None  # check_requirements made sure
-    upload(session, data, digest, found.sha256, deadline)
-    if not found.has_db and found.sqlite3:
-        init_database(session, deadline)
-    if smoke:
-        smoke_run(session, deadline)
-    return HostResult(host, "deployed", profile.name, digest, warnings=warnings)
+        return replace(result, status="would-deploy")
+    _check_stop(stop)
+    install(session, text, digest, deadline)
+    skipped = []
+    for wanted, step in (
+        (not found.has_db and bool(found.sqlite3), init_database),
+        (smoke, smoke_run),
+    ):
+        if not wanted:
+            continue
+        if stop is not None and stop.is_set():
+            skipped.append(step.__name__.replace("_", " "))
+            continue
+        step(session, deadline)
+    if skipped:
+        warnings += (f"interrupted after the install: {' and '.join(skipped)} skipped",)
+    return replace(result, warnings=warnings)
 
 
-def upload(session: Session, data: bytes, digest: str, sha256_cmd: str, deadline: float) -> None:
-    """Temporary file beside the live one, 0755, ``bash -n``, sha256, then rename over it."""
-    tmp = f"{WRAPPER_DIR}/.job_wrapper.sh.{secrets.token_hex(8)}.tmp"
-    sftp = session.client.open_sftp()
-    sftp.get_channel().settimeout(remaining(deadline))
-    try:
-        try:
-            for folder in (".solverpilot", WRAPPER_DIR):
-                try:
-                    sftp.stat(folder)
-                except FileNotFoundError:
-                    sftp.mkdir(folder, 0o755)
-            sftp.putfo(io.BytesIO(data), tmp, file_size=len(data), confirm=True)
-            sftp.chmod(tmp, 0o755)
-        except OSError as exc:
-            message = f"cannot upload to ~/{WRAPPER_DIR}: {exc.strerror or exc}"
-            raise RemoteCommandError(message) from exc
-        check = (
-            f"cd && bash -n {tmp} || exit 10; "
-            f"h=$({sha256_cmd} <{tmp} | cut -d' ' -f1); "
-            f'[ "$h" = {digest} ] || {{ echo "$h"; exit 11; }}; '
-            f"[ ! -d {WRAPPER_PATH} ] || exit 12; "  # mv would move the file into it
-            f"mv -f {tmp} {WRAPPER_PATH} || exit 12"
-        )
-        status, out, err = session.run(check, timeout=remaining(deadline))
-        if status == 10:
-            raise RemoteCommandError(f"bash -n rejected the uploaded wrapper: {err.strip()}")
-        if status == 11:
-            raise ChecksumError(f"uploaded {digest[:12]}..., host computed {out.strip()[:12]}...")
-        if status != 0:
-            reason = err.strip() or ("a folder is in the way" if status == 12 else f"exit {status}")
-            raise RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {reason}")
-    finally:
-        with contextlib.suppress(OSError):
-            sftp.remove(tmp)  # gone already after a successful rename
-        sftp.close()
+def install(session: Session, text: str, digest: str, deadline: float) -> None:
+    """Upload, check and rename the wrapper in one step (templates/remote/install.sh).
+
+    The host renames only while COMMIT_MARGIN seconds of the deadline remain, and only
+    while sp-deploy still listens, so a push reported as failed (timeout, Ctrl-C) never
+    replaces the wrapper later.
+    """
+    budget = int(deadline - time.monotonic() - COMMIT_MARGIN)
+    if budget < 1:
+        raise HostTimeoutError("no time left to install within the deadline")
+    result = run_step(
+        session, "install", digest, str(budget), timeout=remaining(deadline), payload=text
+    )
+    if result.status == 0:
+        return
+    if result.status == 10:
+        raise RemoteCommandError(f"bash -n rejected the uploaded wrapper: {result.error()}")
+    if result.status == 11:
+        got = result.values().get("sha256", "")
+        raise ChecksumError(f"uploaded {digest[:12]}..., host computed {got[:12] or '?'}...")
+    if result.status == 13:
+        raise HostTimeoutError("the host was too slow to check the wrapper; nothing changed")
+    raise RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {result.error()}")
 
 
 def init_database(session: Session, deadline: float) -> None:
-    command = (
-        f"cd && mkdir -p {SERVER_DIR} && "
-        f"sqlite3 -init /dev/null -bail {SERVER_DIR}/server.db {shlex.quote(schema_sql())}"
-    )
-    status, _, err = session.run(command, timeout=remaining(deadline))
-    if status != 0:
-        raise RemoteCommandError(f"cannot create the server database: {err.strip() or status}")
+    result = run_step(session, "init_db", timeout=remaining(deadline), payload=schema_sql() + "\n")
+    if result.status != 0:
+        raise RemoteCommandError(f"cannot create the server database: {result.error()}")
 
 
 def smoke_run(session: Session, deadline: float) -> None:
     """Run the deployed wrapper on the host in a throwaway server folder; it must complete."""
     job_id = f"sp-smoke-{secrets.token_hex(4)}"
-    command = (
-        "d=$(mktemp -d) || exit 90; "
-        f'SOLVERPILOT_SERVER_DIR="$d" "$HOME/{WRAPPER_PATH}" {job_id} sh -c : </dev/null; rc=$?; '
-        f'cat "$d/jobs/{job_id}.status"; rm -rf "$d"; exit "$rc"'
-    )
-    status, out, err = session.run(command, timeout=remaining(deadline))
+    result = run_step(session, "smoke", job_id, timeout=remaining(deadline))
+    rc = result.values().get("rc", "?")
     try:
-        state = json.loads(out)
+        state = json.loads(result.lines[-1]) if result.lines else {}
     except ValueError:
         state = {}
-    if status != 0 or state.get("status") != "completed":
+    if not isinstance(state, dict):
+        state = {}
+    if result.status != 0 or rc != "0" or state.get("status") != "completed":
         raise RemoteCommandError(
-            f"smoke run failed (exit {status}, state {state.get('status')!r}): {err.strip()}"
+            f"smoke run failed (exit {rc}, state {state.get('status')!r}): {result.stderr.strip()}"
         )
 
 

@@ -66,3 +66,7 @@ class HostTimeoutError(HostError):
 
 class RemoteCommandError(HostError):
     kind = "remote command failed"
+
+
+class StepInterrupted(DeployError):
+    """Ctrl-C came before this host was changed; it is reported "skipped"."""

@@ -1,29 +1,59 @@
 """Run one operation on many hosts in parallel, each with its own deadline.
 
 One failing host never stops the others: every failure becomes that host's HostResult.
+Ctrl-C stops the fleet in order: hosts not started are "skipped" and never touched; hosts in
+flight start no new step (a host not yet changed is "skipped", one whose wrapper was
+installed is "deployed" with a warning); a second Ctrl-C aborts their connections, and the
+remote install step then leaves the old wrapper in place.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 from solverpilot_deploy.deploy import HostResult
-from solverpilot_deploy.errors import DeployError, HostTimeoutError
+from solverpilot_deploy.errors import DeployError, HostTimeoutError, StepInterrupted
 from solverpilot_deploy.ssh import ConnectOptions, Session, connect
 
-# operation(session, host, deadline) -> HostResult
-Operation = Callable[[Session, str, float], HostResult]
+# operation(session, host, deadline, stop) -> HostResult
+Operation = Callable[[Session, str, float, threading.Event], HostResult]
 
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def run_on_host(host: str, options: ConnectOptions, operation: Operation) -> HostResult:
+@dataclass
+class FleetRun:
+    """What run_fleet returns: a result per host, in the order given."""
+
+    results: list[HostResult]
+    interrupted: bool = False
+
+
+@dataclass
+class _Shared:
+    stop: threading.Event = field(default_factory=threading.Event)
+    sessions: set[Session] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def abort_all(self) -> None:
+        with self.lock:
+            for session in self.sessions:
+                session.abort()
+
+
+def run_on_host(
+    host: str, options: ConnectOptions, operation: Operation, shared: _Shared
+) -> HostResult:
     """Connect, run ``operation``, and turn any failure into a failed HostResult."""
+    if shared.stop.is_set():
+        return HostResult(host, "skipped", error="interrupted before any change")
     deadline = time.monotonic() + options.timeout
     holder: list[Session] = []
 
@@ -37,11 +67,17 @@ def run_on_host(host: str, options: ConnectOptions, operation: Operation) -> Hos
     try:
         with connect(host, options, deadline) as session:
             holder.append(session)
+            with shared.lock:
+                shared.sessions.add(session)
             if time.monotonic() >= deadline:
                 session.abort()
-            return operation(session, host, deadline)
+            return operation(session, host, deadline, shared.stop)
+    except StepInterrupted as exc:
+        return HostResult(host, "skipped", error=str(exc))
     except Exception as exc:
-        if holder and holder[0].aborted.is_set():
+        if holder and holder[0].aborted.is_set() and shared.stop.is_set():
+            message = "interrupted: connection aborted by a second Ctrl-C"
+        elif holder and holder[0].aborted.is_set():
             message = str(HostTimeoutError(f"not done within {options.timeout:g} s"))
         elif isinstance(exc, DeployError):
             message = str(exc)
@@ -50,6 +86,9 @@ def run_on_host(host: str, options: ConnectOptions, operation: Operation) -> Hos
         return HostResult(host, "failed", error=one_line(message))
     finally:
         timer.cancel()
+        with shared.lock:
+            for session in holder:
+                shared.sessions.discard(session)
 
 
 def run_fleet(
@@ -58,17 +97,40 @@ def run_fleet(
     operation: Operation,
     jobs: int,
     on_done: Callable[[HostResult], None] | None = None,
-) -> list[HostResult]:
-    """``operation`` on every host, at most ``jobs`` at once; results in the order given."""
-    results: dict[int, HostResult] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {
-            pool.submit(run_on_host, host, options, operation): index
-            for index, host in enumerate(hosts)
-        }
-        for future in as_completed(futures):
-            result = future.result()
-            results[futures[future]] = result
-            if on_done is not None:
-                on_done(result)
-    return [results[index] for index in range(len(hosts))]
+) -> FleetRun:
+    """``operation`` on every host, at most ``jobs`` at once; Ctrl-C as the module says."""
+    shared = _Shared()
+
+    def outcome(index: int, future: Future[HostResult]) -> HostResult:
+        if future.cancelled():
+            return HostResult(hosts[index], "skipped", error="interrupted before any change")
+        return future.result()
+
+    def report(index: int, future: Future[HostResult]) -> None:
+        if on_done is not None:
+            on_done(outcome(index, future))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = []
+    for index, host in enumerate(hosts):
+        future = pool.submit(run_on_host, host, options, operation, shared)
+        future.add_done_callback(functools.partial(report, index))
+        futures.append(future)
+    interrupts = 0
+    try:
+        while True:
+            try:
+                if not wait(futures, timeout=0.1).not_done:
+                    break
+            except KeyboardInterrupt:
+                interrupts += 1
+                shared.stop.set()
+                for future in futures:
+                    future.cancel()  # not started yet: never will be
+                if interrupts > 1:
+                    shared.abort_all()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return FleetRun(
+        [outcome(i, future) for i, future in enumerate(futures)], interrupted=interrupts > 0
+    )

@@ -32,13 +32,14 @@ def shellcheck_path() -> str:
     return found
 
 
-def lint_script(name: str, text: str) -> LintResult:
-    """shellcheck ``text`` as bash; ``name`` is the file name shown in findings."""
+def lint_script(name: str, text: str, shell: str = "bash") -> LintResult:
+    """shellcheck ``text`` as ``shell`` (bash, or sh for the remote steps); ``name`` is the
+    file name shown in findings."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / name
         script.write_text(text, encoding="utf-8")
         proc = subprocess.run(
-            [shellcheck_path(), "--shell=bash", "--external-sources", "--format=gcc", name],
+            [shellcheck_path(), f"--shell={shell}", "--external-sources", "--format=gcc", name],
             cwd=tmp,
             capture_output=True,
             text=True,

@@ -5,7 +5,8 @@ render is a pure function of its inputs, so its output is kept under a key that 
 them: the tool version, this package's rendering code, and every file in the templates folder.
 Any change to any of them is a new key. A cached file is named after the sha256 of its
 content and checked against it when read, so a damaged entry is never served; it is just
-rendered again. A cache that cannot be written (read-only home) only costs speed.
+rendered again. Any failure of the cache (read-only home, an entry another user wrote and we
+cannot read, a folder where a file should be) only costs speed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ _RENDER_CODE = (
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # unset, empty or relative: the XDG default
+        base = os.path.expanduser("~/.cache")
     return Path(base) / "solverpilot-deploy"
 
 
@@ -41,6 +44,25 @@ def render_key(name: str) -> str:
         digest.update(str(path.relative_to(path.parents[1])).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _read_entry(folder: Path, key: str) -> str | None:
+    """A sound cached render for ``key``, or None: any failure only costs a render."""
+    try:
+        entries = list(folder.glob(f"{key}-*.sh"))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            data = entry.read_bytes()
+        except OSError:
+            continue  # unreadable (another user's, a folder, a dead link): render instead
+        if entry.name == f"{key}-{hashlib.sha256(data).hexdigest()}.sh":
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+    return None
 
 
 def _render(name: str) -> str:
@@ -59,16 +81,15 @@ def cached_render(name: str) -> str:
         return _render(name)  # raises the UsageError that names the known profiles
     key = render_key(name)
     folder = cache_dir()
-    for entry in folder.glob(f"{key}-*.sh"):
-        data = entry.read_bytes()
-        if entry.name == f"{key}-{hashlib.sha256(data).hexdigest()}.sh":
-            return data.decode("utf-8")
+    cached = _read_entry(folder, key)
+    if cached is not None:
+        return cached
     text = _render(name)
     data = text.encode("utf-8")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    except OSError:
+    except (OSError, ValueError):
         return text  # no cache, no harm: the next render renders again
     try:
         with os.fdopen(fd, "wb") as handle:

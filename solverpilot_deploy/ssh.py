@@ -116,17 +116,69 @@ def resolve(spec: str, options: ConnectOptions) -> Target:
     jump = one("proxyjump", "none")
     if one("proxycommand", "none") != "none":
         raise UsageError(f"{spec}: ProxyCommand is not supported; use ProxyJump")
-    identity_files = tuple(os.path.expanduser(p) for p in values.get("identityfile", []))
+    hostname, port_text, remote_user = one("hostname", host), one("port", "22"), one("user")
+    tokens = {
+        "h": hostname,
+        "n": host,
+        "p": port_text,
+        "r": remote_user,
+        "j": "" if jump == "none" else jump,
+    }
+    identity_files = tuple(expand_path_tokens(p, tokens) for p in values.get("identityfile", []))
     if options.identity:
         identity_files = (os.path.expanduser(options.identity),)
+        check_identity(identity_files[0])
     return Target(
-        hostname=one("hostname", host),
-        port=int(one("port", "22")),
-        user=one("user"),
+        hostname=hostname,
+        port=int(port_text),
+        user=remote_user,
         identity_files=identity_files,
         identities_only=one("identitiesonly", "no") == "yes" or bool(options.identity),
         proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
     )
+
+
+def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
+    """An IdentityFile path with OpenSSH's %-tokens and ``~`` expanded, as ssh does it.
+
+    ``remote`` gives h (HostName), n (the host as given), p (port), r (remote user) and j
+    (ProxyJump); the local ones (d, u, i, l, L) are this machine's; %% is a percent sign.
+    """
+    import getpass
+    import socket
+
+    local = {
+        "d": os.path.expanduser("~"),
+        "u": getpass.getuser(),
+        "i": str(os.getuid()),
+        "l": socket.getfqdn(),
+        "L": socket.gethostname().split(".")[0],
+        "%": "%",
+    }
+    values = {**local, **remote}
+
+    def token(match: re.Match[str]) -> str:
+        key = match[1]
+        if key not in values:
+            raise UsageError(f"IdentityFile {path}: unknown token %{key}")
+        return values[key]
+
+    return os.path.expanduser(re.sub(r"%(.)", token, path))
+
+
+def check_identity(path: str) -> None:
+    """``-i KEY`` must name a private key that exists: say so plainly when it does not."""
+    if not os.path.exists(path):
+        raise AuthenticationError(f"no such key {path}")
+    if os.path.isdir(path):
+        raise AuthenticationError(f"{path} is a folder, not a key")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise AuthenticationError(f"cannot read key {path}: {exc.strerror}") from exc
+    if re.match(rb"^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ AAAA", head):
+        raise AuthenticationError(f"{path} is a public key; give its private key to -i")
 
 
 def remaining(deadline: float) -> float:
@@ -237,6 +289,7 @@ def _connect_one(
     client.set_missing_host_key_policy(_host_key_policy(options))
     keys = [p for p in target.identity_files if os.path.exists(p)]
     name = known_hosts_name(target.hostname, target.port)
+
     for attempt in range(BANNER_RETRIES + 1):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -290,6 +343,11 @@ def _connect_error(
         return AuthenticationError(f"{target.user}@{name}: {exc}")
     if isinstance(exc, TimeoutError):
         return HostTimeoutError(f"no answer from {name}")
+    if isinstance(exc, paramiko.SSHException) and "No authentication methods" in str(exc):
+        listed = ", ".join(target.identity_files) or "none configured"
+        return AuthenticationError(
+            f"{target.user}@{name}: no key to offer: no such key ({listed}) and no agent"
+        )
     if isinstance(exc, paramiko.SSHException):
         if time.monotonic() >= deadline:
             return HostTimeoutError(f"no SSH answer from {name}: {exc}")

@@ -66,7 +66,8 @@ class Lab:
 def _limited_bin(folder: Path) -> Path:
     """A PATH folder with the basics but no flock and no sqlite3."""
     folder.mkdir(parents=True, exist_ok=True)
-    for tool in ("sh", "bash", "cat", "cut", "mktemp", "rm", "mv", "setsid", "sha256sum", "mkdir"):
+    basics = ("sh", "bash", "cat", "cut", "mktemp", "rm", "mv", "setsid", "sha256sum", "mkdir")
+    for tool in (*basics, "date", "chmod", "head", "sed", "tr", "wc", "grep", "stat"):
         found = shutil.which(tool)
         assert found, tool
         (folder / tool).symlink_to(found)

@@ -88,7 +88,10 @@ def test_profiles_lists_each_with_its_targets(capsys: pytest.CaptureFixture[str]
 def test_lint_all_profiles_clean(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "lint")
     assert code == 0
-    assert out.splitlines() == [f"{name}: clean" for name in PROFILE_NAMES]
+    steps = ["init_db", "install", "probe", "smoke", "status"]
+    assert out.splitlines() == [f"{name}: clean" for name in PROFILE_NAMES] + [
+        f"remote/{step}: clean" for step in steps
+    ]
 
 
 def test_lint_findings_exit_1(

@@ -515,7 +515,8 @@ def test_an_unwritable_folder_is_a_one_line_error(
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 1
     assert results[0]["error"] == (
-        "remote command failed: cannot upload to ~/.solverpilot/bin: Permission denied"
+        "remote command failed: cannot install ~/.solverpilot/bin/job_wrapper.sh: "
+        "cannot write to ~/.solverpilot/bin: Permission denied"
     )
     assert bin_dir_listing(home) == []
 
@@ -529,7 +530,8 @@ def test_a_checksum_mismatch_fails_the_host_and_leaves_nothing(
     real = fake.readlink()
     fake.unlink()
     fake.write_text(
-        '#!/bin/sh\nin=$(cat)\nif [ "$in" = abc ]; then\n'
+        '#!/bin/sh\nif [ $# -gt 0 ]; then in=$(cat "$1"); else in=$(cat); fi\n'
+        'if [ "$in" = abc ]; then\n'
         "  echo 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  -'\n"
         "else\n  echo '0000000000000000000000000000000000000000000000000000000000000000  -'\nfi\n"
     )

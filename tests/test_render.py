@@ -26,15 +26,15 @@ def test_render_is_deterministic(profile_name: str) -> None:
 
 def test_header_names_version_profile_and_contract(profile_name: str) -> None:
     text = render_wrapper(load_profile(profile_name))
-    header = text.split("\nset -u\n")[0]
-    assert header.startswith("#!/usr/bin/env bash\n")
+    header = text.split("\nif [ -z")[0]
+    assert header.startswith("#!/bin/bash -p\n")
     assert f"sp-deploy {__version__} for profile {profile_name}" in header
-    for needed in ("Usage:", "Exit codes:", "SIGKILL", "64", "73", "75"):
+    for needed in ("Usage:", "Exit codes:", "Signals:", "Environment:", "SIGKILL", "64", "73"):
         assert needed in header
 
 
 def test_script_stays_small(profile_name: str) -> None:
-    assert len(render_wrapper(load_profile(profile_name)).splitlines()) <= 110
+    assert len(render_wrapper(load_profile(profile_name)).splitlines()) <= 230
 
 
 def test_install_hint_is_in_the_script(profile_name: str) -> None:

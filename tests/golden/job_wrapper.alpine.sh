@@ -17,10 +17,12 @@
 #   INT 130, TERM 143); 64 usage error, invalid JOB_ID or no HOME (nothing written); 73 initial
 #   state cannot be written; 75 JOB_ID already running, or a process of its earlier run still
 #   holds its lock (the message names the pid). On 64, 73 and 75 the command is not run.
-# Limitations: SIGKILL of the wrapper before a stop cannot be recorded; the state stays
-#   "running" with pid, host and boot_id, and the lock stays held while any job process lives,
-#   so a reconciler can tell "still running" from "lost". A job exiting 129-192 itself reads as
-#   killed by a signal. Processes that leave the job's process group escape the stop.
+# Limitations: a signal that comes before the wrapper's first lines have run (its first
+#   millisecond or so) ends it unrecorded, and the job never starts. SIGKILL of the wrapper
+#   before a stop cannot be recorded; the state stays "running" with pid, host and boot_id, and
+#   the lock stays held while any job process lives, so a reconciler can tell "still running"
+#   from "lost". A job exiting 129-192 itself reads as killed by a signal. Processes that leave
+#   the job's process group escape the stop.
 if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
 case $- in *p*) ;; *) exec "$BASH" -p -- "$0" "$@" ;; esac
 set +aefkmtvxCET +o pipefail +o posix -hBu
@@ -29,7 +31,9 @@ readonly INSTALL_HINT='apk add bash sqlite flock'
 readonly DB_WARNING='WARNING: Failed to update SQLite, state file written'
 readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT );'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
-SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0
+SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0 PENDING=''
+# shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
+for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done # until the lock
 
 die() { trap - EXIT; printf 'job_wrapper: %s\n' "$2" >&2; exit "$1"; }
 now() { # now VAR: ISO 8601 local time with offset, no fork
@@ -175,6 +179,7 @@ COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"host\":$J_H
 # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
 for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
 trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
+[[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
 write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
 db_write running NULL NULL || printf '%s\n' "$DB_WARNING" >&2
 # The job: its own session and process group, so a stop reaches grandchildren; the caller's
@@ -186,7 +191,7 @@ else
 fi
 CHILD=$!
 trap '' PIPE
-wait "$CHILD"
+wait "$CHILD" 2>/dev/null # bash's own "Killed" line would add to the job's stderr
 rc=$?
 while [[ -z $SIGNAL && -n $LATE ]]; do # a signal came after the job ended: keep its own status
   wait "$CHILD" 2>/dev/null

@@ -1,0 +1,20 @@
+# probe.sh: what the host is and what its tools can do, each tool checked by using it.
+# Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db).
+if [ -r /etc/os-release ]; then . /etc/os-release; fi
+echo "os_id=${ID:-}"
+echo "os_like=${ID_LIKE:-}"
+# the wrapper runs as /bin/bash -p (its #! line)
+echo "bash=$(/bin/bash -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
+t=$(mktemp 2>/dev/null) || t=/tmp/.sp-probe.$$
+sp_tmp=$t
+: >"$t"
+(exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
+setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
+[ "$(sqlite3 :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
+  echo "sqlite3=$(sqlite3 -version 2>/dev/null | cut -d' ' -f1)"
+if sp_find_sha256; then
+  echo "sha256=$sp_sha"
+  [ -f .solverpilot/bin/job_wrapper.sh ] && echo "wrapper=$(sp_sha256 .solverpilot/bin/job_wrapper.sh)"
+fi
+[ -e .solverpilot-server/server.db ] && echo db=yes
+exit 0
