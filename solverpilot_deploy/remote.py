@@ -71,7 +71,7 @@ def command_line(token: str, args: tuple[str, ...]) -> str:
 
 def parse_framed(token: str, stdout: str) -> tuple[int, tuple[str, ...]] | None:
     """(status, lines) between this call's markers, or None when the answer is not complete."""
-    lines = stdout.splitlines()
+    lines = stdout.split("\n")  # not splitlines(): \r, \f or \x1c in a file are no line ends
     begin = f"@@SP-BEGIN {token}"
     end = re.compile(rf"^@@SP-END {re.escape(token)} (\d+)$")
     try:

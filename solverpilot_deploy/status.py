@@ -10,6 +10,7 @@ affected.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.ssh import Session
 
 JOB_KEYS = ("id", "status", "exit_code", "signal", "started_at", "completed_at")
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def job_from_state(job_id: str, text: str | None, lock: str, alive: str, boot: s
         state = json.loads(text) if text is not None else None
     except ValueError:
         state = None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not JOB_ID.match(job_id):  # no job has such a name
         return JobState(job_id, "unreadable", None, None, None, None)
     return JobState(
         id=job_id,

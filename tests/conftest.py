@@ -89,7 +89,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         authorize(user, base / "client.pub")
     # outside pytest's tmp tree, which other users cannot enter
     limited_bin = _limited_bin(Path(tempfile.mkdtemp(prefix="sp-limited-bin-")))
-    a_user, b_user, limited_user = TEST_USERS
+    a_user, b_user, limited_user, _ = TEST_USERS  # the last: hosts a test starts itself
     servers = {
         "a": Sshd(base / "a", a_user),
         "b": Sshd(base / "b", b_user),

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEST_USERS = ("sptest", "sptest2", "sptest3")  # one per simulated host, each its own home
+# one per simulated host, each its own home
+TEST_USERS = ("sptest", "sptest2", "sptest3", "sptest4")
 SSHD = "/usr/sbin/sshd"
 
 

@@ -77,13 +77,13 @@ def test_parse_merges_state_files_and_db_only_rows() -> None:
 def test_a_malformed_state_file_is_unreadable_and_the_others_stand(content: list[str]) -> None:
     lines = [
         f"@boot {BOOT}",
-        "@job free no bad one",
+        "@job free no bad?one",
         *(f"|{line}" for line in content),
         "@job free no good",
         '|{"status":"completed","exit_code":"zero","signal":5,"started_at":null}',
     ]
     jobs = {job.id: job for job in parse_status_output(lines)}
-    assert jobs["bad one"].status == "unreadable"
+    assert jobs["bad?one"].status == "unreadable"
     assert jobs["good"].status == "completed"
     assert (jobs["good"].exit_code, jobs["good"].signal, jobs["good"].started_at) == (
         None,

@@ -20,6 +20,7 @@ for f in "$dir"/jobs/*.status; do
     echo @big
   else
     tr -d '\000' <"$f" | sed 's/^/|/'
+    echo # a last line without its newline ends here
   fi
 done
 if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then

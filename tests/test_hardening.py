@@ -1,0 +1,427 @@
+"""The deployer's promises under interruption, races and bad input, against real sshd.
+
+A host ends with the old wrapper or the new one, as reported: Ctrl-C, timeouts and parallel
+pushes into one home must not change that. Bad input (malformed state files, odd key paths,
+odd output files, odd numbers) gets a one-line answer, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Lab, require, sp, sp_json
+from sshlab import Sshd, run_as
+
+from solverpilot_deploy.deploy import Probe, check_requirements
+from solverpilot_deploy.errors import RequirementError
+from solverpilot_deploy.profiles import load_profile
+from solverpilot_deploy.render import render_wrapper
+
+WRAPPER = ".solverpilot/bin/job_wrapper.sh"
+DEBIAN_SHA = hashlib.sha256(render_wrapper(load_profile("debian")).encode()).hexdigest()
+OLD_WRAPPER = b"#!/bin/sh\n# the old wrapper\n"
+
+
+def poll(condition: object, seconds: float, what: str) -> None:
+    """Wait until ``condition()`` is true, failing the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds} s: {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class SlowHost:
+    """An sshd whose user's sha256sum sleeps ~/slow-seconds before hashing the uploaded
+    wrapper (never the probe's "abc"): an install step that takes as long as a test wants."""
+
+    sshd: Sshd
+    home: Path
+    uid: int
+    gid: int
+
+    @property
+    def spec(self) -> str:
+        return self.sshd.spec
+
+    def delay(self, seconds: float) -> None:
+        (self.home / "slow-seconds").write_text(f"{seconds}\n")
+
+    def temp_files(self) -> list[str]:
+        folder = self.home / ".solverpilot/bin"
+        return sorted(p.name for p in folder.glob(".job_wrapper.sh.*")) if folder.is_dir() else []
+
+    def remote_busy(self) -> bool:
+        """A process of the host's user is still running (the install step, its sleep)."""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid == self.uid and (entry / "exe").resolve().name != "sshd":
+                        return True
+                except OSError:
+                    continue
+        return False
+
+    def place_old_wrapper(self) -> None:
+        path = self.home / WRAPPER
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(OLD_WRAPPER)
+        for item in (self.home / ".solverpilot", path.parent, path):
+            os.chown(item, self.uid, self.gid)
+
+
+@pytest.fixture(scope="session")
+def slow_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowHost]:
+    user = lab.users["sptest4"]
+    shims = Path(tempfile.mkdtemp(prefix="sp-slow-bin-"))
+    shims.chmod(0o755)
+    shim = shims / "sha256sum"
+    shim.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *job_wrapper.sh.*)\n'
+        '  if [ -f "$HOME/slow-seconds" ]; then sleep "$(cat "$HOME/slow-seconds")"; fi ;;\n'
+        "esac\n"
+        f'exec {shutil.which("sha256sum")} "$@"\n'
+    )
+    shim.chmod(0o755)
+    sshd = Sshd(
+        tmp_path_factory.mktemp("slow"),
+        user.pw_name,
+        extra_config=f"SetEnv PATH={shims}:/usr/bin:/bin\n",
+    ).start()
+    try:
+        yield SlowHost(sshd, Path(user.pw_dir), user.pw_uid, user.pw_gid)
+    finally:
+        sshd.stop()
+        shutil.rmtree(shims, ignore_errors=True)
+
+
+@pytest.fixture
+def slow(slow_host: SlowHost, home: Path) -> Iterator[SlowHost]:
+    (slow_host.home / "slow-seconds").unlink(missing_ok=True)
+    yield slow_host
+    poll(lambda: not slow_host.remote_busy(), 30, "the slow host's steps to end")
+    (slow_host.home / "slow-seconds").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def kh(trusted: Path, slow_host: SlowHost) -> Path:
+    with trusted.open("a") as handle:
+        handle.write(slow_host.sshd.known_hosts_line)
+    return trusted
+
+
+def sp_deploy(*args: str) -> subprocess.Popen[str]:
+    """sp-deploy as its own process (for real signals), output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "solverpilot_deploy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ssh_args(lab: Lab, kh: Path, timeout: str = "60") -> list[str]:
+    return ["-i", str(lab.client_key), "--known-hosts", str(kh), "--timeout", timeout]
+
+
+# ---- 8. Ctrl-C during a fleet push ----
+
+
+def test_ctrl_c_finishes_the_host_in_flight_and_skips_the_rest(
+    lab: Lab, home: Path, kh: Path, slow: SlowHost
+) -> None:
+    slow.delay(3)
+    b_home = Path(lab.users["sptest2"].pw_dir)
+    hosts = [lab.a.spec, slow.spec, lab.b.spec]
+    proc = sp_deploy("push", *hosts, "-j", "1", "--json", *ssh_args(lab, kh))
+    poll(lambda: slow.temp_files(), 30, "the slow host's install to start")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    results = json.loads(out)
+    assert [r["status"] for r in results] == ["deployed", "deployed", "skipped"]
+    assert results[2]["error"] == "interrupted before any change"
+    assert "interrupted after the install: init database and smoke run skipped" in err
+    assert "Traceback" not in err and err.rstrip().endswith("sp-deploy: interrupted")
+    assert hashlib.sha256((slow.home / WRAPPER).read_bytes()).hexdigest() == DEBIAN_SHA
+    assert slow.temp_files() == []
+    assert not (b_home / ".solverpilot").exists()
+
+
+def test_a_second_ctrl_c_aborts_the_host_in_flight_which_keeps_its_old_wrapper(
+    lab: Lab, home: Path, kh: Path, slow: SlowHost
+) -> None:
+    slow.place_old_wrapper()
+    slow.delay(4)
+    proc = sp_deploy("push", slow.spec, lab.b.spec, "-j", "1", "--json", *ssh_args(lab, kh))
+    poll(lambda: slow.temp_files(), 30, "the slow host's install to start")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # two separate key presses, not one
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    results = json.loads(out)
+    assert [r["status"] for r in results] == ["failed", "skipped"]
+    assert "interrupted" in str(results[0]["error"])
+    poll(lambda: not slow.remote_busy(), 20, "the aborted install step to end on the host")
+    assert (slow.home / WRAPPER).read_bytes() == OLD_WRAPPER
+    assert slow.temp_files() == []
+
+
+# ---- 9. a push reported failed never changes the host later ----
+
+
+@pytest.mark.parametrize("delay", [6, 14])
+def test_a_timed_out_push_never_installs_later(
+    lab: Lab, home: Path, kh: Path, slow: SlowHost, delay: int
+) -> None:
+    # 6 s: the host notices its own deadline has passed; 14 s: sp-deploy gives up first
+    slow.place_old_wrapper()
+    slow.delay(delay)
+    start = time.monotonic()
+    proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh, timeout="8"))
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, err
+    (result,) = json.loads(out)
+    assert result["status"] == "failed" and str(result["error"]).startswith("timeout: ")
+    assert took < 12
+    poll(lambda: not slow.remote_busy(), 30, "the install step to end on the host")
+    assert (slow.home / WRAPPER).read_bytes() == OLD_WRAPPER
+    assert slow.temp_files() == []
+
+
+# ---- 10. several pushes into one home at once ----
+
+
+def test_parallel_pushes_into_one_home_all_succeed_with_one_sound_wrapper(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, kh: Path
+) -> None:
+    others = [sp_deploy("push", lab.a.spec, "--json", *ssh_args(lab, kh)) for _ in range(3)]
+    code, results = sp_json(capsys, "push", *[lab.a.spec] * 6, "-j", "6", *ssh_args(lab, kh))
+    outcomes = [r["status"] for r in results]
+    for proc in others:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outcomes += [r["status"] for r in json.loads(out)]
+    assert code == 0, results
+    assert set(outcomes) <= {"deployed", "unchanged"} and "deployed" in outcomes
+    assert hashlib.sha256((home / WRAPPER).read_bytes()).hexdigest() == DEBIAN_SHA
+    assert sorted(p.name for p in (home / ".solverpilot/bin").iterdir()) == ["job_wrapper.sh"]
+    tables = run_as(
+        lab.user, "sqlite3", str(home / ".solverpilot-server/server.db"), ".tables"
+    ).stdout
+    assert tables.split() == ["jobs"]
+
+
+# ---- 11. render -o writes only regular files atomically ----
+
+
+def test_render_into_a_device_a_fifo_stdout_and_through_a_symlink(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    require(os.geteuid() == 0, "making a device node needs root")
+    text = render_wrapper(load_profile("debian"))
+    device = tmp_path / "null"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    code, _, err = sp(capsys, "render", "--distro", "debian", "-o", str(device))
+    assert (code, err) == (0, "")
+    assert stat.S_ISCHR(device.stat().st_mode)
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    code, _, err = sp(capsys, "render", "--distro", "debian", "-o", str(fifo))
+    reader.join(10)
+    assert (code, err, got) == (0, "", [text])
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+    code, out, _ = sp(capsys, "render", "--distro", "debian", "-o", "-")
+    assert (code, out) == (0, text)
+    assert not (Path.cwd() / "-").exists()
+
+    real = tmp_path / "real.sh"
+    real.write_text("old\n")
+    link = tmp_path / "link.sh"
+    link.symlink_to(real)
+    code, _, _ = sp(capsys, "render", "--distro", "debian", "-o", str(link))
+    assert code == 0 and link.is_symlink() and real.read_text() == text
+
+
+# ---- 12. malformed state files on a host ----
+
+
+def test_status_lists_malformed_state_files_as_unreadable(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, kh: Path
+) -> None:
+    jobs = home / ".solverpilot-server/jobs"
+    jobs.mkdir(parents=True)
+    bad = {
+        "null": b"null",
+        "list": b"[]",
+        "number": b"42",
+        "huge": b'{"status":"completed","pad":"' + b"x" * 200_000 + b'"}',
+        "binary": bytes(range(256)),
+        "with space": b'{"status":"completed"}',
+        "forged": b'x\n@job held yes evil\r@job held yes evil2\x1c@db\n{"status":"running"}',
+        "weird-types": b'{"status":["x"],"exit_code":"0"}',
+    }
+    for name, data in bad.items():
+        (jobs / f"{name}.status").write_bytes(data)
+    (jobs / "good.status").write_text(
+        '{"id":"good","status":"completed","exit_code":0,"signal":null,'
+        '"started_at":"2026-01-01T00:00:00+00:00","completed_at":"2026-01-01T00:00:01+00:00"}\n'
+    )
+    for path in (home / ".solverpilot-server", jobs, *jobs.iterdir()):
+        os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
+    code, out, err = sp(capsys, "status", lab.a.spec, "--json", *ssh_args(lab, kh))
+    assert (code, err) == (0, "")
+    listed = {job["id"]: job for job in json.loads(out)}
+    assert listed["good"]["status"] == "completed" and listed["good"]["exit_code"] == 0
+    for name in bad:  # a name no job id can have is shown with ? for the odd characters
+        assert listed[name.replace(" ", "?")]["status"] == "unreadable", name
+    assert "evil" not in listed and "evil2" not in listed
+
+
+# ---- 13. IdentityFile tokens and bad key paths ----
+
+
+def test_identity_file_tokens_are_expanded_as_ssh_does(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, kh: Path, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(lab.client_key, keys / f"127.0.0.1-{lab.a.port}-{lab.a.user}.key")
+    (keys / f"127.0.0.1-{lab.a.port}-{lab.a.user}.key").chmod(0o600)
+    config = tmp_path / "config"
+    config.write_text(
+        f"Host tokhost\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User {lab.a.user}\n"
+        f"  IdentityFile {keys}/%h-%p-%r.key\n  IdentitiesOnly yes\n"
+    )
+    code, results = sp_json(capsys, "push", "tokhost", "-F", str(config), "--known-hosts", str(kh))
+    assert (code, results[0]["status"]) == (0, "deployed"), results
+
+
+def test_a_missing_or_public_key_is_an_authentication_error(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, kh: Path, tmp_path: Path
+) -> None:
+    for key, expected in (
+        (tmp_path / "nope", f"authentication failed: no such key {tmp_path / 'nope'}"),
+        (
+            Path(f"{lab.client_key}.pub"),
+            f"authentication failed: {lab.client_key}.pub is a public key; give its private "
+            "key to -i",
+        ),
+    ):
+        code, results = sp_json(
+            capsys, "push", lab.a.spec, "-i", str(key), "--known-hosts", str(kh)
+        )
+        assert (code, results[0]["error"]) == (1, expected)
+    config = tmp_path / "config"
+    config.write_text(f"Host *\n  IdentityFile {tmp_path}/absent.key\n  IdentitiesOnly yes\n")
+    code, results = sp_json(capsys, "push", lab.a.spec, "-F", str(config), "--known-hosts", str(kh))
+    assert code == 1
+    assert str(results[0]["error"]).startswith("authentication failed: ")
+    assert "no such key" in str(results[0]["error"])
+
+
+# ---- 14. the profiles' minimum versions ----
+
+
+def _probe(bash: str | None, sqlite3: str | None) -> Probe:
+    return Probe("debian", (), bash, True, True, sqlite3, "sha256sum", None, False)
+
+
+def test_profile_minimums_fail_on_bash_and_warn_on_sqlite() -> None:
+    rhel = load_profile("rhel")  # bash 4.4, sqlite 3.26
+    with pytest.raises(RequirementError, match=r"bash >= 4\.4 as /bin/bash \(found 4\.2\)"):
+        check_requirements(_probe("4.2", "3.40.1"), rhel)
+    with pytest.raises(RequirementError, match=r"bash >= 4\.4 as /bin/bash \(none found\)"):
+        check_requirements(_probe(None, "3.40.1"), rhel)
+    assert check_requirements(_probe("4.4", "3.26.0"), rhel) == ()
+    (warning,) = check_requirements(_probe("5.2", "3.7.17"), rhel)
+    assert warning.startswith("sqlite3 3.7.17 is older than the rhel profile's 3.26")
+
+
+def test_a_host_below_the_profiles_sqlite_gets_a_warning(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, kh: Path
+) -> None:
+    # Debian 12's sqlite3 is 3.40; the alpine profile asks for 3.41
+    code, out, err = sp(
+        capsys, "push", lab.a.spec, "--distro", "alpine", "--json", *ssh_args(lab, kh)
+    )
+    assert code == 0
+    assert "warning: sqlite3 3.40" in err and "older than the alpine profile's 3.41" in err
+    assert json.loads(out)[0]["status"] == "deployed"
+
+
+# ---- 15. render cache failures, odd numbers ----
+
+
+def test_an_unreadable_cache_entry_only_costs_a_render(
+    capsys: pytest.CaptureFixture[str], private_render_cache: Path
+) -> None:
+    from solverpilot_deploy.render_cache import cache_dir, render_key
+
+    text = render_wrapper(load_profile("debian"))
+    entry = cache_dir() / f"{render_key('debian')}-{hashlib.sha256(text.encode()).hexdigest()}.sh"
+    entry.mkdir(parents=True)  # a folder where the entry should be: unreadable even for root
+    code, out, err = sp(capsys, "render", "--distro", "debian")
+    assert (code, out, err) == (0, text, "")
+    entry.rmdir()
+    sp(capsys, "render", "--distro", "debian")
+    entry.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: an entry root wrote, read by another user
+        cache = private_render_cache
+        for path in (cache, *cache.rglob("*")):
+            os.chown(path, 0, 0)
+        cache.chmod(0o755)
+        (cache / "solverpilot-deploy").chmod(0o755)
+        env = {**os.environ, "XDG_CACHE_HOME": str(cache), "HOME": "/nonexistent"}
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-m", "solverpilot_deploy", "render", "--distro", "debian"],
+            env=env, capture_output=True, text=True, check=False,
+            cwd="/",
+        )  # fmt: skip
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, text, "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["push", "h", "--timeout", "inf"],
+        ["push", "h", "--timeout", "nan"],
+        ["push", "h", "--timeout", "1e999"],
+        ["push", "h", "--timeout", "-1"],
+        ["status", "h", "--timeout", "1e308"],
+        ["push", "h", "-j", "0"],
+        ["verify", "h", "-j", "99999999999"],
+        ["push", "h", "-p", "70000"],
+        ["push", "h", "-p", "0"],
+    ],
+)
+def test_odd_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sp(capsys, *argv)
+    out, err = capsys.readouterr()
+    assert (exit_info.value.code, out) == (2, "")
+    assert "Traceback" not in err and "must be a number above 0" in err
