@@ -18,6 +18,7 @@ WARNING='WARNING: Failed to update SQLite, state file written'
 teardown() {
   common_teardown
   umount "$DB" 2>/dev/null || true
+  umount "$BATS_TEST_TMPDIR/server/jobs" 2>/dev/null || true
   umount "$MNT" 2>/dev/null || true
 }
 
@@ -63,12 +64,17 @@ fill_disk() {
   for i in $(seq 50); do : >"$1/filler-$i" 2>/dev/null || break; done # the inodes too
 }
 
-@test "the disk fills during the job, state folder only: stderr says the DB has the final state, and the file still says running" {
+# tiny_state_folder: the server folder on the test's disk, its jobs/ on a 64 KiB tmpfs of its own
+tiny_state_folder() {
   export SOLVERPILOT_SERVER_DIR=$BATS_TEST_TMPDIR/server
   SERVER=$SOLVERPILOT_SERVER_DIR
   DB=$SERVER/server.db
   mkdir -p "$SERVER/jobs" "$SERVER/locks"
   mount -t tmpfs -o size=64k tmpfs "$SERVER/jobs"
+}
+
+@test "the disk fills during the job, state folder only: stderr says the DB has the final state, and the file still says running" {
+  tiny_state_folder
   start_wrapper job-fill sh -c 'while [ ! -e "$0/go" ]; do sleep 0.05; done; exit 4' "$WORK"
   poll_until 10 file_has "$SERVER/jobs/job-fill.status" running || fail "job did not start"
   fill_disk "$SERVER/jobs"
@@ -97,11 +103,7 @@ fill_disk() {
 }
 
 @test "a stop on a full disk: the messages say what the state file holds" {
-  export SOLVERPILOT_SERVER_DIR=$BATS_TEST_TMPDIR/server
-  SERVER=$SOLVERPILOT_SERVER_DIR
-  DB=$SERVER/server.db
-  mkdir -p "$SERVER/jobs" "$SERVER/locks"
-  mount -t tmpfs -o size=64k tmpfs "$SERVER/jobs"
+  tiny_state_folder
   start_wrapper job-fillstop sh -c 'touch "$0/started"; while :; do sleep 0.05; done' "$WORK"
   poll_until 10 test -e "$WORK/started" || fail "job did not start"
   fill_disk "$SERVER/jobs"
