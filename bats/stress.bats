@@ -91,5 +91,6 @@ check_runs() {
     wait "${batch[@]}"
   done
   check_runs
-  assert_equal "$(cat "$WORK/stderr")" '' # no write failed, none was reported
+  # no write failed and none was reported (the jobs' shells may print "Quit" and the like)
+  run -1 grep -E '^(job_wrapper:|WARNING:)' "$WORK/stderr"
 }
