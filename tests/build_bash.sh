@@ -3,13 +3,17 @@
 # outside the clone, keyed by the tarball's sha256; a later run reuses the build.
 #
 # Usage: bash tests/build_bash.sh           prints one "VERSION PATH_TO_BASH" line per release
-# Environment: SP_BASH_SRC (default ../shared/bash-src beside the checkout),
+# Environment: SP_BASH_SRC (default ../shared/bash-src beside the checkout, else
+#   /work/shared/bash-src),
 #   SP_CACHE (default /var/cache/solverpilot-test, else ~/.cache/solverpilot-test).
 # Exit status: 0 when every release built (or was cached), 1 otherwise.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SRC=${SP_BASH_SRC:-$ROOT/../shared/bash-src}
+SRC=${SP_BASH_SRC:-}
+if [[ -z $SRC ]]; then # the shared folder beside the checkout, or beside the main one
+  for SRC in "$ROOT/../shared/bash-src" /work/shared/bash-src; do [[ -d $SRC ]] && break; done
+fi
 CACHE=${SP_CACHE:-/var/cache/solverpilot-test}
 mkdir -p "$CACHE" 2>/dev/null && [[ -w $CACHE ]] || CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/solverpilot-test
 mkdir -p "$CACHE"

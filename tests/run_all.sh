@@ -56,12 +56,13 @@ bats_suite() {
 # run_bats: the bats suite once per profile, then under each old bash with the debian profile;
 # prints "bats: N passed, N failed".
 run_bats() {
-  local profile userland runs=${SP_STRESS_RUNS:-300} version bash
+  local profile userland runs=${SP_STRESS_RUNS:-300} version bash rest
+  rest=$(((${SP_STRESS_RUNS:-300} + 4) / 5))
   OUT=$(mktemp -d) PASSED=0 FAILED=0
   while read -r profile userland; do
     "$VENV/bin/sp-deploy" render --distro "$profile" -o "$OUT/job_wrapper.$profile.sh"
     bats_suite "profile-$profile-$userland" "$OUT/job_wrapper.$profile.sh" "$userland" '' "$runs"
-    runs=$(((runs + 4) / 5))
+    runs=$rest
   done < <("$VENV/bin/python" -c '
 from solverpilot_deploy.profiles import load_profiles
 for p in load_profiles():
@@ -71,7 +72,7 @@ for p in load_profiles():
     FAILED=$((FAILED + 1))
   fi
   while read -r version bash; do
-    bats_suite "bash-$version" "$OUT/job_wrapper.debian.sh" gnu "$bash" "$runs"
+    bats_suite "bash-$version" "$OUT/job_wrapper.debian.sh" gnu "$bash" "$rest"
   done <"$OUT/bashes"
   rm -rf "$OUT"
   BATS_SUMMARY="bats: $PASSED passed, $FAILED failed"
