@@ -62,7 +62,7 @@ db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE (SQL literals): one transa
   sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$DB" "BEGIN IMMEDIATE; $SCHEMA
 INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$JOB_ID');
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
-  tmux_session_name = '${TMUX_NAME//\'/\'\'}' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
+  tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
 }
 running() { # running PID: the process exists and is not a zombie
   local s
@@ -171,7 +171,8 @@ hash flock setsid mv sleep 2>/dev/null || die 73 "flock, setsid, mv or sleep not
 flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
 
 RUN_USER=${USER:-$(id -un 2>/dev/null)} BOOT_ID=null HOST=${HOSTNAME-}
-TMUX_NAME="solverpilot_${RUN_USER}_${JOB_ID:0:8}"
+TMUX_NAME="solverpilot_${RUN_USER}_${JOB_ID:0:8}" SQ="'"
+SQL_TMUX_NAME=${TMUX_NAME//$SQ/$SQ$SQ} # quotes doubled; through variables, as bash 4.2 needs
 { read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
 { read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
 json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
