@@ -1,3 +1,3 @@
-from solverpilot_deploy.cli import main
+from solverpilot_deploy.entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

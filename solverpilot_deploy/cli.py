@@ -109,7 +109,14 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
         if progress:
             print(f"  {result.host}: {result.status}", file=sys.stderr)
 
-    fleet = run_fleet(args.hosts, _connect_options(args), operation, args.jobs, on_done)
+    try:
+        fleet = run_fleet(args.hosts, _connect_options(args), operation, args.jobs, on_done)
+    except KeyboardInterrupt:  # before the fleet could take it: no host was touched
+        from solverpilot_deploy.deploy import HostResult
+        from solverpilot_deploy.fleet import FleetRun
+
+        skipped = "interrupted before any change"
+        fleet = FleetRun([HostResult(h, "skipped", error=skipped) for h in args.hosts], True)
     results = fleet.results
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
@@ -290,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     try:
+        parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # argparse will not take positionals after options ("push h1 -i key h2"): the list
         # positional of push/verify (hosts) and status (job ids) gets them

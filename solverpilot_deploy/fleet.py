@@ -111,13 +111,19 @@ def run_fleet(
             on_done(outcome(index, future))
 
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = []
-    for index, host in enumerate(hosts):
-        future = pool.submit(run_on_host, host, options, operation, shared)
-        future.add_done_callback(functools.partial(report, index))
-        futures.append(future)
+    futures: list[Future[HostResult]] = []
     interrupts = 0
     try:
+        try:
+            for index, host in enumerate(hosts):
+                future = pool.submit(run_on_host, host, options, operation, shared)
+                future.add_done_callback(functools.partial(report, index))
+                futures.append(future)
+        except KeyboardInterrupt:  # before every host was queued: the rest are skipped
+            interrupts = 1
+            shared.stop.set()
+            for future in futures:
+                future.cancel()
         while True:
             try:
                 if not wait(futures, timeout=0.1).not_done:
@@ -132,5 +138,11 @@ def run_fleet(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return FleetRun(
-        [outcome(i, future) for i, future in enumerate(futures)], interrupted=interrupts > 0
+        [
+            outcome(i, futures[i])
+            if i < len(futures)
+            else HostResult(host, "skipped", error="interrupted before any change")
+            for i, host in enumerate(hosts)
+        ],
+        interrupted=interrupts > 0,
     )

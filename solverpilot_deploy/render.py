@@ -52,7 +52,8 @@ def write_atomically(path: Path, text: str, mode: int = 0o755) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        # a short name: the output's own name may already be near the 255-byte limit
+        fd, tmp = tempfile.mkstemp(prefix=".sp-render.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
     try:

@@ -20,6 +20,7 @@ from solverpilot_deploy.ssh import Session
 
 JOB_KEYS = ("id", "status", "exit_code", "signal", "started_at", "completed_at")
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
+INTEGER = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only: "²".isdigit() is true
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def job_from_state(job_id: str, text: str | None, lock: str, alive: str, boot: s
     """One state file's JobState; "unreadable" when it is not a JSON object."""
     try:
         state = json.loads(text) if text is not None else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         state = None
     if not isinstance(state, dict) or not JOB_ID.match(job_id):  # no job has such a name
         return JobState(job_id, "unreadable", None, None, None, None)
@@ -112,7 +113,7 @@ def parse_status_output(lines: tuple[str, ...] | list[str]) -> list[JobState]:
             jobs[job_id] = JobState(
                 job_id,
                 status or "unknown",
-                int(exit_code) if exit_code.lstrip("-").isdigit() else None,
+                int(exit_code) if INTEGER.match(exit_code) else None,
                 None,
                 started or None,
                 completed or None,

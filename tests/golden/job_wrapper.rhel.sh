@@ -18,11 +18,13 @@
 #   state cannot be written; 75 JOB_ID already running, or a process of its earlier run still
 #   holds its lock (the message names the pid). On 64, 73 and 75 the command is not run.
 # Limitations: a signal that comes before the wrapper's first lines have run (its first
-#   millisecond or so) ends it unrecorded, and the job never starts. SIGKILL of the wrapper
-#   before a stop cannot be recorded; the state stays "running" with pid, host and boot_id, and
-#   the lock stays held while any job process lives, so a reconciler can tell "still running"
-#   from "lost". A job exiting 129-192 itself reads as killed by a signal. Processes that leave
-#   the job's process group escape the stop.
+#   millisecond or so; longer when run as `bash job_wrapper.sh` with a BASH_ENV, which runs
+#   first) either ends it unrecorded, the job never starting, or, for QUIT (which bash ignores
+#   until a trap is set) and INT, is lost. SIGKILL of the wrapper before a stop cannot be
+#   recorded; the state stays "running" with pid, host and boot_id, and the lock stays held
+#   while any job process lives, so a reconciler can tell "still running" from "lost". A job
+#   exiting 129-192 itself reads as killed by a signal. Processes that leave the job's process
+#   group escape the stop.
 if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
 case $- in *p*) ;; *) exec "$BASH" -p -- "$0" "$@" ;; esac
 set +aefkmtvxCET +o pipefail +o posix -hBu
@@ -30,20 +32,24 @@ set +aefkmtvxCET +o pipefail +o posix -hBu
 readonly INSTALL_HINT='sudo dnf install bash sqlite util-linux coreutils'
 readonly DB_WARNING='WARNING: Failed to update SQLite, state file written'
 readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT );'
+# valid UTF-8, byte by byte: JSON strings must be UTF-8
+readonly UTF8=$'^([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
-SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0 PENDING=''
-# shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
-for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done # until the lock
+SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0 PENDING='' CHILD='' FWD='' QUIET=''
+# Everything is in functions and main runs last, so bash has parsed the whole script before any
+# trap is set: bash 5.2 can run a trap inside its parser and lose it while reading a $( ).
 
 die() { trap - EXIT; printf 'job_wrapper: %s\n' "$2" >&2; exit "$1"; }
 now() { # now VAR: ISO 8601 local time with offset, no fork
   printf -v "$1" '%(%Y-%m-%dT%H:%M:%S%z)T' -1
   printf -v "$1" '%s:%s' "${!1:0:-2}" "${!1: -2}"
 }
-json_str() { # json_str VAR TEXT: VAR becomes TEXT as a JSON string literal
-  local LC_ALL=C s=$2 out='' c
+json_str() { # json_str VAR TEXT: VAR becomes TEXT as a JSON string literal; text that is
+  # not UTF-8 is read as Latin-1, so that the file stays valid JSON
+  local LC_ALL=C s=$2 out='' c keep='[^[:cntrl:]]' odd='[[:cntrl:]]'
+  [[ $s =~ $UTF8 ]] || keep='[ -~]' odd='[^ -~]'
   s=${s//\\/\\\\} s=${s//\"/\\\"}
-  while [[ $s =~ ^([^[:cntrl:]]*)([[:cntrl:]])(.*)$ ]]; do
+  while [[ $s =~ ^($keep*)($odd)(.*)$ ]]; do
     printf -v c '\\u%04x' "'${BASH_REMATCH[2]}"
     out+=${BASH_REMATCH[1]}$c s=${BASH_REMATCH[3]}
   done
@@ -79,18 +85,41 @@ group_alive() { # true while a process that is not a zombie is in the job's proc
   done
   return 1
 }
+quiet() { # from here on, stderr is for the wrapper's own messages only (fd 201): bash's own
+  # "Killed" job reports and trap warnings would add to the job's stderr
+  [[ -z $QUIET ]] || return 0
+  QUIET=1
+  { exec 201>&2; } 2>/dev/null || exec 201>/dev/null
+  exec 2>/dev/null
+}
+signum() { # signum NAME: SIGNUM becomes its number on Linux (x86, ARM, POWER, s390, RISC-V),
+  # without a $( ), which bash 5.2 can break by running a trap inside its parser
+  case $1 in
+    HUP) SIGNUM=1 ;; INT) SIGNUM=2 ;; QUIT) SIGNUM=3 ;; USR1) SIGNUM=10 ;;
+    USR2) SIGNUM=12 ;; ALRM) SIGNUM=14 ;; TERM) SIGNUM=15 ;; *) SIGNUM=0 ;;
+  esac
+}
 grace_left() { ((TICKS-- > 0 && SECONDS <= STOP_END)); } # counted and by the wall clock
-# shellcheck disable=SC2329 # invoked by the traps below
+forward() { # forward NAME: the signal to the job's process group; to its pid (and again to the
+  # group at the next poll) while it has none yet, just after the fork
+  if kill -s "$1" -- "-$CHILD" 2>/dev/null; then FWD=''; else kill -s "$1" "$CHILD" 2>/dev/null; FWD=$1; fi
+}
+# shellcheck disable=SC2329 # invoked by the traps set in main
 on_signal() { # on_signal NAME: the trap of every stop signal
   [[ -z $FINAL ]] || return 0
-  local pid=${!-}
-  if [[ -z $SIGNAL ]]; then
-    if [[ -n $pid ]] && ! running "$pid"; then LATE=$1; return 0; fi # the job ended on its own
-    SIGNAL=$1 TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
-    [[ -n $pid ]] || exit # the job has not started and never will: finish records the stop
+  local pid
+  set +u
+  pid=$! # unset until the job is forked (bash 4 fails on ${!-})
+  set -u
+  if [[ -n $SIGNAL ]]; then # a further signal during the stop: the job gets it too
+    [[ -z $CHILD ]] || forward "$1"
+    return 0
   fi
-  kill -s "$1" -- "-$pid" 2>/dev/null || kill -s "$1" "$pid" 2>/dev/null
-  return 0
+  if [[ -n $pid ]] && ! running "$pid"; then LATE=$1; return 0; fi # the job ended on its own
+  [[ -n $pid ]] || { SIGNAL=$1; exit; } # the job never starts: finish records the stop
+  CHILD=$pid
+  forward "$1"
+  stop_job "$1"
 }
 record() { # record STATUS RC SIGNAL_JSON: the final state in both stores; sets ST_OK, DB_OK
   local end
@@ -99,35 +128,44 @@ record() { # record STATUS RC SIGNAL_JSON: the final state in both stores; sets 
   write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3" && ST_OK=1
   db_write "$1" "'$end'" "$2" && DB_OK=1
 }
-stop_job() { # the stop is recorded at once; then the job's answer, the rest of the group, KILL
-  STOP_RC=$((128 + $(kill -l "$SIGNAL")))
-  record failed "$STOP_RC" "\"$SIGNAL\""
-  while running "$CHILD" && grace_left; do sleep 0.1; done
+stop_job() { # stop_job NAME: the stop is recorded at once; then the job's answer to the
+  # signal, TERM to the rest of the group, KILL when the grace runs out; then exit
+  SIGNAL=$1 TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+  quiet
+  signum "$SIGNAL"
+  record failed "$((128 + SIGNUM))" "\"$SIGNAL\""
+  while running "$CHILD" && grace_left; do
+    [[ -z $FWD ]] || forward "$FWD"
+    sleep 0.1
+  done
   if ! running "$CHILD"; then
     kill -TERM -- "-$CHILD" 2>/dev/null
     while group_alive && grace_left; do sleep 0.1; done
   fi
   group_alive && kill -KILL -- "-$CHILD" 2>/dev/null
-  wait "$CHILD" 2>/dev/null
+  wait "$CHILD"
+  exit
 }
 # shellcheck disable=SC2329 # invoked by the EXIT trap
 finish() { # EXIT trap: the final record, and exactly what could not be written
   FINAL=1
   local rc=$1 status=failed sig=null
   trap '' "${SIGNALS[@]}"
+  quiet
   if [[ -n $SIGNAL ]]; then
-    rc=$((128 + $(kill -l "$SIGNAL"))) sig="\"$SIGNAL\""
+    signum "$SIGNAL"
+    rc=$((128 + SIGNUM)) sig="\"$SIGNAL\""
   elif ((rc > 128 && rc <= 192)); then
     sig=$(kill -l "$rc" 2>/dev/null) && [[ -n $sig ]] && sig="\"$sig\"" || sig=null
   fi
   ((rc == 0)) && status=completed
   record "$status" "$rc" "$sig"
   if [[ -n $ST_OK && -z $DB_OK ]]; then
-    printf '%s\n' "$DB_WARNING" >&2
+    printf '%s\n' "$DB_WARNING" >&201
   elif [[ -z $ST_OK && -n $DB_OK ]]; then
-    printf 'job_wrapper: cannot write state file %s (it still says "%s"); the database has the final state\n' "$STATE" "$SAYS" >&2
+    printf 'job_wrapper: cannot write state file %s (it still says "%s"); the database has the final state\n' "$STATE" "$SAYS" >&201
   elif [[ -z $ST_OK ]]; then
-    printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$STATE" "$SAYS" >&2
+    printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$STATE" "$SAYS" >&201
   fi
   exit "$rc"
 }
@@ -148,59 +186,68 @@ lock_holder_message() { # the 75 message: who holds the lock
   fi
 }
 
-(($# >= 2)) || die 64 'usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
-JOB_ID=$1 GRACE=${SOLVERPILOT_KILL_GRACE:-10}
-shift
-valid_id "$JOB_ID" || die 64 'invalid JOB_ID: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit'
-[[ $GRACE =~ ^[0-9]{1,6}$ ]] || die 64 'SOLVERPILOT_KILL_GRACE must be a whole number of seconds'
-if [[ -n ${SOLVERPILOT_SERVER_DIR-} ]]; then
-  BASE=$SOLVERPILOT_SERVER_DIR
-elif [[ -n ${HOME-} ]]; then
-  BASE=$HOME/.solverpilot-server
-else
-  die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
-fi
-[[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
-DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
-hash flock setsid mv sleep 2>/dev/null || die 73 "flock, setsid, mv or sleep not found; install them: $INSTALL_HINT"
-[[ -d $BASE/jobs && -d $BASE/locks ]] || mkdir -p -- "$BASE/jobs" "$BASE/locks" 2>/dev/null ||
-  die 73 "cannot create $BASE/jobs and $BASE/locks"
-[[ ! -e $LOCK || -f $LOCK ]] || die 73 "lock file $LOCK is not a regular file"
-[[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
-{ exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
-flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
+main() {
+  RUN_USER=${USER-}
+  # before any trap: a $( ) while traps are set is what bash 5.2 can break
+  [[ -n $RUN_USER ]] || RUN_USER=$(id -un 2>/dev/null)
+  # until the lock is taken, a stop signal is only noted
+  # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
+  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
+  (($# >= 2)) || die 64 'usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
+  JOB_ID=$1 GRACE=${SOLVERPILOT_KILL_GRACE:-10}
+  shift
+  valid_id "$JOB_ID" || die 64 'invalid JOB_ID: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit'
+  [[ $GRACE =~ ^[0-9]{1,6}$ ]] || die 64 'SOLVERPILOT_KILL_GRACE must be a whole number of seconds'
+  if [[ -n ${SOLVERPILOT_SERVER_DIR-} ]]; then
+    BASE=$SOLVERPILOT_SERVER_DIR
+  elif [[ -n ${HOME-} ]]; then
+    BASE=$HOME/.solverpilot-server
+  else
+    die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
+  fi
+  [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
+  DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
+  hash flock setsid mv sleep 2>/dev/null || die 73 "flock, setsid, mv or sleep not found; install them: $INSTALL_HINT"
+  [[ -d $BASE/jobs && -d $BASE/locks ]] || mkdir -p -- "$BASE/jobs" "$BASE/locks" 2>/dev/null ||
+    die 73 "cannot create $BASE/jobs and $BASE/locks"
+  [[ ! -e $LOCK || -f $LOCK ]] || die 73 "lock file $LOCK is not a regular file"
+  [[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
+  { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
+  flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
 
-RUN_USER=${USER:-$(id -un 2>/dev/null)} BOOT_ID=null HOST=${HOSTNAME-}
-TMUX_NAME="solverpilot_${RUN_USER}_${JOB_ID:0:8}" SQ="'"
-SQL_TMUX_NAME=${TMUX_NAME//$SQ/$SQ$SQ} # quotes doubled; through variables, as bash 4.2 needs
-{ read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
-{ read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
-json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
-COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
-# shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
-for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
-trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
-[[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
-write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
-db_write running NULL NULL || printf '%s\n' "$DB_WARNING" >&2
-# The job: its own session and process group, so a stop reaches grandchildren; the caller's
-# stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
-if { : <&0; } 2>/dev/null; then
-  (trap - INT QUIT; exec setsid "$@") <&0 &
-else
-  (trap - INT QUIT; exec setsid "$@") <&- &
-fi
-CHILD=$!
-trap '' PIPE
-wait "$CHILD" 2>/dev/null # bash's own "Killed" line would add to the job's stderr
-rc=$?
-while [[ -z $SIGNAL && -n $LATE ]]; do # a signal came after the job ended: keep its own status
-  wait "$CHILD" 2>/dev/null
+  BOOT_ID=null HOST=${HOSTNAME-}
+  TMUX_NAME="solverpilot_${RUN_USER}_${JOB_ID:0:8}" SQ="'"
+  SQL_TMUX_NAME=${TMUX_NAME//$SQ/$SQ$SQ} # quotes doubled; through variables, as bash 4.2 needs
+  { read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
+  { read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
+  json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
+  COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
+  trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
+  # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
+  for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
+  [[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
+  write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
+  db_write running NULL NULL || printf '%s\n' "$DB_WARNING" >&2
+  # The job: its own session and process group, so a stop reaches grandchildren; the caller's
+  # stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
+  if { : <&0; } 2>/dev/null; then
+    (trap - INT QUIT; exec setsid "$@") <&0 &
+  else
+    (trap - INT QUIT; exec setsid "$@") <&- &
+  fi
+  CHILD=$!
+  trap '' PIPE
+  wait "$CHILD" 2>/dev/null # bash's own "Killed" line would add to the job's stderr
   rc=$?
-  # bash loses the status of a child it reaps just as a trap interrupts its wait (it still
-  # lists the job then): the signal's stop is the record
-  jobs %1 >/dev/null 2>&1 && SIGNAL=$LATE
-  LATE=''
-done
-[[ -z $SIGNAL ]] || stop_job
-exit "$rc"
+  while [[ -n $LATE ]]; do # a signal came after the job ended: keep its own status
+    wait "$CHILD" 2>/dev/null
+    rc=$?
+    # bash loses the status of a child it reaps just as a trap interrupts its wait (it still
+    # lists the job then): the signal's stop is the record
+    if jobs %1 >/dev/null 2>&1; then stop_job "$LATE"; fi
+    LATE=''
+  done
+  exit "$rc"
+}
+
+main "$@"

@@ -1,0 +1,27 @@
+"""The sp-deploy command's entry point: a Ctrl-C while the CLI is still being imported is
+reported like any other ("sp-deploy: interrupted", exit 130), not as a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+
+
+def _interrupted_early(signum: int, frame: FrameType | None) -> None:
+    os.write(2, b"sp-deploy: interrupted\n")
+    os._exit(130)
+
+
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_early)
+
+from solverpilot_deploy.cli import main  # noqa: E402
+
+
+def run() -> int:
+    """main(), with Ctrl-C raising KeyboardInterrupt again (main turns it into exit 130)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_early:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return main(sys.argv[1:])
