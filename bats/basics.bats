@@ -262,3 +262,13 @@ EOF
   poll_until 10 not_alive "$pid"
   run -0 wrapper job-left true
 }
+
+@test "a USER that is not UTF-8 is read as Latin-1: the state file stays valid JSON" {
+  USER=$'ren\xe9 \xff' run -0 --separate-stderr wrapper job-latin1 true
+  assert_equal "$stderr" ''
+  assert_equal "$(state_field job-latin1 user)" '"ren\u00e9 \u00ff"'
+  USER=$'caf\xc3\xa9' run -0 wrapper job-utf8 true
+  run -0 python3 -c 'import json, sys; print(json.load(open(sys.argv[1], encoding="utf-8"))["user"])' \
+    "$SERVER/jobs/job-utf8.status"
+  assert_output 'café'
+}

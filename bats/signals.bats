@@ -250,3 +250,17 @@ except KeyboardInterrupt:
   assert_equal "$(state_field job-slowstop status)" '"failed"'
   assert_equal "$(state_field job-slowstop exit_code)" 143
 }
+
+@test "a stop while the running state waits on a locked DB is recorded as that stop; the job never runs" {
+  hold_db_lock
+  start_wrapper job-early sh -c 'touch "$0/ran"' "$WORK"
+  poll_until 10 file_has "$SERVER/jobs/job-early.status" running || fail "no running state"
+  kill -TERM "$WPID"
+  release_db_lock
+  wait_rc "$WPID"
+  assert_equal "$RC" 143
+  assert_equal "$(state_field job-early signal)" '"TERM"'
+  assert_equal "$(db_row job-early)" 'failed|143|1'
+  assert_equal "$(cat "$WORK/job-early.err")" ''
+  [[ ! -e $WORK/ran ]] || fail "the job ran after the stop"
+}

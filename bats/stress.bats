@@ -91,6 +91,46 @@ check_runs() {
     wait "${batch[@]}"
   done
   check_runs
-  # no write failed and none was reported (the jobs' shells may print "Quit" and the like)
-  run -1 grep -E '^(job_wrapper:|WARNING:)' "$WORK/stderr"
+  # no write failed and none was reported, and bash printed nothing of its own ("...sh: line
+  # N: PID Killed ..."); the jobs' own shells may print "Quit" and the like
+  run -1 grep -E -e '^(job_wrapper:|WARNING:)' -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"
+}
+
+@test "a stop signal at a random moment of the start: the job is stopped within the grace, never runs to its end" {
+  export SOLVERPILOT_KILL_GRACE=1
+  local i sig t0 ms slow=0 runs=$(((RUNS + 2) / 3))
+  for ((i = 0; i < runs; i++)); do
+    sig=${STOP_SIGNALS[RANDOM % ${#STOP_SIGNALS[@]}]}
+    [[ $sig != QUIT ]] || sig=TERM # bash ignores QUIT before its traps: a documented limit
+    t0=$(date +%s%N)
+    signal_run "fork-$i" "$sig" 40 0 'exec sleep 6'
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    ((ms < 4000)) || { slow=$((slow + 1)); echo "# run $i ($sig) took $ms ms" >&3; }
+  done
+  check_runs
+  assert_equal "$slow" 0
+}
+
+@test "a stream of signals from the very start: a recorded stop, or nothing written and nothing run" {
+  export SOLVERPILOT_KILL_GRACE=1
+  local i pid rc runs=$(((RUNS + 4) / 5)) crashed=0
+  mkdir -p "$WORK/ran"
+  for ((i = 0; i < runs; i++)); do
+    "${WRAPPER_CMD[@]}" "flood-$i" sh -c ': >"$0"; exec sleep 6' "$WORK/ran/flood-$i" \
+      </dev/null >/dev/null 2>>"$WORK/stderr" 3>&- &
+    pid=$!
+    random_delay 30
+    while kill -HUP "$pid" 2>/dev/null; do :; done
+    rc=0
+    wait "$pid" || rc=$?
+    if ((rc == 139)) && [[ ! -e $SERVER/jobs/flood-$i.status && ! -e $WORK/ran/flood-$i ]]; then
+      crashed=$((crashed + 1)) # bash itself crashed (SIGSEGV) under the flood before it began
+      continue
+    fi
+    echo "flood-$i $rc 0 HUP" >>"$WORK/runs"
+  done
+  check_runs
+  printf '# bash crashed in %s of %s runs before it began\n' "$crashed" "$runs" >&3
+  ((crashed <= 1 + runs / 50)) || fail "bash crashed in $crashed of $runs runs"
+  run -1 grep -E -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"
 }

@@ -191,3 +191,13 @@ def test_a_host_that_is_not_a_host_is_a_usage_error(
     code, out, err = run_main(capsys, command, "a b@c")
     assert (code, out) == (2, "")
     assert err.startswith("sp-deploy: error: not a host: 'a b@c'") and err.count("\n") == 1
+
+
+def test_render_to_a_name_near_the_length_limit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / ("w" * 250)
+    code, _, err = run_main(capsys, "render", "--distro", "debian", "-o", str(target))
+    assert (code, err) == (0, "")
+    assert target.read_text().startswith("#!/bin/bash -p\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]

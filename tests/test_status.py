@@ -96,3 +96,18 @@ def test_a_huge_state_file_is_unreadable() -> None:
     lines = ["@job free no big", "@big", "@job free no ok", '|{"status":"failed"}']
     jobs = {job.id: job.status for job in parse_status_output(lines)}
     assert jobs == {"big": "unreadable", "ok": "failed"}
+
+
+def test_deep_nesting_and_odd_digits_are_unreadable_not_a_crash() -> None:
+    lines = [
+        "@job free no deep",
+        "|" + "[" * 30000,
+        "@job free no fine",
+        '|{"status":"completed"}',
+        "@db",
+        "odd\tfailed\t\u00b2\t\t",
+    ]
+    jobs = {job.id: job for job in parse_status_output(lines)}
+    assert jobs["deep"].status == "unreadable"
+    assert jobs["fine"].status == "completed"
+    assert (jobs["odd"].status, jobs["odd"].exit_code) == ("failed", None)

@@ -26,11 +26,13 @@ def own_record(own: int) -> tuple[str, int, str | None]:
 
 def main() -> int:
     server, runs_file, ran = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    db = sqlite3.connect(server / "server.db")
-    rows = {
-        row[0]: (row[1], row[2], row[3] is not None)
-        for row in db.execute("SELECT id, status, exit_code, completed_at FROM jobs")
-    }
+    rows = {}
+    if (server / "server.db").exists():  # absent when no run got as far as writing
+        db = sqlite3.connect(server / "server.db")
+        rows = {
+            row[0]: (row[1], row[2], row[3] is not None)
+            for row in db.execute("SELECT id, status, exit_code, completed_at FROM jobs")
+        }
     bad = counts_own = counts_stop = unstarted = 0
     runs = [line.split() for line in runs_file.read_text().splitlines() if line.strip()]
     for job_id, wrapper_rc, own, sent in runs:
@@ -64,7 +66,10 @@ def main() -> int:
         if problems:
             bad += 1
             print(f"BAD {job_id} (sent {sent}): " + "; ".join(problems))
-    leftovers = sorted(p.name for p in (server / "jobs").iterdir() if p.name.endswith(".tmp"))
+    jobs = server / "jobs"
+    leftovers = (
+        sorted(p.name for p in jobs.iterdir() if p.name.endswith(".tmp")) if jobs.is_dir() else []
+    )
     if leftovers:
         bad += 1
         print(f"BAD temporary files left: {leftovers[:5]}")
