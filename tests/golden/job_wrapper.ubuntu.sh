@@ -89,8 +89,7 @@ quiet() { # from here on, stderr is for the wrapper's own messages only (fd 201)
   # "Killed" job reports and trap warnings would add to the job's stderr
   [[ -z $QUIET ]] || return 0
   QUIET=1
-  { exec 201>&2; } 2>/dev/null || exec 201>/dev/null
-  exec 2>/dev/null
+  exec 201>&2 2>/dev/null || exec 201>/dev/null 2>/dev/null # stderr may be closed
 }
 signum() { # signum NAME: SIGNUM becomes its number on Linux (x86, ARM, POWER, s390, RISC-V),
   # without a $( ), which bash 5.2 can break by running a trap inside its parser
