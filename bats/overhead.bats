@@ -19,11 +19,10 @@ teardown() {
   local execs
   execs=$(grep -E '= 0$' "$WORK/trace" | sed -E 's/^[0-9]+ +execve\("([^"]*)".*/\1/' |
     xargs -n1 basename | tr '\n' ' ')
-  # run through its #! line (bash -p) the wrapper is one exec; run as `SP_BASH wrapper` it
-  # restarts itself as `bash -p`, one exec more
+  # run through its #! line (bash -p) the wrapper is one exec; as `SP_BASH -p wrapper`, bash
   local start
   start=$(basename "$SP_WRAPPER")
-  [[ -z ${SP_BASH:-} ]] || start="bash bash"
+  [[ -z ${SP_BASH:-} ]] || start=bash
   assert_equal "$execs" "env $start flock mv sqlite3 setsid sqlite3 mv sqlite3 "
   assert_equal "$(db_row job-count)" 'completed|0|1'
 }

@@ -22,6 +22,8 @@ start_tree_job() { # start_tree_job ID
 # signal_stops_tree SIGNAL CODE: the signal stops child and grandchild at once and is recorded.
 signal_stops_tree() {
   local sig=$1 code=$2 id=job-$1 start
+  # the documented bash 4.2 limit: the job starts with INT ignored; the grace's KILL stops it
+  if bash_is_42 && [[ $sig == INT ]]; then export SOLVERPILOT_KILL_GRACE=1; fi
   start_tree_job "$id"
   start=$SECONDS
   kill "-$sig" "$WPID"
@@ -185,14 +187,15 @@ except KeyboardInterrupt:
   for caller in "env --default-signal" "env --default-signal=INT,QUIT --ignore-signal=HUP,TERM,USR1" \
     "env --ignore-signal=INT,QUIT,PIPE"; do
     expected=$($caller grep -E '^Sig(Ign|Blk)' /proc/self/status | tr '\n' ' ')
-    got=$($caller PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH"} "$SP_WRAPPER" job-disp \
+    got=$($caller PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER" job-disp \
       grep -E '^Sig(Ign|Blk)' /proc/self/status | tr '\n' ' ')
     if bash_is_42 && [[ $caller == "env --default-signal"* ]]; then
       # the documented bash 4.2 limit: INT and QUIT (mask 0x6) start ignored
-      local ign=${expected#SigIgn:} ign42
-      ign=${ign%% *}
-      printf -v ign42 '%016x' $((0x${ign//[[:space:]]/} | 0x6))
-      expected=${expected/$ign/$ign42}
+      local ign ign42
+      [[ $expected =~ SigIgn:[[:space:]]*([0-9a-f]+) ]] || fail "no SigIgn in: $expected"
+      ign=${BASH_REMATCH[1]}
+      printf -v ign42 '%016x' $((0x$ign | 0x6))
+      expected=${expected/SigIgn:$'\t'$ign/SigIgn:$'\t'$ign42}
     fi
     assert_equal "$got" "$expected" "caller: $caller"
   done
@@ -200,6 +203,8 @@ except KeyboardInterrupt:
 
 @test "a job whose children ignore only the forwarded signal stops within about a second once its main process exits" {
   export SOLVERPILOT_KILL_GRACE=20
+  # the documented bash 4.2 limit: the job's main process ignores INT too; the grace ends it
+  ! bash_is_42 || export SOLVERPILOT_KILL_GRACE=1
   start_wrapper job-kids2 sh -c '(trap "" INT; exec sleep 1000) & echo $! >"$0/grandchild.pid"
     echo $$ >"$0/child.pid"; wait' "$WORK"
   poll_until 10 file_has "$WORK/grandchild.pid" . || fail "job did not start"
@@ -210,7 +215,7 @@ except KeyboardInterrupt:
   wait_rc "$WPID"
   local ms=$((($(date +%s%N) - t0) / 1000000))
   assert_equal "$RC" 130
-  ((ms < 1500)) || fail "took $ms ms to stop a job whose main process died at once"
+  ((ms < 2500)) || fail "took $ms ms to stop a job whose main process died at once"
   poll_until 2 not_alive "$GRANDCHILD" || fail "the child survived the stop"
   assert_equal "$(state_field job-kids2 signal)" '"INT"'
 }

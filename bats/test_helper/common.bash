@@ -6,7 +6,8 @@
 #                plus bash, sqlite3 and flock, as on Alpine) or "host" (whatever PATH has,
 #                as in Dockerfile.test)
 #   SP_BASH      optional: a bash binary (an old release built by tests/build_bash.sh) that
-#                runs the wrapper as `SP_BASH job_wrapper.sh ...`; default: its #! line
+#                runs the wrapper as `SP_BASH -p job_wrapper.sh ...`, as the #! line would on
+#                a host whose /bin/bash it is; default: the #! line
 #   SP_STRESS_RUNS  runs per stress test (default 300)
 # Outside CI a test that needs root or a missing tool is skipped with the reason; with CI set
 # it fails instead.
@@ -31,7 +32,8 @@ common_setup() {
 # their defaults (a shell's background jobs would otherwise inherit them ignored).
 use_path() {
   WRAPPER_PATH=$1
-  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH"} "$SP_WRAPPER")
+  # with SP_BASH, as its #! line would run it were SP_BASH the host's /bin/bash
+  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
 }
 
 # bash_is_42: the wrapper runs under bash 4.2, whose documented limits some tests name.

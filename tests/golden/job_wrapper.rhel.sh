@@ -26,7 +26,9 @@
 #   exiting 129-192 itself reads as killed by a signal. Processes that leave the job's process
 #   group escape the stop.
 if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
-case $- in *p*) ;; *) exec "$BASH" -p -- "$0" "$@" ;; esac
+# run as `bash job_wrapper.sh`: restart as `bash -p`, with the stop signals back to the caller's
+# dispositions (a BASH_ENV may have ignored them; what the caller ignored stays ignored)
+case $- in *p*) ;; *) trap - HUP INT QUIT TERM USR1 USR2 ALRM && exec "$BASH" -p -- "$0" "$@" ;; esac
 set +aefkmtvxCET +o pipefail +o posix -hBu
 
 readonly INSTALL_HINT='sudo dnf install bash sqlite util-linux coreutils'
@@ -35,11 +37,13 @@ readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status T
 # valid UTF-8, byte by byte: JSON strings must be UTF-8
 readonly UTF8=$'^([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
-SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0 PENDING='' CHILD='' FWD='' QUIET=''
+SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0 PENDING='' CHILD='' QUIET='' STOPPING=''
+SEEN=() SENT=0
 # Everything is in functions and main runs last, so bash has parsed the whole script before any
 # trap is set: bash 5.2 can run a trap inside its parser and lose it while reading a $( ).
 
-die() { trap - EXIT; printf 'job_wrapper: %s\n' "$2" >&2; exit "$1"; }
+warn() { (trap '' PIPE; printf '%s\n' "$1" >&2); } # stderr's reader may have gone: no SIGPIPE
+die() { trap - EXIT; warn "job_wrapper: $2"; exit "$1"; }
 now() { # now VAR: ISO 8601 local time with offset, no fork
   printf -v "$1" '%(%Y-%m-%dT%H:%M:%S%z)T' -1
   printf -v "$1" '%s:%s' "${!1:0:-2}" "${!1: -2}"
@@ -64,8 +68,8 @@ write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rena
   rm -f -- "$tmp" 2>/dev/null
   return 1
 }
-db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE (SQL literals): one transaction
-  sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$DB" "BEGIN IMMEDIATE; $SCHEMA
+db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE [BUSY_MS] (SQL literals): one transaction
+  sqlite3 -init /dev/null -bail -cmd ".timeout ${4:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
 INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$JOB_ID');
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
   tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
@@ -99,42 +103,51 @@ signum() { # signum NAME: SIGNUM becomes its number on Linux (x86, ARM, POWER, s
   esac
 }
 grace_left() { ((TICKS-- > 0 && SECONDS <= STOP_END)); } # counted and by the wall clock
-forward() { # forward NAME: the signal to the job's process group; to its pid (and again to the
-  # group at the next poll) while it has none yet, just after the fork
-  if kill -s "$1" -- "-$CHILD" 2>/dev/null; then FWD=''; else kill -s "$1" "$CHILD" 2>/dev/null; FWD=$1; fi
+forward_seen() { # each stop signal not yet forwarded to the job's process group, in order; to
+  # its pid (and again to the group at the next poll) while it has none yet, just after the fork
+  while ((SENT < ${#SEEN[@]})); do
+    if ! kill -s "${SEEN[SENT]}" -- "-$CHILD" 2>/dev/null; then
+      kill -s "${SEEN[SENT]}" "$CHILD" 2>/dev/null
+      return
+    fi
+    SENT=$((SENT + 1))
+  done
 }
 # shellcheck disable=SC2329 # invoked by the traps set in main
 on_signal() { # on_signal NAME: the trap of every stop signal
-  [[ -z $FINAL ]] || return 0
+  SEEN+=("$1") # first: a signal that comes while another is handled is noted, in order
+  [[ -z $FINAL && -z $STOPPING ]] || return 0 # during a stop, its poll forwards the rest
+  STOPPING=1
   local pid
   set +u
   pid=$! # unset until the job is forked (bash 4 fails on ${!-})
   set -u
-  if [[ -n $SIGNAL ]]; then # a further signal during the stop: the job gets it too
-    [[ -z $CHILD ]] || forward "$1"
+  if [[ -n $pid ]] && ! running "$pid"; then # the job ended on its own
+    LATE=$1 STOPPING='' SEEN=()
     return 0
   fi
-  if [[ -n $pid ]] && ! running "$pid"; then LATE=$1; return 0; fi # the job ended on its own
-  [[ -n $pid ]] || { SIGNAL=$1; exit; } # the job never starts: finish records the stop
+  SIGNAL=${SEEN[0]} TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+  [[ -n $pid ]] || exit # the job never starts: finish records the stop
   CHILD=$pid
-  forward "$1"
-  stop_job "$1"
+  stop_job
 }
-record() { # record STATUS RC SIGNAL_JSON: the final state in both stores; sets ST_OK, DB_OK
+record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state in both stores; sets
+  # ST_OK and DB_OK
   local end
   now end
   ST_OK='' DB_OK=''
   write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3" && ST_OK=1
-  db_write "$1" "'$end'" "$2" && DB_OK=1
+  db_write "$1" "'$end'" "$2" "${4-}" && DB_OK=1
 }
-stop_job() { # stop_job NAME: the stop is recorded at once; then the job's answer to the
-  # signal, TERM to the rest of the group, KILL when the grace runs out; then exit
-  SIGNAL=$1 TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+stop_job() { # the signals go to the job and the stop is recorded at once (the DB waits at
+  # most 1 s for a lock here: the final write waits longer); then the job's answer, TERM to
+  # the rest of the group, KILL when the grace runs out; then exit
   quiet
+  forward_seen
   signum "$SIGNAL"
-  record failed "$((128 + SIGNUM))" "\"$SIGNAL\""
+  record failed "$((128 + SIGNUM))" "\"$SIGNAL\"" 1000
   while running "$CHILD" && grace_left; do
-    [[ -z $FWD ]] || forward "$FWD"
+    forward_seen
     sleep 0.1
   done
   if ! running "$CHILD"; then
@@ -149,7 +162,7 @@ stop_job() { # stop_job NAME: the stop is recorded at once; then the job's answe
 finish() { # EXIT trap: the final record, and exactly what could not be written
   FINAL=1
   local rc=$1 status=failed sig=null
-  trap '' "${SIGNALS[@]}"
+  trap '' "${SIGNALS[@]}" PIPE
   quiet
   if [[ -n $SIGNAL ]]; then
     signum "$SIGNAL"
@@ -186,6 +199,10 @@ lock_holder_message() { # the 75 message: who holds the lock
 }
 
 main() {
+  local fd
+  for fd in 0 1 2; do # a descriptor the caller had closed, on which bash opened this script
+    [[ ! /dev/fd/$fd -ef $0 ]] || eval "exec $fd<&-"
+  done
   RUN_USER=${USER-}
   # before any trap: a $( ) while traps are set is what bash 5.2 can break
   [[ -n $RUN_USER ]] || RUN_USER=$(id -un 2>/dev/null)
@@ -226,7 +243,7 @@ main() {
   for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
   [[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
   write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
-  db_write running NULL NULL || printf '%s\n' "$DB_WARNING" >&2
+  db_write running NULL NULL || warn "$DB_WARNING"
   # The job: its own session and process group, so a stop reaches grandchildren; the caller's
   # stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
   if { : <&0; } 2>/dev/null; then
@@ -235,7 +252,7 @@ main() {
     (trap - INT QUIT; exec setsid "$@") <&- &
   fi
   CHILD=$!
-  trap '' PIPE
+  trap '' PIPE # from here on, a stderr whose reader has gone cannot end the wrapper
   wait "$CHILD" 2>/dev/null # bash's own "Killed" line would add to the job's stderr
   rc=$?
   while [[ -n $LATE ]]; do # a signal came after the job ended: keep its own status
@@ -243,7 +260,10 @@ main() {
     rc=$?
     # bash loses the status of a child it reaps just as a trap interrupts its wait (it still
     # lists the job then): the signal's stop is the record
-    if jobs %1 >/dev/null 2>&1; then stop_job "$LATE"; fi
+    if jobs %1 >/dev/null 2>&1; then
+      SIGNAL=$LATE SEEN=() TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+      stop_job
+    fi
     LATE=''
   done
   exit "$rc"
