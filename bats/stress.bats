@@ -43,8 +43,9 @@ signal_run() {
   echo "$id $rc $own $sig" >>"$WORK/runs"
 }
 
-check_runs() {
-  run -0 python3 "$BATS_TEST_DIRNAME/test_helper/check_records.py" "$SERVER" "$WORK/runs" "$WORK/ran"
+check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
+  run -0 python3 "$BATS_TEST_DIRNAME/test_helper/check_records.py" "$SERVER" "$WORK/runs" \
+    "$WORK/ran" "${1:-0.25}"
   printf '# %s\n' "${lines[@]}" >&3
   [[ $output == *", 0 bad" ]] || fail "some runs lost or falsified their record"
 }
@@ -107,7 +108,7 @@ check_runs() {
     ms=$((($(date +%s%N) - t0) / 1000000))
     ((ms < 4000)) || { slow=$((slow + 1)); echo "# run $i ($sig) took $ms ms" >&3; }
   done
-  check_runs
+  check_runs 0.75 # aimed at the start: many runs are signalled before they begin
   assert_equal "$slow" 0
 }
 
@@ -129,7 +130,7 @@ check_runs() {
     fi
     echo "flood-$i $rc 0 HUP" >>"$WORK/runs"
   done
-  check_runs
+  check_runs 0.75
   printf '# bash crashed in %s of %s runs before it began\n' "$crashed" "$runs" >&3
   ((crashed <= 1 + runs / 50)) || fail "bash crashed in $crashed of $runs runs"
   run -1 grep -E -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"
