@@ -37,7 +37,7 @@ readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status T
 # valid UTF-8, byte by byte: JSON strings must be UTF-8
 readonly UTF8=$'^([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
-SIGNAL='' LATE='' FINAL='' SAYS='' TICKS=0 STOP_END=0 PENDING='' CHILD='' QUIET='' STOPPING=''
+SIGNAL='' LATE='' FINAL='' SAYS='' PENDING='' CHILD='' QUIET='' STOPPING=''
 SEEN=() SENT=0
 # Everything is in functions and main runs last, so bash has parsed the whole script before any
 # trap is set: bash 5.2 can run a trap inside its parser and lose it while reading a $( ).
@@ -126,7 +126,7 @@ on_signal() { # on_signal NAME: the trap of every stop signal
     LATE=$1 STOPPING='' SEEN=()
     return 0
   fi
-  SIGNAL=${SEEN[0]} TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+  SIGNAL=${SEEN[0]}
   [[ -n $pid ]] || exit # the job never starts: finish records the stop
   CHILD=$pid
   stop_job
@@ -142,6 +142,7 @@ record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state in both sto
 stop_job() { # the signals go to the job and the stop is recorded at once (the DB waits at
   # most 1 s for a lock here: the final write waits longer); then the job's answer, TERM to
   # the rest of the group, KILL when the grace runs out; then exit
+  TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE)) # the grace starts now
   quiet
   forward_seen
   signum "$SIGNAL"
@@ -261,7 +262,7 @@ main() {
     # bash loses the status of a child it reaps just as a trap interrupts its wait (it still
     # lists the job then): the signal's stop is the record
     if jobs %1 >/dev/null 2>&1; then
-      SIGNAL=$LATE SEEN=() TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE))
+      SIGNAL=$LATE SEEN=()
       stop_job
     fi
     LATE=''
