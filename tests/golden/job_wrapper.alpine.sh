@@ -163,8 +163,8 @@ stop_job() { # the signals go to the job and the stop is recorded at once (the D
 finish() { # EXIT trap: the final record, and exactly what could not be written
   FINAL=1
   local rc=$1 status=failed sig=null
+  quiet # first: a signal pending when the next line ignores it makes bash warn on stderr
   trap '' "${SIGNALS[@]}" PIPE
-  quiet
   if [[ -n $SIGNAL ]]; then
     signum "$SIGNAL"
     rc=$((128 + SIGNUM)) sig="\"$SIGNAL\""
