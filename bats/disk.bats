@@ -50,6 +50,8 @@ teardown() {
   cp "$DB" "$WORK/db.before"
   mount --bind "$DB" "$DB"
   mount -o remount,ro,bind "$DB"
+  # a chroot sees the bind mount (a shared one) but not its read-only flag, which is per mount
+  [[ -z ${SP_ROOT:-} ]] || mount -o remount,ro,bind "$SP_ROOT$DB"
   run -0 --separate-stderr wrapper job-rodb true
   umount "$DB"
   assert_equal "$stderr" "$WARNING"$'\n'"$WARNING"

@@ -44,7 +44,8 @@ stop_and_end() {
 
 # with_env ENV_ASSIGNMENT...: WRAPPER_CMD with those variables set for the wrapper itself
 with_env() {
-  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" "$@" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" "$@"
+    ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
 }
 
 @test "an exported SHELLOPTS (monitor, errexit, xtrace, nounset, pipefail) changes nothing" {
@@ -114,8 +115,8 @@ with_env() {
 }
 
 @test "signals the caller ignores stay ignored: the wrapper cannot be stopped by them, the job ends on its own" {
-  with_env
-  WRAPPER_CMD=(env --ignore-signal=TERM,HUP "${WRAPPER_CMD[@]:1}")
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --ignore-signal=TERM,HUP --default-signal=INT,QUIT
+    PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
   start_wrapper env-ign sh -c "$WAIT_JOB" "$WORK"
   poll_until 10 test -e "$WORK/started" || fail "job did not start"
   kill -TERM "$WPID"
@@ -154,15 +155,15 @@ with_env() {
 
 @test "run as 'bash job_wrapper.sh' with options and a BASH_ENV: restarts clean in privileged mode" {
   printf 'set -e\n' >"$WORK/bash_env.sh"
-  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" BASH_ENV="$WORK/bash_env.sh"
-    "${SP_BASH:-bash}" -eu -o pipefail -o errtrace "$SP_WRAPPER")
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal=INT,QUIT PATH="$WRAPPER_PATH"
+    BASH_ENV="$WORK/bash_env.sh" "${SP_BASH:-bash}" -eu -o pipefail -o errtrace "$SP_WRAPPER")
   stop_and_end
   run -0 --separate-stderr wrapper env-quiet true
   assert_equal "$stderr" ''
 }
 
 @test "run by sh instead of bash: a clear error, exit 64, nothing written" {
-  run -64 --separate-stderr sh "$SP_WRAPPER" env-sh true
+  run -64 --separate-stderr "${IN_ROOT[@]}" sh "$SP_WRAPPER" env-sh true
   assert_equal "$stderr" 'job_wrapper: run it with bash'
   [[ ! -e $SERVER ]]
 }

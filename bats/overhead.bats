@@ -23,6 +23,6 @@ teardown() {
   local start
   start=$(basename "$SP_WRAPPER")
   [[ -z ${SP_BASH:-} ]] || start=bash
-  assert_equal "$execs" "env $start flock mv sqlite3 setsid sqlite3 mv sqlite3 "
+  assert_equal "$execs" "${SP_ROOT:+in-root chroot env }env $start flock mv sqlite3 setsid sqlite3 mv sqlite3 "
   assert_equal "$(db_row job-count)" 'completed|0|1'
 }

@@ -153,16 +153,22 @@ touch "$0/started"; while :; do sleep 0.05; done'
 @test "INT lets a solver save its best solution: the job gets INT, ends its clean-up, failed/130/INT" {
   export SOLVERPILOT_KILL_GRACE=4
   local py
-  py=$(command -v python3) || fail "python3 is needed"
+  if [[ -n ${SP_ROOT:-} ]]; then # the root's own python3
+    py=/usr/bin/python3
+    [[ -x $SP_ROOT$py ]] || fail "python3 is needed in $SP_ROOT"
+  else
+    py=$(command -v python3) || fail "python3 is needed"
+  fi
   start_wrapper job-solver "$py" -c '
-import pathlib, sys, time
-work = pathlib.Path(sys.argv[1])
-(work / "started").touch()
+import sys, time
+work = sys.argv[1]
+open(work + "/started", "w").close()
 try:
     time.sleep(1000)
 except KeyboardInterrupt:
     time.sleep(0.5)  # writing the best solution found
-    (work / "saved").write_text("best")
+    with open(work + "/saved", "w") as saved:
+        saved.write("best")
 ' "$WORK"
   poll_until 10 test -e "$WORK/started" || fail "job did not start"
   local start=$SECONDS
@@ -187,7 +193,7 @@ except KeyboardInterrupt:
   for caller in "env --default-signal" "env --default-signal=INT,QUIT --ignore-signal=HUP,TERM,USR1" \
     "env --ignore-signal=INT,QUIT,PIPE"; do
     expected=$($caller grep -E '^Sig(Ign|Blk)' /proc/self/status | tr '\n' ' ')
-    got=$($caller PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER" job-disp \
+    got=$("${IN_ROOT[@]}" $caller PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER" job-disp \
       grep -E '^Sig(Ign|Blk)' /proc/self/status | tr '\n' ' ')
     if bash_is_42 && [[ $caller == "env --default-signal"* ]]; then
       # the documented bash 4.2 limit: INT and QUIT (mask 0x6) start ignored

@@ -22,6 +22,7 @@ from solverpilot_deploy.errors import (
     RequirementError,
     StepInterrupted,
 )
+from solverpilot_deploy.filesystems import server_dir_warning
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.render import render_wrapper
@@ -48,6 +49,13 @@ class Probe:
     sha256: str | None
     wrapper_sha256: str | None
     has_db: bool
+    server_dir: str = "~/.solverpilot-server"
+    server_fs: str = ""
+
+    def warnings(self) -> tuple[str, ...]:
+        """What the host's set-up puts at risk, whatever the profile."""
+        shared = server_dir_warning(self.server_dir, self.server_fs)
+        return (shared,) if shared else ()
 
 
 @dataclass(frozen=True)
@@ -61,13 +69,14 @@ class HostResult:
     error: str | None = None
     warnings: tuple[str, ...] = ()
 
-    def as_json(self) -> dict[str, str | None]:
+    def as_json(self) -> dict[str, str | list[str] | None]:
         return {
             "host": self.host,
             "status": self.status,
             "distro": self.distro,
             "sha256": self.sha256,
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
 
@@ -84,6 +93,7 @@ def probe(session: Session, timeout: float) -> Probe:
     if result.status != 0:
         raise RemoteCommandError(f"probe failed: {result.error()}")
     found = result.values()
+    server = found.get("server", "")
     return Probe(
         os_id=found.get("os_id", ""),
         os_like=tuple(found.get("os_like", "").split()),
@@ -94,6 +104,8 @@ def probe(session: Session, timeout: float) -> Probe:
         sha256=found.get("sha256") if found.get("sha256") in SHA256_TOOLS else None,
         wrapper_sha256=found.get("wrapper") or None,
         has_db=found.get("db") == "yes",
+        server_dir="~/" + server[2:] if server.startswith("./") else server,
+        server_fs=found.get("fs_server", ""),
     )
 
 
@@ -171,7 +183,7 @@ def push_host(
     an interrupt: no new step starts, and a host not yet changed raises StepInterrupted."""
     found = probe(session, remaining(deadline))
     profile = pick_profile(found, requested)
-    warnings = check_requirements(found, profile)
+    warnings = found.warnings() + check_requirements(found, profile)
     text, digest = wrapper_for(profile)
     result = HostResult(host, "deployed", profile.name, digest, warnings=warnings)
     if found.wrapper_sha256 == digest:
@@ -248,10 +260,11 @@ def verify_host(session: Session, host: str, requested: str, deadline: float) ->
     found = probe(session, remaining(deadline))
     profile = pick_profile(found, requested)
     _, digest = wrapper_for(profile)
+    warnings = found.warnings()
     if not found.sha256:
         raise RequirementError(f"no sha256 tool on the host; install: {profile.install_hint}")
     if found.wrapper_sha256 is None:
-        return HostResult(host, "missing", profile.name, None, f"no {WRAPPER_PATH}")
+        return HostResult(host, "missing", profile.name, None, f"no {WRAPPER_PATH}", warnings)
     if found.wrapper_sha256 != digest:
         return HostResult(
             host,
@@ -260,5 +273,6 @@ def verify_host(session: Session, host: str, requested: str, deadline: float) ->
             found.wrapper_sha256,
             f"{WRAPPER_PATH} is {found.wrapper_sha256[:12]}..., the {profile.name} render is "
             f"{digest[:12]}...",
+            warnings,
         )
-    return HostResult(host, "ok", profile.name, digest)
+    return HostResult(host, "ok", profile.name, digest, warnings=warnings)

@@ -105,6 +105,10 @@ def run_step(
     )
     framed = parse_framed(token, out)
     if framed is None:
-        reason = err.strip().splitlines()[-1:] or [f"exit {status}"]
-        raise RemoteCommandError(f"{name}: no answer from /bin/sh on the host ({reason[0]})")
+        last = err.strip().splitlines()[-1:]
+        said = f"; its last words: {last[0][:200]}" if last else ""
+        raise RemoteCommandError(
+            f"{name}: no answer from /bin/sh on the host: the login shell or one of its "
+            f"start-up files ended the command (exit {status}{said})"
+        )
     return StepResult(framed[0], framed[1], err)

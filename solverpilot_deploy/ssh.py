@@ -251,9 +251,12 @@ class Session:
         out, err = bytearray(), bytearray()
         try:
             channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
+            try:
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+            except OSError:
+                pass  # the command ended before it read all of stdin: its answer tells
             while True:  # exit-status arrives after all the data, so drain until it has
                 if channel.recv_ready():
                     out += channel.recv(65536)
@@ -262,7 +265,10 @@ class Session:
                 elif channel.exit_status_ready():
                     break
                 elif time.monotonic() > end:
-                    raise HostTimeoutError(f"no answer to a command within {timeout:.0f} s")
+                    raise HostTimeoutError(
+                        f"no answer to a command within {timeout:.0f} s (is a start-up file "
+                        "of the login shell stuck?)"
+                    )
                 else:
                     time.sleep(0.002)
             status = channel.recv_exit_status()

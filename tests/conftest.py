@@ -141,6 +141,9 @@ def sp(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def sp_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, object]]]:
-    code, out, _ = sp(capsys, *argv, "--json")
-    data: list[dict[str, object]] = json.loads(out)
+    code, out, err = sp(capsys, *argv, "--json")
+    try:
+        data: list[dict[str, object]] = json.loads(out)
+    except ValueError:
+        pytest.fail(f"not JSON (exit {code}): {out!r}; stderr: {err!r}")
     return code, data

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run them all: lint (ruff, mypy), pytest, the bats
-# behaviour suite once per distro profile, and once more under each old bash release
-# (4.2, 4.4, 5.0, built once by tests/build_bash.sh and cached outside the clone).
+# Install everything the tests need, then run them all: lint (ruff, mypy; pytest runs the
+# hadolint and shellcheck checks), pytest (real sshd hosts, one per login shell among them), the
+# bats behaviour suite once per distro profile, once more under each old bash release (4.2,
+# 4.4, 5.0, built once by tests/build_bash.sh) and once inside each Debian root filesystem
+# (11 and 13, built once by tests/build_rootfs.sh, run through chroot); both caches live outside
+# the clone (/var/cache/solverpilot-test).
 #
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
 # Installs, when missing: Debian packages (sqlite3, busybox-static, util-linux, strace,
-# openssh-server, python3-venv, gcc, make) and, into .venv-test/, this package with its test
-# extras. SP_STRESS_RUNS sets the stress loops' runs for the first profile (default 300; the
-# other suite runs use a fifth of it).
+# openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, debootstrap) and, into
+# .venv-test/, this package with its test extras. SP_STRESS_RUNS sets the stress loops' runs
+# for the first profile (default 300; the other suite runs use a fifth of it).
 # Exit status: 0 when every check passed, 1 otherwise.
 set -euo pipefail
 
@@ -22,7 +25,8 @@ as_root() {
 install_debian_packages() {
   local -A wanted=([sqlite3]=sqlite3 [busybox]=busybox-static [flock]=util-linux
     [setsid]=util-linux [strace]=strace [sshd]=openssh-server [ssh-keygen]=openssh-client
-    [gcc]=gcc [make]=make)
+    [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [dash]=dash [bindfs]=bindfs
+    [debootstrap]=debootstrap)
   local tool missing=()
   for tool in "${!wanted[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${wanted[$tool]}")
@@ -38,7 +42,7 @@ install_debian_packages() {
 install_python_packages() {
   [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$ROOT[test]"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${ROOT}[test]"
 }
 
 # bats_suite LABEL WRAPPER USERLAND BASH RUNS: the bats suite once; adds to PASSED and FAILED.
@@ -52,6 +56,41 @@ bats_suite() {
   FAILED=$((FAILED + $(grep -c '^not ok ' "$tap" || true)))
   grep -q '^1\.\.[1-9]' "$tap" || FAILED=$((FAILED + 1)) # bats itself failed to run
 }
+
+# chroot_suite NAME ROOT WRAPPER RUNS: the bats suite with the wrapper run inside ROOT through
+# chroot (its own bash, coreutils, sqlite3, flock). The suite's temporary folder is seen at
+# the same path inside, as a shared mount, so the tmpfs mounts of the disk tests reach it too.
+chroot_suite() {
+  local name=$1 root=$2 tmp
+  tmp=$(mktemp -d /tmp/sp-chroot.XXXXXX)
+  if mount_at "$tmp" --bind "$tmp" && mount --make-shared "$tmp" &&
+    mkdir -p "$root$tmp" && mount_at "$root$tmp" --bind "$tmp" &&
+    mount_at "$root/proc" -t proc proc && mount_at "$root/dev" --bind /dev; then
+    cp "$3" "$tmp/job_wrapper.debian.sh"
+    SP_ROOT=$root TMPDIR=$tmp bats_suite "chroot-$name" "$tmp/job_wrapper.debian.sh" gnu '' "$4"
+  else
+    echo "run_all: cannot set up the chroot $root"
+    FAILED=$((FAILED + 1))
+  fi
+  unmount_all
+  rmdir "$root$tmp" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+
+MOUNTED=() # what mount_at mounted, undone by unmount_all (also when the run is interrupted)
+mount_at() { # mount_at TARGET MOUNT_ARGS...
+  local target=$1
+  shift
+  mount "$@" "$target" && MOUNTED+=("$target")
+}
+unmount_all() {
+  local i
+  for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
+    umount "${MOUNTED[i]}" 2>/dev/null || umount -l "${MOUNTED[i]}" || true
+  done
+  MOUNTED=()
+}
+trap unmount_all EXIT
 
 # run_bats: the bats suite once per profile, then under each old bash with the debian profile;
 # prints "bats: N passed, N failed".
@@ -74,6 +113,13 @@ for p in load_profiles():
   while read -r version bash; do
     bats_suite "bash-$version" "$OUT/job_wrapper.debian.sh" gnu "$bash" "$rest"
   done <"$OUT/bashes"
+  if ! bash "$ROOT/tests/build_rootfs.sh" >"$OUT/roots"; then
+    echo "run_all: the Debian root filesystems did not build"
+    FAILED=$((FAILED + 1))
+  fi
+  while read -r name root; do
+    chroot_suite "$name" "$root" "$OUT/job_wrapper.debian.sh" "$rest"
+  done <"$OUT/roots"
   rm -rf "$OUT"
   BATS_SUMMARY="bats: $PASSED passed, $FAILED failed"
   BATS_FAILED=$FAILED

@@ -48,14 +48,19 @@ def keygen(path: Path) -> Path:
     return path
 
 
-def ensure_test_user(name: str) -> pwd.struct_passwd:
+def ensure_test_user(name: str, shell: str = "/bin/bash") -> pwd.struct_passwd:
+    """The user ``name`` with login shell ``shell``, created when missing."""
     try:
-        return pwd.getpwnam(name)
+        user = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True)
+        subprocess.run(["useradd", "-m", "-s", shell, name], check=True)
         # '*' = no password login, but not "locked" (sshd refuses locked accounts without PAM)
         subprocess.run(["usermod", "-p", "*", name], check=True)
         return pwd.getpwnam(name)
+    if user.pw_shell != shell:
+        subprocess.run(["usermod", "-s", shell, name], check=True)
+        user = pwd.getpwnam(name)
+    return user
 
 
 def authorize(user: pwd.struct_passwd, public_key: Path) -> None:

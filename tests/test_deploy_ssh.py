@@ -57,6 +57,7 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
             "distro": "debian",
             "sha256": DEBIAN_SHA,
             "error": None,
+            "warnings": [],
         }
     ]
     live = home / WRAPPER

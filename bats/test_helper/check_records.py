@@ -7,9 +7,9 @@ wrapper's exit status must say the same: either the job's own end (OWN_EXIT, sig
 the name of the signal that killed the job) or the stop (failed, 128+N, the signal's name).
 No run may be left "running" and no temporary file may remain. A run with no record at all is
 allowed only when its job never started (no RAN_DIR/JOB_ID marker): the signal came before the
-wrapper's first lines ran; those must stay under MAX_UNSTARTED_SHARE of the runs (default 0.25), or the loop tests too
-little; the loops that aim at the start itself allow more. Prints one line per bad run
-and a summary; exits 1 when any run is bad.
+wrapper's first lines ran; those must stay under MAX_UNSTARTED_SHARE of the runs (default
+0.25), or the loop tests too little; the loops that aim at the start itself allow more.
+Prints one line per bad run and a summary; exits 1 when any run is bad.
 """
 
 from __future__ import annotations

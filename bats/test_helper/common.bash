@@ -8,6 +8,10 @@
 #   SP_BASH      optional: a bash binary (an old release built by tests/build_bash.sh) that
 #                runs the wrapper as `SP_BASH -p job_wrapper.sh ...`, as the #! line would on
 #                a host whose /bin/bash it is; default: the #! line
+#   SP_ROOT      optional: a Debian root filesystem (tests/build_rootfs.sh) the wrapper runs in,
+#                through chroot, with that root's own bash, coreutils, sqlite3 and flock; the
+#                harness (bats, its checks) stays outside. The test folders and SP_WRAPPER must
+#                be seen at the same paths inside (tests/run_all.sh bind-mounts them).
 #   SP_STRESS_RUNS  runs per stress test (default 300)
 # Outside CI a test that needs root or a missing tool is skipped with the reason; with CI set
 # it fails instead.
@@ -21,6 +25,8 @@ common_setup() {
   export SOLVERPILOT_SERVER_DIR="$BATS_TEST_TMPDIR/server"
   export SOLVERPILOT_KILL_GRACE=10
   SERVER=$SOLVERPILOT_SERVER_DIR
+  IN_ROOT=() # the prefix that runs a command where the wrapper runs
+  [[ -z ${SP_ROOT:-} ]] || IN_ROOT=("$(in_root_command)")
   DB=$SERVER/server.db
   WORK=$BATS_TEST_TMPDIR/work
   STARTED=()
@@ -32,8 +38,25 @@ common_setup() {
 # their defaults (a shell's background jobs would otherwise inherit them ignored).
 use_path() {
   WRAPPER_PATH=$1
-  # with SP_BASH, as its #! line would run it were SP_BASH the host's /bin/bash
-  WRAPPER_CMD=(env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
+  # with SP_BASH, as its #! line would run it were SP_BASH the host's /bin/bash; with SP_ROOT,
+  # inside that root, where its #! line names the root's own /bin/bash
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal=INT,QUIT PATH="$WRAPPER_PATH"
+    ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
+}
+
+# in_root_command: an executable that runs its arguments inside SP_ROOT through chroot, in the
+# caller's directory when the root has it (chroot alone would start them in /), else in /.
+# Each step execs the next: the wrapper keeps the pid the test started.
+in_root_command() {
+  local cmd=$BATS_RUN_TMPDIR/in-root
+  if [[ ! -x $cmd ]]; then
+    printf '%s
+' '#!/bin/sh' 'dir=$PWD' '[ -d "$SP_ROOT$dir" ] || dir=/' \
+      'exec chroot "$SP_ROOT" /usr/bin/env -C "$dir" "$@"' >"$cmd.new"
+    chmod 755 "$cmd.new"
+    mv "$cmd.new" "$cmd"
+  fi
+  printf '%s' "$cmd"
 }
 
 # bash_is_42: the wrapper runs under bash 4.2, whose documented limits some tests name.
@@ -50,8 +73,12 @@ require_or_skip() {
   skip "$why"
 }
 
-# The PATH the wrapper runs with: the host's, or a busybox userland built once per run.
+# The PATH the wrapper runs with: the host's, a chroot's, or a busybox userland built once per run.
 userland_path() {
+  if [[ -n ${SP_ROOT:-} ]]; then
+    printf '%s' /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    return
+  fi
   if [[ ${SP_USERLAND:-gnu} != busybox ]]; then # gnu or host
     printf '%s' "$PATH"
     return
@@ -69,16 +96,16 @@ userland_path() {
   printf '%s' "$dir"
 }
 
-# A PATH with the userland's tools but without sqlite3.
+# A PATH with the userland's tools but without sqlite3 (in a chroot, links to the root's own).
 path_without_sqlite() {
-  local dir=$BATS_TEST_TMPDIR/no-sqlite f
+  local dir=$BATS_TEST_TMPDIR/no-sqlite f root=${SP_ROOT:-}
   mkdir -p "$dir"
   local IFS=:
   for f in $WRAPPER_PATH; do
-    [[ -d $f ]] || continue
-    for f in "$f"/*; do
+    [[ -d $root$f ]] || continue
+    for f in "$root$f"/*; do
       [[ ${f##*/} == sqlite3 || -e $dir/${f##*/} ]] && continue
-      ln -s "$(readlink -f "$f")" "$dir/${f##*/}"
+      if [[ -n $root ]]; then ln -s "${f#"$root"}" "$dir/${f##*/}"; else ln -s "$(readlink -f "$f")" "$dir/${f##*/}"; fi
     done
   done
   printf '%s' "$dir"

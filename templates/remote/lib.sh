@@ -22,6 +22,10 @@ trap 'exit 143' TERM
 trap 'exit 141' PIPE
 printf '\n@@SP-BEGIN %s\n' "$sp_token"
 cd || exit 20
+# the server folder, as the wrapper finds it (the login shell's start-up files may set it);
+# ./ keeps a relative one from reading as an option
+sp_server=${SOLVERPILOT_SERVER_DIR:-.solverpilot-server}
+case $sp_server in /*) ;; *) sp_server=./$sp_server ;; esac
 
 # sp_find_sha256: sp_sha becomes the first sha256 tool that hashes "abc" right, or stays empty
 # shellcheck disable=SC2329 # not every step needs it

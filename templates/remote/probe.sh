@@ -1,10 +1,12 @@
 # probe.sh: what the host is and what its tools can do, each tool checked by using it.
-# Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db).
+# Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db,
+# server, and fs_server: the server folder's filesystem as "MAGIC_HEX NAME").
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
-# the wrapper runs as /bin/bash -p (its #! line)
-echo "bash=$(/bin/bash -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
+# the wrapper runs as /bin/bash -p (its #! line). --norc: a `bash -c` that sees SSH_CLIENT
+# and SHLVL < 2 reads ~/.bashrc, whose words would land in this answer
+echo "bash=$(/bin/bash --norc -p -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
 t=$(mktemp 2>/dev/null) || t=/tmp/.sp-probe.$$
 sp_tmp=$t
 : >"$t"
@@ -16,5 +18,11 @@ if sp_find_sha256; then
   echo "sha256=$sp_sha"
   [ -f .solverpilot/bin/job_wrapper.sh ] && echo "wrapper=$(sp_sha256 .solverpilot/bin/job_wrapper.sh)"
 fi
-[ -e .solverpilot-server/server.db ] && echo db=yes
+[ -e "$sp_server/server.db" ] && echo db=yes
+echo "server=$sp_server"
+d=$sp_server # the server folder may not exist yet: its nearest existing parent (no dirname:
+while [ ! -d "$d" ]; do # a tool missing here would make this loop forever)
+  case $d in */*) d=${d%/*} && d=${d:-/} ;; *) d=. ;; esac
+done
+echo "fs_server=$(stat -f -c '%t %T' -- "$d" 2>/dev/null)"
 exit 0

@@ -2,7 +2,7 @@
 # Answer: "@boot BOOT_ID"; per state file "@job LOCK ALIVE ID" (LOCK held|free, ALIVE yes|no;
 # ID last, with anything outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind
 # "|" ("@big" instead when over 64 KiB); then "@db" and one tab-separated row per job.
-dir=.solverpilot-server
+dir=$sp_server
 printf '@boot %s\n' "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 for f in "$dir"/jobs/*.status; do
   [ -f "$f" ] || continue
