@@ -74,6 +74,11 @@ ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9
   assert_equal "$(state_field job-run host)" "\"$(hostname)\""
   assert_equal "$(state_field job-run boot_id)" "\"$(cat /proc/sys/kernel/random/boot_id)\""
   assert_equal "$(state_field job-run user)" '"tester"'
+  # the start time in clock ticks since boot, as /proc/PID/stat field 22 says for the wrapper
+  local stat fields
+  read -r stat <"/proc/$WPID/stat"
+  read -r -a fields <<<"${stat##*) }"
+  assert_equal "$(state_field job-run start_ticks)" "${fields[19]}"
   run ! state_field job-run exit_code
   assert_equal "$(sqlite3 "$DB" "SELECT status, started_at IS NOT NULL, completed_at IS NULL, exit_code IS NULL, tmux_session_name FROM jobs WHERE id = 'job-run'")" \
     'running|1|1|1|solverpilot_tester_job-run'
@@ -271,4 +276,27 @@ EOF
   run -0 python3 -c 'import json, sys; print(json.load(open(sys.argv[1], encoding="utf-8"))["user"])' \
     "$SERVER/jobs/job-utf8.status"
   assert_output 'café'
+}
+
+@test "the final state records the job's CPU seconds (user, system) and wall seconds" {
+  # about 0.3 s of CPU in the job (and a grandchild), then 0.4 s asleep
+  run -0 wrapper job-cost sh -c '
+    spin() { i=0; while [ $((i += 1)) -lt 150000 ]; do :; done; }
+    (spin); spin; sleep 0.4'
+  local user sys wall
+  user=$(state_field job-cost cpu_user_s) sys=$(state_field job-cost cpu_sys_s)
+  wall=$(state_field job-cost wall_s)
+  [[ $user =~ ^[0-9]+\.[0-9]+$ && $sys =~ ^[0-9]+\.[0-9]+$ && $wall =~ ^[0-9]+\.[0-9]+$ ]] ||
+    fail "not numbers: user $user sys $sys wall $wall"
+  python3 - "$user" "$sys" "$wall" <<'PY' || fail "user $user sys $sys wall $wall"
+import sys
+user, sys_, wall = map(float, sys.argv[1:])
+assert user + sys_ >= 0.1, "the job's CPU is missing"
+assert wall >= 0.4 + user * 0.5, "wall shorter than the sleep and the spinning"
+assert wall < 30
+PY
+  # a job that does nothing costs (almost) nothing: the wrapper's own programs are not counted
+  run -0 wrapper job-idle true
+  python3 -c 'import sys; assert float(sys.argv[1]) + float(sys.argv[2]) <= 0.02, sys.argv' \
+    "$(state_field job-idle cpu_user_s)" "$(state_field job-idle cpu_sys_s)"
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from solverpilot_deploy import __version__
-from solverpilot_deploy.errors import DeployError, HostFailedError
+from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
 
 if TYPE_CHECKING:
     from threading import Event
@@ -162,24 +162,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     import time
 
     from solverpilot_deploy.ssh import connect, parse_spec, remaining
-    from solverpilot_deploy.status import JOB_KEYS, read_status
+    from solverpilot_deploy.status import JOB_ID, read_status
 
     options = _connect_options(args)
     deadline = time.monotonic() + options.timeout
     parse_spec(args.host)  # a malformed HOST is a usage error, not a host failure
+    for job_id in args.job_ids:
+        if not JOB_ID.match(job_id):
+            raise UsageError(f"not a job id: {job_id!r} (1-128 of A-Z a-z 0-9 . _ -)")
     try:
         with connect(args.host, options, deadline) as session:
-            jobs = read_status(session, remaining(deadline))
+            jobs = read_status(session, remaining(deadline), tuple(dict.fromkeys(args.job_ids)))
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
-    if args.job_ids:
-        wanted = set(args.job_ids)
-        jobs = [job for job in jobs if job.id in wanted]
     if args.json:
         print(json.dumps([job.as_json() for job in jobs], indent=2))
         return 0
-    rows = [tuple(key.upper() for key in JOB_KEYS)]
-    rows += [tuple("-" if v is None else str(v) for v in job.as_json().values()) for job in jobs]
+    rows: list[tuple[str, ...]] = [
+        ("ID", "STATUS", "EXIT", "SIGNAL", "STARTED_AT", "COMPLETED_AT", "CPU_S", "WALL_S", "TMUX")
+    ]
+    for job in jobs:
+        cpu = None
+        if job.cpu_user_s is not None and job.cpu_sys_s is not None:
+            cpu = f"{job.cpu_user_s + job.cpu_sys_s:.2f}"
+        status = f"{job.status} ({job.lost_reason})" if job.lost_reason else job.status
+        wall = None if job.wall_s is None else f"{job.wall_s:.2f}"
+        values = (job.id, status, job.exit_code, job.signal, job.started_at, job.completed_at)
+        rows.append(tuple("-" if v is None else str(v) for v in (*values, cpu, wall, job.tmux)))
     _print_table(rows)
     return 0
 

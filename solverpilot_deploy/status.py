@@ -1,50 +1,93 @@
-"""Read back job states from a host and tell "running" from "lost".
+"""Read back job states from a host and tell "running" from "lost", and why.
 
-A job whose state says "running" is "lost" when its wrapper is gone: its lock is free (no
-process of the job holds it), its wrapper pid is dead, or the host has rebooted since (the
-boot id differs). A state file that is not a JSON object of the wrapper's shape (truncated,
-binary, huge, ``null``, a list, a number) is listed as "unreadable"; the others are not
-affected.
+A job recorded "running" is "lost" when its wrapper is gone, with the reason: "host rebooted"
+(the boot id differs), "wrapper gone, lock free", "wrapper gone, its job still holds the lock"
+(the wrapper was SIGKILLed; a process of the job lives on), "pid reused" (the pid is alive but
+started at another time than the wrapper recorded). A DB row "running" with no state file is
+judged by its lock alone. A state file that is not a JSON object of the wrapper's shape
+(truncated, binary, huge, ``null``, a list, a number) is listed as "unreadable"; the others
+are not affected. The tmux session named for a job is reported present or absent (None when
+the host has no tmux).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.ssh import Session
 
-JOB_KEYS = ("id", "status", "exit_code", "signal", "started_at", "completed_at")
+JOB_KEYS = (
+    "id",
+    "status",
+    "exit_code",
+    "signal",
+    "started_at",
+    "completed_at",
+    "cpu_user_s",
+    "cpu_sys_s",
+    "wall_s",
+    "lost_reason",
+    "tmux",
+)
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
 INTEGER = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only: "²".isdigit() is true
+REBOOTED = "host rebooted"
+LOCK_FREE = "wrapper gone, lock free"
+JOB_HOLDS_LOCK = "wrapper gone, its job still holds the lock"
+PID_REUSED = "pid reused"
 
 
 @dataclass(frozen=True)
 class JobState:
     id: str
     status: str
-    exit_code: int | None
-    signal: str | None
-    started_at: str | None
-    completed_at: str | None
+    exit_code: int | None = None
+    signal: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    cpu_user_s: float | None = None
+    cpu_sys_s: float | None = None
+    wall_s: float | None = None
+    lost_reason: str | None = None
+    tmux: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in JOB_KEYS}
 
 
-def judge(state: dict[str, Any], lock_held: bool, pid_alive: bool, boot_id: str) -> str:
-    """The status to report for one state file."""
-    status = state.get("status")
-    if not isinstance(status, str) or not status:
-        return "unreadable"
-    if status != "running":
-        return status
-    rebooted = bool(state.get("boot_id")) and bool(boot_id) and state["boot_id"] != boot_id
-    return "lost" if (not lock_held or not pid_alive or rebooted) else "running"
+@dataclass
+class HostView:
+    """What status.sh saw on the host, besides the state files."""
+
+    boot_id: str = ""
+    has_tmux: bool = False
+    sessions: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+
+
+def tmux_session_name(user: str, job_id: str) -> str:
+    """The session `run` starts for a job; tmux turns "." and ":" in a name into "_"."""
+    return re.sub(r"[.:]", "_", f"solverpilot_{user}_{job_id[:8]}")
+
+
+def lost_reason(
+    state: dict[str, Any], lock_held: bool, alive: bool, ticks: str, boot_id: str
+) -> str | None:
+    """Why a job whose state says "running" is lost, or None when it runs."""
+    recorded_boot = state.get("boot_id")
+    if isinstance(recorded_boot, str) and recorded_boot and boot_id and recorded_boot != boot_id:
+        return REBOOTED
+    if not alive:
+        return JOB_HOLDS_LOCK if lock_held else LOCK_FREE
+    recorded_ticks = state.get("start_ticks")
+    if _code(recorded_ticks) is not None:
+        return None if str(recorded_ticks) == ticks else PID_REUSED
+    return None if lock_held else LOCK_FREE  # a wrapper too old to record its start
 
 
 def _text(value: Any) -> str | None:
@@ -55,74 +98,109 @@ def _code(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def job_from_state(job_id: str, text: str | None, lock: str, alive: str, boot: str) -> JobState:
+def _seconds(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok and 0 <= value < 1e12 else None
+
+
+def job_from_state(
+    job_id: str, text: str | None, alive: bool, ticks: str, view: HostView
+) -> JobState:
     """One state file's JobState; "unreadable" when it is not a JSON object."""
     try:
         state = json.loads(text) if text is not None else None
     except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         state = None
-    if not isinstance(state, dict) or not JOB_ID.match(job_id):  # no job has such a name
-        return JobState(job_id, "unreadable", None, None, None, None)
+    status = state.get("status") if isinstance(state, dict) else None
+    if not isinstance(state, dict) or not JOB_ID.match(job_id) or not status:
+        return JobState(job_id, "unreadable")
+    if not isinstance(status, str):
+        return JobState(job_id, "unreadable")
+    reason = None
+    if status == "running":
+        reason = lost_reason(state, job_id in view.held, alive, ticks, view.boot_id)
+    user = state.get("user")
+    tmux = None
+    if view.has_tmux and isinstance(user, str):
+        tmux = "present" if tmux_session_name(user, job_id) in view.sessions else "absent"
     return JobState(
         id=job_id,
-        status=judge(state, lock == "held", alive == "yes", boot),
+        status="lost" if reason else status,
         exit_code=_code(state.get("exit_code")),
         signal=_text(state.get("signal")),
         started_at=_text(state.get("started_at")),
         completed_at=_text(state.get("completed_at")),
+        cpu_user_s=_seconds(state.get("cpu_user_s")),
+        cpu_sys_s=_seconds(state.get("cpu_sys_s")),
+        wall_s=_seconds(state.get("wall_s")),
+        lost_reason=reason,
+        tmux=tmux,
+    )
+
+
+def job_from_db_row(fields: list[str], view: HostView) -> JobState:
+    """A DB row with no state file: a "running" one is judged by its lock alone."""
+    job_id, status, exit_code, started, completed = fields
+    reason = LOCK_FREE if status == "running" and job_id not in view.held else None
+    return JobState(
+        job_id,
+        "lost" if reason else status or "unknown",
+        int(exit_code) if INTEGER.match(exit_code) else None,
+        started_at=started or None,
+        completed_at=completed or None,
+        lost_reason=reason,
     )
 
 
 def parse_status_output(lines: tuple[str, ...] | list[str]) -> list[JobState]:
     """The answer of templates/remote/status.sh, as one JobState per job, sorted by id."""
-    boot_id, section = "", ""
-    jobs: dict[str, JobState] = {}
+    view = HostView()
+    found: list[tuple[str, bool, str, list[str] | None]] = []  # id, alive, ticks, text lines
     db_rows: dict[str, list[str]] = {}
-    current: tuple[str, str, str] | None = None
-    buffer: list[str] | None = []
-
-    def flush() -> None:
-        if current is not None:
-            job_id, lock, alive = current
-            text = None if buffer is None else "\n".join(buffer)
-            jobs[job_id] = job_from_state(job_id, text, lock, alive, boot_id)
-
+    section = ""
     for line in lines:
         if line.startswith("@boot "):
-            boot_id = line[6:].strip()
+            view.boot_id = line[6:].strip()
+        elif line == "@tmux":
+            view.has_tmux = True
+        elif line.startswith("@session "):
+            view.sessions.add(line[9:])
+        elif line.startswith("@held "):
+            view.held.add(line[6:])
         elif line.startswith("@job "):
-            flush()
-            parts = line.split(" ", 3)
-            if len(parts) < 4:
-                current, section = None, ""
+            parts = line.split(" ")
+            if len(parts) != 4:
+                section = ""
                 continue
-            current, buffer, section = (parts[3], parts[1], parts[2]), [], "job"
+            found.append((parts[1], parts[2] == "yes", parts[3], []))
+            section = "job"
         elif line == "@big" and section == "job":
-            buffer = None
+            found[-1] = (*found[-1][:3], None)
         elif line == "@db":
-            flush()
-            current, section = None, "db"
-        elif section == "job" and line.startswith("|") and buffer is not None:
-            buffer.append(line[1:])
+            section = "db"
+        elif section == "job" and line.startswith("|"):
+            text = found[-1][3]
+            if text is not None:
+                text.append(line[1:])
         elif section == "db" and line:
             fields = (line.split("\t") + [""] * 5)[:5]
             db_rows[fields[0]] = fields
-    flush()
-    for job_id, (_, status, exit_code, started, completed) in db_rows.items():
-        if job_id not in jobs:  # DB only: no state file to judge liveness by
-            jobs[job_id] = JobState(
-                job_id,
-                status or "unknown",
-                int(exit_code) if INTEGER.match(exit_code) else None,
-                None,
-                started or None,
-                completed or None,
-            )
+    jobs: dict[str, JobState] = {}
+    for job_id, alive, ticks, text in found:
+        body = None if text is None else "\n".join(text)
+        jobs[job_id] = job_from_state(job_id, body, alive, ticks, view)
+    for job_id, fields in db_rows.items():
+        if job_id not in jobs:
+            jobs[job_id] = job_from_db_row(fields, view)
     return [jobs[key] for key in sorted(jobs)]
 
 
-def read_status(session: Session, timeout: float) -> list[JobState]:
-    result = run_step(session, "status", timeout=timeout)
+def read_status(session: Session, timeout: float, job_ids: tuple[str, ...] = ()) -> list[JobState]:
+    """The host's jobs (only ``job_ids`` when given: the host filters)."""
+    bad = [job_id for job_id in job_ids if not JOB_ID.match(job_id)]
+    if bad:
+        raise ValueError(f"not a job id: {bad[0]!r}")
+    result = run_step(session, "status", *job_ids, timeout=timeout)
     if result.status != 0:
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
     return parse_status_output(result.lines)

@@ -21,6 +21,7 @@ from sshlab import free_port, run_as
 
 from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.render import render_wrapper
+from solverpilot_deploy.status import JOB_KEYS
 
 WRAPPER = ".solverpilot/bin/job_wrapper.sh"
 DEBIAN_BYTES = render_wrapper(load_profile("debian")).encode()
@@ -323,7 +324,7 @@ def test_status_completed_failed_running_and_lost(
     # a running job, and one whose wrapper is killed by SIGKILL (lost), both with jobs alive
     go = home / "go"
     env = {"HOME": str(home), "USER": "sptest", "PATH": "/usr/bin:/bin"}
-    wait_go = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    wait_go = f'touch "$0"; while [ ! -e {go} ]; do sleep 0.05; done'
     procs = [
         subprocess.Popen(
             [
@@ -336,6 +337,7 @@ def test_status_completed_failed_running_and_lost(
                 "sh",
                 "-c",
                 wait_go,
+                f"{home}/{job}.started",  # the job has begun (the wrapper has forked it)
             ],
             env=env,
         )
@@ -343,9 +345,9 @@ def test_status_completed_failed_running_and_lost(
     ]
     try:
         for job in ("job-run", "job-lost"):
-            state = home / f".solverpilot-server/jobs/{job}.status"
+            started = home / f"{job}.started"
             deadline = time.monotonic() + 10
-            while not (state.exists() and "running" in state.read_text()):
+            while not started.exists():
                 assert time.monotonic() < deadline, f"{job} did not start"
                 time.sleep(0.05)
         procs[1].kill()
@@ -357,6 +359,8 @@ def test_status_completed_failed_running_and_lost(
         go.touch()
         procs[0].wait(timeout=20)
         go.unlink()
+        for job in ("job-run", "job-lost"):
+            (home / f"{job}.started").unlink(missing_ok=True)
     assert code == 0
     by_id = {job["id"]: job for job in jobs}
     assert set(by_id) == {"job-ok", "job-bad", "job-run", "job-lost"}
@@ -364,19 +368,26 @@ def test_status_completed_failed_running_and_lost(
     assert by_id["job-bad"]["status"] == "failed" and by_id["job-bad"]["exit_code"] == 3
     assert by_id["job-run"]["status"] == "running"
     assert by_id["job-lost"]["status"] == "lost"
-    assert set(by_id["job-ok"]) == {
-        "id",
-        "status",
-        "exit_code",
-        "signal",
-        "started_at",
-        "completed_at",
-    }
+    # its wrapper was SIGKILLed; its job, still waiting, holds the lock
+    assert by_id["job-lost"]["lost_reason"] == "wrapper gone, its job still holds the lock"
+    assert by_id["job-run"]["lost_reason"] is None
+    assert list(by_id["job-ok"]) == list(JOB_KEYS)
+    assert by_id["job-ok"]["wall_s"] is not None and by_id["job-ok"]["cpu_user_s"] is not None
     code, jobs = sp_json(capsys, *status, "job-bad")
     assert [job["id"] for job in jobs] == ["job-bad"]
     code, out, _ = sp(capsys, *status, "job-bad")
     header, row = out.splitlines()
-    assert header.split() == ["ID", "STATUS", "EXIT_CODE", "SIGNAL", "STARTED_AT", "COMPLETED_AT"]
+    assert header.split() == [
+        "ID",
+        "STATUS",
+        "EXIT",
+        "SIGNAL",
+        "STARTED_AT",
+        "COMPLETED_AT",
+        "CPU_S",
+        "WALL_S",
+        "TMUX",
+    ]
     assert row.split()[:4] == ["job-bad", "failed", "3", "-"]
 
 

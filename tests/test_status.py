@@ -4,38 +4,56 @@ from __future__ import annotations
 
 import pytest
 
-from solverpilot_deploy.status import judge, parse_status_output
+from solverpilot_deploy.status import lost_reason, parse_status_output, tmux_session_name
 
 BOOT = "11111111-2222-3333-4444-555555555555"
+RUNNING = {"status": "running", "boot_id": BOOT, "start_ticks": 500}
 
 
-def test_running_with_lock_and_pid_is_running() -> None:
-    assert judge({"status": "running", "boot_id": BOOT}, True, True, BOOT) == "running"
+def test_a_live_wrapper_started_when_recorded_is_running() -> None:
+    assert lost_reason(RUNNING, True, True, "500", BOOT) is None
 
 
-def test_running_is_lost_when_lock_free_pid_dead_or_rebooted() -> None:
-    state = {"status": "running", "boot_id": BOOT}
-    assert judge(state, False, True, BOOT) == "lost"
-    assert judge(state, True, False, BOOT) == "lost"
-    assert judge(state, True, True, "another-boot") == "lost"
+@pytest.mark.parametrize(
+    ("held", "alive", "ticks", "boot", "reason"),
+    [
+        (True, True, "500", "another-boot", "host rebooted"),
+        (False, False, "-", BOOT, "wrapper gone, lock free"),
+        (True, False, "-", BOOT, "wrapper gone, its job still holds the lock"),
+        (True, True, "777", BOOT, "pid reused"),
+        (False, True, "777", BOOT, "pid reused"),
+    ],
+)
+def test_each_lost_job_says_why(
+    held: bool, alive: bool, ticks: str, boot: str, reason: str
+) -> None:
+    assert lost_reason(RUNNING, held, alive, ticks, boot) == reason
 
 
-def test_finished_states_are_reported_as_recorded() -> None:
-    assert judge({"status": "failed"}, False, False, BOOT) == "failed"
-    assert judge({"status": "completed"}, False, False, BOOT) == "completed"
+def test_a_state_without_start_ticks_falls_back_on_the_lock() -> None:
+    old = {"status": "running", "boot_id": BOOT}
+    assert lost_reason(old, True, True, "123", BOOT) is None
+    assert lost_reason(old, False, True, "123", BOOT) == "wrapper gone, lock free"
 
 
-def test_parse_merges_state_files_and_db_only_rows() -> None:
+def test_parse_merges_state_files_db_only_rows_locks_and_tmux() -> None:
     text = (
         f"@boot {BOOT}\n"
-        "@job free no a\n"
-        '|{"id":"a","status":"completed","exit_code":0,"signal":null,'
-        '"started_at":"s","completed_at":"c"}\n'
-        "@job held yes b\n"
-        f'|{{"id":"b","status":"running","boot_id":"{BOOT}","started_at":"s"}}\n'
-        "@job held yes c\n|{not json\n"
+        "@tmux\n"
+        "@session solverpilot_ann_b\n"
+        "@held b\n"
+        "@held y\n"
+        "@job a no -\n"
+        '|{"id":"a","status":"completed","exit_code":0,"signal":null,"user":"ann",'
+        '"started_at":"s","completed_at":"c","cpu_user_s":1.25,"cpu_sys_s":0.5,"wall_s":9.00}\n'
+        "@job b yes 42\n"
+        f'|{{"id":"b","status":"running","boot_id":"{BOOT}","started_at":"s","user":"ann",'
+        '"start_ticks":42}\n'
+        "@job c yes 1\n|{not json\n"
         "@db\n"
         "a\tcompleted\t0\ts\tc\n"
+        "y\trunning\t\ts3\t\n"
+        "x\trunning\t\ts4\t\n"
         "z\tfailed\t2\ts2\tc2\n"
     )
     jobs = {job.id: job.as_json() for job in parse_status_output(text.splitlines())}
@@ -46,17 +64,27 @@ def test_parse_merges_state_files_and_db_only_rows() -> None:
         "signal": None,
         "started_at": "s",
         "completed_at": "c",
+        "cpu_user_s": 1.25,
+        "cpu_sys_s": 0.5,
+        "wall_s": 9.0,
+        "lost_reason": None,
+        "tmux": "absent",
     }
-    assert jobs["b"]["status"] == "running"
+    assert (jobs["b"]["status"], jobs["b"]["tmux"]) == ("running", "present")
     assert jobs["c"]["status"] == "unreadable"
-    assert jobs["z"] == {
-        "id": "z",
-        "status": "failed",
-        "exit_code": 2,
-        "signal": None,
-        "started_at": "s2",
-        "completed_at": "c2",
-    }
+    assert jobs["z"]["status"] == "failed" and jobs["z"]["exit_code"] == 2
+    # DB rows "running" with no state file: judged by the lock
+    assert (jobs["y"]["status"], jobs["y"]["lost_reason"]) == ("running", None)
+    assert (jobs["x"]["status"], jobs["x"]["lost_reason"]) == ("lost", "wrapper gone, lock free")
+
+
+def test_no_tmux_on_the_host_is_none_not_absent() -> None:
+    lines = ["@job a no -", '|{"status":"completed","user":"u"}']
+    assert parse_status_output(lines)[0].tmux is None
+
+
+def test_tmux_session_names_follow_tmux_rules() -> None:
+    assert tmux_session_name("ann", "job.1.2345678") == "solverpilot_ann_job_1_23"
 
 
 @pytest.mark.parametrize(
@@ -71,21 +99,33 @@ def test_parse_merges_state_files_and_db_only_rows() -> None:
         ['{"status": ["running"]}'],
         ["\x00\x01binary\xff"],
         [],
-        ["@job held yes forged", '{"status":"running"}'],
+        ["@job forged yes 1", '{"status":"running"}'],
+        ['{"status":"completed","cpu_user_s":"1","wall_s":1e400}'],
     ],
 )
 def test_a_malformed_state_file_is_unreadable_and_the_others_stand(content: list[str]) -> None:
     lines = [
         f"@boot {BOOT}",
-        "@job free no bad?one",
+        "@job bad?one no -",
         *(f"|{line}" for line in content),
-        "@job free no good",
-        '|{"status":"completed","exit_code":"zero","signal":5,"started_at":null}',
+        "@job good no -",
+        '|{"status":"completed","exit_code":"zero","signal":5,"started_at":null,"wall_s":true}',
     ]
     jobs = {job.id: job for job in parse_status_output(lines)}
     assert jobs["bad?one"].status == "unreadable"
-    assert jobs["good"].status == "completed"
-    assert (jobs["good"].exit_code, jobs["good"].signal, jobs["good"].started_at) == (
+    good = jobs["good"]
+    assert good.status == "completed"
+    assert (good.exit_code, good.signal, good.started_at, good.wall_s) == (None, None, None, None)
+
+
+def test_odd_numbers_in_a_state_are_dropped_not_reported() -> None:
+    lines = [
+        "@job j no -",
+        '|{"status":"completed","cpu_user_s":"1","cpu_sys_s":-2,"wall_s":1e400}',
+    ]
+    job = parse_status_output(lines)[0]
+    assert (job.status, job.cpu_user_s, job.cpu_sys_s, job.wall_s) == (
+        "completed",
         None,
         None,
         None,
@@ -93,16 +133,16 @@ def test_a_malformed_state_file_is_unreadable_and_the_others_stand(content: list
 
 
 def test_a_huge_state_file_is_unreadable() -> None:
-    lines = ["@job free no big", "@big", "@job free no ok", '|{"status":"failed"}']
+    lines = ["@job big no -", "@big", "@job ok no -", '|{"status":"failed"}']
     jobs = {job.id: job.status for job in parse_status_output(lines)}
     assert jobs == {"big": "unreadable", "ok": "failed"}
 
 
 def test_deep_nesting_and_odd_digits_are_unreadable_not_a_crash() -> None:
     lines = [
-        "@job free no deep",
+        "@job deep no -",
         "|" + "[" * 30000,
-        "@job free no fine",
+        "@job fine no -",
         '|{"status":"completed"}',
         "@db",
         "odd\tfailed\t\u00b2\t\t",

@@ -1,32 +1,79 @@
-# status.sh: every job's state file with its lock and pid liveness, then the DB rows.
-# Answer: "@boot BOOT_ID"; per state file "@job LOCK ALIVE ID" (LOCK held|free, ALIVE yes|no;
-# ID last, with anything outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind
-# "|" ("@big" instead when over 64 KiB); then "@db" and one tab-separated row per job.
+# status.sh [JOB_ID...]: the jobs' state files with what tells "running" from "lost", and the
+# DB rows; only the named jobs when some are named. A constant number of processes, however
+# many jobs: ls and sed (twice each), find, awk, sqlite3, tmux.
+# Answer: "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME" per tmux session;
+#   "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
+#   starting now is not refused); per state file "@job ID ALIVE TICKS" (ALIVE yes|no for the pid
+#   it names, TICKS that process's start in clock ticks since boot, or -; ID with anything
+#   outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind "|" ("@big" instead
+#   when over 64 KiB); then "@db" and one tab-separated row per job (id, status, exit code,
+#   started_at, completed_at).
 dir=$sp_server
-printf '@boot %s\n' "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
-for f in "$dir"/jobs/*.status; do
-  [ -f "$f" ] || continue
-  id=${f##*/}
-  id=${id%.status}
-  # held = listed in /proc/locks; read, not taken, so a wrapper starting now is not refused
-  lock=free
-  ino=$(stat -c %i "$dir/locks/$id.lock" 2>/dev/null)
-  [ -n "$ino" ] && grep -q ":$ino " /proc/locks 2>/dev/null && lock=held
-  pid=$(head -c 65536 "$f" | sed -n 's/.*"pid":\([0-9][0-9]*\).*/\1/p' | head -n 1)
-  alive=no
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] && alive=yes
-  printf '@job %s %s %s\n' "$lock" "$alive" "$(printf '%s' "$id" | tr -c 'A-Za-z0-9._-' '?')"
-  if [ "$(head -c 65537 "$f" | wc -c)" -gt 65536 ]; then
-    echo @big
-  else
-    tr -d '\000' <"$f" | sed 's/^/|/'
-    echo # a last line without its newline ends here
-  fi
-done
+boot=''
+{ read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null
+printf '@boot %s\n' "$boot"
+if command -v tmux >/dev/null 2>&1; then
+  echo @tmux
+  tmux list-sessions -F '@session #{session_name}' 2>/dev/null
+fi
+# find -size counts 512-byte blocks: more than 128 is more than 64 KiB
+big=$(find "$dir/jobs" -name '*.status' -size +128 2>/dev/null)
+# shellcheck disable=SC2012 # ls, not find: inode numbers portably; a name with a newline in it
+# splits into lines awk ignores, and no job id has one
+{
+  ls -i "$dir/locks" 2>/dev/null | sed 's/^ */L /'
+  ls "$dir/jobs" 2>/dev/null | sed 's/^/J /'
+} | awk -v dir="$dir/jobs" -v want="$*" -v big="$big" '
+function safe(s) { gsub(/[^A-Za-z0-9._-]/, "?", s); return s }
+BEGIN {
+  n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1
+  n = split(big, b, "\n"); for (i = 1; i <= n; i++) isbig[b[i]] = 1
+  while ((getline line < "/proc/locks") > 0) {
+    split(line, f, " ") # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE ..." ("N: -> ..." waits)
+    if (f[2] != "->") { k = split(f[6], dev, ":"); held[dev[k]] = 1 }
+  }
+  close("/proc/locks")
+}
+/^L / {
+  ino = $2; name = substr($0, length($1) + length($2) + 3)
+  if (name ~ /\.lock$/ && (ino in held)) {
+    id = substr(name, 1, length(name) - 5)
+    if (want == "" || (id in wanted)) print "@held " safe(id)
+  }
+  next
+}
+/^J / {
+  name = substr($0, 3)
+  if (name !~ /\.status$/) next
+  id = substr(name, 1, length(name) - 7)
+  if (want != "" && !(id in wanted)) next
+  file = dir "/" name; text = ""; pid = ""; lines = 0
+  if (!(file in isbig)) {
+    while ((r = (getline line < file)) > 0) {
+      text = text "|" line "\n"; lines++
+      if (pid == "" && match(line, /"pid": *[0-9]+/)) {
+        pid = substr(line, RSTART, RLENGTH); sub(/^"pid": */, "", pid)
+      }
+    }
+    close(file)
+  }
+  alive = "no"; ticks = "-"
+  if (text !~ /"status": *"running"/) pid = "" # the pid of a finished job is not looked at
+  if (pid != "" && (getline st < ("/proc/" pid "/stat")) > 0) {
+    sub(/^.*\) /, "", st); split(st, s, " ")
+    if (s[1] != "Z" && s[1] != "X") { alive = "yes"; ticks = s[20] }
+  }
+  if (pid != "") close("/proc/" pid "/stat")
+  print "@job " safe(id) " " alive " " ticks
+  if (file in isbig) print "@big"; else printf "%s", text
+}'
 if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then
   echo '@db'
+  where=''
+  for id in "$@"; do where="$where${where:+,}'$id'"; done # plain words: no quote in them
   sqlite3 -init /dev/null "$dir/server.db" "SELECT replace(replace(id, char(10), '?'), char(9), '?')
     || char(9) || ifnull(status, '') || char(9) || ifnull(exit_code, '') || char(9) ||
-    ifnull(started_at, '') || char(9) || ifnull(completed_at, '') FROM jobs" 2>/dev/null
+    ifnull(started_at, '') || char(9) || ifnull(completed_at, '') FROM jobs
+    ${where:+WHERE id IN ($where)}" 2>/dev/null
 fi
 exit 0

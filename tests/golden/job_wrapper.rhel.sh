@@ -131,12 +131,26 @@ on_signal() { # on_signal NAME: the trap of every stop signal
   CHILD=$pid
   stop_job
 }
-record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state in both stores; sets
-  # ST_OK and DB_OK
-  local end
+proc_clock() { # PROC_TICKS (start, clock ticks since boot), PROC_CU and PROC_CS (the CPU of
+  # waited-for children, hundredths of s: Linux reports USER_HZ 100), PROC_UP (uptime,
+  # hundredths); read, not run: `times` would need a $( ) or a file to be read back
+  local s f
+  PROC_TICKS=null PROC_CU=0 PROC_CS=0 PROC_UP=0
+  { read -r s <"/proc/$$/stat" && read -r PROC_UP _ </proc/uptime; } 2>/dev/null || return 0
+  # shellcheck disable=SC2206 # split on spaces on purpose: the fields after "pid (comm) "
+  f=(${s##*) })
+  PROC_TICKS=${f[19]:-null} PROC_CU=${f[13]:-0} PROC_CS=${f[14]:-0} PROC_UP=${PROC_UP/./}
+}
+seconds() { printf -v "$1" '%d.%02d' $(($2 / 100)) $(($2 % 100)); } # seconds VAR HUNDREDTHS
+record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state, with the job's CPU and
+  # wall seconds so far, in both stores; sets ST_OK and DB_OK
+  local end cu cs wall
   now end
+  proc_clock
+  seconds cu $((10#$PROC_CU - CU0)); seconds cs $((10#$PROC_CS - CS0))
+  seconds wall $((10#$PROC_UP - UP0))
   ST_OK='' DB_OK=''
-  write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3" && ST_OK=1
+  write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3,\"cpu_user_s\":$cu,\"cpu_sys_s\":$cs,\"wall_s\":$wall" && ST_OK=1
   db_write "$1" "'$end'" "$2" "${4-}" && DB_OK=1
 }
 stop_job() { # the signals go to the job and the stop is recorded at once (the DB waits at
@@ -238,13 +252,17 @@ main() {
   { read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
   { read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
   json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
-  COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
+  proc_clock # the start time tells this wrapper from a later process given the same pid
+  CU0=$((10#$PROC_CU)) CS0=$((10#$PROC_CS)) UP0=$((10#$PROC_UP)) # a stop before the job starts
+  COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"start_ticks\":$PROC_TICKS,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
   trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
   # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
   for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
   [[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
   write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
   db_write running NULL NULL || warn "$DB_WARNING"
+  proc_clock # the job's CPU and wall time count from here
+  CU0=$((10#$PROC_CU)) CS0=$((10#$PROC_CS)) UP0=$((10#$PROC_UP))
   # The job: its own session and process group, so a stop reaches grandchildren; the caller's
   # stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
   if { : <&0; } 2>/dev/null; then

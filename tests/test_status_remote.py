@@ -1,0 +1,177 @@
+"""status on a real host: lost jobs and why, tmux sessions, many jobs, filtering on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Lab, require, sp_json
+from sshlab import run_as
+
+from solverpilot_deploy.remote import step_script
+from solverpilot_deploy.status import JOB_ID
+
+SERVER = ".solverpilot-server"
+
+
+def connect(lab: Lab, trusted: Path) -> tuple[str, ...]:
+    return ("-i", str(lab.client_key), "--known-hosts", str(trusted), "--timeout", "60")
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def start_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(") ", 1)[1].split()[19])
+
+
+def write_states(server: Path, states: dict[str, dict[str, object]], owner: int | None) -> None:
+    """State files and DB rows as the wrapper writes them."""
+    (server / "jobs").mkdir(parents=True, exist_ok=True)
+    (server / "locks").mkdir(exist_ok=True)
+    for job_id, state in states.items():
+        text = json.dumps(state, separators=(",", ":"))  # as the wrapper writes it
+        (server / "jobs" / f"{job_id}.status").write_text(text + "\n")
+    with sqlite3.connect(server / "server.db") as db:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, started_at TEXT,"
+            " completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT)"
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO jobs (id, status, exit_code) VALUES (?, ?, ?)",
+            [(k, v["status"], v.get("exit_code")) for k, v in states.items()],
+        )
+    if owner is not None:
+        for path in (server, *server.rglob("*")):
+            os.chown(path, owner, owner)
+
+
+def finished(job_id: str, user: str = "sptest") -> dict[str, object]:
+    return {
+        "id": job_id,
+        "status": "completed",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "user": user,
+        "pid": 999999,
+        "start_ticks": 1,
+        "host": "h",
+        "boot_id": boot_id(),
+        "exit_code": 0,
+        "completed_at": "2026-01-01T00:01:00+00:00",
+        "signal": None,
+        "cpu_user_s": 1.5,
+        "cpu_sys_s": 0.25,
+        "wall_s": 60.0,
+    }
+
+
+def test_lost_jobs_say_why_and_tmux_sessions_are_seen(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    require(bool(shutil.which("tmux")), "needs tmux")
+    user = lab.user
+    # a live process of the user: the pid that "pid reused" and "running" name
+    sleeper = subprocess.Popen(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+         "sleep", "60"]
+    )  # fmt: skip
+    socket = home / "tmux.sock"
+    try:
+        ticks = start_ticks(sleeper.pid)
+        live = {"status": "running", "user": "sptest", "pid": sleeper.pid, "boot_id": boot_id()}
+        write_states(
+            home / SERVER,
+            {
+                "reused": {**live, "id": "reused", "start_ticks": ticks + 1},
+                "rebooted": {**live, "id": "rebooted", "start_ticks": ticks, "boot_id": "b0"},
+                "gone": {**live, "id": "gone", "start_ticks": ticks, "pid": 999999},
+                "alive": {**live, "id": "alive", "start_ticks": ticks},
+                "done": finished("done"),
+            },
+            user.pw_uid,
+        )
+        # the tmux session `run` would start for "alive", on the user's default socket
+        tmux = run_as(
+            user, "tmux", "new-session", "-d", "-s", "solverpilot_sptest_alive", "sleep 60"
+        )
+        assert tmux.returncode == 0, tmux.stderr
+        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        run_as(user, "tmux", "kill-server")
+        socket.unlink(missing_ok=True)
+    assert code == 0
+    by_id = {job["id"]: job for job in jobs}
+    assert {k: (v["status"], v["lost_reason"]) for k, v in by_id.items()} == {
+        "reused": ("lost", "pid reused"),
+        "rebooted": ("lost", "host rebooted"),
+        "gone": ("lost", "wrapper gone, lock free"),
+        "alive": ("running", None),
+        "done": ("completed", None),
+    }
+    assert by_id["alive"]["tmux"] == "present"
+    assert by_id["done"]["tmux"] == "absent"
+    assert (by_id["done"]["cpu_user_s"], by_id["done"]["cpu_sys_s"]) == (1.5, 0.25)
+    assert by_id["done"]["wall_s"] == 60.0
+
+
+def test_a_thousand_jobs_and_a_filter_applied_on_the_host(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    states = {f"job-{n:04d}": finished(f"job-{n:04d}") for n in range(1000)}
+    write_states(home / SERVER, states, lab.user.pw_uid)
+    code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    assert code == 0
+    assert [job["id"] for job in jobs] == sorted(states)
+    assert all(job["status"] == "completed" and job["exit_code"] == 0 for job in jobs)
+    code, jobs = sp_json(capsys, "status", lab.a.spec, "job-0007", "job-0999", "nope",
+                         *connect(lab, trusted))  # fmt: skip
+    assert code == 0
+    assert [job["id"] for job in jobs] == ["job-0007", "job-0999"]
+
+
+def test_a_bad_job_id_is_a_usage_error_before_any_connection(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = __import__("solverpilot_deploy.cli", fromlist=["main"]).main(
+        ["status", "nobody@127.0.0.1:1", "ok", "no'quote"]
+    )
+    assert code == 2
+    assert 'not a job id: "no\'quote"' in capsys.readouterr().err
+    assert not JOB_ID.match("no'quote")
+
+
+def run_status_step(server: Path, *ids: str) -> tuple[list[str], int]:
+    """The status step run here by sh, under strace: its answer lines and the programs it ran."""
+    trace = server.parent / "trace"
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(trace),
+         "sh", "-s", "--", "TOKEN", *ids],
+        input=step_script("status"), capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(server.parent),
+             "SOLVERPILOT_SERVER_DIR": str(server)},
+    )  # fmt: skip
+    execs = [line for line in trace.read_text().splitlines() if line.rstrip().endswith("= 0")]
+    return result.stdout.splitlines(), len(execs)
+
+
+def test_status_runs_as_many_programs_for_1000_jobs_as_for_10(tmp_path: Path) -> None:
+    require(bool(shutil.which("strace")), "needs strace")
+    counts = {}
+    for n in (10, 1000):
+        server = tmp_path / f"n{n}" / "server"
+        write_states(server, {f"j{i}": finished(f"j{i}") for i in range(n)}, None)
+        lines, counts[n] = run_status_step(server)
+        assert sum(line.startswith("@job ") for line in lines) == n
+    assert counts[10] == counts[1000], counts
+    lines, _ = run_status_step(tmp_path / "n1000" / "server", "j5", "j77")
+    assert [line for line in lines if line.startswith("@job ")] == ["@job j5 no -", "@job j77 no -"]
+    assert sum(line.startswith("j") for line in lines) == 2  # the DB rows, filtered too
