@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from solverpilot_deploy import __version__
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from solverpilot_deploy.deploy import HostResult
     from solverpilot_deploy.fleet import Operation
     from solverpilot_deploy.ssh import ConnectOptions, Session
+
+T = TypeVar("T")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -157,24 +159,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _run_fleet(args, operation, {"ok"})
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    import json
+def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T:
+    """Connect to the one host of ``args``, run ``work(session, deadline)``, name the host in
+    its error. A malformed HOST is a usage error before any connection."""
     import time
 
-    from solverpilot_deploy.ssh import connect, parse_spec, remaining
-    from solverpilot_deploy.status import JOB_ID, read_status
+    from solverpilot_deploy.ssh import connect, parse_spec
 
     options = _connect_options(args)
     deadline = time.monotonic() + options.timeout
-    parse_spec(args.host)  # a malformed HOST is a usage error, not a host failure
-    for job_id in args.job_ids:
-        if not JOB_ID.match(job_id):
-            raise UsageError(f"not a job id: {job_id!r} (1-128 of A-Z a-z 0-9 . _ -)")
+    parse_spec(args.host)
     try:
         with connect(args.host, options, deadline) as session:
-            jobs = read_status(session, remaining(deadline), tuple(dict.fromkeys(args.job_ids)))
+            return work(session, deadline)
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
+
+
+def _job_ids(ids: Sequence[str]) -> tuple[str, ...]:
+    from solverpilot_deploy.status import JOB_ID
+
+    for job_id in ids:
+        if not JOB_ID.match(job_id):
+            raise UsageError(f"not a job id: {job_id!r} (1-128 of A-Z a-z 0-9 . _ -)")
+    return tuple(dict.fromkeys(ids))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.ssh import remaining
+    from solverpilot_deploy.status import read_status
+
+    wanted = _job_ids(args.job_ids)
+    jobs = _on_host(args, lambda session, end: read_status(session, remaining(end), wanted))
     if args.json:
         print(json.dumps([job.as_json() for job in jobs], indent=2))
         return 0
@@ -190,6 +208,86 @@ def cmd_status(args: argparse.Namespace) -> int:
         values = (job.id, status, job.exit_code, job.signal, job.started_at, job.completed_at)
         rows.append(tuple("-" if v is None else str(v) for v in (*values, cpu, wall, job.tmux)))
     _print_table(rows)
+    return 0
+
+
+def _describe(state: dict[str, Any]) -> str:
+    """One line for a job's state: status, exit code, signal."""
+    words = [str(state.get("id", "?")), str(state.get("status", "?"))]
+    if state.get("exit_code") is not None:
+        words.append(f"exit {state['exit_code']}")
+    if state.get("signal"):
+        words.append(f"signal {state['signal']}")
+    return " ".join(words)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.jobs import new_job_id, run_job
+    from solverpilot_deploy.ssh import remaining
+
+    if not args.command_argv:
+        raise UsageError("no command: sp-deploy run HOST [--id ID] [--cwd DIR] -- COMMAND [ARG...]")
+    (job_id,) = _job_ids([args.id or new_job_id()])
+    started = _on_host(
+        args,
+        lambda session, end: run_job(
+            session, job_id, args.cwd or "", args.command_argv, remaining(end)
+        ),
+    )
+    for warning in started.warnings:
+        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
+    else:
+        print(job_id)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.jobs import cancel_job
+    from solverpilot_deploy.ssh import remaining
+
+    (job_id,) = _job_ids([args.job_id])
+    done = _on_host(
+        args,
+        lambda session, end: cancel_job(session, job_id, int(args.wait), remaining(end)),
+    )
+    if args.json:
+        print(json.dumps({"state": done.state, "already_ended": done.was is not None}))
+    elif done.was is not None:
+        print(f"{_describe(done.state)} (it had already ended: nothing changed)")
+    else:
+        print(_describe(done.state))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    from solverpilot_deploy.jobs import read_log
+
+    (job_id,) = _job_ids([args.job_id])
+    out = sys.stdout.buffer
+    chunk_most = 4 * 1024 * 1024
+
+    def follow(session: Session, _deadline: float) -> None:
+        offset = 0
+        while True:
+            chunk = read_log(session, job_id, offset, chunk_most, args.timeout)
+            out.write(chunk.data)
+            out.flush()
+            offset += len(chunk.data)
+            if offset < chunk.size:
+                continue  # more is there already
+            if not args.follow or chunk.status not in ("running", ""):
+                return
+            time.sleep(0.5)
+
+    _on_host(args, follow)
     return 0
 
 
@@ -302,13 +400,52 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs")
     _add_ssh_options(status)
     status.set_defaults(func=cmd_status, more_positionals="job_ids")
+
+    run = sub.add_parser(
+        "run",
+        help="start a job under the wrapper in a detached tmux session",
+        usage="sp-deploy run HOST [--id ID] [--cwd DIR] [options] -- COMMAND [ARG...]",
+    )
+    run.add_argument("host", metavar="HOST")
+    run.add_argument("--id", metavar="ID", help="the job id (default: a new UUID)")
+    run.add_argument("--cwd", metavar="DIR", help="the job's working folder (default: home)")
+    _add_ssh_options(run)
+    run.set_defaults(func=cmd_run)
+
+    cancel = sub.add_parser("cancel", help="stop a running job (TERM, KILL after the grace)")
+    cancel.add_argument("host", metavar="HOST")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument(
+        "--wait",
+        type=_positive(int, 86400),
+        default=60,
+        metavar="SECONDS",
+        help="how long the job may take to stop (default 60)",
+    )
+    _add_ssh_options(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
+    logs = sub.add_parser("logs", help="print a job's output (its tmux pane)")
+    logs.add_argument("host", metavar="HOST")
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    _add_ssh_options(logs)
+    logs.set_defaults(func=cmd_logs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        command_argv: list[str] = []
+        if "--" in words:  # run's COMMAND [ARG...]: taken as they are
+            at = words.index("--")
+            words, command_argv = words[:at], words[at + 1 :]
+        args, extra = parser.parse_known_args(words)
+        if command_argv and args.command != "run":
+            parser.error("'--' COMMAND is for run only")
+        args.command_argv = command_argv
         # argparse will not take positionals after options ("push h1 -i key h2"): the list
         # positional of push/verify (hosts) and status (job ids) gets them
         dest = getattr(args, "more_positionals", None)

@@ -36,6 +36,10 @@ SHA256_TOOLS = ("sha256sum", "busybox sha256sum", "shasum -a 256", "openssl dgst
 # the host must still have this much of the deadline left when it renames the new wrapper in:
 # a rename later than that could land after sp-deploy has reported a timeout
 COMMIT_MARGIN = 3.0
+LOGOUT_WARNING = (
+    "systemd-logind kills this user's processes at logout (KillUserProcesses=yes) and linger "
+    "is off: jobs in tmux die when you log out; run 'loginctl enable-linger' on the host"
+)
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,13 @@ class Probe:
     has_db: bool
     server_dir: str = "~/.solverpilot-server"
     server_fs: str = ""
+    logout_kills: bool = False
 
     def warnings(self) -> tuple[str, ...]:
         """What the host's set-up puts at risk, whatever the profile."""
         shared = server_dir_warning(self.server_dir, self.server_fs)
-        return (shared,) if shared else ()
+        found = (shared,) if shared else ()
+        return (*found, LOGOUT_WARNING) if self.logout_kills else found
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ def probe(session: Session, timeout: float) -> Probe:
         has_db=found.get("db") == "yes",
         server_dir="~/" + server[2:] if server.startswith("./") else server,
         server_fs=found.get("fs_server", ""),
+        logout_kills=found.get("logout_kills") == "yes",
     )
 
 
@@ -113,13 +120,18 @@ def pick_profile(found: Probe, requested: str) -> Profile:
     """``requested`` by name, or for "auto" the profile whose os_ids has ID, then ID_LIKE."""
     if requested != "auto":
         return load_profile(requested)
+    return profile_for_os(found.os_id, found.os_like)
+
+
+def profile_for_os(os_id: str, os_like: tuple[str, ...]) -> Profile:
+    """The profile whose os_ids has os-release's ID, then one of its ID_LIKE."""
     profiles = load_profiles()
-    for os_id in (found.os_id, *found.os_like):
+    for name in (os_id, *os_like):
         for profile in profiles:
-            if os_id in profile.os_ids:
+            if name in profile.os_ids:
                 return profile
     raise RequirementError(
-        f"unsupported distro (ID={found.os_id or '?'}, ID_LIKE={' '.join(found.os_like) or '?'})"
+        f"unsupported distro (ID={os_id or '?'}, ID_LIKE={' '.join(os_like) or '?'})"
         "; name a profile with --distro"
     )
 

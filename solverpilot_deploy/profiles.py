@@ -19,6 +19,7 @@ class Profile:
     targets: str
     os_ids: tuple[str, ...]
     install_hint: str
+    tmux_hint: str  # how to install tmux, which run, cancel and logs need
     min_bash: str
     min_sqlite: str
     userland: str

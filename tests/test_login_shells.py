@@ -190,3 +190,33 @@ def test_a_start_up_file_that_exits_loops_or_eats_stdin_is_a_clear_error(
     finally:
         write_as(host.user, ".bashrc", host.case.rc_text)
         subprocess.run(["pkill", "-KILL", "-u", host.user.pw_name], check=False)
+
+
+@pytest.mark.parametrize("shell", list(CASES))
+def test_run_logs_and_cancel_through_each_login_shell(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    shell_hosts: dict[str, ShellHost],
+    known_hosts: Path,
+    shell: str,
+) -> None:
+    require(bool(shutil.which("tmux")), "needs tmux (Debian package tmux)")
+    host = shell_hosts[shell]
+    clean_home(host.user)
+    known_hosts.write_text(host.sshd.known_hosts_line)
+    args = connect(lab, known_hosts)
+    try:
+        assert sp_json(capsys, "push", host.sshd.spec, *args)[0] == 0
+        code, out, err = sp(capsys, "run", host.sshd.spec, "--id", "job-sh", *args,
+                            "--", "sh", "-c", "echo 'it runs'; exec sleep 60")  # fmt: skip
+        assert (code, out) == (0, "job-sh\n"), err
+        deadline = time.monotonic() + 20
+        while "it runs" not in sp(capsys, "logs", host.sshd.spec, "job-sh", *args)[1]:
+            assert time.monotonic() < deadline, "the log never showed the job's output"
+            time.sleep(0.2)
+        code, out, err = sp(capsys, "cancel", host.sshd.spec, "job-sh", *args)
+        assert (code, out) == (0, "job-sh failed exit 143 signal TERM\n"), err
+        code, jobs = sp_json(capsys, "status", host.sshd.spec, *args)
+        assert [(j["id"], j["status"], j["tmux"]) for j in jobs] == [("job-sh", "failed", "absent")]
+    finally:
+        run_as(host.user, "tmux", "kill-server")

@@ -50,3 +50,13 @@ sp_sha256() {
 }
 
 # step
+
+# sp_logout_kills: true when systemd-logind kills this user's processes at logout (its
+# KillUserProcesses=yes, the last setting read wins) and linger is off for the user
+# shellcheck disable=SC2329 # not every step needs it
+sp_logout_kills() {
+  sp_k=$(cat /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null |
+    sed -n 's/^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*//p' | tail -n 1)
+  case $sp_k in yes | true | on | 1) ;; *) return 1 ;; esac
+  [ ! -e "/var/lib/systemd/linger/${USER:-$(id -un)}" ]
+}

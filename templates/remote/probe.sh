@@ -1,6 +1,6 @@
 # probe.sh: what the host is and what its tools can do, each tool checked by using it.
 # Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db,
-# server, and fs_server: the server folder's filesystem as "MAGIC_HEX NAME").
+# server, fs_server: the server folder's filesystem as "MAGIC_HEX NAME", logout_kills).
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
@@ -20,6 +20,7 @@ if sp_find_sha256; then
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 echo "server=$sp_server"
+sp_logout_kills && echo logout_kills=yes
 d=$sp_server # the server folder may not exist yet: its nearest existing parent (no dirname:
 while [ ! -d "$d" ]; do # a tool missing here would make this loop forever)
   case $d in */*) d=${d%/*} && d=${d:-/} ;; *) d=. ;; esac

@@ -1,0 +1,154 @@
+"""A job's life on a host through the deployed wrapper: run it in tmux, read its log, cancel it.
+
+Each verb is one remote step (templates/remote/run.sh, logs.sh, cancel.sh). The command and its
+arguments travel in the run step's payload, every byte as an octal escape, so quotes, spaces,
+newlines, ``$`` and ``;`` arrive exactly as given; no shell on the way parses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
+from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError
+from solverpilot_deploy.remote import run_step
+from solverpilot_deploy.ssh import Session
+from solverpilot_deploy.status import JOB_ID
+
+STATE_WAIT = 30  # seconds the run step waits for the wrapper's first state
+
+
+class JobError(HostError):
+    """The job could not be started, found or stopped; the message says which."""
+
+    kind = "job"
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    state: dict[str, Any]
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    state: dict[str, Any]
+    was: str | None  # the status of a job that had already ended, else None
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise ValueError(f"not a job id: {job_id!r} (1-128 of A-Z a-z 0-9 . _ -)")
+    return job_id
+
+
+def encode_line(value: str | bytes) -> str:
+    """One argument as a line of \\NNN octal escapes (no NUL: no program can take one)."""
+    data = os.fsencode(value) if isinstance(value, str) else value
+    if b"\0" in data:
+        raise ValueError("an argument cannot contain a NUL byte")
+    return "".join(f"\\{byte:03o}" for byte in data)
+
+
+def run_payload(cwd: str, argv: list[str]) -> str:
+    return "".join(encode_line(value) + "\n" for value in (cwd, *argv))
+
+
+def _state(lines: tuple[str, ...]) -> dict[str, Any]:
+    for line in lines:
+        if line.startswith("state="):
+            try:
+                value = json.loads(line[6:])
+            except ValueError:
+                break
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: float) -> Started:
+    """Start ``argv`` under the wrapper in a detached tmux session; return its first state."""
+    if not argv:
+        raise ValueError("no command to run")
+    wait = max(1, min(STATE_WAIT, int(timeout) - 2))
+    result = run_step(
+        session, "run", check_job_id(job_id), str(wait), timeout=timeout,
+        payload=run_payload(cwd, argv),
+    )  # fmt: skip
+    found = result.values()
+    warnings = (LOGOUT_WARNING,) if found.get("logout_kills") == "yes" else ()
+    if result.status == 0:
+        return Started(job_id, _state(result.lines), warnings)
+    if result.status == 10:
+        raise JobError(
+            "no wrapper here (~/.solverpilot/bin/job_wrapper.sh): run sp-deploy push first"
+        )
+    if result.status == 11:
+        try:
+            hint = profile_for_os(
+                found.get("os_id", ""), tuple(found.get("os_like", "").split())
+            ).tmux_hint
+        except RequirementError:
+            hint = "install tmux with the host's package manager"
+        raise RequirementError(f"tmux is not installed; install: {hint}")
+    if result.status == 12:
+        raise JobError(f"job id {job_id} is already used on this host")
+    if result.status == 13:
+        said = [line[4:] for line in result.lines if line.startswith("log=")]
+        last = said[-1] if said else ""
+        raise JobError(f"the wrapper refused the job (exit {found.get('rc', '?')}): {last}")
+    if result.status == 15:
+        raise JobError(
+            f"the wrapper wrote no state within {wait} s; see sp-deploy logs HOST {job_id}"
+        )
+    raise RemoteCommandError(f"cannot start the job: {result.error()}")
+
+
+def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Cancelled:
+    """TERM to the job's wrapper; returns once it and the job's tree are gone."""
+    result = run_step(session, "cancel", check_job_id(job_id), str(wait), timeout=timeout)
+    state = _state(result.lines)
+    if result.status == 0:
+        return Cancelled(state, result.values().get("was"))
+    if result.status == 10:
+        raise JobError(f"no job {job_id} on this host")
+    if result.status == 11:
+        raise JobError(f"job {job_id} is lost: its wrapper is gone; nothing was signalled")
+    if result.status == 12:
+        raise JobError(f"job {job_id} still runs {wait} s after TERM")
+    raise RemoteCommandError(f"cannot cancel the job: {result.error()}")
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    data: bytes
+    size: int  # the log's size when read
+    status: str  # the job's status then ("" without a state file)
+
+
+def read_log(session: Session, job_id: str, offset: int, most: int, timeout: float) -> LogChunk:
+    """The log's bytes from ``offset`` (at most ``most``), and the job's status when read."""
+    result = run_step(
+        session, "logs", check_job_id(job_id), str(offset), str(most), timeout=timeout
+    )
+    if result.status == 10:
+        raise JobError(f"no job {job_id} on this host (no log, no state)")
+    if result.status != 0:
+        raise RemoteCommandError(f"cannot read the log: {result.error()}")
+    found = result.values()
+    hexdump = "".join(line for line in result.lines if "=" not in line)
+    try:
+        data = bytes.fromhex(hexdump)
+        size = int(found.get("size", "0"))
+    except ValueError as exc:
+        raise RemoteCommandError(f"a log chunk that is not hex: {exc}") from exc
+    return LogChunk(data, size, found.get("status", ""))

@@ -1,0 +1,76 @@
+# run.sh JOB_ID WAIT_SECONDS: start ~/.solverpilot/bin/job_wrapper.sh JOB_ID COMMAND... in a
+# detached tmux session named solverpilot_<USER>_<first 8 chars of JOB_ID> (tmux makes "." "_"),
+# its pane appended to logs/JOB_ID.log, then wait until the wrapper's state exists.
+# The payload: the working folder ("" = home), then COMMAND and each ARG, one per line, every
+# byte written as a \NNN octal escape, so any byte but NUL travels as it is.
+# Answer: os_id=, os_like=, logout_kills=yes (see lib.sh), then state= (the state file) once
+#   it exists, or rc= and log= lines (the wrapper's last words) when it ended without one.
+# Exit: 0 started (or ended at once with a state); 10 no wrapper; 11 no tmux; 12 the id is
+#   already used (a state file or a tmux session); 13 the wrapper refused (rc= says how);
+#   14 cannot write the run files; 15 no state within WAIT_SECONDS.
+id=$1 wait=$2
+if [ -r /etc/os-release ]; then . /etc/os-release; fi
+echo "os_id=${ID:-}"
+echo "os_like=${ID_LIKE:-}"
+wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
+[ -x "$wrapper" ] || exit 10
+command -v tmux >/dev/null 2>&1 || exit 11
+sp_logout_kills && echo logout_kills=yes
+name=$(printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$id" | tr '.:' '__')
+jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
+state=$jobs/$id.status
+if [ -e "$state" ] || tmux has-session -t "=$name" 2>/dev/null; then exit 12; fi
+mkdir -p -- "$runs" "$logs" || exit 14
+runs=$(cd -- "$runs" && pwd) || exit 14
+log=$(cd -- "$logs" && pwd)/$id.log || exit 14
+cat >"$runs/$id.args" <<'SP_PAYLOAD' || exit 14
+SP_PAYLOAD
+rm -f -- "$runs/$id.go" "$runs/$id.rc"
+# the launcher: tmux starts it; it waits for the pipe to the log, decodes the arguments, runs
+# the wrapper and notes its exit status
+cat >"$runs/$id.launch" <<'EOF' || exit 14
+id=$1 n=0
+while [ ! -e "$id.go" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+set --
+first=1
+while IFS= read -r line; do
+  # shellcheck disable=SC2059 # the line is octal escapes only, written by sp-deploy
+  arg=$(printf "$line"; echo x)
+  arg=${arg%x}
+  if [ -n "$first" ]; then cwd=$arg first=''; else set -- "$@" "$arg"; fi
+done <"$id.args"
+rm -f -- "$id.args" "$id.go" "$id.launch"
+run=$PWD
+# the server folder this run step used, whatever the tmux server's environment says
+SOLVERPILOT_SERVER_DIR=${run%/run}
+export SOLVERPILOT_SERVER_DIR
+if ! cd -- "${cwd:-$HOME}"; then
+  echo "sp-deploy run: cannot enter ${cwd:-$HOME}"
+  echo 1 >"$run/$id.rc"
+  exit 1
+fi
+"$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@"
+rc=$?
+# the run step reads this only when the wrapper wrote no state (it refused the job)
+[ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ] || echo "$rc" >"$run/$id.rc"
+EOF
+tmux new-session -d -s "$name" -c "$runs" "/bin/sh ./$id.launch $id" || exit 14
+quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
+tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null
+: >"$runs/$id.go"
+end=$(($(date +%s) + wait))
+while :; do
+  if [ -f "$state" ]; then
+    printf 'state='
+    cat -- "$state"
+    exit 0
+  fi
+  if [ -f "$runs/$id.rc" ]; then
+    echo "rc=$(cat -- "$runs/$id.rc")"
+    rm -f -- "$runs/$id.rc"
+    tail -n 5 -- "$log" 2>/dev/null | sed 's/^/log=/'
+    exit 13
+  fi
+  [ "$(date +%s)" -lt "$end" ] || exit 15
+  sleep 0.1
+done

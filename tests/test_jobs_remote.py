@@ -1,0 +1,240 @@
+"""run, logs and cancel against a real sshd with real tmux and the deployed wrapper."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Lab, require, sp, sp_json
+from sshlab import run_as
+
+SERVER = ".solverpilot-server"
+
+
+def connect(lab: Lab, trusted: Path) -> tuple[str, ...]:
+    return ("-i", str(lab.client_key), "--known-hosts", str(trusted), "--timeout", "60")
+
+
+@pytest.fixture
+def deployed(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> Iterator[Path]:
+    """Host a with the wrapper pushed; its tmux server is killed afterwards."""
+    require(bool(shutil.which("tmux")), "needs tmux (Debian package tmux)")
+    code, results = sp_json(capsys, "push", lab.a.spec, *connect(lab, trusted))
+    assert code == 0, results
+    scratch = home / SERVER / "scratch"  # what the jobs write; cleared with the server folder
+    scratch.mkdir()
+    shutil.chown(scratch, lab.user.pw_uid, lab.user.pw_gid)
+    yield home
+    run_as(lab.user, "tmux", "kill-server")
+
+
+def state(home: Path, job_id: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads((home / SERVER / "jobs" / f"{job_id}.status").read_text())
+    return data
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1][0] not in "ZX"
+
+
+def wait_for(check: object, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_run_a_job_that_prints_and_exits_3_then_its_logs(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    code, out, err = sp(
+        capsys, "run", lab.a.spec, "--id", "job-print", *connect(lab, trusted),
+        "--", "sh", "-c", "echo line one; echo 'line two' >&2; sleep 1; echo done; exit 3",
+    )  # fmt: skip
+    assert (code, out) == (0, "job-print\n"), err
+    # it returned once the running state existed
+    assert state(deployed, "job-print")["status"] in ("running", "failed")
+    code, out, err = sp(capsys, "logs", lab.a.spec, "job-print", "-f", *connect(lab, trusted))
+    assert code == 0, err
+    lines = out.replace("\r\n", "\n").splitlines()
+    assert lines[:3] == ["line one", "line two", "done"]
+    final = state(deployed, "job-print")
+    assert (final["status"], final["exit_code"]) == ("failed", 3)
+    code, jobs = sp_json(capsys, "status", lab.a.spec, "job-print", *connect(lab, trusted))
+    assert [(j["status"], j["exit_code"], j["tmux"]) for j in jobs] == [("failed", 3, "absent")]
+    # the id is used now
+    code, out, err = sp(capsys, "run", lab.a.spec, "--id", "job-print", *connect(lab, trusted),
+                        "--", "true")  # fmt: skip
+    assert code == 1 and "job id job-print is already used on this host" in err
+
+
+ODD_ARGS = [
+    "plain",
+    "two words",
+    "",
+    "'single' \"double\"",
+    "$HOME `id` $(id) ${x}",
+    "a;b|c&d>e<f",
+    "new\nline\n",
+    "back\\slash \\n",
+    "*?[glob]",
+    "-n",
+    "%s %d %%",
+    "tab\there",
+    "ünïcødé ✓",
+    "\x01\x7f",
+]
+
+
+def test_every_kind_of_argument_arrives_exactly(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    dump = deployed / SERVER / "scratch" / "args.json"
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "job-args", *connect(lab, trusted),
+        "--", "python3", "-c",
+        "import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))", str(dump), *ODD_ARGS,
+    )  # fmt: skip
+    assert code == 0, err
+    wait_for(lambda: state(deployed, "job-args")["status"] != "running")
+    assert state(deployed, "job-args")["exit_code"] == 0
+    assert json.loads(dump.read_text()) == [str(dump), *ODD_ARGS]
+
+
+def test_the_working_folder_and_a_new_uuid(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    folder = deployed / SERVER / "scratch" / "work dir 'x'"
+    folder.mkdir()
+    shutil.chown(folder, lab.user.pw_uid, lab.user.pw_gid)
+    code, out, err = sp(capsys, "run", lab.a.spec, "--cwd", str(folder), *connect(lab, trusted),
+                        "--", "sh", "-c", "pwd > where")  # fmt: skip
+    assert code == 0, err
+    job_id = out.strip()
+    assert len(job_id) == 36 and job_id.count("-") == 4  # a UUID
+    wait_for(lambda: (folder / "where").exists() and state(deployed, job_id)["status"] != "running")
+    assert (folder / "where").read_text().strip() == str(folder)
+
+
+def test_cancel_a_running_job_with_a_grandchild(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    pids = deployed / SERVER / "scratch" / "pids"
+    code, out, err = sp(
+        capsys, "run", lab.a.spec, "--id", "job-stop", *connect(lab, trusted),
+        "--", "sh", "-c", f'sleep 300 & echo "$$ $!" > {pids}; wait',
+    )  # fmt: skip
+    assert code == 0, err
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    job_pids = [int(p) for p in pids.read_text().split()]
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "job-stop", *connect(lab, trusted))
+    assert (code, out) == (0, "job-stop failed exit 143 signal TERM\n"), err
+    final = state(deployed, "job-stop")
+    assert (final["status"], final["exit_code"], final["signal"]) == ("failed", 143, "TERM")
+    for pid in (*job_pids, int(str(final["pid"]))):  # the job, its grandchild, the wrapper
+        assert not alive(pid), pid
+    # cancelling it again changes nothing and says so
+    before = (deployed / SERVER / "jobs" / "job-stop.status").read_bytes()
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "job-stop", *connect(lab, trusted))
+    assert (
+        code == 0
+        and out == "job-stop failed exit 143 signal TERM (it had already ended: nothing changed)\n"
+    )
+    assert (deployed / SERVER / "jobs" / "job-stop.status").read_bytes() == before
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "no-such-job", *connect(lab, trusted))
+    assert code == 1 and "no job no-such-job on this host" in err
+
+
+def test_cancel_never_signals_a_pid_given_to_another_process(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    user = lab.user
+    other = subprocess.Popen(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+         "sleep", "60"]
+    )  # fmt: skip
+    try:
+        jobs = deployed / SERVER / "jobs"
+        jobs.mkdir(parents=True, exist_ok=True)
+        shutil.chown(jobs, user.pw_uid, user.pw_gid)
+        (jobs / "job-reused.status").write_text(
+            json.dumps(
+                {"id": "job-reused", "status": "running", "pid": other.pid, "start_ticks": 1},
+                separators=(",", ":"),
+            )
+        )
+        code, _, err = sp(capsys, "cancel", lab.a.spec, "job-reused", *connect(lab, trusted))
+        assert code == 1 and "is lost: its wrapper is gone; nothing was signalled" in err
+        assert other.poll() is None  # still alive: not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_run_without_the_wrapper_or_without_tmux(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    code, out, err = sp(capsys, "run", lab.a.spec, *connect(lab, trusted), "--", "true")
+    assert code == 1 and "no wrapper here" in err and "sp-deploy push" in err
+    assert out == ""
+    # the limited host has no tmux on its PATH; give it a wrapper by hand
+    target = Path(lab.users["sptest3"].pw_dir) / ".solverpilot/bin/job_wrapper.sh"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("#!/bin/bash\n")
+    target.chmod(0o755)
+    code, out, err = sp(capsys, "run", lab.limited.spec, *connect(lab, trusted), "--", "true")
+    assert code == 1
+    assert "missing requirement: tmux is not installed; install: sudo apt-get install tmux" in err
+
+
+def test_usage_errors_before_any_connection(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sp(capsys, "run", "nobody@127.0.0.1:1")[0] == 2  # no command
+    assert sp(capsys, "run", "nobody@127.0.0.1:1", "--id", "bad id", "--", "true")[0] == 2
+    assert sp(capsys, "cancel", "nobody@127.0.0.1:1", "../x")[0] == 2
+    assert sp(capsys, "logs", "nobody@127.0.0.1:1", "x;y")[0] == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        sp(capsys, "status", "nobody@127.0.0.1:1", "--", "x")
+    assert exit_info.value.code == 2
+    assert "is for run only" in capsys.readouterr().err
+
+
+def test_a_host_that_kills_tmux_at_logout_is_named_until_linger_is_on(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """logind's KillUserProcesses=yes with linger off: push and run warn, naming the fix."""
+    dropin = Path("/etc/systemd/logind.conf.d/zz-sptest.conf")
+    linger = Path("/var/lib/systemd/linger") / lab.user.pw_name
+    require(not dropin.exists() and not linger.exists(), "a logind set-up of this machine's own")
+    made = [p for p in (dropin.parent, linger.parent) if not p.exists()]
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    linger.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dropin.write_text("[Login]\nKillUserProcesses=yes\n")
+        code, _, err = sp(capsys, "run", lab.a.spec, "--id", "job-l1", *connect(lab, trusted),
+                            "--", "true")  # fmt: skip
+        assert code == 0
+        assert "warning: systemd-logind kills this user's processes at logout" in err
+        assert "loginctl enable-linger" in err
+        code, results = sp_json(capsys, "verify", lab.a.spec, *connect(lab, trusted))
+        assert any("loginctl enable-linger" in w for w in results[0]["warnings"])  # type: ignore[attr-defined]
+        linger.touch()
+        code, _, err = sp(capsys, "run", lab.a.spec, "--id", "job-l2", *connect(lab, trusted),
+                            "--", "true")  # fmt: skip
+        assert code == 0 and "warning" not in err
+    finally:
+        dropin.unlink(missing_ok=True)
+        linger.unlink(missing_ok=True)
+        for folder in reversed(made):
+            folder.rmdir()
