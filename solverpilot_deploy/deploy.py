@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from solverpilot_deploy.errors import (
     ChecksumError,
+    DeployError,
     HostTimeoutError,
     RemoteCommandError,
     RequirementError,
@@ -56,11 +57,17 @@ class Probe:
     server_dir: str = "~/.solverpilot-server"
     server_fs: str = ""
     logout_kills: bool = False
+    server_relative: bool = False
 
     def warnings(self) -> tuple[str, ...]:
         """What the host's set-up puts at risk, whatever the profile."""
         shared = server_dir_warning(self.server_dir, self.server_fs)
-        found = (shared,) if shared else ()
+        found: tuple[str, ...] = (shared,) if shared else ()
+        if self.server_relative:
+            found += (
+                f"SOLVERPILOT_SERVER_DIR is relative ({self.server_dir}): the wrapper takes it "
+                "from each job's folder, status and the DB set-up from the home; make it absolute",
+            )
         return (*found, LOGOUT_WARNING) if self.logout_kills else found
 
 
@@ -113,6 +120,7 @@ def probe(session: Session, timeout: float) -> Probe:
         server_dir="~/" + server[2:] if server.startswith("./") else server,
         server_fs=found.get("fs_server", ""),
         logout_kills=found.get("logout_kills") == "yes",
+        server_relative=found.get("server_relative") == "yes",
     )
 
 
@@ -205,16 +213,25 @@ def push_host(
     _check_stop(stop)
     install(session, text, digest, deadline)
     skipped = []
-    for wanted, step in (
-        (not found.has_db and bool(found.sqlite3), init_database),
-        (smoke, smoke_run),
-    ):
-        if not wanted:
-            continue
-        if stop is not None and stop.is_set():
-            skipped.append(step.__name__.replace("_", " "))
-            continue
-        step(session, deadline)
+    try:
+        for wanted, step in (
+            (not found.has_db and bool(found.sqlite3), init_database),
+            (smoke, smoke_run),
+        ):
+            if not wanted:
+                continue
+            if stop is not None and stop.is_set():
+                skipped.append(step.__name__.replace("_", " "))
+                continue
+            step(session, deadline)
+    except Exception as exc:  # the host has the new wrapper whatever failed next: say so
+        if session.aborted.is_set():
+            stopped = stop is not None and stop.is_set()
+            cause = "a second Ctrl-C aborted the connection" if stopped else "timeout"
+        else:
+            cause = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+        error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {cause}"
+        return replace(result, status="failed", error=error, warnings=warnings)
     if skipped:
         warnings += (f"interrupted after the install: {' and '.join(skipped)} skipped",)
     return replace(result, warnings=warnings)
@@ -230,9 +247,20 @@ def install(session: Session, text: str, digest: str, deadline: float) -> None:
     budget = int(deadline - time.monotonic() - COMMIT_MARGIN)
     if budget < 1:
         raise HostTimeoutError("no time left to install within the deadline")
-    result = run_step(
-        session, "install", digest, str(budget), timeout=remaining(deadline), payload=text
-    )
+    try:
+        # its own timeout comes just before the fleet's at the deadline, so that what the host
+        # said so far is still there to be read
+        step_timeout = max(0.1, remaining(deadline) - 0.5)
+        result = run_step(
+            session, "install", digest, str(budget), timeout=step_timeout, payload=text
+        )
+    except HostTimeoutError as exc:
+        if "checked" in exc.partial.split("\n"):  # the host had begun the rename (slow disk?)
+            raise HostTimeoutError(
+                "the host was renaming the new wrapper in when the time ran out: either "
+                "wrapper may be in place; check with sp-deploy verify"
+            ) from exc
+        raise
     if result.status == 0:
         return
     if result.status == 10:

@@ -62,6 +62,7 @@ class ChecksumError(HostError):
 
 class HostTimeoutError(HostError):
     kind = "timeout"
+    partial = ""  # what the command had printed on stdout when the time ran out
 
 
 class RemoteCommandError(HostError):

@@ -2,10 +2,11 @@
 
 Each step is a POSIX sh script, sent on stdin to one command line that every login shell
 (sh, bash, dash, zsh, csh, tcsh, fish) parses the same way: ``exec /bin/sh -s -- TOKEN ARG...``
-with plain words only. ``lib.sh`` goes before every step: it frames the answer between marker
-lines that carry the per-call TOKEN, so whatever a banner or a start-up file prints is never
-read. Data a step needs (the wrapper, the schema) travels inside the script, as the body of
-its here-document ending in a ``SP_PAYLOAD`` line, because ``sh -s`` may read stdin ahead.
+with plain words only. ``lib.sh`` goes before every step and ``end.sh`` after it: every line of
+the answer then begins with the per-call TOKEN and the last says the step's exit status, so
+whatever a banner, a start-up file or a process it left behind prints is never read. Data a
+step needs (the wrapper, the schema) travels inside the script, as the body of its
+here-document ending in a ``SP_PAYLOAD`` line, because ``sh -s`` may read stdin ahead.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class StepResult:
     stderr: str
 
     def values(self) -> dict[str, str]:
-        """The ``key=value`` lines of the answer."""
-        return dict(line.split("=", 1) for line in self.lines if "=" in line)
+        """The ``key=value`` lines of the answer; the first of a key counts."""
+        pairs = [line.split("=", 1) for line in self.lines if "=" in line]
+        return dict(reversed(pairs))
 
     def error(self) -> str:
         """The step's ``error=`` line, else its stderr, else its status."""
@@ -42,14 +44,15 @@ class StepResult:
 
 @functools.cache
 def step_script(name: str) -> str:
-    """lib.sh followed by the step's own lines: the whole script as the host runs it."""
+    """lib.sh, the step's own lines, end.sh: the whole script as the host runs it."""
     folder = templates_dir() / "remote"
-    lib = (folder / "lib.sh").read_text(encoding="utf-8")
-    return lib + (folder / f"{name}.sh").read_text(encoding="utf-8")
+    parts = ("lib.sh", f"{name}.sh", "end.sh")
+    return "".join((folder / part).read_text(encoding="utf-8") for part in parts)
 
 
 def step_names() -> list[str]:
-    return sorted(p.stem for p in (templates_dir() / "remote").glob("*.sh") if p.stem != "lib")
+    steps = (templates_dir() / "remote").glob("*.sh")
+    return sorted(p.stem for p in steps if p.stem not in ("lib", "end"))
 
 
 def with_payload(script: str, payload: str) -> str:
@@ -70,22 +73,18 @@ def command_line(token: str, args: tuple[str, ...]) -> str:
 
 
 def parse_framed(token: str, stdout: str) -> tuple[int, tuple[str, ...]] | None:
-    """(status, lines) between this call's markers, or None when the answer is not complete."""
-    lines = stdout.split("\n")  # not splitlines(): \r, \f or \x1c in a file are no line ends
-    begin = f"@@SP-BEGIN {token}"
-    end = re.compile(rf"^@@SP-END {re.escape(token)} (\d+)$")
-    try:
-        start = lines.index(begin)
-    except ValueError:
+    """(status, lines) of this call's answer: the lines that begin with its token, the last
+    of them "@end STATUS"; None when the answer is not complete."""
+    prefix = f"{token} "
+    # not splitlines(): \r, \f or \x1c inside a line are no line ends
+    mine = [line[len(prefix) :] for line in stdout.split("\n") if line.startswith(prefix)]
+    match = re.match(r"^@end (\d+)$", mine[-1]) if mine else None
+    if match is None:
         return None
-    for index in range(start + 1, len(lines)):
-        match = end.match(lines[index])
-        if match:
-            body = lines[start + 1 : index]
-            if body and body[-1] == "":
-                body = body[:-1]  # the newline lib.sh writes before the end marker
-            return int(match[1]), tuple(body)
-    return None
+    body = mine[:-1]
+    if body and body[-1] == "":
+        body = body[:-1]  # the newline end.sh writes before "@end"
+    return int(match[1]), tuple(body)
 
 
 def run_step(

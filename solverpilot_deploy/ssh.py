@@ -27,6 +27,7 @@ from solverpilot_deploy.errors import (
     HostError,
     HostKeyError,
     HostTimeoutError,
+    RemoteCommandError,
     UnreachableError,
     UsageError,
 )
@@ -39,6 +40,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
 BANNER_RETRIES = 2
+MAX_ANSWER = 64 << 20  # bytes of stdout one command may send (status of 10,000 jobs: ~4 MiB)
+MAX_STDERR = 64 << 10  # the end of stderr that is kept
 _KNOWN_HOSTS_LOCK = threading.Lock()
 _SPEC_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
@@ -257,20 +260,33 @@ class Session:
                 channel.shutdown_write()
             except OSError:
                 pass  # the command ended before it read all of stdin: its answer tells
-            while True:  # exit-status arrives after all the data, so drain until it has
-                if channel.recv_ready():
-                    out += channel.recv(65536)
-                elif channel.recv_stderr_ready():
-                    err += channel.recv_stderr(65536)
-                elif channel.exit_status_ready():
-                    break
-                elif time.monotonic() > end:
-                    raise HostTimeoutError(
+            # sshd may send the exit status before the last of the output: read until EOF
+            while not (channel.exit_status_ready() and channel.eof_received) and not (
+                channel.closed
+            ):
+                if time.monotonic() > end:
+                    error = HostTimeoutError(
                         f"no answer to a command within {timeout:.0f} s (is a start-up file "
                         "of the login shell stuck?)"
                     )
+                    error.partial = out.decode("utf-8", "replace")
+                    raise error
+                if channel.recv_ready():
+                    out += channel.recv(65536)
+                    if len(out) > MAX_ANSWER:
+                        raise RemoteCommandError(
+                            f"the host sent more than {MAX_ANSWER >> 20} MiB for one command "
+                            "(does a start-up file of the login shell print without end?)"
+                        )
+                elif channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                    del err[:-MAX_STDERR]  # only its end is ever shown
                 else:
                     time.sleep(0.002)
+            while channel.recv_ready():  # what came with the end
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
             status = channel.recv_exit_status()
         finally:
             channel.close()

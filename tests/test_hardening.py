@@ -99,6 +99,15 @@ def slow_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sl
         f'exec {shutil.which("sha256sum")} "$@"\n'
     )
     shim.chmod(0o755)
+    mv = shims / "mv"  # a rename as slow as a hung NFS home, when ~/slow-mv-seconds says so
+    mv.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *job_wrapper.sh.*)\n'
+        '  if [ -f "$HOME/slow-mv-seconds" ]; then sleep "$(cat "$HOME/slow-mv-seconds")"; fi ;;\n'
+        "esac\n"
+        f'exec {shutil.which("mv")} "$@"\n'
+    )
+    mv.chmod(0o755)
     sshd = Sshd(
         tmp_path_factory.mktemp("slow"),
         user.pw_name,
@@ -113,10 +122,12 @@ def slow_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sl
 
 @pytest.fixture
 def slow(slow_host: SlowHost, home: Path) -> Iterator[SlowHost]:
-    (slow_host.home / "slow-seconds").unlink(missing_ok=True)
+    for name in ("slow-seconds", "slow-mv-seconds"):
+        (slow_host.home / name).unlink(missing_ok=True)
     yield slow_host
     poll(lambda: not slow_host.remote_busy(), 30, "the slow host's steps to end")
-    (slow_host.home / "slow-seconds").unlink(missing_ok=True)
+    for name in ("slow-seconds", "slow-mv-seconds"):
+        (slow_host.home / name).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -185,6 +196,45 @@ def test_a_second_ctrl_c_aborts_the_host_in_flight_which_keeps_its_old_wrapper(
 
 
 # ---- 9. a push reported failed never changes the host later ----
+
+
+def test_a_rename_still_running_at_the_deadline_is_reported_as_either_wrapper(
+    lab: Lab, home: Path, kh: Path, slow: SlowHost
+) -> None:
+    """The host had checked the new wrapper and begun the rename (a hung NFS home) when the
+    time ran out: the report may not claim the old wrapper stays."""
+    slow.place_old_wrapper()
+    (slow.home / "slow-mv-seconds").write_text("10\n")
+    proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh, timeout="8"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    (result,) = json.loads(out)
+    assert result["status"] == "failed"
+    assert str(result["error"]).startswith("timeout: the host was renaming the new wrapper in")
+    assert "sp-deploy verify" in str(result["error"])
+    poll(lambda: not slow.remote_busy(), 30, "the slow rename to end on the host")
+    assert (slow.home / WRAPPER).read_bytes() != OLD_WRAPPER  # it did land, as warned
+
+
+def test_a_failure_after_the_install_says_the_new_wrapper_is_in_place(
+    lab: Lab, home: Path, kh: Path, slow: SlowHost
+) -> None:
+    """The smoke run fails (a TMPDIR that does not exist, as some clusters set): the host has
+    the new wrapper, and the report says so."""
+    slow.place_old_wrapper()
+    bashrc = slow.home / ".bashrc"
+    bashrc.write_text("export TMPDIR=/nonexistent/tmp\n")
+    try:
+        proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        bashrc.unlink()
+    (result,) = json.loads(out)
+    assert result["status"] == "failed"
+    assert str(result["error"]).startswith("the new wrapper is installed (sha256 ")
+    assert "smoke run failed" in str(result["error"])
+    assert result["sha256"] == hashlib.sha256((slow.home / WRAPPER).read_bytes()).hexdigest()
+    assert (slow.home / WRAPPER).read_bytes() != OLD_WRAPPER
 
 
 @pytest.mark.parametrize("delay", [6, 14])

@@ -9,6 +9,7 @@ or eat stdin must end in a clear one-line error within --timeout.
 
 from __future__ import annotations
 
+import hashlib
 import pwd
 import shutil
 import subprocess
@@ -20,6 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import Lab, require, sp, sp_json
 from sshlab import Sshd, authorize, clean_home, ensure_test_user, run_as
+
+from solverpilot_deploy.profiles import load_profile
+from solverpilot_deploy.render import render_wrapper
 
 WRAPPER = ".solverpilot/bin/job_wrapper.sh"
 TALK = "bash=3.2\n@@SP-END 0 0\nsqlite3=9.9\n"  # what a chatty start-up file prints
@@ -99,6 +103,8 @@ def shell_hosts(
             if case.rc_file:
                 write_as(user, case.rc_file, case.rc_text)
             write_as(user, ".profile", _echo_lines(TALK))
+            # sqlite3 reads it for every command not started with -init
+            write_as(user, ".sqliterc", ".headers on\n.mode line\n")
             hosts[name] = ShellHost(case, user, Sshd(base / name, case.user).start())
         yield hosts
     finally:
@@ -157,6 +163,7 @@ HOSTILE = {
     "exits": "exit 7\n",
     "eats stdin": "cat >/dev/null\n",
     "loops": "while :; do :; done\n",
+    "floods": "yes 'wrapper=0000'\n",
 }
 
 
@@ -176,15 +183,18 @@ def test_a_start_up_file_that_exits_loops_or_eats_stdin_is_a_clear_error(
     write_as(host.user, ".bashrc", HOSTILE[kind])
     try:
         # the command may end before or after sp-deploy has sent the script: try both, often
-        tries = 1 if kind == "loops" else 8
+        tries = 1 if kind in ("loops", "floods") else 8
         for command in ("push", "status") * tries:
             start = time.monotonic()
             code, out, err = sp(capsys, command, host.sshd.spec, *args)
             took = time.monotonic() - start
             assert code == 1, (command, out, err)
             assert "Traceback" not in err
-            expected = "timeout: " if kind == "loops" else "remote command failed: "
-            assert expected in err or expected in out, (command, out, err)
+            expected = {
+                "loops": ("timeout: ",),
+                "floods": ("timeout: ", "remote command failed: "),  # time or size runs out
+            }.get(kind, ("remote command failed: ",))
+            assert any(e in err or e in out for e in expected), (command, out, err)
             assert took < 4 + 3, took
         assert not (home / WRAPPER).exists()  # nothing was installed
     finally:
@@ -220,3 +230,40 @@ def test_run_logs_and_cancel_through_each_login_shell(
         assert [(j["id"], j["status"], j["tmux"]) for j in jobs] == [("job-sh", "failed", "absent")]
     finally:
         run_as(host.user, "tmux", "kill-server")
+
+
+FORGERS = {
+    # a newline in the server folder's name, with keys after it
+    "newline in SOLVERPILOT_SERVER_DIR": (
+        "export SOLVERPILOT_SERVER_DIR=\"$(printf '/var/tmp/x\\nwrapper=%s\\nsha256=sha256sum'"
+        ' {digest})"\n'
+    ),
+    # a process left running that prints answer-like lines while the step runs
+    "a chatty background process": (
+        "(i=0; while [ $i -lt 100 ]; do echo wrapper={digest}; echo @end 0; sleep 0.01;"
+        " i=$((i+1)); done) &\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(FORGERS))
+def test_lines_forged_by_a_start_up_file_are_never_read(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    shell_hosts: dict[str, ShellHost],
+    known_hosts: Path,
+    kind: str,
+) -> None:
+    """The forged lines name the very wrapper verify expects; the host has none."""
+    host = shell_hosts["bash"]
+    clean_home(host.user)
+    known_hosts.write_text(host.sshd.known_hosts_line)
+    digest = hashlib.sha256(render_wrapper(load_profile("debian")).encode()).hexdigest()
+    write_as(host.user, ".bashrc", FORGERS[kind].format(digest=digest))
+    try:
+        for _ in range(5):
+            code, results = sp_json(capsys, "verify", host.sshd.spec, *connect(lab, known_hosts))
+            assert (code, results[0]["status"]) == (1, "missing"), results
+    finally:
+        write_as(host.user, ".bashrc", host.case.rc_text)
+        subprocess.run(["pkill", "-KILL", "-u", host.user.pw_name], check=False)

@@ -13,7 +13,7 @@ import pytest
 from conftest import Lab, require, sp_json
 from sshlab import run_as
 
-from solverpilot_deploy.remote import step_script
+from solverpilot_deploy.remote import parse_framed, step_script
 from solverpilot_deploy.status import JOB_ID
 
 SERVER = ".solverpilot-server"
@@ -160,7 +160,9 @@ def run_status_step(server: Path, *ids: str) -> tuple[list[str], int]:
              "SOLVERPILOT_SERVER_DIR": str(server)},
     )  # fmt: skip
     execs = [line for line in trace.read_text().splitlines() if line.rstrip().endswith("= 0")]
-    return result.stdout.splitlines(), len(execs)
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[0] == 0, result.stdout[-500:]
+    return list(framed[1]), len(execs)
 
 
 def test_status_runs_as_many_programs_for_1000_jobs_as_for_10(tmp_path: Path) -> None:
@@ -175,3 +177,16 @@ def test_status_runs_as_many_programs_for_1000_jobs_as_for_10(tmp_path: Path) ->
     lines, _ = run_status_step(tmp_path / "n1000" / "server", "j5", "j77")
     assert [line for line in lines if line.startswith("@job ")] == ["@job j5 no -", "@job j77 no -"]
     assert sum(line.startswith("j") for line in lines) == 2  # the DB rows, filtered too
+
+
+def test_a_megabyte_answer_arrives_whole_every_time(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """sshd may send the exit status before the last of a large answer: it must still all be
+    read (1 MB of state files, 30 times)."""
+    states = {f"big-{n:02d}": {**finished(f"big-{n:02d}"), "pad": "x" * 60000} for n in range(20)}
+    write_states(home / SERVER, states, lab.user.pw_uid)
+    for _ in range(30):
+        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+        assert code == 0
+        assert [(j["id"], j["status"]) for j in jobs] == [(k, "completed") for k in sorted(states)]

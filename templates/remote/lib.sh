@@ -1,31 +1,20 @@
-# lib.sh: the start of every remote step (sp-deploy puts it before the step's own lines).
-# Run as `/bin/sh -s -- TOKEN ARG...` with the script on stdin, whatever the login shell.
-# The answer is framed: "@@SP-BEGIN TOKEN" before it and "@@SP-END TOKEN STATUS" after it, each
-# on a line of its own, so that whatever a login banner or a start-up file prints is never
-# read as part of it. A file named in sp_tmp (a folder in sp_tmpdir) is removed at exit,
-# however the step ends.
+# lib.sh: the start of every remote step. sp-deploy sends lib.sh, the step's own lines, then
+# end.sh, as one script to `/bin/sh -s -- TOKEN ARG...` on stdin, whatever the login shell.
+# lib.sh ends by opening the function sp_main, whose body is the step; end.sh closes it, runs
+# it and passes every line it prints through sed, which puts the per-call TOKEN before it, and
+# adds "TOKEN @end STATUS" last. So nothing a login banner, a start-up file or a process one
+# left running prints can pass for part of the answer, and a script cut short (a start-up file
+# that read some of stdin) does not parse, so no part of it runs. A file named in sp_tmp (a
+# folder in sp_tmpdir) is removed at exit, however the step ends.
 sp_token=$1
 shift
 sp_tmp='' sp_tmpdir=''
 # shellcheck disable=SC2329 # invoked by the EXIT trap
 sp_exit() {
-  sp_rc=$?
   trap '' HUP INT TERM PIPE
   [ -z "$sp_tmp" ] || rm -f -- "$sp_tmp"
   [ -z "$sp_tmpdir" ] || rm -rf -- "$sp_tmpdir"
-  printf '\n@@SP-END %s %s\n' "$sp_token" "$sp_rc"
 }
-trap sp_exit EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 141' PIPE
-printf '\n@@SP-BEGIN %s\n' "$sp_token"
-cd || exit 20
-# the server folder, as the wrapper finds it (the login shell's start-up files may set it);
-# ./ keeps a relative one from reading as an option
-sp_server=${SOLVERPILOT_SERVER_DIR:-.solverpilot-server}
-case $sp_server in /*) ;; *) sp_server=./$sp_server ;; esac
 
 # sp_find_sha256: sp_sha becomes the first sha256 tool that hashes "abc" right, or stays empty
 # shellcheck disable=SC2329 # not every step needs it
@@ -49,8 +38,6 @@ sp_sha256() {
   $sp_sha "$1" 2>/dev/null | cut -d' ' -f1
 }
 
-# step
-
 # sp_logout_kills: true when systemd-logind kills this user's processes at logout (its
 # KillUserProcesses=yes, the last setting read wins) and linger is off for the user
 # shellcheck disable=SC2329 # not every step needs it
@@ -60,3 +47,17 @@ sp_logout_kills() {
   case $sp_k in yes | true | on | 1) ;; *) return 1 ;; esac
   [ ! -e "/var/lib/systemd/linger/${USER:-$(id -un)}" ]
 }
+
+# the step: end.sh closes this function and runs it
+sp_main() {
+trap sp_exit EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 141' PIPE
+cd || exit 20
+# the server folder, as the wrapper finds it (the login shell's start-up files may set it);
+# ./ keeps a relative one from reading as an option
+sp_server=${SOLVERPILOT_SERVER_DIR:-.solverpilot-server}
+case $sp_server in /*) ;; *) sp_server=./$sp_server ;; esac
+# the step's own lines follow

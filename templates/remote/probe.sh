@@ -12,14 +12,17 @@ sp_tmp=$t
 : >"$t"
 (exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
 setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
-[ "$(sqlite3 :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
+# -init /dev/null: a ~/.sqliterc (.headers on, say) would change the answer
+[ "$(sqlite3 -init /dev/null :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
   echo "sqlite3=$(sqlite3 -version 2>/dev/null | cut -d' ' -f1)"
 if sp_find_sha256; then
   echo "sha256=$sp_sha"
   [ -f .solverpilot/bin/job_wrapper.sh ] && echo "wrapper=$(sp_sha256 .solverpilot/bin/job_wrapper.sh)"
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
-echo "server=$sp_server"
+# one line, whatever the folder's name holds: a newline in it would forge a key
+echo "server=$(printf '%s' "$sp_server" | tr '\n\r' '??')"
+case ${SOLVERPILOT_SERVER_DIR:-/} in /*) ;; *) echo server_relative=yes ;; esac
 sp_logout_kills && echo logout_kills=yes
 d=$sp_server # the server folder may not exist yet: its nearest existing parent (no dirname:
 while [ ! -d "$d" ]; do # a tool missing here would make this loop forever)

@@ -54,9 +54,10 @@ rc=$?
 # the run step reads this only when the wrapper wrote no state (it refused the job)
 [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ] || echo "$rc" >"$run/$id.rc"
 EOF
-tmux new-session -d -s "$name" -c "$runs" "/bin/sh ./$id.launch $id" || exit 14
+# 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open
+tmux new-session -d -s "$name" -c "$runs" "/bin/sh ./$id.launch $id" 3>&- || exit 14
 quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
-tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null
+tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 : >"$runs/$id.go"
 end=$(($(date +%s) + wait))
 while :; do
