@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,34 @@ def test_a_megabyte_answer_arrives_whole_every_time(
         code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
         assert code == 0
         assert [(j["id"], j["status"]) for j in jobs] == [(k, "completed") for k in sorted(states)]
+
+
+def test_a_db_row_running_without_a_state_file_is_judged_by_its_lock(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    server = home / SERVER
+    write_states(server, {}, lab.user.pw_uid)
+    with sqlite3.connect(server / "server.db") as db:
+        db.executemany(
+            "INSERT INTO jobs (id, status) VALUES (?, 'running')", [("db-held",), ("db-free",)]
+        )
+    for name in ("db-held", "db-free"):
+        (server / "locks" / f"{name}.lock").touch()
+    holder = subprocess.Popen(["flock", str(server / "locks" / "db-held.lock"), "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            str((server / "locks" / "db-held.lock").stat().st_ino)
+            not in Path("/proc/locks").read_text()
+        ):
+            assert time.monotonic() < deadline, "flock never took the lock"
+            time.sleep(0.02)
+        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 0
+    assert {j["id"]: (j["status"], j["lost_reason"]) for j in jobs} == {
+        "db-held": ("running", None),
+        "db-free": ("lost", "wrapper gone, lock free"),
+    }
