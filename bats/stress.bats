@@ -94,7 +94,8 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
     done
     wait "${batch[@]}"
   done
-  check_runs
+  # eight starting at once on a busy machine: more are signalled before they begin
+  check_runs 0.4
   # no write failed and none was reported, and bash printed nothing of its own ("...sh: line
   # N: PID Killed ..."); the jobs' own shells may print "Quit" and the like
   run -1 grep -E -e '^(job_wrapper:|WARNING:)' -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"

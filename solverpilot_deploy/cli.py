@@ -192,7 +192,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from solverpilot_deploy.status import read_status
 
     wanted = _job_ids(args.job_ids)
-    jobs = _on_host(args, lambda session, end: read_status(session, remaining(end), wanted))
+    jobs, warnings = _on_host(
+        args, lambda session, end: read_status(session, remaining(end), wanted)
+    )
+    for warning in warnings:
+        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps([job.as_json() for job in jobs], indent=2))
         return 0
@@ -278,12 +282,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
         offset = 0
         while True:
             chunk = read_log(session, job_id, offset, chunk_most, args.timeout)
+            if chunk.size < offset:  # truncated (rotated in place): from its new start
+                offset = 0
+                continue
             out.write(chunk.data)
             out.flush()
             offset += len(chunk.data)
             if offset < chunk.size:
                 continue  # more is there already
-            if not args.follow or chunk.status not in ("running", ""):
+            if not args.follow or not chunk.more_to_come:
                 return
             time.sleep(0.5)
 

@@ -106,10 +106,17 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
         said = [line[4:] for line in result.lines if line.startswith("log=")]
         last = said[-1] if said else ""
         raise JobError(f"the wrapper refused the job (exit {found.get('rc', '?')}): {last}")
-    if result.status == 15:
+    if result.status == 15:  # its tmux session runs: the job is on its way
+        late = f"the job is still starting (no state after {wait} s): see status and logs"
+        return Started(job_id, {}, (*warnings, late))
+    if result.status == 16:
         raise JobError(
-            f"the wrapper wrote no state within {wait} s; see sp-deploy logs HOST {job_id}"
+            f"tmux session {found.get('session', '?')} runs already: another job whose id "
+            "starts with the same 8 characters (ids must differ in those while both run)"
         )
+    if result.status == 17:
+        raise JobError(f"cannot enter the folder {cwd or '~'} on the host")
+
     raise RemoteCommandError(f"cannot start the job: {result.error()}")
 
 
@@ -125,6 +132,12 @@ def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Canc
         raise JobError(f"job {job_id} is lost: its wrapper is gone; nothing was signalled")
     if result.status == 12:
         raise JobError(f"job {job_id} still runs {wait} s after TERM")
+    if result.status == 13:
+        pid = result.values().get("pid", "?")
+        raise JobError(
+            f"job {job_id} was started by an older wrapper that did not record its start time: "
+            f"pid {pid} cannot be told from a later process; nothing was signalled"
+        )
     raise RemoteCommandError(f"cannot cancel the job: {result.error()}")
 
 
@@ -133,6 +146,12 @@ class LogChunk:
     data: bytes
     size: int  # the log's size when read
     status: str  # the job's status then ("" without a state file)
+    session: bool = False  # its tmux session was running
+
+    @property
+    def more_to_come(self) -> bool:
+        """The job runs, or has no state yet while its tmux session runs."""
+        return self.status == "running" or (self.status == "" and self.session)
 
 
 def read_log(session: Session, job_id: str, offset: int, most: int, timeout: float) -> LogChunk:
@@ -151,4 +170,4 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         size = int(found.get("size", "0"))
     except ValueError as exc:
         raise RemoteCommandError(f"a log chunk that is not hex: {exc}") from exc
-    return LogChunk(data, size, found.get("status", ""))
+    return LogChunk(data, size, found.get("status", ""), found.get("session") == "present")

@@ -195,12 +195,21 @@ def parse_status_output(lines: tuple[str, ...] | list[str]) -> list[JobState]:
     return [jobs[key] for key in sorted(jobs)]
 
 
-def read_status(session: Session, timeout: float, job_ids: tuple[str, ...] = ()) -> list[JobState]:
-    """The host's jobs (only ``job_ids`` when given: the host filters)."""
+DB_UNREADABLE = (
+    "the database could not be read (locked over 3 s, or damaged): jobs recorded only there are "
+    "not listed"
+)
+
+
+def read_status(
+    session: Session, timeout: float, job_ids: tuple[str, ...] = ()
+) -> tuple[list[JobState], tuple[str, ...]]:
+    """The host's jobs (only ``job_ids`` when given: the host filters), and warnings."""
     bad = [job_id for job_id in job_ids if not JOB_ID.match(job_id)]
     if bad:
         raise ValueError(f"not a job id: {bad[0]!r}")
     result = run_step(session, "status", *job_ids, timeout=timeout)
     if result.status != 0:
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
-    return parse_status_output(result.lines)
+    warnings = (DB_UNREADABLE,) if "@dberror" in result.lines else ()
+    return parse_status_output(result.lines), warnings

@@ -178,6 +178,13 @@ def test_cancel_never_signals_a_pid_given_to_another_process(
         code, _, err = sp(capsys, "cancel", lab.a.spec, "job-reused", *connect(lab, trusted))
         assert code == 1 and "is lost: its wrapper is gone; nothing was signalled" in err
         assert other.poll() is None  # still alive: not signalled
+        # a state of an older wrapper (no start ticks) naming that live pid: never signalled
+        (jobs / "job-old.status").write_text(
+            json.dumps({"id": "job-old", "status": "running", "pid": other.pid})
+        )
+        code, _, err = sp(capsys, "cancel", lab.a.spec, "job-old", *connect(lab, trusted))
+        assert code == 1 and "older wrapper" in err and "nothing was signalled" in err
+        assert other.poll() is None
     finally:
         other.kill()
         other.wait()
@@ -221,7 +228,7 @@ def test_a_host_that_kills_tmux_at_logout_is_named_until_linger_is_on(
     dropin.parent.mkdir(parents=True, exist_ok=True)
     linger.parent.mkdir(parents=True, exist_ok=True)
     try:
-        dropin.write_text("[Login]\nKillUserProcesses=yes\n")
+        dropin.write_text("[Login]\n KillUserProcesses = Yes \n")  # as logind reads it
         code, _, err = sp(capsys, "run", lab.a.spec, "--id", "job-l1", *connect(lab, trusted),
                             "--", "true")  # fmt: skip
         assert code == 0
@@ -238,3 +245,84 @@ def test_a_host_that_kills_tmux_at_logout_is_named_until_linger_is_on(
         linger.unlink(missing_ok=True)
         for folder in reversed(made):
             folder.rmdir()
+
+
+def test_two_runs_of_one_id_at_once_one_wins_and_runs_its_own_command(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    scratch = deployed / SERVER / "scratch"
+    procs = [
+        subprocess.Popen(
+            ["sp-deploy", "run", lab.a.spec, "--id", "same-id", *connect(lab, trusted), "--",
+             "sh", "-c", f"echo {who} > {scratch}/ran-{who}", ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for who in ("A", "B")
+    ]  # fmt: skip
+    outcomes = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    winners = [i for i, (code, _, _) in enumerate(outcomes) if code == 0]
+    assert len(winners) == 1, outcomes
+    loser = outcomes[1 - winners[0]]
+    assert loser[0] == 1 and "already used" in loser[2], loser
+    who = "AB"[winners[0]]
+    wait_for(lambda: (scratch / f"ran-{who}").exists())
+    assert not (scratch / f"ran-{'AB'[1 - winners[0]]}").exists()
+
+
+def test_cwd_relative_to_the_home_and_one_that_cannot_be_entered(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "job-rel", "--cwd", f"{SERVER}/scratch",
+                      *connect(lab, trusted), "--", "sh", "-c", "pwd > where")  # fmt: skip
+    assert code == 0, err
+    where = deployed / SERVER / "scratch" / "where"
+    wait_for(where.exists)
+    wait_for(lambda: where.read_text().strip() == str(deployed / SERVER / "scratch"))
+    code, out, err = sp(capsys, "run", lab.a.spec, "--id", "job-nocwd", "--cwd", "/nonexistent",
+                        *connect(lab, trusted), "--", "true")  # fmt: skip
+    assert code == 1 and "cannot enter the folder /nonexistent on the host" in err
+    start = time.monotonic()
+    code, out, err = sp(capsys, "logs", lab.a.spec, "job-nocwd", "-f", *connect(lab, trusted))
+    assert code == 0 and "cannot enter /nonexistent" in out  # and -f did not wait for ever
+    assert time.monotonic() - start < 10
+
+
+def test_a_second_cancel_during_the_stop_waits_for_it(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """The stop is recorded at once; a second cancel must not call the job ended while its
+    tree still runs (here: a job that ignores TERM, killed at the grace)."""
+    (deployed / ".bashrc").write_text("export SOLVERPILOT_KILL_GRACE=3\n")
+    try:
+        deaf = "trap '' TERM; while :; do sleep 0.1; done"
+        code, _, err = sp(capsys, "run", lab.a.spec, "--id", "job-deaf", *connect(lab, trusted),
+                          "--", "sh", "-c", deaf)  # fmt: skip
+        assert code == 0, err
+        first = subprocess.Popen(
+            ["sp-deploy", "cancel", lab.a.spec, "job-deaf", *connect(lab, trusted)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: state(deployed, "job-deaf")["status"] == "failed")
+        start = time.monotonic()
+        code, out, err = sp(capsys, "cancel", lab.a.spec, "job-deaf", *connect(lab, trusted))
+        assert (code, out) == (0, "job-deaf failed exit 143 signal TERM\n"), err
+        assert time.monotonic() - start > 1  # it waited for the KILL at the grace
+        wrapper_pid = int(str(state(deployed, "job-deaf")["pid"]))
+        assert not alive(wrapper_pid)
+        assert first.wait(timeout=30) == 0
+    finally:
+        (deployed / ".bashrc").unlink(missing_ok=True)
+
+
+def test_ids_alike_in_their_first_8_characters_are_told_apart(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "solver01-a", *connect(lab, trusted),
+                      "--", "sleep", "30")  # fmt: skip
+    assert code == 0, err
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "solver01-b", *connect(lab, trusted),
+                      "--", "true")  # fmt: skip
+    assert code == 1
+    assert "tmux session solverpilot_sptest_solver01 runs already" in err
+    assert "same 8 characters" in err

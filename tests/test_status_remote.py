@@ -222,3 +222,23 @@ def test_a_db_row_running_without_a_state_file_is_judged_by_its_lock(
         "db-held": ("running", None),
         "db-free": ("lost", "wrapper gone, lock free"),
     }
+
+
+def test_a_fifo_or_a_link_named_like_a_state_file_is_unreadable_and_never_opened(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    server = home / SERVER
+    write_states(server, {"fine": finished("fine")}, lab.user.pw_uid)
+    os.mkfifo(server / "jobs" / "fifo.status")
+    big = tmp_path / "big"
+    big.write_text("x" * 3_000_000)
+    (server / "jobs" / "link.status").symlink_to(big)
+    (server / "jobs" / "zero.status").symlink_to("/dev/zero")
+    code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    assert code == 0
+    assert {j["id"]: j["status"] for j in jobs} == {
+        "fifo": "unreadable",
+        "link": "unreadable",
+        "zero": "unreadable",
+        "fine": "completed",
+    }

@@ -39,12 +39,15 @@ sp_sha256() {
 }
 
 # sp_logout_kills: true when systemd-logind kills this user's processes at logout (its
-# KillUserProcesses=yes, the last setting read wins) and linger is off for the user
+# KillUserProcesses: logind.conf, then the drop-ins of /usr/lib, /run and /etc, the last
+# setting read wins; any case, spaces around) and linger is off for the user
 # shellcheck disable=SC2329 # not every step needs it
 sp_logout_kills() {
-  sp_k=$(cat /etc/systemd/logind.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null |
-    sed -n 's/^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*//p' | tail -n 1)
-  case $sp_k in yes | true | on | 1) ;; *) return 1 ;; esac
+  sp_k=$(cat /etc/systemd/logind.conf /usr/lib/systemd/logind.conf.d/*.conf \
+    /run/systemd/logind.conf.d/*.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null |
+    sed -n 's/^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*//p' | tail -n 1 |
+    tr -d ' \t\r' | tr '[:upper:]' '[:lower:]')
+  case $sp_k in yes | y | true | t | on | 1) ;; *) return 1 ;; esac
   [ ! -e "/var/lib/systemd/linger/${USER:-$(id -un)}" ]
 }
 

@@ -1,7 +1,8 @@
 # logs.sh JOB_ID OFFSET MAX_BYTES: the job's log (logs/JOB_ID.log, its tmux pane) from byte
 # OFFSET, at most MAX_BYTES of it, as hex (od), so every byte arrives as it was.
 # Answer: size= (the log's size now), status= (the job's state: running, completed, failed, or
-#   empty without a state file), then the bytes as lines of hex pairs.
+#   empty without a state file), session=present while its tmux session runs, then the bytes
+#   as lines of hex pairs.
 # Exit: 0; 10 neither a log nor a state for this job.
 id=$1 offset=$2 max=$3
 log=$sp_server/logs/$id.log state=$sp_server/jobs/$id.status
@@ -11,5 +12,8 @@ status=$(sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p' "$state" 2>/dev/null | head
 size=$(wc -c <"$log" 2>/dev/null | tr -d ' ')
 echo "size=${size:-0}"
 echo "status=$status"
+# without a state yet, the job is on its way while its tmux session runs
+name=$(printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$id" | tr '.:' '__')
+if tmux has-session -t "=$name" 2>/dev/null; then echo session=present; fi
 [ "${size:-0}" -gt "$offset" ] || exit 0
 tail -c +"$((offset + 1))" -- "$log" | head -c "$max" | od -An -v -tx1

@@ -6,8 +6,10 @@
 # Answer: os_id=, os_like=, logout_kills=yes (see lib.sh), then state= (the state file) once
 #   it exists, or rc= and log= lines (the wrapper's last words) when it ended without one.
 # Exit: 0 started (or ended at once with a state); 10 no wrapper; 11 no tmux; 12 the id is
-#   already used (a state file or a tmux session); 13 the wrapper refused (rc= says how);
-#   14 cannot write the run files; 15 no state within WAIT_SECONDS.
+#   already used (a state file, or another run of it starting); 13 the wrapper refused (rc=
+#   says how); 14 cannot write the run files; 15 no state yet after WAIT_SECONDS (the job
+#   is still starting); 16 a tmux session of that name runs (session=): another job whose id
+#   starts with the same 8 characters; 17 the working folder cannot be entered.
 id=$1 wait=$2
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
@@ -19,18 +21,21 @@ sp_logout_kills && echo logout_kills=yes
 name=$(printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$id" | tr '.:' '__')
 jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
-if [ -e "$state" ] || tmux has-session -t "=$name" 2>/dev/null; then exit 12; fi
+[ ! -e "$state" ] || exit 12
+if tmux has-session -t "=$name" 2>/dev/null; then echo "session=$name"; exit 16; fi
 mkdir -p -- "$runs" "$logs" || exit 14
-runs=$(cd -- "$runs" && pwd) || exit 14
+# the id is claimed by creating its run folder: of two runs with one id, one alone goes on
+mkdir -- "$runs/$id" 2>/dev/null || exit 12
+here=$(cd -- "$runs/$id" && pwd) || exit 14
 log=$(cd -- "$logs" && pwd)/$id.log || exit 14
-cat >"$runs/$id.args" <<'SP_PAYLOAD' || exit 14
+cat >"$here/args" <<'SP_PAYLOAD' || exit 14
 SP_PAYLOAD
-rm -f -- "$runs/$id.go" "$runs/$id.rc"
-# the launcher: tmux starts it; it waits for the pipe to the log, decodes the arguments, runs
-# the wrapper and notes its exit status
-cat >"$runs/$id.launch" <<'EOF' || exit 14
+# the launcher: tmux starts it in the run folder; it waits for the pipe to the log, decodes the
+# arguments, runs the wrapper, notes how it ended when the wrapper wrote no state, and removes
+# the run folder once it is no longer needed
+cat >"$here/launch" <<'EOF' || exit 14
 id=$1 n=0
-while [ ! -e "$id.go" ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+while [ ! -e go ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 set --
 first=1
 while IFS= read -r line; do
@@ -38,27 +43,31 @@ while IFS= read -r line; do
   arg=$(printf "$line"; echo x)
   arg=${arg%x}
   if [ -n "$first" ]; then cwd=$arg first=''; else set -- "$@" "$arg"; fi
-done <"$id.args"
-rm -f -- "$id.args" "$id.go" "$id.launch"
-run=$PWD
+done <args
+here=$PWD
+rm -f -- args go launch
 # the server folder this run step used, whatever the tmux server's environment says
-SOLVERPILOT_SERVER_DIR=${run%/run}
+SOLVERPILOT_SERVER_DIR=${here%/run/*}
 export SOLVERPILOT_SERVER_DIR
-if ! cd -- "${cwd:-$HOME}"; then
-  echo "sp-deploy run: cannot enter ${cwd:-$HOME}"
-  echo 1 >"$run/$id.rc"
+case $cwd in /*) ;; *) cwd=$HOME/$cwd ;; esac # relative to the home, as --cwd says
+if ! cd -- "$cwd"; then
+  echo "sp-deploy run: cannot enter $cwd"
+  echo cwd >"$here/rc"
   exit 1
 fi
 "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@"
 rc=$?
 # the run step reads this only when the wrapper wrote no state (it refused the job)
-[ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ] || echo "$rc" >"$run/$id.rc"
+if [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ]; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
 EOF
 # 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open
-tmux new-session -d -s "$name" -c "$runs" "/bin/sh ./$id.launch $id" 3>&- || exit 14
+if ! tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id" 3>&-; then
+  rm -rf -- "$here"
+  exit 14
+fi
 quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
-: >"$runs/$id.go"
+: >"$here/go"
 end=$(($(date +%s) + wait))
 while :; do
   if [ -f "$state" ]; then
@@ -66,10 +75,12 @@ while :; do
     cat -- "$state"
     exit 0
   fi
-  if [ -f "$runs/$id.rc" ]; then
-    echo "rc=$(cat -- "$runs/$id.rc")"
-    rm -f -- "$runs/$id.rc"
+  if [ -f "$here/rc" ]; then
+    rc=$(cat -- "$here/rc")
+    rm -rf -- "$here"
+    echo "rc=$rc"
     tail -n 5 -- "$log" 2>/dev/null | sed 's/^/log=/'
+    [ "$rc" != cwd ] || exit 17
     exit 13
   fi
   [ "$(date +%s)" -lt "$end" ] || exit 15

@@ -1,13 +1,13 @@
 # status.sh [JOB_ID...]: the jobs' state files with what tells "running" from "lost", and the
 # DB rows; only the named jobs when some are named. A constant number of processes, however
-# many jobs: ls and sed (twice each), find, awk, sqlite3, tmux.
+# many jobs: find (twice), ls, sed (three times), awk, sqlite3, tmux.
 # Answer: "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME" per tmux session;
 #   "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
 #   starting now is not refused); per state file "@job ID ALIVE TICKS" (ALIVE yes|no for the pid
 #   it names, TICKS that process's start in clock ticks since boot, or -; ID with anything
 #   outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind "|" ("@big" instead
-#   when over 64 KiB); then "@db" and one tab-separated row per job (id, status, exit code,
-#   started_at, completed_at).
+#   when over 64 KiB or not a regular file); then "@db" and one tab-separated row per job (id,
+#   status, exit code, started_at, completed_at), "@dberror" when the DB could not be read.
 dir=$sp_server
 boot=''
 { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null
@@ -16,24 +16,25 @@ if command -v tmux >/dev/null 2>&1; then
   echo @tmux
   tmux list-sessions -F '@session #{session_name}' 2>/dev/null
 fi
-# find -size counts 512-byte blocks: more than 128 is more than 64 KiB
-big=$(find "$dir/jobs" -name '*.status' -size +128 2>/dev/null)
+# R: the state files read (regular, at most 64 KiB: find -size counts 512-byte blocks), J: every
+# entry named *.status (a fifo, a link or a huge file among them is shown as @big, never opened)
 # shellcheck disable=SC2012 # ls, not find: inode numbers portably; a name with a newline in it
 # splits into lines awk ignores, and no job id has one
 {
+  (cd -- "$dir/jobs" 2>/dev/null && find . -type f -name '*.status' ! -size +128) | sed 's/^/R /'
   ls -i "$dir/locks" 2>/dev/null | sed 's/^ */L /'
-  ls "$dir/jobs" 2>/dev/null | sed 's/^/J /'
-} | awk -v dir="$dir/jobs" -v want="$*" -v big="$big" '
+  (cd -- "$dir/jobs" 2>/dev/null && find . -name '*.status') | sed 's/^/J /'
+} | awk -v dir="$dir/jobs" -v want="$*" '
 function safe(s) { gsub(/[^A-Za-z0-9._-]/, "?", s); return s }
 BEGIN {
   n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1
-  n = split(big, b, "\n"); for (i = 1; i <= n; i++) isbig[b[i]] = 1
   while ((getline line < "/proc/locks") > 0) {
     split(line, f, " ") # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE ..." ("N: -> ..." waits)
     if (f[2] != "->") { k = split(f[6], dev, ":"); held[dev[k]] = 1 }
   }
   close("/proc/locks")
 }
+/^R / { readable[substr($0, 3)] = 1; next }
 /^L / {
   ino = $2; name = substr($0, length($1) + length($2) + 3)
   if (name ~ /\.lock$/ && (ino in held)) {
@@ -43,12 +44,13 @@ BEGIN {
   next
 }
 /^J / {
-  name = substr($0, 3)
-  if (name !~ /\.status$/) next
+  name = substr($0, 5) # after "J ./"
+  if (substr($0, 3, 2) != "./" || index(name, "/")) next # not in a folder below
+  big = !(("./" name) in readable)
   id = substr(name, 1, length(name) - 7)
   if (want != "" && !(id in wanted)) next
   file = dir "/" name; text = ""; pid = ""; lines = 0
-  if (!(file in isbig)) {
+  if (!big) {
     while ((r = (getline line < file)) > 0) {
       text = text "|" line "\n"; lines++
       if (pid == "" && match(line, /"pid": *[0-9]+/)) {
@@ -65,15 +67,16 @@ BEGIN {
   }
   if (pid != "") close("/proc/" pid "/stat")
   print "@job " safe(id) " " alive " " ticks
-  if (file in isbig) print "@big"; else printf "%s", text
+  if (big) print "@big"; else printf "%s", text
 }'
 if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then
   echo '@db'
   where=''
   for id in "$@"; do where="$where${where:+,}'$id'"; done # plain words: no quote in them
-  sqlite3 -init /dev/null "$dir/server.db" "SELECT replace(replace(id, char(10), '?'), char(9), '?')
+  # a writer holds the DB at most a few seconds: wait for it, and say when it could not be read
+  sqlite3 -init /dev/null -cmd '.timeout 3000' "$dir/server.db" "SELECT replace(replace(id, char(10), '?'), char(9), '?')
     || char(9) || ifnull(status, '') || char(9) || ifnull(exit_code, '') || char(9) ||
     ifnull(started_at, '') || char(9) || ifnull(completed_at, '') FROM jobs
-    ${where:+WHERE id IN ($where)}" 2>/dev/null
+    ${where:+WHERE id IN ($where)}" 2>/dev/null || echo '@dberror'
 fi
 exit 0
