@@ -326,3 +326,16 @@ def test_ids_alike_in_their_first_8_characters_are_told_apart(
     assert code == 1
     assert "tmux session solverpilot_sptest_solver01 runs already" in err
     assert "same 8 characters" in err
+
+
+def test_a_job_the_wrapper_refuses_is_an_error_with_its_words(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """A folder where the job's lock file goes: the wrapper exits 73 and says why."""
+    locks = deployed / SERVER / "locks"
+    (locks / "job-refused.lock").mkdir(parents=True)
+    code, out, err = sp(capsys, "run", lab.a.spec, "--id", "job-refused", *connect(lab, trusted),
+                        "--", "true")  # fmt: skip
+    assert (code, out) == (1, "")
+    assert "the wrapper refused the job (exit 73): job_wrapper: lock file" in err
+    assert "is not a regular file" in err
