@@ -102,12 +102,13 @@ path_without_sqlite() {
   mkdir -p "$dir"
   local IFS=:
   for f in $WRAPPER_PATH; do
-    [[ -d $root$f ]] || continue
-    for f in "$root$f"/*; do
-      [[ ${f##*/} == sqlite3 || -e $dir/${f##*/} ]] && continue
-      if [[ -n $root ]]; then ln -s "${f#"$root"}" "$dir/${f##*/}"; else ln -s "$(readlink -f "$f")" "$dir/${f##*/}"; fi
-    done
+    set -- "$root$f"/*
+    [[ -e $1 ]] || continue
+    # one ln per folder (a fork per tool took 20 s); an earlier folder's tool is kept, as PATH
+    # would find it; in a chroot the links name the root's own paths
+    ln -s -- "${@#"$root"}" "$dir"/ 2>/dev/null
   done
+  rm -f -- "$dir/sqlite3"
   printf '%s' "$dir"
 }
 
