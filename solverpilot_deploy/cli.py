@@ -258,7 +258,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     (job_id,) = _job_ids([args.job_id])
     done = _on_host(
         args,
-        lambda session, end: cancel_job(session, job_id, int(args.wait), remaining(end)),
+        # the stop may take --wait seconds on top of the usual deadline
+        lambda session, end: cancel_job(
+            session, job_id, int(args.wait), remaining(end) + int(args.wait)
+        ),
     )
     if args.json:
         print(json.dumps({"state": done.state, "already_ended": done.was is not None}))
