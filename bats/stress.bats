@@ -118,14 +118,17 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
 
 @test "a stream of signals from the very start: a recorded stop, or nothing written and nothing run" {
   export SOLVERPILOT_KILL_GRACE=1
-  local i pid rc runs=$(((RUNS + 4) / 5)) crashed=0
+  local i pid rc deadline runs=$(((RUNS + 4) / 5)) crashed=0
   mkdir -p "$WORK/ran"
   for ((i = 0; i < runs; i++)); do
     "${WRAPPER_CMD[@]}" "flood-$i" sh -c ': >"$0"; exec sleep 6' "$WORK/ran/flood-$i" \
       </dev/null >/dev/null 2>>"$WORK/stderr" 3>&- &
     pid=$!
     random_delay 30
-    while kill -HUP "$pid" 2>/dev/null; do :; done
+    # until it has ended: kill alone succeeds on a zombie this shell has not reaped yet, which
+    # once kept this loop going for hours
+    deadline=$((SECONDS + 30))
+    while alive "$pid" && kill -HUP "$pid" 2>/dev/null && ((SECONDS < deadline)); do :; done
     rc=0
     wait "$pid" || rc=$?
     if ((rc == 139)) && [[ ! -e $SERVER/jobs/flood-$i.status && ! -e $WORK/ran/flood-$i ]]; then
