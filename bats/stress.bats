@@ -23,9 +23,9 @@ teardown() {
 STOP_SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
 
 # random_delay MAX_MS: sleep a random 0..MAX_MS milliseconds, counted from the wrapper's start.
-# In a chroot, the sh, chroot and env that start it cost more (measured here: 5 ms median on a
-# quiet machine, 9 ms median and 13 ms at the 90th percentile with both cores kept busy): 15 ms
-# more keeps the signals aimed at the start from landing before it.
+# In a chroot, the sh, chroot and env that start it cost more (measured here: 5 ms median, and
+# 9 ms median, 13 ms at the 90th percentile, with two more spinning processes): 15 ms more
+# keeps the signals aimed at the start from landing before it.
 random_delay() {
   local ms=$((${SP_ROOT:+15} + RANDOM % ($1 + 1)))
   sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
