@@ -22,10 +22,14 @@ name=$(printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$id" | tr '.:' '__')
 jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
 [ ! -e "$state" ] || exit 12
-if tmux has-session -t "=$name" 2>/dev/null; then echo "session=$name"; exit 16; fi
 mkdir -p -- "$runs" "$logs" || exit 14
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
+sp_tmpdir=$runs/$id # removed at exit until the tmux session owns it
+if tmux has-session -t "=$name" 2>/dev/null; then
+  echo "session=$name"
+  exit 16
+fi
 here=$(cd -- "$runs/$id" && pwd) || exit 14
 log=$(cd -- "$logs" && pwd)/$id.log || exit 14
 cat >"$here/args" <<'SP_PAYLOAD' || exit 14
@@ -61,10 +65,8 @@ rc=$?
 if [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ]; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
 EOF
 # 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open
-if ! tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id" 3>&-; then
-  rm -rf -- "$here"
-  exit 14
-fi
+tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id" 3>&- || exit 14
+sp_tmpdir='' # the launcher removes it now
 quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 : >"$here/go"
