@@ -112,10 +112,9 @@ def job_from_state(
     except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         state = None
     status = state.get("status") if isinstance(state, dict) else None
-    if not isinstance(state, dict) or not JOB_ID.match(job_id) or not status:
+    if not isinstance(status, str) or not status or not JOB_ID.match(job_id):
         return JobState(job_id, "unreadable")
-    if not isinstance(status, str):
-        return JobState(job_id, "unreadable")
+    assert isinstance(state, dict)
     reason = None
     if status == "running":
         reason = lost_reason(state, job_id in view.held, alive, ticks, view.boot_id)

@@ -51,6 +51,12 @@ sp_logout_kills() {
   [ ! -e "/var/lib/systemd/linger/${USER:-$(id -un)}" ]
 }
 
+# sp_session_name ID: the tmux session `run` gives job ID (tmux turns "." and ":" into "_")
+# shellcheck disable=SC2329 # not every step needs it
+sp_session_name() {
+  printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$1" | tr '.:' '__'
+}
+
 # the step: end.sh closes this function and runs it
 sp_main() {
 trap sp_exit EXIT

@@ -13,7 +13,7 @@ size=$(wc -c <"$log" 2>/dev/null | tr -d ' ')
 echo "size=${size:-0}"
 echo "status=$status"
 # without a state yet, the job is on its way while its tmux session runs
-name=$(printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$id" | tr '.:' '__')
+name=$(sp_session_name "$id")
 if tmux has-session -t "=$name" 2>/dev/null; then echo session=present; fi
 [ "${size:-0}" -gt "$offset" ] || exit 0
 tail -c +"$((offset + 1))" -- "$log" | head -c "$max" | od -An -v -tx1

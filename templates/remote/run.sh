@@ -18,7 +18,7 @@ wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
 [ -x "$wrapper" ] || exit 10
 command -v tmux >/dev/null 2>&1 || exit 11
 sp_logout_kills && echo logout_kills=yes
-name=$(printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$id" | tr '.:' '__')
+name=$(sp_session_name "$id")
 jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
 [ ! -e "$state" ] || exit 12
