@@ -104,8 +104,8 @@ signal_stops_tree() {
   kill -HUP "$WPID"
   alive "$WPID" || fail "the wrapper died of the second signal"
   release_db_lock
-  # bounded: under bash 4.4 a second INT here once left the wrapper re-raising INT to itself
-  # at 100% CPU (its wait_sigint_handler restoring itself); fail, never hang the suite
+  # bounded: under bash 4.4 a second INT here left the wrapper re-raising INT to itself at
+  # 100% CPU (bash's `wait` SIGINT handler kept after a trap); fail, never hang the suite
   poll_until 30 not_alive "$WPID" || fail "the wrapper did not exit after its final write"
   wait_rc "$WPID"
   assert_equal "$RC" 143

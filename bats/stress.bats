@@ -142,3 +142,33 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
   ((crashed <= 1 + runs / 50)) || fail "bash crashed in $crashed of $runs runs"
   run -1 grep -E -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"
 }
+
+@test "signal bursts while a stop's writes wait for the database: the wrapper always exits, the stop stands" {
+  # bash 4.4 and 4.2 keep the SIGINT handler of a `wait` that a trap cut short; an INT between
+  # two of the stop's commands then re-raised itself forever (3 runs in 10 here before the fix)
+  local i k release runs=$(((RUNS + 2) / 3)) job
+  for ((i = 0; i < runs; i++)); do
+    # half the jobs die of the TERM at once, half hold out a while (the stop then polls them)
+    job='exec sleep 100'
+    ((i % 2)) || job='trap "" HUP INT QUIT TERM USR1 USR2 ALRM; sleep 0.4'
+    start_wrapper "burst-$i" sh -c "$job"
+    poll_until 10 file_has "$SERVER/jobs/burst-$i.status" running || fail "run $i did not start"
+    hold_db_lock
+    kill -TERM "$WPID"
+    poll_until 10 file_has "$SERVER/jobs/burst-$i.status" failed || fail "run $i: no stop record"
+    release=$((RANDOM % 8))
+    for ((k = 0; k < 8; k++)); do
+      ((k != release)) || release_db_lock
+      kill -INT "$WPID" 2>/dev/null || true # INT is the signal bash handles apart
+      random_delay 30
+      kill -s "${STOP_SIGNALS[RANDOM % ${#STOP_SIGNALS[@]}]}" "$WPID" 2>/dev/null || true
+      random_delay 30
+    done
+    poll_until 20 not_alive "$WPID" || fail "run $i: the wrapper did not exit"
+    wait_rc "$WPID"
+    assert_equal "$RC" 143
+    assert_equal "$(db_row "burst-$i")" 'failed|143|1'
+    assert_equal "$(state_field "burst-$i" signal)" '"TERM"'
+    assert_equal "$(cat "$WORK/burst-$i.err")" ''
+  done
+}

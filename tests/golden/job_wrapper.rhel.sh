@@ -102,6 +102,11 @@ signum() { # signum NAME: SIGNUM becomes its number on Linux (x86, ARM, POWER, s
     USR2) SIGNUM=12 ;; ALRM) SIGNUM=14 ;; TERM) SIGNUM=15 ;; *) SIGNUM=0 ;;
   esac
 }
+rearm_int() { # bash < 5.0 keeps the SIGINT handler of a `wait` that a trap cut short, and the
+  # next foreground command makes it stick: an INT between two commands then re-raises itself
+  # forever. Setting the INT trap again puts the trap's own handler back.
+  trap 'on_signal INT' INT
+}
 grace_left() { ((TICKS-- > 0 && SECONDS <= STOP_END)); } # counted and by the wall clock
 forward_seen() { # each stop signal not yet forwarded to the job's process group, in order; to
   # its pid (and again to the group at the next poll) while it has none yet, just after the fork
@@ -157,6 +162,7 @@ stop_job() { # the signals go to the job and the stop is recorded at once (the D
   # most 1 s for a lock here: the final write waits longer); then the job's answer, TERM to
   # the rest of the group, KILL when the grace runs out; then exit
   TICKS=$((10#$GRACE * 10)) STOP_END=$((SECONDS + 10#$GRACE)) # the grace starts now
+  rearm_int
   quiet
   forward_seen
   signum "$SIGNAL"
@@ -274,9 +280,11 @@ main() {
   trap '' PIPE # from here on, a stderr whose reader has gone cannot end the wrapper
   wait "$CHILD" 2>/dev/null # bash's own "Killed" line would add to the job's stderr
   rc=$?
+  rearm_int
   while [[ -n $LATE ]]; do # a signal came after the job ended: keep its own status
     wait "$CHILD" 2>/dev/null
     rc=$?
+    rearm_int
     # bash loses the status of a child it reaps just as a trap interrupts its wait (it still
     # lists the job then): the signal's stop is the record
     if jobs %1 >/dev/null 2>&1; then
