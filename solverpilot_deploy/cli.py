@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
     from threading import Event
 
     from solverpilot_deploy.deploy import HostResult
-    from solverpilot_deploy.fleet import Operation
-    from solverpilot_deploy.ssh import ConnectOptions, Session
+    from solverpilot_deploy.fleet import FleetRun, Operation
+    from solverpilot_deploy.inventory import HostTarget
+    from solverpilot_deploy.ssh import ConnectOptions
+    from solverpilot_deploy.transport import Session
 
 T = TypeVar("T")
 
@@ -74,17 +77,36 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def _connect_options(args: argparse.Namespace) -> ConnectOptions:
-    from solverpilot_deploy.ssh import ConnectOptions
+    from solverpilot_deploy.ssh import TRANSPORTS, ConnectOptions
 
+    if args.transport not in TRANSPORTS:  # from $SP_DEPLOY_TRANSPORT, which argparse trusts
+        raise UsageError(f"no such transport: {args.transport!r} (use {', '.join(TRANSPORTS)})")
     return ConnectOptions(
         config_file=args.config_file,
         identity=args.identity,
         login=args.login,
         port=args.port,
-        known_hosts=Path(args.known_hosts).expanduser(),
+        known_hosts=Path(args.known_hosts).expanduser() if args.known_hosts else None,
         accept_new=getattr(args, "accept_new", False),
         timeout=args.timeout,
+        transport=args.transport,
     )
+
+
+def _targets(args: argparse.Namespace, names: Sequence[str]) -> list[HostTarget]:
+    """The hosts ``names`` stand for: inventory names with --inventory, else host specs.
+    Every name is checked before any connection."""
+    from solverpilot_deploy.inventory import HostTarget, inventory_targets
+    from solverpilot_deploy.ssh import parse_spec
+
+    options = _connect_options(args)
+    if args.inventory:
+        return inventory_targets(args.inventory, names, options)
+    if not names:
+        raise UsageError("no HOST given (name hosts, or groups with --inventory FILE)")
+    for name in names:
+        parse_spec(name)
+    return [HostTarget(name, name, options) for name in names]
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -97,12 +119,7 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -> int:
     import json
 
-    from solverpilot_deploy.fleet import run_fleet
-    from solverpilot_deploy.ssh import parse_spec
-
-    for host in args.hosts:
-        parse_spec(host)  # a malformed HOST is a usage error before any connection
-
+    targets = _targets(args, args.hosts)
     progress = sys.stderr.isatty() and not args.json
 
     def on_done(result: HostResult) -> None:
@@ -112,13 +129,9 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
             print(f"  {result.host}: {result.status}", file=sys.stderr)
 
     try:
-        fleet = run_fleet(args.hosts, _connect_options(args), operation, args.jobs, on_done)
+        fleet = _fleet_with_canary(args, targets, operation, frozenset(good), on_done)
     except KeyboardInterrupt:  # before the fleet could take it: no host was touched
-        from solverpilot_deploy.deploy import HostResult
-        from solverpilot_deploy.fleet import FleetRun
-
-        skipped = "interrupted before any change"
-        fleet = FleetRun([HostResult(h, "skipped", error=skipped) for h in args.hosts], True)
+        fleet = _all_skipped(targets, "interrupted before any change", True)
     results = fleet.results
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
@@ -133,6 +146,44 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
         print("sp-deploy: interrupted", file=sys.stderr)
         return 130
     return 0 if all(r.status in good for r in results) else 1
+
+
+def _all_skipped(targets: Sequence[HostTarget], why: str, interrupted: bool = False) -> FleetRun:
+    from solverpilot_deploy.deploy import HostResult
+    from solverpilot_deploy.fleet import FleetRun
+
+    return FleetRun([HostResult(t.name, "skipped", error=why) for t in targets], interrupted)
+
+
+def _fleet_with_canary(
+    args: argparse.Namespace,
+    targets: Sequence[HostTarget],
+    operation: Operation,
+    good: frozenset[str],
+    on_done: Callable[[HostResult], None],
+) -> FleetRun:
+    """The fleet run; with --canary K, the first K hosts alone first, the rest only if all
+    of those succeeded."""
+    from solverpilot_deploy.fleet import FleetRun, run_fleet
+
+    def fleet(part: Sequence[HostTarget], max_fail: int | None) -> FleetRun:
+        return run_fleet(part, operation, args.jobs, on_done, good, max_fail)
+
+    canary = min(args.canary or 0, len(targets))
+    if not canary:
+        return fleet(targets, args.max_fail)
+    first = fleet(targets[:canary], None)
+    failed = sum(r.status not in good for r in first.results)
+    if first.interrupted or failed:
+        why = (
+            "interrupted before any change"
+            if first.interrupted
+            else (f"not started: {failed} of the {canary} canary hosts did not succeed")
+        )
+        rest = _all_skipped(targets[canary:], why)
+    else:
+        rest = fleet(targets[canary:], args.max_fail)
+    return FleetRun(first.results + rest.results, first.interrupted or rest.interrupted)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -164,13 +215,17 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T
     its error. A malformed HOST is a usage error before any connection."""
     import time
 
-    from solverpilot_deploy.ssh import connect, parse_spec
+    from solverpilot_deploy.transport import connect
 
-    options = _connect_options(args)
-    deadline = time.monotonic() + options.timeout
-    parse_spec(args.host)
+    targets = _targets(args, [args.host])
+    if len(targets) != 1:
+        raise UsageError(f"{args.host} names {len(targets)} hosts of {args.inventory}; name one")
+    (target,) = targets
+    deadline = time.monotonic() + target.options.timeout
     try:
-        with connect(args.host, options, deadline) as session:
+        with connect(target.spec, target.options, deadline) as session:
+            for warning in session.warnings:
+                print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
             return work(session, deadline)
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
@@ -334,9 +389,21 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
     )
     group.add_argument(
         "--known-hosts",
-        default="~/.ssh/known_hosts",
         metavar="FILE",
-        help="known_hosts file (default ~/.ssh/known_hosts)",
+        help="known_hosts file (default: paramiko ~/.ssh/known_hosts, openssh as configured)",
+    )
+    group.add_argument(
+        "--transport",
+        choices=("paramiko", "openssh", "auto"),
+        default=os.environ.get("SP_DEPLOY_TRANSPORT") or "paramiko",
+        help="paramiko (default, or $SP_DEPLOY_TRANSPORT); openssh: the system ssh "
+        "(ControlMaster, ProxyCommand, 2FA prompts, certificates, FIDO keys); auto: openssh "
+        "where the ssh config needs it",
+    )
+    group.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="an Ansible inventory; HOST names its hosts or groups (needs ansible-core)",
     )
     if accept_new:
         group.add_argument(
@@ -352,6 +419,24 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
         help="deadline per host (default 60)",
     )
     parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
+
+
+def _add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
+    )
+    parser.add_argument(
+        "--max-fail",
+        type=_positive(int, 1 << 20),
+        metavar="N",
+        help="start no new host once N hosts have failed (those are reported skipped)",
+    )
+    parser.add_argument(
+        "--canary",
+        type=_positive(int, 1 << 20),
+        metavar="K",
+        help="the first K hosts alone first; the rest only if all of them succeed",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,22 +471,23 @@ def build_parser() -> argparse.ArgumentParser:
     lint.set_defaults(func=cmd_lint)
 
     push = sub.add_parser("push", help="deploy the wrapper to hosts over SSH")
-    push.add_argument("hosts", nargs="+", metavar="HOST", help="ssh alias or [user@]host[:port]")
+    push.add_argument(
+        "hosts",
+        nargs="*",
+        metavar="HOST",
+        help="ssh alias or [user@]host[:port]; with --inventory, hosts or groups (default all)",
+    )
     push.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
     push.add_argument("--dry-run", action="store_true", help="connect and probe, change nothing")
     push.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
-    push.add_argument(
-        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
-    )
+    _add_fleet_options(push)
     _add_ssh_options(push)
     push.set_defaults(func=cmd_push, more_positionals="hosts")
 
     verify = sub.add_parser("verify", help="compare each host's wrapper with the render")
-    verify.add_argument("hosts", nargs="+", metavar="HOST")
+    verify.add_argument("hosts", nargs="*", metavar="HOST")
     verify.add_argument("--distro", default="auto", metavar="NAME", help="profile (default auto)")
-    verify.add_argument(
-        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
-    )
+    _add_fleet_options(verify)
     _add_ssh_options(verify)
     verify.set_defaults(func=cmd_verify, more_positionals="hosts")
 
@@ -463,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, dest, [*getattr(args, dest), *extra])
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if dest == "hosts" and not args.hosts and not args.inventory:
+            parser.error("the following arguments are required: HOST (or --inventory FILE)")
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DeployError as exc:

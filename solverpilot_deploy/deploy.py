@@ -28,7 +28,8 @@ from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql
-from solverpilot_deploy.ssh import Session, remaining
+from solverpilot_deploy.ssh import remaining
+from solverpilot_deploy.transport import Session
 
 WRAPPER_DIR = ".solverpilot/bin"  # relative to the remote home
 WRAPPER_PATH = f"{WRAPPER_DIR}/job_wrapper.sh"

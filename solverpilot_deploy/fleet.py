@@ -4,11 +4,13 @@ One failing host never stops the others: every failure becomes that host's HostR
 Ctrl-C stops the fleet in order: hosts not started are "skipped" and never touched; hosts in
 flight start no new step (a host not yet changed is "skipped", one whose wrapper was
 installed is "deployed" with a warning); a second Ctrl-C aborts their connections, and the
-remote install step then leaves the old wrapper in place.
+remote install step then leaves the old wrapper in place. ``max_fail`` stops the starting of
+new hosts once that many have failed (those are "skipped"); hosts in flight finish.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 
 from solverpilot_deploy.deploy import HostResult
 from solverpilot_deploy.errors import DeployError, HostTimeoutError, StepInterrupted
-from solverpilot_deploy.ssh import ConnectOptions, Session, connect
+from solverpilot_deploy.inventory import HostTarget
+from solverpilot_deploy.transport import Session, connect
 
 # operation(session, host, deadline, stop) -> HostResult
 Operation = Callable[[Session, str, float, threading.Event], HostResult]
@@ -38,9 +41,22 @@ class FleetRun:
 
 @dataclass
 class _Shared:
+    good: frozenset[str] = frozenset()  # the statuses that are not failures
+    max_fail: int | None = None
+    failed: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     sessions: set[Session] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, result: HostResult) -> HostResult:
+        if result.status not in self.good and result.status != "skipped":
+            with self.lock:
+                self.failed += 1
+        return result
+
+    def too_many_failed(self) -> bool:
+        with self.lock:
+            return self.max_fail is not None and self.failed >= self.max_fail
 
     def abort_all(self) -> None:
         with self.lock:
@@ -48,12 +64,20 @@ class _Shared:
                 session.abort()
 
 
-def run_on_host(
-    host: str, options: ConnectOptions, operation: Operation, shared: _Shared
-) -> HostResult:
+def run_on_host(target: HostTarget, operation: Operation, shared: _Shared) -> HostResult:
     """Connect, run ``operation``, and turn any failure into a failed HostResult."""
+    host = target.name
     if shared.stop.is_set():
         return HostResult(host, "skipped", error="interrupted before any change")
+    if shared.too_many_failed():
+        return HostResult(
+            host, "skipped", error=f"not started: {shared.failed} hosts failed (--max-fail)"
+        )
+    return shared.count(_connect_and_run(target, operation, shared))
+
+
+def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) -> HostResult:
+    host, options = target.name, target.options
     deadline = time.monotonic() + options.timeout
     holder: list[Session] = []
 
@@ -65,13 +89,14 @@ def run_on_host(
     timer.daemon = True
     timer.start()
     try:
-        with connect(host, options, deadline) as session:
+        with connect(target.spec, options, deadline) as session:
             holder.append(session)
             with shared.lock:
                 shared.sessions.add(session)
             if time.monotonic() >= deadline:
                 session.abort()
-            return operation(session, host, deadline, shared.stop)
+            result = operation(session, host, deadline, shared.stop)
+            return dataclasses.replace(result, warnings=(*session.warnings, *result.warnings))
     except StepInterrupted as exc:
         return HostResult(host, "skipped", error=str(exc))
     except Exception as exc:
@@ -83,7 +108,8 @@ def run_on_host(
             message = str(exc)
         else:
             message = f"error: {type(exc).__name__}: {exc}"
-        return HostResult(host, "failed", error=one_line(message))
+        said = tuple(holder[0].warnings) if holder else ()
+        return HostResult(host, "failed", error=one_line(message), warnings=said)
     finally:
         timer.cancel()
         with shared.lock:
@@ -92,14 +118,17 @@ def run_on_host(
 
 
 def run_fleet(
-    hosts: Sequence[str],
-    options: ConnectOptions,
+    targets: Sequence[HostTarget],
     operation: Operation,
     jobs: int,
     on_done: Callable[[HostResult], None] | None = None,
+    good: frozenset[str] = frozenset(),
+    max_fail: int | None = None,
 ) -> FleetRun:
-    """``operation`` on every host, at most ``jobs`` at once; Ctrl-C as the module says."""
-    shared = _Shared()
+    """``operation`` on every host, at most ``jobs`` at once; Ctrl-C and ``max_fail`` as the
+    module says (a status outside ``good`` is a failure)."""
+    shared = _Shared(good, max_fail)
+    hosts = [target.name for target in targets]
 
     def outcome(index: int, future: Future[HostResult]) -> HostResult:
         if future.cancelled():
@@ -115,8 +144,8 @@ def run_fleet(
     interrupts = 0
     try:
         try:
-            for index, host in enumerate(hosts):
-                future = pool.submit(run_on_host, host, options, operation, shared)
+            for index, target in enumerate(targets):
+                future = pool.submit(run_on_host, target, operation, shared)
                 future.add_done_callback(functools.partial(report, index))
                 futures.append(future)
         except KeyboardInterrupt:  # before every host was queued: the rest are skipped

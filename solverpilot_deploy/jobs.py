@@ -16,8 +16,8 @@ from typing import Any
 from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
 from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError
 from solverpilot_deploy.remote import run_step
-from solverpilot_deploy.ssh import Session
 from solverpilot_deploy.status import JOB_ID
+from solverpilot_deploy.transport import Session
 
 STATE_WAIT = 30  # seconds the run step waits for the wrapper's first state
 

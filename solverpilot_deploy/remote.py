@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.resources import templates_dir
-from solverpilot_deploy.ssh import Session
+from solverpilot_deploy.transport import Session
 
 PAYLOAD_END = "SP_PAYLOAD\n"
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/:,+-][A-Za-z0-9._/:=,+-]*$")

@@ -19,7 +19,7 @@ from typing import Any
 
 from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.remote import run_step
-from solverpilot_deploy.ssh import Session
+from solverpilot_deploy.transport import Session
 
 JOB_KEYS = (
     "id",

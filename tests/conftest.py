@@ -38,6 +38,27 @@ def profile_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+# ---- both transports ----
+
+TRANSPORTS = ("paramiko", "openssh")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses ``transport`` runs once per transport, or only for those its
+    ``transports`` mark names (what only one of them can do)."""
+    if "transport" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("transports")
+        metafunc.parametrize("transport", marker.args if marker else TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The transport every sp-deploy command of the test uses (through its environment)."""
+    name: str = request.param
+    monkeypatch.setenv("SP_DEPLOY_TRANSPORT", name)
+    return name
+
+
 # ---- real sshd servers (see sshlab.py) ----
 
 

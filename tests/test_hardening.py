@@ -138,12 +138,15 @@ def kh(trusted: Path, slow_host: SlowHost) -> Path:
 
 
 def sp_deploy(*args: str) -> subprocess.Popen[str]:
-    """sp-deploy as its own process (for real signals), output piped."""
+    """sp-deploy as its own process (for real signals), output piped. SIGINT is reset to its
+    default, as a terminal gives it: a test run started in the background of a script inherits
+    it ignored, and Python then never raises KeyboardInterrupt."""
     return subprocess.Popen(
         [sys.executable, "-m", "solverpilot_deploy", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -1,0 +1,67 @@
+"""One interface to a host, whichever client makes the connection.
+
+A Session runs one command line with stdin and returns (exit status, stdout, stderr); the
+remote steps need nothing else (an upload is a step whose payload rides on stdin). Each
+transport classifies its own failures into the shared error kinds of errors.py, so commands
+never know which transport they use:
+
+- paramiko (the default): the connection is made in this process, from the ssh config as
+  ``ssh -G`` resolves it; key and agent authentication, ProxyJump.
+- openssh: the system ``ssh``, so everything the user's ssh does applies (ProxyCommand,
+  ControlMaster, certificates, FIDO keys, GSSAPI, 2FA prompts on a terminal).
+- auto: openssh for a host whose resolved config uses what paramiko cannot do, else paramiko.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from solverpilot_deploy.ssh import ConnectOptions, paramiko_cannot, ssh_config
+
+
+class Session(ABC):
+    """One live connection to a host; ``abort`` ends it from another thread."""
+
+    def __init__(self) -> None:
+        self.aborted = threading.Event()
+        self.warnings: list[str] = []  # about the connection itself, reported with the host
+
+    @abstractmethod
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
+        """Run ``command`` on the host; returns (exit status, stdout, stderr)."""
+
+    def abort(self) -> None:
+        self.aborted.set()
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None:
+        """End the connection; calling it again does nothing."""
+
+
+@contextmanager
+def connect(spec: str, options: ConnectOptions, deadline: float) -> Iterator[Session]:
+    """A Session to ``spec`` by the transport ``options`` names; closed on exit."""
+    values = None
+    transport = options.transport
+    warning = ""
+    if transport == "auto":
+        values = ssh_config(spec, options)
+        reasons = paramiko_cannot(values)
+        transport = "openssh" if reasons else "paramiko"
+        if reasons:
+            warning = (
+                f"transport openssh: the ssh config of this host uses {', '.join(reasons)}, "
+                "which paramiko cannot do"
+            )
+    if transport == "openssh":
+        from solverpilot_deploy.transport.openssh import connect_openssh as opener
+    else:
+        from solverpilot_deploy.transport.paramiko_ssh import connect_paramiko as opener
+    with opener(spec, options, deadline, values) as session:
+        if warning:
+            session.warnings.append(warning)
+        yield session

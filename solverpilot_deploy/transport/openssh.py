@@ -1,0 +1,338 @@
+"""The openssh transport: the system ``ssh`` client makes the connection.
+
+Everything the user's ssh does applies, since ssh itself reads the config (Include, Match,
+ProxyJump, ProxyCommand, CertificateFile, known hosts, the agent, FIDO keys, GSSAPI).
+All steps of one command go through one master connection (ControlMaster): the user's own
+when one is already up for the host (no new login, no new 2FA prompt), else one this module
+opens with its own ControlPath in a private 0700 folder and closes at the end. Only that
+master logs in; each step is one ``ssh`` through it. Without a terminal, ssh runs with
+BatchMode=yes, so a host that would prompt fails at once ("authentication failed") instead
+of waiting for an answer nobody can give; with one, prompts come one host at a time.
+Failures are read from ssh's exit status 255 and its last words on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from solverpilot_deploy.errors import (
+    AuthenticationError,
+    HostError,
+    HostKeyError,
+    HostTimeoutError,
+    RemoteCommandError,
+    UnreachableError,
+    UsageError,
+)
+from solverpilot_deploy.ssh import (
+    MAX_ANSWER,
+    MAX_STDERR,
+    ConnectOptions,
+    SshConfig,
+    check_identity,
+    known_hosts_name,
+    parse_spec,
+)
+from solverpilot_deploy.transport import Session
+
+BANNER_RETRIES = 2
+_NO_BANNER = "kex_exchange_identification"
+_PROMPTS = threading.Lock()  # with a terminal: one login (and its prompts) at a time
+_MASTER_PID = re.compile(r"Master running \(pid=(\d+)\)")
+
+
+def terminal_attached() -> bool:
+    """True when ssh could prompt: this process has a controlling terminal."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _option(name: str, value: str) -> list[str]:
+    """``-o Name="value"``: ssh splits an option's value at blanks unless it is quoted."""
+    return ["-o", f'{name}="{value}"']
+
+
+def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str], str]:
+    """The ssh command line up to the destination, and the destination."""
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise UsageError("the openssh transport needs the OpenSSH client (ssh); install it")
+    user, host, port = parse_spec(spec)
+    argv = [ssh, "-o", "ClearAllForwardings=yes"]
+    if options.config_file:
+        argv += ["-F", options.config_file]
+    if options.login or user:
+        argv += ["-l", options.login or user or ""]
+    if options.port or port:
+        argv += ["-p", str(options.port or port)]
+    if options.identity:
+        key = os.path.expanduser(options.identity)
+        check_identity(key)
+        argv += [*_option("IdentityFile", key), "-o", "IdentitiesOnly=yes"]
+    if options.known_hosts is not None:
+        argv += _option("UserKnownHostsFile", str(options.known_hosts))
+    if options.accept_new:
+        argv += ["-o", "StrictHostKeyChecking=accept-new"]
+    if batch:
+        argv += ["-o", "BatchMode=yes"]
+    return argv, host
+
+
+def classify(stderr: str, name: str) -> HostError:
+    """The HostError that ssh's own words (exit status 255) describe; with its debug lines
+    (a login's), the host key and the address it had are named too."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = ([line for line in lines if not line.startswith("debug")] or ["ssh failed"])[-1]
+    key = re.search(r"^debug1: Server host key: (\S+ \S+)", stderr, re.MULTILINE)
+    where = re.search(r"^debug1: Connecting to \S+ \[(\S+)\] port (\d+)", stderr, re.MULTILINE)
+    if where:
+        name = known_hosts_name(where[1], int(where[2]))
+    fingerprint = f" ({key[1]})" if key else ""
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return HostKeyError(
+            f"host key for {name} has CHANGED (now{fingerprint or ' different'}); refusing to "
+            "connect: if the change is expected, remove the old entry from known_hosts "
+            f"(ssh-keygen -R '{name}')"
+        )
+    if "Host key verification failed" in stderr:
+        return HostKeyError(
+            f"unknown host key for {name}{fingerprint}; check it, then re-run with --accept-new "
+            "to trust and record it"
+        )
+    if re.search(r"Permission denied|Too many authentication failures|No more auth", stderr):
+        return AuthenticationError(f"{name}: {said}")
+    if _NO_BANNER in stderr:
+        return UnreachableError(f"{name}: no SSH banner from the server ({said})")
+    if re.search(r"timed out", stderr, re.IGNORECASE):
+        return HostTimeoutError(f"no answer from {name}: {said}")
+    return UnreachableError(f"{name}: {said}")
+
+
+class OpenSSHSession(Session):
+    """Steps through one master connection; ``abort`` kills what runs and the master."""
+
+    def __init__(self, argv: list[str], host: str, batch: bool) -> None:
+        super().__init__()
+        self.argv, self.host, self.batch = argv, host, batch
+        self.through = ["-o", "ControlMaster=no"]  # how each step reaches the master
+        self.folder: str | None = None  # our own master's, when we opened one
+        self.master_pid: int | None = None
+        self.running: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def open(self, deadline: float) -> None:
+        if self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) is not None:
+            return  # the user's own master is up: every step goes through it
+        self.folder = tempfile.mkdtemp(prefix="sp-ssh-")  # 0700
+        path = os.path.join(self.folder, "master")
+        self.through += _option("ControlPath", path)
+        # LogLevel DEBUG1, to a file: the address and host key it had, should it fail
+        master = [*self.argv, "-o", "LogLevel=DEBUG1", *_option("ControlPath", path)]
+        master += ["-o", "ControlMaster=yes"]
+        master += ["-o", "ControlPersist=no", "-N", "-f"]
+        errors = os.path.join(self.folder, "master.err")
+        for attempt in range(BANNER_RETRIES + 1):
+            wait = math.ceil(max(deadline - time.monotonic(), 1))
+            with contextlib.nullcontext() if self.batch else _PROMPTS:
+                # -f: ssh goes to the background once logged in; its stderr (a file, not a
+                # pipe that would stay open) holds why it could not
+                with open(errors, "wb") as err:
+                    proc = self._start(
+                        [*master, "-o", f"ConnectTimeout={wait}", "--", self.host],
+                        stdin=subprocess.DEVNULL,
+                        stderr=err,
+                        own_group=False,
+                    )
+                try:
+                    code = self._wait(proc, deadline)
+                finally:
+                    self._forget(proc)
+            if code == 0:
+                break
+            with open(errors, encoding="utf-8", errors="replace") as err:
+                said = err.read()
+            # a server at its MaxStartups drops new connections before its banner: retried,
+            # a bounded number of times, as the paramiko transport does
+            if _NO_BANNER not in said or attempt == BANNER_RETRIES:
+                raise classify(said, self.host)
+            time.sleep(min(0.5 * (attempt + 1), max(deadline - time.monotonic(), 0)))
+        self.master_pid = self._check(self.steps_argv(), deadline)
+        if self.master_pid is None:
+            raise UnreachableError(f"{self.host}: the master connection did not come up")
+
+    def _check(self, argv: list[str], deadline: float) -> int | None:
+        """The pid of the master ``argv`` reaches (ssh -O check), None when there is none."""
+        proc = self._start(
+            [*argv, "-O", "check", "--", self.host], stdin=subprocess.DEVNULL, stdout=None
+        )
+        try:
+            _, err = proc.communicate(timeout=min(max(deadline - time.monotonic(), 0.1), 10))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+        finally:
+            self._forget(proc)
+        found = _MASTER_PID.search(err.decode("utf-8", "replace"))
+        return int(found[1]) if proc.returncode == 0 and found else None
+
+    def _start(
+        self,
+        argv: list[str],
+        stdin: int | None = subprocess.PIPE,
+        stdout: int | None = subprocess.PIPE,
+        stderr: int | object = subprocess.PIPE,
+        own_group: bool = True,
+    ) -> subprocess.Popen[bytes]:
+        with self.lock:
+            if self.aborted.is_set():
+                raise UnreachableError("connection aborted")
+            # own_group: a Ctrl-C on the terminal reaches sp-deploy alone, which decides
+            # what stops (a step in flight finishes); a login keeps the terminal for prompts
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=stdout if stdout is not None else subprocess.DEVNULL,
+                stderr=stderr,  # type: ignore[arg-type]
+                process_group=0 if own_group else None,
+            )
+            self.running.add(proc)
+            return proc
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.running.discard(proc)
+
+    def _wait(self, proc: subprocess.Popen[bytes], deadline: float) -> int:
+        try:
+            return proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise HostTimeoutError(f"no connection to {self.host} within the deadline") from None
+
+    def steps_argv(self) -> list[str]:
+        """ssh through the master; LogLevel ERROR: no banner, still every error."""
+        return [*self.argv, "-o", "LogLevel=ERROR", *self.through, "-o", "BatchMode=yes"]
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
+        argv = [*self.steps_argv(), "-T", "--", self.host, command]
+        proc = self._start(argv)
+        try:
+            out, err = _exchange(proc, stdin, time.monotonic() + timeout, timeout)
+            status = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self._forget(proc)
+        if self.aborted.is_set():
+            raise UnreachableError("connection aborted")
+        text, said = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        if status == 255 and " @end " not in text:  # ssh's own failure, not the step's
+            raise classify(said, self.host)
+        return status, text, said
+
+    def abort(self) -> None:
+        with self.lock:
+            self.aborted.set()
+            for proc in self.running:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        self.close()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        if self.folder is None:
+            return
+        if self.master_pid is not None:
+            stop = [*self.steps_argv(), "-O", "exit", "--", self.host]
+            done = subprocess.run(stop, capture_output=True, timeout=10, check=False)
+            if done.returncode != 0:
+                with contextlib.suppress(OSError):
+                    os.kill(self.master_pid, 15)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _exchange(
+    proc: subprocess.Popen[bytes], data: bytes, deadline: float, timeout: float
+) -> tuple[bytes, bytes]:
+    """Write ``data`` to the step's stdin while reading its stdout and stderr to their end."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    written = 0
+    with selectors.DefaultSelector() as selector:
+        if data:
+            os.set_blocking(proc.stdin.fileno(), False)
+            selector.register(proc.stdin, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                error = HostTimeoutError(
+                    f"no answer to a command within {timeout:.0f} s (is a start-up file of the "
+                    "login shell stuck?)"
+                )
+                error.partial = out.decode("utf-8", "replace")
+                raise error
+            for key, _ in selector.select(left):
+                if key.fileobj is proc.stdin:
+                    try:
+                        written += os.write(key.fd, data[written : written + 65536])
+                    except BrokenPipeError:
+                        written = len(data)  # the step ended before reading it all
+                    if written >= len(data):
+                        selector.unregister(proc.stdin)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif key.fileobj is proc.stdout:
+                    out += chunk
+                    if len(out) > MAX_ANSWER:
+                        raise RemoteCommandError(
+                            f"the host sent more than {MAX_ANSWER >> 20} MiB for one command "
+                            "(does a start-up file of the login shell print without end?)"
+                        )
+                else:
+                    err += chunk
+                    del err[:-MAX_STDERR]  # only its end is ever shown
+    return bytes(out), bytes(err)
+
+
+@contextmanager
+def connect_openssh(
+    spec: str, options: ConnectOptions, deadline: float, values: SshConfig | None = None
+) -> Iterator[Session]:
+    """A Session to ``spec`` through one master connection; closed on exit."""
+    batch = not terminal_attached()
+    argv, host = base_argv(spec, options, batch)
+    session = OpenSSHSession(argv, host, batch)
+    try:
+        session.open(deadline)
+        yield session
+    finally:
+        session.close()
