@@ -44,7 +44,7 @@ stop_and_end() {
 
 # with_env ENV_ASSIGNMENT...: WRAPPER_CMD with those variables set for the wrapper itself
 with_env() {
-  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal=INT,QUIT PATH="$WRAPPER_PATH" "$@"
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal PATH="$WRAPPER_PATH" "$@"
     ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
 }
 
@@ -155,7 +155,7 @@ with_env() {
 
 @test "run as 'bash job_wrapper.sh' with options and a BASH_ENV: restarts clean in privileged mode" {
   printf 'set -e\n' >"$WORK/bash_env.sh"
-  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal=INT,QUIT PATH="$WRAPPER_PATH"
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal PATH="$WRAPPER_PATH"
     BASH_ENV="$WORK/bash_env.sh" "${SP_BASH:-bash}" -eu -o pipefail -o errtrace "$SP_WRAPPER")
   stop_and_end
   run -0 --separate-stderr wrapper env-quiet true

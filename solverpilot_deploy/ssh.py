@@ -33,14 +33,10 @@ class ConnectOptions:
     identity: str | None = None
     login: str | None = None
     port: int | None = None
-    known_hosts: Path | None = None  # paramiko: ~/.ssh/known_hosts; openssh: as configured
+    known_hosts: Path | None = None  # None: the config's UserKnownHostsFile
     accept_new: bool = False
     timeout: float = 60.0
     transport: str = "paramiko"
-
-    @property
-    def known_hosts_file(self) -> Path:
-        return self.known_hosts or Path("~/.ssh/known_hosts").expanduser()
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,7 @@ class Target:
     identity_files: tuple[str, ...]
     identities_only: bool
     proxy_jump: tuple[str, ...]
+    known_hosts: Path
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
@@ -163,6 +160,8 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         identity_files=identity_files,
         identities_only=one("identitiesonly", "no") == "yes" or bool(options.identity),
         proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
+        known_hosts=options.known_hosts
+        or Path(os.path.expanduser(one("userknownhostsfile", "~/.ssh/known_hosts").split()[0])),
     )
 
 

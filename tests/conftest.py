@@ -32,6 +32,15 @@ def private_render_cache(
     return folder
 
 
+@pytest.fixture(autouse=True)
+def no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process commands act as without a terminal (as in CI), whatever the developer's:
+    ssh never prompts there. The terminal case runs sp-deploy on a real pty."""
+    from solverpilot_deploy.transport import openssh
+
+    monkeypatch.setattr(openssh, "terminal_attached", lambda: False)
+
+
 @pytest.fixture(params=PROFILE_NAMES)
 def profile_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param

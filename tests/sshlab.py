@@ -82,6 +82,8 @@ class Sshd:
     port: int = field(default_factory=free_port)
     extra_config: str = ""
     log_level: str = "ERROR"
+    # keys only by default; a test may ask for keyboard-interactive (PAM) instead
+    auth_config: str = "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,8 +111,8 @@ class Sshd:
         config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
             f"PidFile {self.workdir}/sshd.pid\nAuthorizedKeysFile .ssh/authorized_keys\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            f"StrictModes no\nAllowUsers {self.user}\nSubsystem sftp internal-sftp\n"
+            f"{self.auth_config}StrictModes no\nAllowUsers {self.user}\n"
+            "Subsystem sftp internal-sftp\n"
             f"AllowTcpForwarding yes\nLogLevel {self.log_level}\n{self.extra_config}"
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

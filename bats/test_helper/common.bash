@@ -34,13 +34,13 @@ common_setup() {
   use_path "$(userland_path)"
 }
 
-# use_path DIR...: the PATH the wrapper runs with. Run as a user runs it, with INT and QUIT at
-# their defaults (a shell's background jobs would otherwise inherit them ignored).
+# use_path DIR...: the PATH the wrapper runs with. Run as a user runs it, with every signal at
+# its default (a shell's background jobs inherit INT and QUIT ignored, nohup HUP).
 use_path() {
   WRAPPER_PATH=$1
   # with SP_BASH, as its #! line would run it were SP_BASH the host's /bin/bash; with SP_ROOT,
   # inside that root, where its #! line names the root's own /bin/bash
-  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal=INT,QUIT PATH="$WRAPPER_PATH"
+  WRAPPER_CMD=("${IN_ROOT[@]}" env --default-signal PATH="$WRAPPER_PATH"
     ${SP_BASH:+"$SP_BASH" -p} "$SP_WRAPPER")
 }
 

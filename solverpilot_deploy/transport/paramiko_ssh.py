@@ -51,7 +51,7 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def _host_key_policy(options: ConnectOptions) -> paramiko.MissingHostKeyPolicy:
+def _host_key_policy(options: ConnectOptions, known_hosts: Path) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
@@ -63,7 +63,7 @@ def _host_key_policy(options: ConnectOptions) -> paramiko.MissingHostKeyPolicy:
                     f"unknown host key for {hostname} ({_fingerprint(key)}); check it, then "
                     "re-run with --accept-new to trust and record it"
                 )
-            record_host_key(options.known_hosts_file, hostname, key)
+            record_host_key(known_hosts, hostname, key)
 
     return Policy()
 
@@ -152,12 +152,12 @@ def _connect_one(
     import paramiko
 
     client = paramiko.SSHClient()
-    if options.known_hosts_file.exists():
+    if target.known_hosts.exists():
         try:
-            client.load_host_keys(str(options.known_hosts_file))
+            client.load_host_keys(str(target.known_hosts))
         except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read {options.known_hosts_file}: {exc}") from exc
-    client.set_missing_host_key_policy(_host_key_policy(options))
+            raise HostKeyError(f"cannot read {target.known_hosts}: {exc}") from exc
+    client.set_missing_host_key_policy(_host_key_policy(options, target.known_hosts))
     keys = [p for p in target.identity_files if os.path.exists(p)]
     name = known_hosts_name(target.hostname, target.port)
 
@@ -208,7 +208,7 @@ def _connect_error(
         return HostKeyError(
             f"host key for {name} has CHANGED (now {_fingerprint(exc.key)}); refusing to "
             f"connect: if the change is expected, remove the old entry from "
-            f"{options.known_hosts_file}"
+            f"{target.known_hosts}"
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthenticationError(f"{target.user}@{name}: {exc}")
