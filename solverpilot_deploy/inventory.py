@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from solverpilot_deploy.errors import UsageError
-from solverpilot_deploy.ssh import ConnectOptions
+from solverpilot_deploy.ssh import ConnectOptions, parse_spec
 
 INSTALL = "pip install ansible-core"
 
@@ -123,6 +123,7 @@ def inventory_targets(path: str, names: Sequence[str], options: ConnectOptions) 
             identity=key or options.identity,
         )
         spec = f"[{address}]" if ":" in address else address
+        parse_spec(spec)  # an option-like or malformed address: a usage error, before any host
         targets.append(HostTarget(name, spec, own))
     if not targets:
         raise UsageError(f"{path}: no hosts selected")

@@ -55,7 +55,7 @@ class Target:
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     """``[user@]host[:port]`` (host may be ``[v6addr]``) into its parts."""
     match = _SPEC_RE.match(spec)
-    if not match:
+    if not match or match["host"].startswith("-") or (match["user"] or "").startswith("-"):
         raise UsageError(f"not a host: {spec!r} (use an ssh alias or [user@]hostname[:port])")
     port = int(match["port"]) if match["port"] else None
     if port is not None and not 0 < port < 65536:
@@ -101,9 +101,9 @@ def paramiko_cannot(values: SshConfig) -> list[str]:
         reasons.append("ProxyCommand")
     if first.get("controlmaster", "false") != "false":
         reasons.append("ControlMaster")
-    keys = [os.path.expanduser(path) for path in values.get("identityfile", [])]
-    if "certificatefile" in values or any(os.path.exists(f"{k}-cert.pub") for k in keys):
+    if "certificatefile" in values:  # paramiko finds only KEY-cert.pub, beside its key
         reasons.append("CertificateFile")
+    keys = [os.path.expanduser(path) for path in values.get("identityfile", [])]
     if any(_is_sk_key(key) for key in keys):
         reasons.append("a FIDO (sk-) key")
     if first.get("gssapiauthentication") == "yes" and _kerberos_ticket():

@@ -185,12 +185,14 @@ def test_broken_pipe_is_quiet() -> None:
 
 
 @pytest.mark.parametrize("command", ["status", "push", "verify"])
+@pytest.mark.parametrize("host", ["a b@c", "x@-oProxyCommand=touch /tmp/pwned", "x@-l"])
 def test_a_host_that_is_not_a_host_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str], command: str
+    capsys: pytest.CaptureFixture[str], command: str, host: str
 ) -> None:
-    code, out, err = run_main(capsys, command, "a b@c")
+    # an option-like host would reach ssh as an option
+    code, out, err = run_main(capsys, command, host, "--transport", "openssh")
     assert (code, out) == (2, "")
-    assert err.startswith("sp-deploy: error: not a host: 'a b@c'") and err.count("\n") == 1
+    assert err.startswith(f"sp-deploy: error: not a host: {host!r}") and err.count("\n") == 1
 
 
 def test_render_to_a_name_near_the_length_limit(

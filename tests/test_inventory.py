@@ -190,6 +190,10 @@ def test_usage_errors_name_the_problem(
     assert code == 2 and "web names 2 hosts" in err
     code, _, err = sp(capsys, "push", "--inventory", str(tmp_path / "absent.ini"))
     assert code == 2 and "no such inventory file" in err
+    optionlike = tmp_path / "optionlike.ini"
+    optionlike.write_text("evil ansible_host=-oProxyCommand=true\n")
+    code, _, err = sp(capsys, "push", "--inventory", str(optionlike), "--transport", "openssh")
+    assert code == 2 and "not a host: '-oProxyCommand=true'" in err
     broken = tmp_path / "broken.yml"
     broken.write_text("all: [unclosed\n")
     code, _, err = sp(capsys, "push", "--inventory", str(broken))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, sp, sp_json
-from sshlab import TEST_USERS, Sshd
+from sshlab import TEST_USERS, Sshd, keygen
 
 USER = TEST_USERS[3]  # the user of the hosts a test starts itself
 SP_DEPLOY = str(Path(sys.executable).parent / "sp-deploy")
@@ -65,13 +65,13 @@ def trusted_all(trusted: Path, counted: Sshd, kbdint: Sshd) -> Path:
     return trusted
 
 
-def leftover_masters(folder: str) -> list[str]:
-    """ssh processes whose command line names ``folder``."""
+def leftover_masters(config: str) -> list[str]:
+    """sp-deploy's ssh masters still running for the hosts of ``config``."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if folder in cmdline and "ssh" in cmdline:
+            if config in cmdline and "sp-ssh-" in cmdline:
                 found.append(cmdline)
     return found
 
@@ -90,7 +90,7 @@ def test_one_login_for_a_whole_push_and_no_master_left(
     assert code == 0 and results[0]["status"] == "deployed", results
     # probe, install, DB set-up and smoke run: several steps, one login
     assert logins(counted) - before == 1
-    assert leftover_masters("sp-ssh-") == []
+    assert leftover_masters(str(config)) == []
     before = logins(counted)
     code, _, _ = sp(capsys, "status", "box", "-F", str(config), "--transport", "openssh")
     assert code == 0
@@ -160,7 +160,7 @@ def test_auto_keeps_paramiko_for_a_plain_host(
     code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", "auto")
     assert code == 0 and results[0]["status"] == "deployed"
     assert results[0]["warnings"] == []
-    assert leftover_masters("sp-ssh-") == []
+    assert leftover_masters(str(config)) == []
 
 
 def kbdint_push(server: Sshd, trusted: Path, timeout: str) -> list[str]:
@@ -240,3 +240,43 @@ def test_error_kinds_match_the_paramiko_transport(
         )
         kinds[transport] = [str(r["error"]).split(":")[0] for r in results]
     assert kinds["paramiko"] == kinds["openssh"] == ["unreachable", "authentication failed"]
+
+
+def test_a_certificate_login_picked_by_auto(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    trusted: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A host that trusts a user CA, and a key that only its certificate makes acceptable
+    (the key itself is in no authorized_keys)."""
+    keys = tmp_path_factory.mktemp("cert")
+    keys.chmod(0o755)
+    ca, user_key = keygen(keys / "ca"), keygen(keys / "user")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(ca), "-I", "sp-test", "-n", USER, f"{user_key}.pub"],
+        check=True,
+    )
+    # elsewhere than beside the key, where paramiko would find it by itself
+    cert = keys / "certs" / "user.cert"
+    cert.parent.mkdir()
+    Path(f"{user_key}-cert.pub").rename(cert)
+    server = Sshd(keys / "sshd", USER, extra_config=f"TrustedUserCAKeys {ca}.pub\n").start()
+    try:
+        with trusted.open("a") as handle:
+            handle.write(server.known_hosts_line)
+        config = keys / "config"
+        config.write_text(
+            f"Host certbox\n  HostName 127.0.0.1\n  Port {server.port}\n  User {USER}\n"
+            f"  IdentityFile {user_key}\n  CertificateFile {cert}\n"
+            f"  IdentitiesOnly yes\n  UserKnownHostsFile {trusted}\n"
+        )
+        args = ("certbox", "-F", str(config))
+        code, results = sp_json(capsys, "push", *args, "--transport", "paramiko")
+        assert code == 1 and str(results[0]["error"]).startswith("authentication failed")
+        code, results = sp_json(capsys, "push", *args, "--transport", "auto")
+        assert code == 0 and results[0]["status"] == "deployed", results
+        assert "uses CertificateFile" in str(results[0]["warnings"])
+    finally:
+        server.stop()
