@@ -182,7 +182,10 @@ def _fleet_with_canary(
         )
         rest = _all_skipped(targets[canary:], why)
     else:
-        rest = fleet(targets[canary:], args.max_fail)
+        try:
+            rest = fleet(targets[canary:], args.max_fail)
+        except KeyboardInterrupt:  # between the canaries and the rest: the canaries stand
+            rest = _all_skipped(targets[canary:], "interrupted before any change", True)
     return FleetRun(first.results + rest.results, first.interrupted or rest.interrupted)
 
 

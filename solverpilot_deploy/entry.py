@@ -20,8 +20,16 @@ if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
 from solverpilot_deploy.cli import main  # noqa: E402
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run() -> int:
-    """main(), with Ctrl-C raising KeyboardInterrupt again (main turns it into exit 130)."""
+    """main(), with Ctrl-C raising KeyboardInterrupt again (main turns it into exit 130), and
+    TERM (systemd, timeout, kill) taken as a Ctrl-C: hosts in flight end their step, their
+    connections are closed, the results are printed; a second one aborts them."""
     if signal.getsignal(signal.SIGINT) is _interrupted_early:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
     return main(sys.argv[1:])

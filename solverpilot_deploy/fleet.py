@@ -47,6 +47,7 @@ class _Shared:
     stop: threading.Event = field(default_factory=threading.Event)
     sessions: set[Session] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    aborting: bool = False  # a second Ctrl-C came: sessions that start now start aborted
 
     def count(self, result: HostResult) -> HostResult:
         if result.status not in self.good and result.status != "skipped":
@@ -60,8 +61,10 @@ class _Shared:
 
     def abort_all(self) -> None:
         with self.lock:
-            for session in self.sessions:
-                session.abort()
+            self.aborting = True
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.abort()
 
 
 def run_on_host(target: HostTarget, operation: Operation, shared: _Shared) -> HostResult:
@@ -85,14 +88,18 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
         for session in holder:
             session.abort()
 
+    def started(session: Session) -> None:  # before it connects: a login can be aborted
+        holder.append(session)
+        with shared.lock:
+            shared.sessions.add(session)
+            if shared.aborting:
+                session.aborted.set()
+
     timer = threading.Timer(options.timeout, abort_all)
     timer.daemon = True
     timer.start()
     try:
-        with connect(target.spec, options, deadline) as session:
-            holder.append(session)
-            with shared.lock:
-                shared.sessions.add(session)
+        with connect(target.spec, options, deadline, started) as session:
             if time.monotonic() >= deadline:
                 session.abort()
             result = operation(session, host, deadline, shared.stop)

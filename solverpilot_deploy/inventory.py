@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,8 +91,12 @@ def select_hosts(data: dict[str, Any], names: Sequence[str], path: str) -> list[
     known = set(hostvars) | set(_group_hosts(data, "all", set()))
     chosen: list[str] = []
     for name in names or ["all"]:
-        if name != "_meta" and name in data:
-            chosen += _group_hosts(data, name, set())
+        if name != "_meta" and name in data:  # a group (Ansible's choice too, when a host
+            # has the same name)
+            hosts = _group_hosts(data, name, set())
+            if not hosts:
+                raise UsageError(f"{name}: the group has no hosts in {path}")
+            chosen += hosts
         elif name in known:
             chosen.append(name)
         else:
@@ -100,8 +105,12 @@ def select_hosts(data: dict[str, Any], names: Sequence[str], path: str) -> list[
 
 
 def _var(variables: dict[str, Any], key: str) -> str | None:
-    value = variables.get(key)
-    return None if value is None or value == "" else str(value)
+    """A connection variable; Ansible's older ansible_ssh_* spelling where the new is unset."""
+    for name in (key, key.replace("ansible_", "ansible_ssh_", 1)):
+        value = variables.get(name)
+        if value is not None and value != "":
+            return str(value)
+    return None
 
 
 def inventory_targets(path: str, names: Sequence[str], options: ConnectOptions) -> list[HostTarget]:
@@ -111,11 +120,15 @@ def inventory_targets(path: str, names: Sequence[str], options: ConnectOptions) 
     targets = []
     for name in select_hosts(data, names, path):
         variables = hostvars.get(name, {})
-        address = _var(variables, "ansible_host") or name
+        address = (_var(variables, "ansible_host") or name).strip("[]")
         port_text = _var(variables, "ansible_port")
-        if port_text is not None and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        if port_text is not None and not (
+            re.fullmatch(r"[0-9]{1,5}", port_text) and 0 < int(port_text) < 65536
+        ):
             raise UsageError(f"{name}: ansible_port is not a port: {port_text!r}")
-        key = _var(variables, "ansible_ssh_private_key_file")
+        key = _var(variables, "ansible_ssh_private_key_file") or _var(
+            variables, "ansible_private_key_file"
+        )
         own = dataclasses.replace(
             options,
             login=_var(variables, "ansible_user") or options.login,
@@ -123,7 +136,10 @@ def inventory_targets(path: str, names: Sequence[str], options: ConnectOptions) 
             identity=key or options.identity,
         )
         spec = f"[{address}]" if ":" in address else address
-        parse_spec(spec)  # an option-like or malformed address: a usage error, before any host
+        try:  # an option-like or malformed address: a usage error, before any host
+            parse_spec(spec)
+        except UsageError as exc:
+            raise UsageError(f"{name} (in {path}): {exc}") from exc
         targets.append(HostTarget(name, spec, own))
     if not targets:
         raise UsageError(f"{path}: no hosts selected")

@@ -54,7 +54,7 @@ class Target:
 
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     """``[user@]host[:port]`` (host may be ``[v6addr]``) into its parts."""
-    match = _SPEC_RE.match(spec)
+    match = _SPEC_RE.fullmatch(spec)
     if not match or match["host"].startswith("-") or (match["user"] or "").startswith("-"):
         raise UsageError(f"not a host: {spec!r} (use an ssh alias or [user@]hostname[:port])")
     port = int(match["port"]) if match["port"] else None

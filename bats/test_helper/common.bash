@@ -184,10 +184,11 @@ hold_db_lock() {
   mkdir -p "$SERVER"
   rm -f "$WORK/release"
   {
-    printf 'BEGIN EXCLUSIVE;\nSELECT '\''locked'\'';\n'
+    # .timeout: a wrapper's own write may hold the DB this moment; the lock waits for it
+    printf '.timeout 10000\nBEGIN EXCLUSIVE;\nSELECT '\''locked'\'';\n'
     while [[ ! -e $WORK/release ]]; do sleep 0.05; done
     printf 'COMMIT;\n'
-  } 3>&- | sqlite3 "$DB" >"$WORK/locker.out" 3>&- &
+  } 3>&- | sqlite3 -bail "$DB" >"$WORK/locker.out" 3>&- &
   LOCKER=$!
   poll_until 10 file_has "$WORK/locker.out" locked || fail "could not lock the database"
 }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from solverpilot_deploy.ssh import ConnectOptions, paramiko_cannot, ssh_config
@@ -42,9 +42,15 @@ class Session(ABC):
         """End the connection; calling it again does nothing."""
 
 
+Started = Callable[[Session], None]  # told of a session before it connects, to abort it
+
+
 @contextmanager
-def connect(spec: str, options: ConnectOptions, deadline: float) -> Iterator[Session]:
-    """A Session to ``spec`` by the transport ``options`` names; closed on exit."""
+def connect(
+    spec: str, options: ConnectOptions, deadline: float, started: Started | None = None
+) -> Iterator[Session]:
+    """A Session to ``spec`` by the transport ``options`` names; closed on exit. ``started``
+    gets it before the connection is made, so that a login in progress can be aborted."""
     values = None
     transport = options.transport
     warning = ""
@@ -61,7 +67,7 @@ def connect(spec: str, options: ConnectOptions, deadline: float) -> Iterator[Ses
         from solverpilot_deploy.transport.openssh import connect_openssh as opener
     else:
         from solverpilot_deploy.transport.paramiko_ssh import connect_paramiko as opener
-    with opener(spec, options, deadline, values) as session:
+    with opener(spec, options, deadline, values, started) as session:
         if warning:
             session.warnings.append(warning)
         yield session

@@ -14,6 +14,7 @@ Failures are read from ssh's exit status 255 and its last words on stderr.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -44,12 +45,19 @@ from solverpilot_deploy.ssh import (
     known_hosts_name,
     parse_spec,
 )
-from solverpilot_deploy.transport import Session
+from solverpilot_deploy.transport import Session, Started
 
 BANNER_RETRIES = 2
 _NO_BANNER = "kex_exchange_identification"
 _PROMPTS = threading.Lock()  # with a terminal: one login (and its prompts) at a time
 _MASTER_PID = re.compile(r"Master running \(pid=(\d+)\)")
+_SSH_WORDS = re.compile(
+    r"^(ssh: |ssh_|kex_|mux_|Control socket|Connection |Permission denied|Host key|"
+    r"No .* host key|Bad |Too many auth|Received disconnect|Disconnected from|Timeout|"
+    r"Could not|Unable to|command-line)",
+    re.MULTILINE,
+)
+_SHORT_PATH = 60  # a socket path must stay under 108 bytes with its tail
 
 
 def terminal_attached() -> bool:
@@ -63,8 +71,38 @@ def terminal_attached() -> bool:
 
 
 def _option(name: str, value: str) -> list[str]:
-    """``-o Name="value"``: ssh splits an option's value at blanks unless it is quoted."""
-    return ["-o", f'{name}="{value}"']
+    """``-o Name="value"`` for a path: ssh splits a value at blanks unless it is quoted, and
+    expands %-tokens in it (a literal % is %%); a double quote cannot be passed at all."""
+    if '"' in value:
+        raise UsageError(f"the openssh transport cannot pass a path with a double quote: {value}")
+    return ["-o", f'{name}="{value.replace("%", "%%")}"']
+
+
+@functools.lru_cache(maxsize=1)
+def _client_version(ssh: str) -> tuple[int, int]:
+    said = subprocess.run([ssh, "-V"], capture_output=True, text=True, check=False).stderr
+    found = re.search(r"OpenSSH_(\d+)\.(\d+)", said)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def _neutral_options(ssh: str) -> list[str]:
+    """Options that keep a user's config from changing what a step is: no forwardings, no
+    LocalCommand run here, no RemoteCommand in place of the step (7.6+), stdin kept (8.7+).
+    (The session type differs: the master has none, a step a command; see _session.)"""
+    argv = ["-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no"]
+    version = _client_version(ssh)
+    if version >= (7, 6):
+        argv += ["-o", "RemoteCommand=none"]
+    if version >= (8, 7):
+        argv += ["-o", "StdinNull=no"]
+    return argv
+
+
+def _session(ssh: str, kind: str) -> list[str]:
+    """SessionType KIND (8.7+: a config's SessionType would win over -N or a command)."""
+    if _client_version(ssh) >= (8, 7):
+        return ["-o", f"SessionType={kind}"]
+    return ["-N"] if kind == "none" else []
 
 
 def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str], str]:
@@ -73,7 +111,7 @@ def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str
     if ssh is None:
         raise UsageError("the openssh transport needs the OpenSSH client (ssh); install it")
     user, host, port = parse_spec(spec)
-    argv = [ssh, "-o", "ClearAllForwardings=yes"]
+    argv = [ssh, *_neutral_options(ssh)]
     if options.config_file:
         argv += ["-F", options.config_file]
     if options.login or user:
@@ -91,6 +129,11 @@ def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str
     if batch:
         argv += ["-o", "BatchMode=yes"]
     return argv, host
+
+
+def ssh_failed(stderr: str) -> bool:
+    """Whether stderr holds ssh's own words of failure (exit 255 is also a remote status)."""
+    return bool(_SSH_WORDS.search(stderr))
 
 
 def classify(stderr: str, name: str) -> HostError:
@@ -134,18 +177,28 @@ class OpenSSHSession(Session):
         self.master_pid: int | None = None
         self.running: set[subprocess.Popen[bytes]] = set()
         self.lock = threading.Lock()
+        self.closing = threading.Lock()
         self.closed = False
 
     def open(self, deadline: float) -> None:
         if self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) is not None:
-            return  # the user's own master is up: every step goes through it
-        self.folder = tempfile.mkdtemp(prefix="sp-ssh-")  # 0700
+            if self._path_names_the_login():
+                return  # the user's own master is up: every step goes through it
+            self.warnings.append(
+                "openssh: your ControlMaster for this host is not used: its ControlPath does "
+                "not name the user and port (%r and %p, or %C), so it may be logged in as "
+                "someone else"
+            )
+        base = tempfile.gettempdir()
+        self.folder = tempfile.mkdtemp(  # 0700
+            prefix="sp-ssh-", dir=base if len(base) < _SHORT_PATH else "/tmp"
+        )
         path = os.path.join(self.folder, "master")
         self.through += _option("ControlPath", path)
         # LogLevel DEBUG1, to a file: the address and host key it had, should it fail
         master = [*self.argv, "-o", "LogLevel=DEBUG1", *_option("ControlPath", path)]
         master += ["-o", "ControlMaster=yes"]
-        master += ["-o", "ControlPersist=no", "-N", "-f"]
+        master += ["-o", "ControlPersist=no", *_session(self.argv[0], "none"), "-f"]
         errors = os.path.join(self.folder, "master.err")
         for attempt in range(BANNER_RETRIES + 1):
             wait = math.ceil(max(deadline - time.monotonic(), 1))
@@ -175,6 +228,19 @@ class OpenSSHSession(Session):
         self.master_pid = self._check(self.steps_argv(), deadline)
         if self.master_pid is None:
             raise UnreachableError(f"{self.host}: the master connection did not come up")
+
+    def _path_names_the_login(self) -> bool:
+        """The user's ControlPath differs for another user and for another port: the master
+        it names was logged in as this command would log in."""
+
+        def path(*extra: str) -> str:
+            argv = [*self.argv, *extra, "-G", "--", self.host]
+            said = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+            found = re.search(r"^controlpath (.*)$", said, re.MULTILINE)
+            return found[1] if found else ""
+
+        mine = path()
+        return bool(mine) and mine != path("-l", "sp-deploy-other") and mine != path("-p", "1")
 
     def _check(self, argv: list[str], deadline: float) -> int | None:
         """The pid of the master ``argv`` reaches (ssh -O check), None when there is none."""
@@ -229,7 +295,8 @@ class OpenSSHSession(Session):
 
     def steps_argv(self) -> list[str]:
         """ssh through the master; LogLevel ERROR: no banner, still every error."""
-        return [*self.argv, "-o", "LogLevel=ERROR", *self.through, "-o", "BatchMode=yes"]
+        argv = [*self.argv, "-o", "LogLevel=ERROR", *self.through, "-o", "BatchMode=yes"]
+        return [*argv, *_session(self.argv[0], "default")]
 
     def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
         argv = [*self.steps_argv(), "-T", "--", self.host, command]
@@ -245,8 +312,8 @@ class OpenSSHSession(Session):
         if self.aborted.is_set():
             raise UnreachableError("connection aborted")
         text, said = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-        if status == 255 and " @end " not in text:  # ssh's own failure, not the step's
-            raise classify(said, self.host)
+        if status == 255 and " @end " not in text and ssh_failed(said):
+            raise classify(said, self.host)  # ssh's own failure, not the step's
         return status, text, said
 
     def abort(self) -> None:
@@ -258,19 +325,23 @@ class OpenSSHSession(Session):
         self.close()
 
     def close(self) -> None:
-        with self.lock:
+        """Stop our master and remove its folder. A second call (the deadline's timer and the
+        host's own thread) waits until the first is done: the process may exit right after."""
+        with self.closing:
             if self.closed:
                 return
             self.closed = True
-        if self.folder is None:
-            return
-        if self.master_pid is not None:
-            stop = [*self.steps_argv(), "-O", "exit", "--", self.host]
-            done = subprocess.run(stop, capture_output=True, timeout=10, check=False)
-            if done.returncode != 0:
-                with contextlib.suppress(OSError):
-                    os.kill(self.master_pid, 15)
-        shutil.rmtree(self.folder, ignore_errors=True)
+            if self.folder is None:
+                return
+            # a master that went to the background as its login was cut short has no pid
+            # here yet, but its socket answers
+            if self.master_pid is not None or os.path.exists(os.path.join(self.folder, "master")):
+                stop = [*self.steps_argv(), "-O", "exit", "--", self.host]
+                done = subprocess.run(stop, capture_output=True, timeout=10, check=False)
+                if done.returncode != 0 and self.master_pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(self.master_pid, 15)
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _exchange(
@@ -325,12 +396,18 @@ def _exchange(
 
 @contextmanager
 def connect_openssh(
-    spec: str, options: ConnectOptions, deadline: float, values: SshConfig | None = None
+    spec: str,
+    options: ConnectOptions,
+    deadline: float,
+    values: SshConfig | None = None,
+    started: Started | None = None,
 ) -> Iterator[Session]:
     """A Session to ``spec`` through one master connection; closed on exit."""
     batch = not terminal_attached()
     argv, host = base_argv(spec, options, batch)
     session = OpenSSHSession(argv, host, batch)
+    if started is not None:
+        started(session)
     try:
         session.open(deadline)
         yield session

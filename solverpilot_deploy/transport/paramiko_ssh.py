@@ -34,7 +34,7 @@ from solverpilot_deploy.ssh import (
     known_hosts_name,
     resolve,
 )
-from solverpilot_deploy.transport import Session
+from solverpilot_deploy.transport import Session, Started
 
 if TYPE_CHECKING:
     import paramiko
@@ -161,7 +161,10 @@ def _connect_one(
     keys = [p for p in target.identity_files if os.path.exists(p)]
     name = known_hosts_name(target.hostname, target.port)
 
+    session.clients.append(client)  # from now on, abort() closes it, also while it connects
     for attempt in range(BANNER_RETRIES + 1):
+        if session.aborted.is_set():
+            raise UnreachableError("connection aborted")
         left = deadline - time.monotonic()
         if left <= 0:
             raise HostTimeoutError(f"no connection to {name} within the deadline")
@@ -186,7 +189,6 @@ def _connect_one(
                 time.sleep(min(0.5 * (attempt + 1), max(deadline - time.monotonic(), 0)))
                 continue
             raise _connect_error(exc, target, options, deadline) from exc
-    session.clients.append(client)
 
 
 def _is_banner_error(exc: Exception) -> bool:
@@ -230,10 +232,16 @@ def _connect_error(
 
 @contextmanager
 def connect_paramiko(
-    spec: str, options: ConnectOptions, deadline: float, values: SshConfig | None = None
+    spec: str,
+    options: ConnectOptions,
+    deadline: float,
+    values: SshConfig | None = None,
+    started: Started | None = None,
 ) -> Iterator[Session]:
     """A Session to ``spec``, through its ProxyJump hosts; closed on exit."""
     session = ParamikoSession()
+    if started is not None:
+        started(session)
     try:
         target = resolve(spec, options, values)
         jump_options = _jump_options(options)
