@@ -100,7 +100,8 @@ def select_hosts(data: dict[str, Any], names: Sequence[str], path: str) -> list[
         elif name in known:
             chosen.append(name)
         else:
-            raise UsageError(f"{name}: no such host or group in {path}")
+            # ansible-inventory --list leaves out a group without hosts
+            raise UsageError(f"{name}: no such host or group in {path}, or a group without hosts")
     return list(dict.fromkeys(chosen))
 
 

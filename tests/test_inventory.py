@@ -185,7 +185,7 @@ def test_usage_errors_name_the_problem(
 ) -> None:
     inventory = ini_inventory(tmp_path, lab)
     code, _, err = sp(capsys, "push", "nosuch", "--inventory", str(inventory))
-    assert code == 2 and f"nosuch: no such host or group in {inventory}" in err
+    assert code == 2 and f"nosuch: no such host or group in {inventory}, or a" in err
     code, _, err = sp(capsys, "status", "web", "--inventory", str(inventory))
     assert code == 2 and "web names 2 hosts" in err
     code, _, err = sp(capsys, "push", "--inventory", str(tmp_path / "absent.ini"))
@@ -208,3 +208,23 @@ def test_usage_errors_name_the_problem(
         "sp-deploy: error: --inventory needs Ansible's ansible-inventory; install it: "
         "pip install ansible-core"
     )
+
+
+def test_older_spellings_and_odd_values(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        "[old]\n"
+        f"alpha ansible_ssh_host=127.0.0.1 ansible_ssh_port={lab.a.port} ansible_ssh_user=sptest"
+        f" ansible_private_key_file={lab.client_key}\n"
+        "[empty]\n"
+        "[odd]\nsuper ansible_host=127.0.0.1 ansible_port=²\n"
+    )
+    args = ("--inventory", str(inventory), "--known-hosts", str(trusted))
+    code, results = sp_json(capsys, "push", "old", *args)
+    assert code == 0 and [(r["host"], r["status"]) for r in results] == [("alpha", "deployed")]
+    code, _, err = sp(capsys, "push", "empty", *args)
+    assert code == 2 and err.rstrip().endswith("or a group without hosts")
+    code, _, err = sp(capsys, "push", "odd", *args)
+    assert code == 2 and "super: ansible_port is not a port: '²'" in err

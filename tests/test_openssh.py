@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -280,3 +281,82 @@ def test_a_certificate_login_picked_by_auto(
         assert "uses CertificateFile" in str(results[0]["warnings"])
     finally:
         server.stop()
+
+
+def test_a_control_path_that_does_not_name_the_login_is_not_reused(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    counted: Sshd,
+    trusted_all: Path,
+    tmp_path: Path,
+) -> None:
+    control = Path(tempfile.mkdtemp(prefix="cm-"))
+    # one socket for every user and port: it may be logged in as someone else
+    config = write_config(
+        tmp_path, lab, counted, trusted_all, f"  ControlMaster auto\n  ControlPath {control}/m\n"
+    )
+    subprocess.run(["ssh", "-F", str(config), "-M", "-N", "-f", "box"], check=True, timeout=30)
+    try:
+        before = logins(counted)
+        code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", "openssh")
+        assert code == 0 and results[0]["status"] == "deployed"
+        assert "ControlPath does not name the user and port" in str(results[0]["warnings"])
+        assert logins(counted) - before == 1  # its own master, not the user's
+    finally:
+        subprocess.run(["ssh", "-F", str(config), "-O", "exit", "box"], check=False)
+        shutil.rmtree(control, ignore_errors=True)
+
+
+def test_a_config_remote_command_or_local_command_changes_no_step(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    counted: Sshd,
+    trusted_all: Path,
+    tmp_path: Path,
+) -> None:
+    ran_here = tmp_path / "local-command-ran"
+    config = write_config(
+        tmp_path,
+        lab,
+        counted,
+        trusted_all,
+        "  RemoteCommand echo hijacked\n  StdinNull yes\n  SessionType subsystem\n"
+        f"  PermitLocalCommand yes\n  LocalCommand touch {ran_here}\n",
+    )
+    code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", "openssh")
+    assert code == 0 and results[0]["status"] == "deployed", results
+    assert not ran_here.exists()
+
+
+def test_term_ends_a_push_in_order_and_leaves_no_master(
+    lab: Lab, home: Path, counted: Sshd, trusted_all: Path, tmp_path: Path
+) -> None:
+    """TERM (systemd, timeout) is a Ctrl-C: the host in flight ends its step, the results are
+    printed, exit 130, and sp-deploy's master and its folder are gone."""
+    user_home = Path(lab.users[USER].pw_dir)
+    rc = user_home / ".bashrc"
+    rc.write_text("sleep 2\n")  # every step takes 2 s: time to be signalled mid-push
+    config = write_config(tmp_path, lab, counted, trusted_all)
+    try:
+        proc = subprocess.Popen(
+            [SP_DEPLOY, "push", "box", "-F", str(config), "--transport", "openssh", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while not leftover_masters(str(config)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftover_masters(str(config)), "the master never came up"
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        rc.unlink()
+    assert proc.returncode == 130, err
+    (result,) = json.loads(out)
+    assert result["status"] in ("skipped", "deployed")
+    assert leftover_masters(str(config)) == []
+    assert "Traceback" not in err
