@@ -278,3 +278,33 @@ except KeyboardInterrupt:
   assert_equal "$(cat "$WORK/job-early.err")" ''
   [[ ! -e $WORK/ran ]] || fail "the job ran after the stop"
 }
+
+@test "a stop signal to the whole group while a helper runs before the job: recorded, and nothing of bash's own" {
+  # a terminal's hangup or Ctrl-\ reaches every process of the group: here flock or mv, each
+  # made slow by a shim that first marks that it runs; they die of it, and used to give a false
+  # "already running" (75) and bash's own "Terminated" line
+  local slow=$BATS_TEST_TMPDIR/slow tool sig code
+  mkdir -p "$slow"
+  for tool in flock mv; do
+    printf '#!/bin/sh\n: >"%s/%s.runs"\nsleep 0.3\nexec %s "$@"\n' "$WORK" "$tool" \
+      "$(PATH=$WRAPPER_PATH command -v "$tool")" >"$slow/$tool"
+    chmod +x "$slow/$tool"
+  done
+  use_path "$slow:$WRAPPER_PATH"
+  WRAPPER_CMD=(setsid "${WRAPPER_CMD[@]}") # its own group, as under a terminal or tmux
+  for tool in flock mv; do
+    for sig in TERM USR1 HUP; do
+      rm -f "$WORK/flock.runs" "$WORK/mv.runs"
+      start_wrapper "grp-$tool-$sig" sleep 30
+      poll_until 10 test -e "$WORK/$tool.runs" || fail "$tool never ran"
+      kill -s "$sig" -- "-$WPID"
+      poll_until 20 not_alive "$WPID" || fail "the wrapper did not exit ($tool, $sig)"
+      wait_rc "$WPID"
+      code=$((128 + $(kill -l "$sig")))
+      assert_equal "$RC" "$code"
+      assert_equal "$(state_field "grp-$tool-$sig" signal)" "\"$sig\""
+      assert_equal "$(db_row "grp-$tool-$sig")" "failed|$code|1"
+      assert_equal "$(cat "$WORK/grp-$tool-$sig.err")" ''
+    done
+  done
+}

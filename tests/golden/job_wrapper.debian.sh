@@ -17,14 +17,18 @@
 #   INT 130, TERM 143); 64 usage error, invalid JOB_ID or no HOME (nothing written); 73 initial
 #   state cannot be written; 75 JOB_ID already running, or a process of its earlier run still
 #   holds its lock (the message names the pid). On 64, 73 and 75 the command is not run.
-# Limitations: a signal that comes before the wrapper's first lines have run (its first
-#   millisecond or so; longer when run as `bash job_wrapper.sh` with a BASH_ENV, which runs
+# Limitations: a signal that comes before the wrapper's first lines have run (its first few
+#   milliseconds; longer when run as `bash job_wrapper.sh` with a BASH_ENV, which runs
 #   first) either ends it unrecorded, the job never starting, or, for QUIT (which bash ignores
 #   until a trap is set) and INT, is lost. SIGKILL of the wrapper before a stop cannot be
 #   recorded; the state stays "running" with pid, host and boot_id, and the lock stays held
 #   while any job process lives, so a reconciler can tell "still running" from "lost". A job
 #   exiting 129-192 itself reads as killed by a signal. Processes that leave the job's process
-#   group escape the stop.
+#   group escape the stop. Two different stop signals within the same moment before the job
+#   starts may be recorded by either name (bash runs pending traps in signal-number order).
+#   Three Ctrl-C's (INT to the group) while the final DB write waits for a lock end that
+#   sqlite3 (it handles INT itself): the state file has the end, the DB does not (the warning
+#   says so).
 if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
 # run as `bash job_wrapper.sh`: restart as `bash -p`, with the stop signals back to the caller's
 # dispositions (a BASH_ENV may have ignored them; what the caller ignored stays ignored)
@@ -60,16 +64,22 @@ json_str() { # json_str VAR TEXT: VAR becomes TEXT as a JSON string literal; tex
   printf -v "$1" '"%s%s"' "$out" "$s"
 }
 valid_id() { local LC_ALL=C; [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; }
+helper() { # helper COMMAND...: braced, bash's "Terminated" line goes to /dev/null too; again
+  # when a signal to the whole group killed it (the trap noted that signal for the record)
+  local _
+  for _ in 1 2 3; do { "$@"; } 2>/dev/null && return 0; (($? > 128)) || return 1; done
+  return 1
+}
 write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename
   local tmp="$STATE.$$.tmp"
   [[ ! -d $STATE ]] || return 1 # mv would move the file into it
   printf '{"id":"%s","status":"%s",%s%s}\n' "$JOB_ID" "$1" "$COMMON" "${2-}" 2>/dev/null >"$tmp" &&
-    mv -f -- "$tmp" "$STATE" 2>/dev/null && SAYS=$1 && return 0
+    helper mv -f -- "$tmp" "$STATE" && SAYS=$1 && return 0
   rm -f -- "$tmp" 2>/dev/null
   return 1
 }
 db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE [BUSY_MS] (SQL literals): one transaction
-  sqlite3 -init /dev/null -bail -cmd ".timeout ${4:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
+  helper sqlite3 -init /dev/null -bail -cmd ".timeout ${4:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
 INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$JOB_ID');
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
   tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
@@ -102,11 +112,9 @@ signum() { # signum NAME: SIGNUM becomes its number on Linux (x86, ARM, POWER, s
     USR2) SIGNUM=12 ;; ALRM) SIGNUM=14 ;; TERM) SIGNUM=15 ;; *) SIGNUM=0 ;;
   esac
 }
-rearm_int() { # bash < 5.0 keeps the SIGINT handler of a `wait` that a trap cut short, and the
-  # next foreground command makes it stick: an INT between two commands then re-raises itself
-  # forever. Setting the INT trap again puts the trap's own handler back.
-  trap 'on_signal INT' INT
-}
+# bash < 5.0 keeps the SIGINT handler of a `wait` that a trap cut short, and the next foreground
+# command makes it stick (an INT then re-raises itself forever): set the INT trap's own again
+rearm_int() { trap 'on_signal INT' INT; }
 grace_left() { ((TICKS-- > 0 && SECONDS <= STOP_END)); } # counted and by the wall clock
 forward_seen() { # each stop signal not yet forwarded to the job's process group, in order; to
   # its pid (and again to the group at the next poll) while it has none yet, just after the fork
@@ -245,12 +253,12 @@ main() {
   [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
   DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
   hash flock setsid mv sleep 2>/dev/null || die 73 "flock, setsid, mv or sleep not found; install them: $INSTALL_HINT"
-  [[ -d $BASE/jobs && -d $BASE/locks ]] || mkdir -p -- "$BASE/jobs" "$BASE/locks" 2>/dev/null ||
+  [[ -d $BASE/jobs && -d $BASE/locks ]] || helper mkdir -p -- "$BASE/jobs" "$BASE/locks" ||
     die 73 "cannot create $BASE/jobs and $BASE/locks"
   [[ ! -e $LOCK || -f $LOCK ]] || die 73 "lock file $LOCK is not a regular file"
   [[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
   { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
-  flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
+  helper flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
 
   BOOT_ID=null HOST=${HOSTNAME-}
   TMUX_NAME="solverpilot_${RUN_USER}_${JOB_ID:0:8}" SQ="'"
