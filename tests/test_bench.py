@@ -1,0 +1,24 @@
+"""The benchmark runner keeps working: its dry run checks the set-up and prints its plan."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_run_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "plan: per-job cost; jobs finishing at once; render start-up" in proc.stdout
+    assert "machine: CPU: " in proc.stdout
+    assert not out.exists()  # a dry run writes nothing
