@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from threading import Event
 
     from solverpilot_deploy.deploy import HostResult
-    from solverpilot_deploy.fleet import FleetRun, Operation
+    from solverpilot_deploy.fleet import Operation
     from solverpilot_deploy.inventory import HostTarget
     from solverpilot_deploy.ssh import ConnectOptions
     from solverpilot_deploy.transport import Session
@@ -119,6 +119,8 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -> int:
     import json
 
+    from solverpilot_deploy.fleet import all_skipped, run_fleet
+
     targets = _targets(args, args.hosts)
     progress = sys.stderr.isatty() and not args.json
 
@@ -129,9 +131,11 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
             print(f"  {result.host}: {result.status}", file=sys.stderr)
 
     try:
-        fleet = _fleet_with_canary(args, targets, operation, frozenset(good), on_done)
+        fleet = run_fleet(
+            targets, operation, args.jobs, on_done, frozenset(good), args.max_fail, args.canary
+        )
     except KeyboardInterrupt:  # before the fleet could take it: no host was touched
-        fleet = _all_skipped(targets, "interrupted before any change", True)
+        fleet = all_skipped(targets, "interrupted before any change", True)
     results = fleet.results
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
@@ -146,47 +150,6 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
         print("sp-deploy: interrupted", file=sys.stderr)
         return 130
     return 0 if all(r.status in good for r in results) else 1
-
-
-def _all_skipped(targets: Sequence[HostTarget], why: str, interrupted: bool = False) -> FleetRun:
-    from solverpilot_deploy.deploy import HostResult
-    from solverpilot_deploy.fleet import FleetRun
-
-    return FleetRun([HostResult(t.name, "skipped", error=why) for t in targets], interrupted)
-
-
-def _fleet_with_canary(
-    args: argparse.Namespace,
-    targets: Sequence[HostTarget],
-    operation: Operation,
-    good: frozenset[str],
-    on_done: Callable[[HostResult], None],
-) -> FleetRun:
-    """The fleet run; with --canary K, the first K hosts alone first, the rest only if all
-    of those succeeded."""
-    from solverpilot_deploy.fleet import FleetRun, run_fleet
-
-    def fleet(part: Sequence[HostTarget], max_fail: int | None) -> FleetRun:
-        return run_fleet(part, operation, args.jobs, on_done, good, max_fail)
-
-    canary = min(args.canary or 0, len(targets))
-    if not canary:
-        return fleet(targets, args.max_fail)
-    first = fleet(targets[:canary], None)
-    failed = sum(r.status not in good for r in first.results)
-    if first.interrupted or failed:
-        why = (
-            "interrupted before any change"
-            if first.interrupted
-            else (f"not started: {failed} of the {canary} canary hosts did not succeed")
-        )
-        rest = _all_skipped(targets[canary:], why)
-    else:
-        try:
-            rest = fleet(targets[canary:], args.max_fail)
-        except KeyboardInterrupt:  # between the canaries and the rest: the canaries stand
-            rest = _all_skipped(targets[canary:], "interrupted before any change", True)
-    return FleetRun(first.results + rest.results, first.interrupted or rest.interrupted)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

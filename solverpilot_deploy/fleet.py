@@ -5,7 +5,8 @@ Ctrl-C stops the fleet in order: hosts not started are "skipped" and never touch
 flight start no new step (a host not yet changed is "skipped", one whose wrapper was
 installed is "deployed" with a warning); a second Ctrl-C aborts their connections, and the
 remote install step then leaves the old wrapper in place. ``max_fail`` stops the starting of
-new hosts once that many have failed (those are "skipped"); hosts in flight finish.
+new hosts once that many have failed (those are "skipped"); hosts in flight finish; ``canary``
+runs the first hosts alone first.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
                 shared.sessions.discard(session)
 
 
+def all_skipped(targets: Sequence[HostTarget], why: str, interrupted: bool = False) -> FleetRun:
+    return FleetRun([HostResult(t.name, "skipped", error=why) for t in targets], interrupted)
+
+
 def run_fleet(
     targets: Sequence[HostTarget],
     operation: Operation,
@@ -131,9 +136,37 @@ def run_fleet(
     on_done: Callable[[HostResult], None] | None = None,
     good: frozenset[str] = frozenset(),
     max_fail: int | None = None,
+    canary: int | None = None,
 ) -> FleetRun:
     """``operation`` on every host, at most ``jobs`` at once; Ctrl-C and ``max_fail`` as the
-    module says (a status outside ``good`` is a failure)."""
+    module says (a status outside ``good`` is a failure). With ``canary`` K, the first K hosts
+    alone first, and the rest only if every one of them succeeded."""
+    count = min(canary or 0, len(targets))
+    if not count:
+        return _run_hosts(targets, operation, jobs, on_done, good, max_fail)
+    first = _run_hosts(targets[:count], operation, jobs, on_done, good, None)
+    failed = sum(r.status not in good for r in first.results)
+    if first.interrupted:
+        rest = all_skipped(targets[count:], "interrupted before any change")
+    elif failed:
+        why = f"not started: {failed} of the {count} canary hosts did not succeed"
+        rest = all_skipped(targets[count:], why)
+    else:
+        try:
+            rest = _run_hosts(targets[count:], operation, jobs, on_done, good, max_fail)
+        except KeyboardInterrupt:  # between the canaries and the rest: the canaries stand
+            rest = all_skipped(targets[count:], "interrupted before any change", True)
+    return FleetRun(first.results + rest.results, first.interrupted or rest.interrupted)
+
+
+def _run_hosts(
+    targets: Sequence[HostTarget],
+    operation: Operation,
+    jobs: int,
+    on_done: Callable[[HostResult], None] | None,
+    good: frozenset[str],
+    max_fail: int | None,
+) -> FleetRun:
     shared = _Shared(good, max_fail)
     hosts = [target.name for target in targets]
 
