@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import burst as burst_bench
 import jobcost
+import status as status_bench
 
 APT = {"nq": "nq", "tsp": "task-spooler", "strace": "strace"}
 
@@ -98,6 +99,20 @@ def startup(rounds: int) -> list[tuple[str, float, float, float, float]]:
     return rows
 
 
+def status_rows(rounds: int, sizes: list[int]) -> list[tuple[str, float, float, float, float]]:
+    """`sp-deploy status` against the number of recorded jobs, and a bare `ssh HOST true`
+    (the floor) in the same rounds; needs root (a test user and a loopback sshd)."""
+    samples = status_bench.measure(rounds, sizes)
+    floor = samples["ssh true"]
+    rows = []
+    for name, values in samples.items():
+        deciles = statistics.quantiles(values, n=10)
+        ratio = statistics.median(v / f for v, f in zip(values, floor, strict=True))
+        ms = [statistics.median(values) * 1000, deciles[0] * 1000, deciles[-1] * 1000]
+        rows.append((name, *ms, ratio))
+    return rows
+
+
 def _timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
@@ -110,6 +125,10 @@ def report(args: argparse.Namespace, started: float) -> str:
     costs = jobcost.measure(rounds)
     bursts = burst_bench.measure(sizes)
     starts = startup(5 if args.quick else 21)
+    statuses = []
+    if os.geteuid() == 0:
+        sizes_s = [10, 100, 1000] if args.quick else [10, 100, 1000, 10000]
+        statuses = status_rows(3 if args.quick else 11, sizes_s)
     lines = [
         "# Benchmarks",
         "",
@@ -153,6 +172,16 @@ def report(args: argparse.Namespace, started: float) -> str:
             for b in bursts
         ),
         "",
+        "## 4. `sp-deploy status` against the number of recorded jobs",
+        "",
+        "The whole command (Python's start, the ssh login, one remote step) on a loopback "
+        "sshd; `ssh true` is the floor: a bare login and command. Ratios per round to it.",
+        "",
+        "| command | median ms | p10-p90 ms | x `ssh true` |",
+        "| --- | ---: | ---: | ---: |",
+        *(f"| {n} | {m:.1f} | {a:.1f}-{b:.1f} | {r:.2f} |" for n, m, a, b, r in statuses),
+        *([] if statuses else ["", "(not measured: needs root)"]),
+        "",
         "## 5. Start-up of `sp-deploy render`",
         "",
         "| command | median ms | p10-p90 ms | x `python -c pass` |",
@@ -166,8 +195,7 @@ def report(args: argparse.Namespace, started: float) -> str:
         "record (table 1), and is within a few ms of the baseline, which keeps fewer promises "
         "and loses most updates when jobs end together (table 2).",
         "- Not measured yet (issue 10 is open): fleet pushes against Ansible and pyinfra "
-        "(3) and status against job counts in this runner (4; bench/status.py measures it "
-        "alone); the plots.",
+        "(3); the plots.",
         "",
     ]
     return "\n".join(lines)
@@ -185,7 +213,7 @@ def main() -> int:
         print("machine:", "; ".join(f"{k}: {v}" for k, v in machine()))
         print("missing (installed on a real run, as root):", " ".join(missing) or "nothing")
         print("baseline:", jobcost.BASELINE if jobcost.BASELINE.exists() else "absent")
-        print("plan: per-job cost; jobs finishing at once; render start-up ->", args.out)
+        print("plan: per-job cost; jobs finishing at once; status; render start-up ->", args.out)
         return 0
     Path(args.out).write_text(report(args, started))
     print(f"wrote {args.out}")

@@ -65,12 +65,8 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--sizes", default="10,100,1000,10000")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+def measure(runs: int, sizes: list[int]) -> dict[str, list[float]]:
+    """Seconds per round: "ssh true", then "status, N jobs" for each size."""
     user = ensure_test_user(USER)
     base = Path(tempfile.mkdtemp(prefix="sp-bench-status-"))
     base.chmod(0o755)
@@ -91,7 +87,7 @@ def main() -> int:
         bashrc = Path(user.pw_dir) / ".bashrc"
         samples: dict[str, list[float]] = {"ssh true": []}
         samples.update({f"status, {n} jobs": [] for n in sizes})
-        for round_ in range(args.runs + 1):  # the first round warms caches and is dropped
+        for round_ in range(runs + 1):  # the first round warms caches and is dropped
             got = {"ssh true": timed([*ssh, "true"])}
             for n in sizes:
                 bashrc.write_text(f"export SOLVERPILOT_SERVER_DIR={homes[n]}\n")
@@ -99,15 +95,7 @@ def main() -> int:
             if round_:
                 for name, seconds in got.items():
                     samples[name].append(seconds)
-        print(f"machine: {machine()}")
-        print(f"{args.runs} rounds; medians (p10-p90); ratio to status with {sizes[0]} jobs")
-        base_median = statistics.median(samples[f"status, {sizes[0]} jobs"])
-        for name, values in samples.items():
-            values.sort()
-            med = statistics.median(values)
-            p10, p90 = values[len(values) // 10], values[(len(values) * 9) // 10 - 1]
-            print(f"  {name:22} {med * 1000:8.1f} ms ({p10 * 1000:.1f}-{p90 * 1000:.1f})"
-                  f"  x{med / base_median:.2f}")  # fmt: skip
+        return samples
     finally:
         sshd.stop()
         clean_home(user)
@@ -115,6 +103,24 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
         (Path(user.pw_dir) / ".bashrc").unlink(missing_ok=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    samples = measure(args.runs, sizes)
+    print(f"machine: {machine()}")
+    print(f"{args.runs} rounds; medians (p10-p90); ratio to status with {sizes[0]} jobs")
+    base_median = statistics.median(samples[f"status, {sizes[0]} jobs"])
+    for name, values in samples.items():
+        values = sorted(values)
+        med = statistics.median(values)
+        p10, p90 = values[len(values) // 10], values[(len(values) * 9) // 10 - 1]
+        print(f"  {name:22} {med * 1000:8.1f} ms ({p10 * 1000:.1f}-{p90 * 1000:.1f})"
+              f"  x{med / base_median:.2f}")  # fmt: skip
     return 0
 
 

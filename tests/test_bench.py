@@ -19,6 +19,6 @@ def test_bench_run_dry_run(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "plan: per-job cost; jobs finishing at once; render start-up" in proc.stdout
+    assert "plan: per-job cost; jobs finishing at once; status; render start-up" in proc.stdout
     assert "machine: CPU: " in proc.stdout
     assert not out.exists()  # a dry run writes nothing
