@@ -360,3 +360,16 @@ def test_term_ends_a_push_in_order_and_leaves_no_master(
     assert result["status"] in ("skipped", "deployed")
     assert leftover_masters(str(config)) == []
     assert "Traceback" not in err
+
+
+def test_auto_names_its_choice_also_for_a_host_that_fails(
+    capsys: pytest.CaptureFixture[str], lab: Lab, trusted: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(  # a ProxyCommand to a port where nothing listens
+        "Host deadbox\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n"
+        "  ProxyCommand /bin/bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3'\n"
+    )
+    code, results = sp_json(capsys, "push", "deadbox", "-F", str(config), "--transport", "auto")
+    assert code == 1 and results[0]["status"] == "failed"
+    assert "uses ProxyCommand" in str(results[0]["warnings"])

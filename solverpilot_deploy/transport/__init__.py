@@ -67,7 +67,12 @@ def connect(
         from solverpilot_deploy.transport.openssh import connect_openssh as opener
     else:
         from solverpilot_deploy.transport.paramiko_ssh import connect_paramiko as opener
-    with opener(spec, options, deadline, values, started) as session:
+
+    def told(session: Session) -> None:  # the warning is the host's also when it fails
         if warning:
             session.warnings.append(warning)
+        if started is not None:
+            started(session)
+
+    with opener(spec, options, deadline, values, told) as session:
         yield session
