@@ -130,8 +130,8 @@ state_field() {
     "$SERVER/jobs/$1.status" "$2"
 }
 
-db_row() { # db_row ID: status|exit_code|completed_at? of the job's DB row
-  sqlite3 "$DB" "SELECT status, exit_code, completed_at IS NOT NULL FROM jobs WHERE id = '$1'"
+db_row() { # db_row ID: status|exit_code|completed_at? of the job's DB row (waits for a writer)
+  sqlite3 -cmd ".timeout 5000" "$DB" "SELECT status, exit_code, completed_at IS NOT NULL FROM jobs WHERE id = '$1'"
 }
 
 file_has() { [[ -s $1 ]] && grep -q -- "$2" "$1"; }
