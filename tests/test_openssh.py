@@ -66,6 +66,21 @@ def trusted_all(trusted: Path, counted: Sshd, kbdint: Sshd) -> Path:
     return trusted
 
 
+RELAY = "/bin/bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3'"  # a ProxyCommand
+
+
+@contextlib.contextmanager
+def user_master(config: Path, control: Path) -> Iterator[None]:
+    """The user's own master for host "box" of ``config`` (its socket in ``control``), up
+    for the block; then stopped, and ``control`` removed."""
+    try:
+        subprocess.run(["ssh", "-F", str(config), "-M", "-N", "-f", "box"], check=True, timeout=30)
+        yield
+    finally:
+        subprocess.run(["ssh", "-F", str(config), "-O", "exit", "box"], check=False)
+        shutil.rmtree(control, ignore_errors=True)
+
+
 def leftover_masters(config: str) -> list[str]:
     """sp-deploy's ssh masters still running for the hosts of ``config``."""
     found = []
@@ -114,8 +129,7 @@ def test_the_users_own_master_is_reused_without_a_new_login(
         trusted_all,
         f"  ControlMaster auto\n  ControlPath {control}/%C\n  ControlPersist 60\n",
     )
-    subprocess.run(["ssh", "-F", str(config), "-M", "-N", "-f", "box"], check=True, timeout=30)
-    try:
+    with user_master(config, control):
         before = logins(counted)
         for argv in (["push"], ["verify"], ["status"]):
             code, out, err = sp(capsys, *argv, "box", "-F", str(config), "--transport", "auto")
@@ -125,9 +139,6 @@ def test_the_users_own_master_is_reused_without_a_new_login(
         assert logins(counted) == before  # no new login, so no new 2FA prompt
         check = subprocess.run(["ssh", "-F", str(config), "-O", "check", "box"], check=False)
         assert check.returncode == 0  # the user's master is still up: not ours to close
-    finally:
-        subprocess.run(["ssh", "-F", str(config), "-O", "exit", "box"], check=False)
-        shutil.rmtree(control, ignore_errors=True)
 
 
 def test_a_proxy_command_host(
@@ -138,8 +149,7 @@ def test_a_proxy_command_host(
     trusted_all: Path,
     tmp_path: Path,
 ) -> None:
-    relay = "/bin/bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3'"
-    config = write_config(tmp_path, lab, counted, trusted_all, f"  ProxyCommand {relay}\n")
+    config = write_config(tmp_path, lab, counted, trusted_all, f"  ProxyCommand {RELAY}\n")
     code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", "auto")
     assert code == 0 and results[0]["status"] == "deployed", results
     assert results[0]["warnings"] == [
@@ -296,16 +306,12 @@ def test_a_control_path_that_does_not_name_the_login_is_not_reused(
     config = write_config(
         tmp_path, lab, counted, trusted_all, f"  ControlMaster auto\n  ControlPath {control}/m\n"
     )
-    subprocess.run(["ssh", "-F", str(config), "-M", "-N", "-f", "box"], check=True, timeout=30)
-    try:
+    with user_master(config, control):
         before = logins(counted)
         code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", "openssh")
         assert code == 0 and results[0]["status"] == "deployed"
         assert "ControlPath does not name the user and port" in str(results[0]["warnings"])
         assert logins(counted) - before == 1  # its own master, not the user's
-    finally:
-        subprocess.run(["ssh", "-F", str(config), "-O", "exit", "box"], check=False)
-        shutil.rmtree(control, ignore_errors=True)
 
 
 def test_a_config_remote_command_or_local_command_changes_no_step(
@@ -367,8 +373,7 @@ def test_auto_names_its_choice_also_for_a_host_that_fails(
 ) -> None:
     config = tmp_path / "config"
     config.write_text(  # a ProxyCommand to a port where nothing listens
-        "Host deadbox\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n"
-        "  ProxyCommand /bin/bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3'\n"
+        f"Host deadbox\n  HostName 127.0.0.1\n  Port 1\n  BatchMode yes\n  ProxyCommand {RELAY}\n"
     )
     code, results = sp_json(capsys, "push", "deadbox", "-F", str(config), "--transport", "auto")
     assert code == 1 and results[0]["status"] == "failed"

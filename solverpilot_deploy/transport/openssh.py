@@ -399,15 +399,14 @@ def connect_openssh(
     spec: str,
     options: ConnectOptions,
     deadline: float,
-    values: SshConfig | None = None,
-    started: Started | None = None,
+    values: SshConfig | None,
+    started: Started,
 ) -> Iterator[Session]:
     """A Session to ``spec`` through one master connection; closed on exit."""
     batch = not terminal_attached()
     argv, host = base_argv(spec, options, batch)
     session = OpenSSHSession(argv, host, batch)
-    if started is not None:
-        started(session)
+    started(session)
     try:
         session.open(deadline)
         yield session

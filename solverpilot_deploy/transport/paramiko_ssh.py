@@ -235,13 +235,12 @@ def connect_paramiko(
     spec: str,
     options: ConnectOptions,
     deadline: float,
-    values: SshConfig | None = None,
-    started: Started | None = None,
+    values: SshConfig | None,
+    started: Started,
 ) -> Iterator[Session]:
     """A Session to ``spec``, through its ProxyJump hosts; closed on exit."""
     session = ParamikoSession()
-    if started is not None:
-        started(session)
+    started(session)
     try:
         target = resolve(spec, options, values)
         jump_options = _jump_options(options)
