@@ -12,6 +12,7 @@ time from the release to one wrapper's exit (its final write included, waits for
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import tempfile
@@ -82,15 +83,18 @@ def _burst(runner: str, n: int, work: Path, wrapper: Path) -> Burst:
     return Burst(runner, n, n - done, ends[-1], ends[len(ends) // 2])
 
 
-def measure(sizes: list[int]) -> list[Burst]:
+def measure(sizes: list[int], runs: int = 1) -> list[Burst]:
+    """``runs`` bursts of each size, for ours and the baseline (when present), interleaved."""
     results = []
     with tempfile.TemporaryDirectory(prefix="sp-bench-burst-") as tmp:
         wrapper = Path(tmp) / "job_wrapper.sh"
         subprocess.run(
             ["sp-deploy", "render", "--distro", "debian", "-o", str(wrapper)], check=True
         )
-        for n in sizes:
-            for runner in ("ours", "baseline") if BASELINE.exists() else ("ours",):
-                work = Path(tempfile.mkdtemp(dir=tmp))
-                results.append(_burst(runner, n, work, wrapper))
+        for _ in range(runs):
+            for n in sizes:
+                for runner in ("ours", "baseline") if BASELINE.exists() else ("ours",):
+                    work = Path(tempfile.mkdtemp(dir=tmp))
+                    results.append(_burst(runner, n, work, wrapper))
+                    shutil.rmtree(work, ignore_errors=True)
     return results

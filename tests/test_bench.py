@@ -11,14 +11,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_run_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
+    plots = tmp_path / "plots"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--dry-run", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--dry-run",
+            "--out",
+            str(out),
+            "--plots",
+            str(plots),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "plan: per-job cost; jobs finishing at once; status; render start-up" in proc.stdout
+    assert (
+        "plan: per-job cost; jobs finishing at once; fleet push; status; render start-up"
+        in proc.stdout
+    )
     assert "machine: CPU: " in proc.stdout
-    assert not out.exists()  # a dry run writes nothing
+    assert not out.exists() and not plots.exists()  # a dry run writes nothing

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from solverpilot_deploy.errors import (
     AuthenticationError,
@@ -173,7 +173,8 @@ def _connect_one(
                 target.hostname,
                 port=target.port,
                 username=target.user,
-                key_filename=keys or None,
+                # a list, as paramiko takes it (types-paramiko, which pyinfra pulls in, says str)
+                key_filename=cast(Any, keys or None),
                 allow_agent=not target.identities_only,
                 look_for_keys=False,
                 timeout=left,

@@ -1,0 +1,216 @@
+"""Fleet push: the wrapper onto 1-30 loopback hosts, sp-deploy against Ansible and pyinfra.
+
+Usage: python bench/fleet.py [--runs N] [--sizes 1,10,30]   (as root: it makes one test user
+and one sshd per host, as the tests do; needs the `bench` extra: ansible-core, pyinfra)
+
+Every host is its own sshd on 127.0.0.1 with its own user (so its own home). Each round, for
+each size and tool: the hosts' homes are emptied, the tool deploys the rendered wrapper to
+~/.solverpilot/bin/job_wrapper.sh (mode 0755) on every host at once ("first"), then runs again
+unchanged ("repeat"). Tools: `sp-deploy push` (each transport; it also checks the sha256
+there, creates the DB and runs a smoke job; once with --no-smoke), an Ansible playbook (file +
+copy, forks = hosts) and a pyinfra deploy (files.put, --parallel = hosts). Every command
+starts cold: Ansible gets a fresh ControlPath folder per command, so no login is reused across
+commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen
+
+TOOLS = (
+    "sp-deploy paramiko",
+    "sp-deploy paramiko --no-smoke",
+    "sp-deploy openssh",
+    "ansible copy",
+    "pyinfra files.put",
+)
+PHASES = ("first", "repeat")
+DEST = ".solverpilot/bin/job_wrapper.sh"
+
+PLAYBOOK = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.file: {path: ~/.solverpilot/bin, state: directory, mode: "0755"}
+    - ansible.builtin.copy: {src: "%s", dest: "~/%s", mode: "0755"}
+"""
+
+DEPLOY = """\
+from pyinfra import host
+from pyinfra.operations import files
+
+files.put(src=%r, dest=host.data.home + "/%s", mode="755", create_remote_dir=True)
+"""
+
+
+@dataclass
+class Host:
+    name: str
+    sshd: Sshd
+    home: str
+
+
+def tool_bin(name: str) -> str:
+    """A tool from this Python's venv, else PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"fleet: {name} not found (pip install -e '.[bench]')")
+    return found
+
+
+class Lab:
+    """``count`` loopback hosts, the files each tool reads, and the commands that deploy."""
+
+    def __init__(self, count: int) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="sp-bench-fleet-"))
+        self.base.chmod(0o755)
+        self.key = keygen(self.base / "client")
+        self.known = self.base / "known_hosts"
+        self.wrapper = self.base / "job_wrapper.sh"
+        self.hosts: list[Host] = []
+        subprocess.run(
+            [tool_bin("sp-deploy"), "render", "--distro", "debian", "-o", str(self.wrapper)],
+            check=True,
+        )
+        try:
+            for n in range(count):
+                user = ensure_test_user(f"spfleet{n:02d}")
+                authorize(user, self.base / "client.pub")
+                clean_home(user)
+                sshd = Sshd(self.base / f"sshd{n:02d}", user.pw_name).start()
+                self.hosts.append(Host(f"h{n:02d}", sshd, user.pw_dir))
+        except BaseException:
+            self.close()
+            raise
+        self.known.write_text("".join(h.sshd.known_hosts_line for h in self.hosts))
+        (self.base / "deploy.yml").write_text(PLAYBOOK % (self.wrapper, DEST))
+        (self.base / "deploy.py").write_text(DEPLOY % (str(self.wrapper), DEST))
+
+    def clean(self) -> None:
+        for host in self.hosts:
+            clean_home(ensure_test_user(host.sshd.user))
+
+    def command(self, tool: str, count: int) -> tuple[list[str], dict[str, str]]:
+        hosts = self.hosts[:count]
+        env = {"HOME": str(self.base), "ANSIBLE_HOME": str(self.base / "ansible")}
+        if tool.startswith("sp-deploy"):
+            argv = [tool_bin("sp-deploy"), "push", *(h.sshd.spec for h in hosts), "-j",
+                    str(count), "-i", str(self.key), "--known-hosts", str(self.known),
+                    "--json", "--transport", *tool.split()[1:]]  # fmt: skip
+            return argv, env
+        if tool == "ansible copy":
+            inventory = self.base / f"hosts-{count}.ini"
+            inventory.write_text(
+                "".join(
+                    f"{h.name} ansible_host=127.0.0.1 ansible_port={h.sshd.port} "
+                    f"ansible_user={h.sshd.user}\n"
+                    for h in hosts
+                )
+            )
+            env.update(
+                ANSIBLE_PRIVATE_KEY_FILE=str(self.key),
+                ANSIBLE_SSH_ARGS=f"-o UserKnownHostsFile={self.known} -o BatchMode=yes "
+                "-o ControlMaster=auto -o ControlPersist=60s",
+                ANSIBLE_SSH_CONTROL_PATH_DIR=tempfile.mkdtemp(dir=self.base, prefix="cp-"),
+                ANSIBLE_PYTHON_INTERPRETER="/usr/bin/python3",
+                ANSIBLE_HOST_KEY_CHECKING="True",
+                ANSIBLE_NOCOLOR="1",
+            )
+            argv = [tool_bin("ansible-playbook"), "-i", str(inventory), "-f", str(count),
+                    str(self.base / "deploy.yml")]  # fmt: skip
+            return argv, env
+        inventory = self.base / f"inventory_{count}.py"
+        data = [(h.name, self.pyinfra_data(h)) for h in hosts]
+        inventory.write_text(f"hosts = {data!r}\n")
+        argv = [tool_bin("pyinfra"), "-y", "--parallel", str(count), str(inventory),
+                str(self.base / "deploy.py")]  # fmt: skip
+        return argv, env
+
+    def pyinfra_data(self, host: Host) -> dict[str, object]:
+        return {
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": host.sshd.port,
+            "ssh_user": host.sshd.user,
+            "ssh_key": str(self.key),
+            "ssh_known_hosts_file": str(self.known),
+            "ssh_strict_host_key_checking": "yes",
+            "home": host.home,
+        }
+
+    def run(self, tool: str, count: int) -> float:
+        argv, env = self.command(tool, count)
+        start = time.perf_counter()
+        done = subprocess.run(
+            argv, env={**os.environ, **env}, cwd=self.base, capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+            raise SystemExit(f"fleet: {tool} on {count} hosts failed: " + " | ".join(tail))
+        self.check(count)
+        return seconds
+
+    def check(self, count: int) -> None:
+        """Every host has the wrapper, byte for byte and executable: no tool is timed for less."""
+        want = self.wrapper.read_bytes()
+        for host in self.hosts[:count]:
+            got = Path(host.home) / DEST
+            if got.read_bytes() != want or not os.access(got, os.X_OK):
+                raise SystemExit(f"fleet: {got} is not the wrapper")
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.sshd.stop()
+            clean_home(ensure_test_user(host.sshd.user))
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def measure(runs: int, sizes: list[int]) -> dict[tuple[int, str, str], list[float]]:
+    """Seconds per round, keyed by (hosts, tool, phase); one cold round first is dropped."""
+    lab = Lab(max(sizes))
+    samples: dict[tuple[int, str, str], list[float]] = {
+        (n, tool, phase): [] for n in sizes for tool in TOOLS for phase in PHASES
+    }
+    try:
+        for round_ in range(runs + 1):
+            for n in sizes:
+                for tool in TOOLS:
+                    lab.clean()
+                    first = lab.run(tool, n)
+                    repeat = lab.run(tool, n)
+                    if round_:
+                        samples[(n, tool, "first")].append(first)
+                        samples[(n, tool, "repeat")].append(repeat)
+    finally:
+        lab.close()
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="1,10,30")
+    args = parser.parse_args()
+    samples = measure(args.runs, [int(s) for s in args.sizes.split(",")])
+    for (n, tool, phase), values in samples.items():
+        print(f"{n:3} hosts  {tool:20} {phase:6} {statistics.median(values):7.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
