@@ -66,6 +66,21 @@ ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9
   grep -q 'stdin	tab' "$WORK/wrapped.out"
 }
 
+@test "slurm_job_id: Slurm's job id under Slurm (SLURM_JOB_ID), null elsewhere or when malformed" {
+  SLURM_JOB_ID=4242 run wrapper job-slurm true
+  assert_success
+  assert_equal "$(state_field job-slurm slurm_job_id)" '"4242"'
+  run env -u SLURM_JOB_ID "${WRAPPER_CMD[@]}" job-plain true
+  assert_success
+  assert_equal "$(state_field job-plain slurm_job_id)" null
+  for bad in '' '12;x' '"1"' 1e3 -1 0x10 '１２' 1234567890123456789; do
+    SLURM_JOB_ID=$bad run wrapper job-bad true
+    assert_success
+    assert_equal "$(state_field job-bad slurm_job_id)" null
+    rm -f "$SERVER/jobs/job-bad.status"
+  done
+}
+
 @test "running state in both stores before the job ends: pid, host, boot id, user, tmux name" {
   USER=tester start_wrapper job-run sh -c "touch '$WORK/started'; while [ ! -e '$WORK/go' ]; do sleep 0.05; done"
   poll_until 10 test -e "$WORK/started"

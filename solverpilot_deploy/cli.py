@@ -55,6 +55,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
     from solverpilot_deploy.profiles import load_profile, profile_names
     from solverpilot_deploy.remote import step_names, step_script
     from solverpilot_deploy.render import render_wrapper
+    from solverpilot_deploy.slurm import batch_script
 
     names = args.distro or profile_names()
     profiles = [load_profile(name) for name in names]  # every name checked before any work
@@ -66,6 +67,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
         (f"remote/{step}", lint_script(f"{step}.sh", step_script(step), shell="sh"))
         for step in step_names()
     ]
+    batch = batch_script("lint", "", ["true"])
+    scripts.append(("slurm/batch", lint_script("batch.sh", batch, shell="sh")))
     dirty = 0
     for label, result in scripts:
         if result.clean:
@@ -246,6 +249,9 @@ def _describe(state: dict[str, Any]) -> str:
     return " ".join(words)
 
 
+SLURM_ONLY = ("partition", "time", "mem", "cpus", "save_before")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import json
 
@@ -255,6 +261,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.command_argv:
         raise UsageError("no command: sp-deploy run HOST [--id ID] [--cwd DIR] -- COMMAND [ARG...]")
     (job_id,) = _job_ids([args.id or new_job_id()])
+    if args.via == "slurm":
+        return _run_slurm(args, job_id)
+    given = [name for name in SLURM_ONLY if getattr(args, name) is not None]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise UsageError(f"{option} is for --via slurm")
     started = _on_host(
         args,
         lambda session, end: run_job(
@@ -267,6 +279,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
     else:
         print(job_id)
+    return 0
+
+
+def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
+    import json
+
+    from solverpilot_deploy.slurm import SlurmOptions, submit_job
+    from solverpilot_deploy.ssh import remaining
+
+    try:
+        options = SlurmOptions(args.partition, args.time, args.mem, args.cpus, args.save_before)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    done = _on_host(
+        args,
+        lambda session, end: submit_job(
+            session, job_id, args.cwd or "", args.command_argv, options, remaining(end)
+        ),
+    )
+    for warning in done.warnings:
+        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps({"id": job_id, "slurm_job_id": done.slurm_job_id, "warnings": done.warnings})
+        )
+    else:
+        print(f"{job_id} {done.slurm_job_id}")
     return 0
 
 
@@ -284,8 +323,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             session, job_id, int(args.wait), remaining(end) + int(args.wait)
         ),
     )
+    for warning in done.warnings:
+        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"state": done.state, "already_ended": done.was is not None}))
+        print(
+            json.dumps(
+                {
+                    "state": done.state,
+                    "already_ended": done.was is not None,
+                    "recorded_by_sp_deploy": done.wrote,
+                }
+            )
+        )
+    elif done.wrote:
+        print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
     elif done.was is not None:
         print(f"{_describe(done.state)} (it had already ended: nothing changed)")
     else:
@@ -466,11 +517,31 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="start a job under the wrapper in a detached tmux session",
-        usage="sp-deploy run HOST [--id ID] [--cwd DIR] [options] -- COMMAND [ARG...]",
+        usage="sp-deploy run HOST [--id ID] [--cwd DIR] [--via slurm ...] [options] -- COMMAND "
+        "[ARG...]",
     )
     run.add_argument("host", metavar="HOST")
     run.add_argument("--id", metavar="ID", help="the job id (default: a new UUID)")
     run.add_argument("--cwd", metavar="DIR", help="the job's working folder (default: home)")
+    run.add_argument(
+        "--via",
+        choices=("tmux", "slurm"),
+        default="tmux",
+        help="tmux (default): on HOST itself; slurm: sbatch on HOST, a login node",
+    )
+    slurm = run.add_argument_group("slurm (with --via slurm; default: the cluster's)")
+    slurm.add_argument("--partition", metavar="NAME", help="the partition")
+    slurm.add_argument(
+        "--time", type=_positive(int, 10**7), metavar="MINUTES", help="the time limit"
+    )
+    slurm.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 4000M or 16G")
+    slurm.add_argument("--cpus", type=_positive(int, 100000), metavar="N", help="CPUs for the job")
+    slurm.add_argument(
+        "--save-before",
+        type=_positive(int, 65535),
+        metavar="SECONDS",
+        help="INT to the job this long before the time limit, so it can save its work",
+    )
     _add_ssh_options(run)
     run.set_defaults(func=cmd_run)
 

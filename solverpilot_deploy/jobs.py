@@ -39,6 +39,8 @@ class Started:
 class Cancelled:
     state: dict[str, Any]
     was: str | None  # the status of a job that had already ended, else None
+    wrote: bool = False  # a Slurm job that never started: sp-deploy wrote its record
+    warnings: tuple[str, ...] = ()
 
 
 def new_job_id() -> str:
@@ -124,12 +126,21 @@ def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Canc
     """TERM to the job's wrapper; returns once it and the job's tree are gone."""
     result = run_step(session, "cancel", check_job_id(job_id), str(wait), timeout=timeout)
     state = _state(result.lines)
+    found = result.values()
     if result.status == 0:
-        return Cancelled(state, result.values().get("was"))
+        warnings = tuple(line[8:] for line in result.lines if line.startswith("warning="))
+        return Cancelled(state, found.get("was"), found.get("wrote") == "yes", warnings)
     if result.status == 10:
         raise JobError(f"no job {job_id} on this host")
+    if result.status == 11 and "slurm_state" in found:
+        raise JobError(
+            f"job {job_id} is lost: Slurm ended it ({found['slurm_state']}) without its final "
+            "record; nothing was signalled"
+        )
     if result.status == 11:
         raise JobError(f"job {job_id} is lost: its wrapper is gone; nothing was signalled")
+    if result.status in (14, 15):
+        raise JobError(f"job {job_id} runs under Slurm: {found.get('error', '?')}")
     if result.status == 12:
         raise JobError(f"job {job_id} still runs {wait} s after TERM")
     if result.status == 13:

@@ -8,6 +8,12 @@ judged by its lock alone. A state file that is not a JSON object of the wrapper'
 (truncated, binary, huge, ``null``, a list, a number) is listed as "unreadable"; the others
 are not affected. The tmux session named for a job is reported present or absent (None when
 the host has no tmux).
+
+A Slurm job (its state names a slurm_job_id, or run --via slurm submitted it) runs on a compute
+node, so the host's pids say nothing about it: Slurm is asked instead (one squeue on the host,
+before the state files are read). A job Slurm has not ended keeps its state's word ("pending"
+before its wrapper ran); one Slurm has ended (or forgotten) while its state still says
+"running", or that never got a state, is "lost".
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ JOB_KEYS = (
     "wall_s",
     "lost_reason",
     "tmux",
+    "slurm_job_id",
 )
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
 INTEGER = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only: "²".isdigit() is true
@@ -40,6 +47,18 @@ REBOOTED = "host rebooted"
 LOCK_FREE = "wrapper gone, lock free"
 JOB_HOLDS_LOCK = "wrapper gone, its job still holds the lock"
 PID_REUSED = "pid reused"
+# Slurm's states of a job it has not ended (the wrapper may still run, or not yet)
+SLURM_ACTIVE = frozenset(
+    {
+        *("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"),
+        *("REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"),
+        "RESV_DEL_HOLD",
+    }
+)
+SLURM_WAITING = frozenset(
+    ["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"]
+)
+SLURM_DIGITS = re.compile(r"^[0-9]{1,18}$")
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ class JobState:
     wall_s: float | None = None
     lost_reason: str | None = None
     tmux: str | None = None
+    slurm_job_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in JOB_KEYS}
@@ -68,6 +88,21 @@ class HostView:
     has_tmux: bool = False
     sessions: set[str] = field(default_factory=set)
     held: set[str] = field(default_factory=set)
+    submitted: dict[str, str] = field(default_factory=dict)  # job id -> Slurm's job id
+    slurm: dict[str, str] | None = None  # Slurm's job id -> state; None: Slurm not asked
+    slurm_error: bool = False  # squeue was there but could not answer
+
+    def slurm_reason(self, slurm_job_id: str) -> str | None:
+        """Why a Slurm job whose record says "running" (or has none yet) is lost, or None
+        while Slurm has not ended it, or cannot be asked."""
+        if self.slurm is None or self.slurm_error:
+            return None
+        state = self.slurm.get(slurm_job_id)
+        if state in SLURM_ACTIVE:
+            return None
+        if state is None:
+            return f"Slurm no longer knows job {slurm_job_id}"
+        return f"Slurm ended job {slurm_job_id} ({state})"
 
 
 def tmux_session_name(user: str, job_id: str) -> str:
@@ -115,8 +150,13 @@ def job_from_state(
     if not isinstance(status, str) or not status or not JOB_ID.match(job_id):
         return JobState(job_id, "unreadable")
     assert isinstance(state, dict)
+    recorded = state.get("slurm_job_id")
+    slurm_id = recorded if isinstance(recorded, str) and SLURM_DIGITS.match(recorded) else None
+    slurm_id = slurm_id or view.submitted.get(job_id)
     reason = None
-    if status == "running":
+    if status == "running" and slurm_id:  # on a compute node: Slurm knows, not the pids here
+        reason = view.slurm_reason(slurm_id)
+    elif status == "running":
         reason = lost_reason(state, job_id in view.held, alive, ticks, view.boot_id)
     user = state.get("user")
     tmux = None
@@ -134,13 +174,19 @@ def job_from_state(
         wall_s=_seconds(state.get("wall_s")),
         lost_reason=reason,
         tmux=tmux,
+        slurm_job_id=slurm_id,
     )
 
 
 def job_from_db_row(fields: list[str], view: HostView) -> JobState:
     """A DB row with no state file: a "running" one is judged by its lock alone."""
     job_id, status, exit_code, started, completed = fields
-    reason = LOCK_FREE if status == "running" and job_id not in view.held else None
+    slurm_id = view.submitted.get(job_id)
+    reason = None
+    if status == "running" and slurm_id:
+        reason = view.slurm_reason(slurm_id)
+    elif status == "running" and job_id not in view.held:
+        reason = LOCK_FREE
     return JobState(
         job_id,
         "lost" if reason else status or "unknown",
@@ -148,17 +194,48 @@ def job_from_db_row(fields: list[str], view: HostView) -> JobState:
         started_at=started or None,
         completed_at=completed or None,
         lost_reason=reason,
+        slurm_job_id=slurm_id,
     )
 
 
-def parse_status_output(lines: tuple[str, ...] | list[str]) -> list[JobState]:
-    """The answer of templates/remote/status.sh, as one JobState per job, sorted by id."""
+def job_submitted(job_id: str, slurm_id: str, view: HostView) -> JobState:
+    """A job run --via slurm submitted that has no record yet: its wrapper has not run."""
+    if view.slurm is None or view.slurm_error:
+        return JobState(job_id, "submitted", slurm_job_id=slurm_id)
+    state = view.slurm.get(slurm_id)
+    if state in SLURM_WAITING:
+        return JobState(job_id, "pending", slurm_job_id=slurm_id)
+    if state in SLURM_ACTIVE:  # started: its wrapper writes the running state any moment
+        return JobState(job_id, "running", slurm_job_id=slurm_id)
+    reason = view.slurm_reason(slurm_id)
+    return JobState(
+        job_id, "lost", lost_reason=f"{reason}; its wrapper never ran", slurm_job_id=slurm_id
+    )
+
+
+def parse_status_output(
+    lines: tuple[str, ...] | list[str], wanted: tuple[str, ...] = ()
+) -> list[JobState]:
+    """The answer of templates/remote/status.sh, as one JobState per job, sorted by id (only
+    ``wanted`` of the submitted jobs that have no record yet, when given)."""
     view = HostView()
     found: list[tuple[str, bool, str, list[str] | None]] = []  # id, alive, ticks, text lines
     db_rows: dict[str, list[str]] = {}
     section = ""
     for line in lines:
-        if line.startswith("@boot "):
+        if line.startswith("@submitted "):
+            parts = line.split(" ")
+            if len(parts) == 3 and JOB_ID.match(parts[1]) and SLURM_DIGITS.match(parts[2]):
+                view.submitted[parts[1]] = parts[2]
+        elif line == "@slurm":
+            view.slurm = {}
+        elif line.startswith("@squeue ") and view.slurm is not None:
+            parts = line.split(" ")
+            if len(parts) == 3:
+                view.slurm[parts[1]] = parts[2]
+        elif line == "@squeueerror":
+            view.slurm_error = True
+        elif line.startswith("@boot "):
             view.boot_id = line[6:].strip()
         elif line == "@tmux":
             view.has_tmux = True
@@ -191,12 +268,21 @@ def parse_status_output(lines: tuple[str, ...] | list[str]) -> list[JobState]:
     for job_id, fields in db_rows.items():
         if job_id not in jobs:
             jobs[job_id] = job_from_db_row(fields, view)
+    for job_id, slurm_id in view.submitted.items():
+        if job_id not in jobs and (not wanted or job_id in wanted):
+            jobs[job_id] = job_submitted(job_id, slurm_id, view)
     return [jobs[key] for key in sorted(jobs)]
 
 
 DB_UNREADABLE = (
     "the database could not be read (locked over 3 s, or damaged): jobs recorded only there are "
     "not listed"
+)
+
+
+SLURM_UNASKED = (
+    "{}: Slurm jobs are shown as their records say (a lost one may show as running, a "
+    "pending one as submitted)"
 )
 
 
@@ -210,5 +296,11 @@ def read_status(
     result = run_step(session, "status", *job_ids, timeout=timeout)
     if result.status != 0:
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
-    warnings = (DB_UNREADABLE,) if "@dberror" in result.lines else ()
-    return parse_status_output(result.lines), warnings
+    jobs = parse_status_output(result.lines, job_ids)
+    warnings = [DB_UNREADABLE] if "@dberror" in result.lines else []
+    if any(job.slurm_job_id for job in jobs):
+        if "@squeueerror" in result.lines:
+            warnings.append(SLURM_UNASKED.format("squeue could not answer"))
+        elif "@slurm" not in result.lines:
+            warnings.append(SLURM_UNASKED.format("squeue is not on this host"))
+    return jobs, tuple(warnings)

@@ -8,7 +8,8 @@
 #
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
 # Installs, when missing: Debian packages (sqlite3, busybox-static, util-linux, strace,
-# openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap) and, into
+# openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap, slurm-wlm,
+# munge) and, into
 # .venv-test/, this package with its test extras. SP_STRESS_RUNS sets the stress loops' runs
 # for the first profile (default 300; the other suite runs use a fifth of it, a third of that
 # fifth for a profile whose userland was already raced, half of it in the Debian roots).
@@ -27,7 +28,8 @@ install_debian_packages() {
   local -A wanted=([sqlite3]=sqlite3 [busybox]=busybox-static [flock]=util-linux
     [setsid]=util-linux [strace]=strace [sshd]=openssh-server [ssh-keygen]=openssh-client
     [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [dash]=dash [bindfs]=bindfs [tmux]=tmux
-    [debootstrap]=debootstrap)
+    [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm [sbatch]=slurm-wlm
+    [munged]=munge)
   local tool missing=()
   for tool in "${!wanted[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${wanted[$tool]}")

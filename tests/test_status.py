@@ -69,6 +69,7 @@ def test_parse_merges_state_files_db_only_rows_locks_and_tmux() -> None:
         "wall_s": 9.0,
         "lost_reason": None,
         "tmux": "absent",
+        "slurm_job_id": None,
     }
     assert (jobs["b"]["status"], jobs["b"]["tmux"]) == ("running", "present")
     assert jobs["c"]["status"] == "unreadable"
@@ -151,3 +152,56 @@ def test_deep_nesting_and_odd_digits_are_unreadable_not_a_crash() -> None:
     assert jobs["deep"].status == "unreadable"
     assert jobs["fine"].status == "completed"
     assert (jobs["odd"].status, jobs["odd"].exit_code) == ("failed", None)
+
+
+def _slurm_job(job_id: str, status: str, slurm_id: str | None, boot: str = "other-node") -> str:
+    sid = "null" if slurm_id is None else f'"{slurm_id}"'
+    return (
+        f"@job {job_id} no -\n"
+        f'|{{"id":"{job_id}","status":"{status}","boot_id":"{boot}","start_ticks":9,'
+        f'"pid":4242,"slurm_job_id":{sid}}}\n'
+    )
+
+
+def test_slurm_jobs_are_judged_by_slurm_not_by_the_login_nodes_pids() -> None:
+    text = (
+        "@submitted p 101\n@submitted r 102\n@submitted gone 103\n@submitted s 104\n"
+        "@submitted nostate 105\n@submitted killed 106\n@submitted bad;id 107\n"
+        "@slurm\n@squeue 101 PENDING\n@squeue 102 RUNNING\n@squeue 104 RUNNING\n"
+        "@squeue 106 CANCELLED\n@squeue 201 COMPLETING\n"
+        f"@boot {BOOT}\n"
+        + _slurm_job("r", "running", "102")
+        + _slurm_job("killed", "running", "106")
+        + _slurm_job("gone", "running", "103")
+        + _slurm_job("own", "running", "201")  # a job the user sbatch'ed, not run --via slurm
+        + _slurm_job("done", "completed", None)
+    )
+    jobs = {j.id: j for j in parse_status_output(text.splitlines())}
+    assert set(jobs) == {"p", "r", "gone", "s", "nostate", "killed", "own", "done"}
+    assert (jobs["p"].status, jobs["p"].slurm_job_id) == ("pending", "101")
+    assert (jobs["r"].status, jobs["r"].lost_reason) == ("running", None)  # pids say nothing
+    assert jobs["own"].status == "running"
+    assert (jobs["s"].status, jobs["s"].lost_reason) == ("running", None)  # starting
+    assert jobs["killed"].status == "lost"
+    assert jobs["killed"].lost_reason == "Slurm ended job 106 (CANCELLED)"
+    assert jobs["gone"].lost_reason == "Slurm no longer knows job 103"
+    assert jobs["nostate"].status == "lost"
+    assert jobs["nostate"].lost_reason == "Slurm no longer knows job 105; its wrapper never ran"
+    assert jobs["done"].status == "completed"  # not a Slurm job: as before
+    assert jobs["r"].as_json()["slurm_job_id"] == "102"
+
+
+def test_slurm_jobs_without_an_answer_from_slurm_keep_their_records_word() -> None:
+    for tail in ("", "@slurm\n@squeueerror\n"):
+        text = "@submitted p 101\n" + tail + f"@boot {BOOT}\n" + _slurm_job("r", "running", "102")
+        jobs = {j.id: j for j in parse_status_output(text.splitlines())}
+        assert (jobs["p"].status, jobs["r"].status, jobs["r"].lost_reason) == (
+            "submitted",
+            "running",
+            None,
+        )
+
+
+def test_only_the_wanted_submitted_jobs_are_listed() -> None:
+    text = "@submitted p 101\n@submitted q 102\n@slurm\n@squeue 101 PENDING\n"
+    assert [j.id for j in parse_status_output(text.splitlines(), ("q",))] == ["q"]

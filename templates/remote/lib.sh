@@ -57,6 +57,36 @@ sp_session_name() {
   printf 'solverpilot_%s_%.8s' "${USER:-$(id -un)}" "$1" | tr '.:' '__'
 }
 
+# sp_slurm_id ID: Slurm's job id for job ID (its state's slurm_job_id, else the last line of
+# slurm/jobids naming it, which run --via slurm writes), or nothing
+# shellcheck disable=SC2329 # not every step needs it
+sp_slurm_id() {
+  sp_s=$(sed -n 's/.*"slurm_job_id": *"\([0-9]*\)".*/\1/p' "$sp_server/jobs/$1.status" 2>/dev/null)
+  [ -n "$sp_s" ] ||
+    sp_s=$(awk -v id="$1" '$1 == id { s = $2 } END { print s }' "$sp_server/slurm/jobids" 2>/dev/null)
+  printf '%s' "$sp_s"
+}
+
+# sp_slurm_state SID: prints Slurm's state of job SID (PENDING, RUNNING, CANCELLED...; nothing
+# once Slurm has forgotten it); false, with squeue's words, when Slurm could not be asked
+# shellcheck disable=SC2329 # not every step needs it
+sp_slurm_state() {
+  sp_q=$(squeue -h --states=all -j "$1" -o %T 2>&1) && { printf '%s' "$sp_q"; return 0; }
+  case $sp_q in *"Invalid job id"*) return 0 ;; esac
+  printf '%s' "$sp_q" | tail -n 1
+  return 1
+}
+
+# sp_slurm_active STATE: true while Slurm has not ended a job in STATE (the wrapper may run)
+# shellcheck disable=SC2329 # not every step needs it
+sp_slurm_active() {
+  case $1 in
+    PENDING | CONFIGURING | RUNNING | COMPLETING | SUSPENDED | REQUEUED | REQUEUE_FED | \
+      REQUEUE_HOLD | RESIZING | SIGNALING | STAGE_OUT | STOPPED | RESV_DEL_HOLD) return 0 ;;
+  esac
+  return 1
+}
+
 # the step: end.sh closes this function and runs it
 sp_main() {
 trap sp_exit EXIT

@@ -1,14 +1,25 @@
 # status.sh [JOB_ID...]: the jobs' state files with what tells "running" from "lost", and the
 # DB rows; only the named jobs when some are named. A constant number of processes, however
-# many jobs: find (twice), ls, sed (three times), awk, sqlite3, tmux.
-# Answer: "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME" per tmux session;
-#   "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
+# many jobs: find (twice), ls, sed (four times), awk, sqlite3, tmux, squeue, id.
+# Answer: "@submitted ID SLURM_JOB_ID" per job run --via slurm submitted; "@slurm" when squeue is
+#   here, then "@squeue SLURM_JOB_ID STATE" per job of this user Slurm knows ("@squeueerror"
+#   when it could not answer); "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME"
+#   per tmux session; "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
 #   starting now is not refused); per state file "@job ID ALIVE TICKS" (ALIVE yes|no for the pid
 #   it names, TICKS that process's start in clock ticks since boot, or -; ID with anything
 #   outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind "|" ("@big" instead
 #   when over 64 KiB or not a regular file); then "@db" and one tab-separated row per job (id,
 #   status, exit code, started_at, completed_at), "@dberror" when the DB could not be read.
 dir=$sp_server
+# Slurm first: the jobs submitted here, then Slurm's view of this user's jobs, asked once and
+# before any state file is read, so a job Slurm has ended has its final state written by then
+if [ -f "$dir/slurm/jobids" ]; then
+  sed -n 's/^\([A-Za-z0-9._-]*\) \([0-9][0-9]*\)$/@submitted \1 \2/p' "$dir/slurm/jobids"
+fi
+if command -v squeue >/dev/null 2>&1; then
+  echo @slurm
+  squeue -h --states=all -u "$(id -un)" -o '@squeue %i %T' 2>/dev/null || echo @squeueerror
+fi
 boot=''
 { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null
 printf '@boot %s\n' "$boot"

@@ -4,11 +4,15 @@
 # Usage: job_wrapper.sh JOB_ID COMMAND [ARG...]    JOB_ID: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
 #   Files under ${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}: server.db (table jobs),
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
+#   The state names pid, host, boot_id and slurm_job_id (SLURM_JOB_ID under Slurm, else null).
 # Signals: on HUP INT QUIT TERM USR1 USR2 ALRM the stop is recorded at once (failed, 128+N, the
 #   signal's name) and the same signal goes to the job's process group; once the job's main
 #   process has exited, the rest of the group gets TERM; whatever still lives when
 #   SOLVERPILOT_KILL_GRACE seconds (default 10) have passed since the first signal gets KILL.
-#   A signal that comes after the job ended on its own changes nothing.
+#   A signal that comes after the job ended on its own changes nothing. The stop's record is
+#   written as soon as the signal is forwarded, before any wait for the job, so a KILL of the
+#   wrapper during the grace (Slurm's KillWait, a service manager's timeout) keeps it; the
+#   wrapper's exit then brings completed_at up to date.
 # Environment: runs as `bash -p` (restarts so when run as `bash job_wrapper.sh`), so the
 #   caller's BASH_ENV, SHELLOPTS, BASHOPTS and exported functions cannot change it; they still
 #   reach the job. The job starts with the caller's signal dispositions, except under bash 4.2,
@@ -266,9 +270,10 @@ main() {
   { read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
   { read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
   json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
+  SLURM_ID=null && [[ ${SLURM_JOB_ID-} =~ ^[0-9]{1,18}$ ]] && SLURM_ID="\"$SLURM_JOB_ID\""
   proc_clock # the start time tells this wrapper from a later process given the same pid
   CU0=$((10#$PROC_CU)) CS0=$((10#$PROC_CS)) UP0=$((10#$PROC_UP)) # a stop before the job starts
-  COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"start_ticks\":$PROC_TICKS,\"host\":$J_HOST,\"boot_id\":$BOOT_ID"
+  COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"start_ticks\":$PROC_TICKS,\"host\":$J_HOST,\"boot_id\":$BOOT_ID,\"slurm_job_id\":$SLURM_ID"
   trap 'finish "$?"' EXIT # from here on, a signal is recorded as the end of the job
   # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
   for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done

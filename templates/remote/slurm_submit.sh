@@ -1,0 +1,51 @@
+# slurm_submit.sh JOB_ID [partition=NAME] [time=MINUTES] [mem=SIZE] [cpus=N] [save=SECONDS]:
+# submit the batch script of the payload (templates/slurm/batch.sh with the job's lines) with
+# sbatch, kept as slurm/JOB_ID.sbatch; the job's name is solverpilot_<USER>_<first 8 chars of
+# JOB_ID>, its output appended to logs/JOB_ID.log; save=S asks Slurm for INT to the wrapper S
+# seconds before the time limit (--signal=B:INT@S). Slurm's job id is appended to slurm/jobids
+# ("JOB_ID SLURM_JOB_ID" lines: status, logs and cancel read it).
+# Answer: slurm_job_id=N; error= (sbatch's last words) when it refused.
+# Exit: 0 submitted; 10 no wrapper; 11 no sbatch; 12 the id is already used; 14 cannot write
+#   the files; 18 sbatch refused the job.
+id=$1
+shift
+[ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
+command -v sbatch >/dev/null 2>&1 || exit 11
+[ ! -e "$sp_server/jobs/$id.status" ] || exit 12
+mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
+server=$(cd -- "$sp_server" && pwd) || exit 14
+script=$server/slurm/$id.sbatch
+# the id is claimed by creating its batch script (set -C: only if it does not exist)
+(set -C && : >"$script") 2>/dev/null || exit 12
+sp_tmp=$script # removed at exit unless submitted
+cat >"$script" <<'SP_PAYLOAD' || exit 14
+SP_PAYLOAD
+set -- --parsable --open-mode=append "--job-name=solverpilot_${USER:-$(id -un)}_$(printf '%.8s' "$id")" \
+  "--output=$(printf '%s' "$server/logs/$id.log" | sed 's/%/%%/g')" "$@"
+for opt; do
+  shift
+  case $opt in
+    partition=*) set -- "$@" "--partition=${opt#*=}" ;;
+    time=*) set -- "$@" "--time=${opt#*=}" ;;
+    mem=*) set -- "$@" "--mem=${opt#*=}" ;;
+    cpus=*) set -- "$@" "--cpus-per-task=${opt#*=}" ;;
+    save=*) set -- "$@" "--signal=B:INT@${opt#*=}" ;;
+    *) set -- "$@" "$opt" ;;
+  esac
+done
+err=$(mktemp) || exit 14
+out=$(sbatch "$@" "$script" "$server" 2>"$err" </dev/null)
+rc=$?
+said=$(tail -n 1 -- "$err")
+rm -f -- "$err"
+sid=${out%%;*} # "ID" or "ID;CLUSTER"
+ok=$rc
+case $sid in '' | *[!0-9]*) ok=no ;; esac
+if [ "$ok" != 0 ]; then
+  echo "error=${said:-sbatch exit $rc, no job id}"
+  exit 18
+fi
+sp_tmp='' # submitted: the batch script stays with the job
+echo "slurm_job_id=$sid"
+printf '%s %s\n' "$id" "$sid" >>"$server/slurm/jobids" ||
+  echo "warning=cannot note the job in $server/slurm/jobids: status will not see it pending"
