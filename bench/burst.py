@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobcost import BASELINE, ROOT
+from jobcost import BASELINE, ROOT, SP_DEPLOY
 
 JOB = 'read -r _ <"$0"'  # one line from the fifo: blocks without using the CPU
 
@@ -88,9 +88,7 @@ def measure(sizes: list[int], runs: int = 1) -> list[Burst]:
     results = []
     with tempfile.TemporaryDirectory(prefix="sp-bench-burst-") as tmp:
         wrapper = Path(tmp) / "job_wrapper.sh"
-        subprocess.run(
-            ["sp-deploy", "render", "--distro", "debian", "-o", str(wrapper)], check=True
-        )
+        subprocess.run([*SP_DEPLOY, "render", "--distro", "debian", "-o", str(wrapper)], check=True)
         for _ in range(runs):
             for n in sizes:
                 for runner in ("ours", "baseline") if BASELINE.exists() else ("ours",):

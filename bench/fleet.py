@@ -9,8 +9,8 @@ each size and tool: the hosts' homes are emptied, the tool deploys the rendered 
 unchanged ("repeat"). Tools: `sp-deploy push` (each transport; it also checks the sha256
 there, creates the DB and runs a smoke job; once with --no-smoke), an Ansible playbook (file +
 copy, forks = hosts) and a pyinfra deploy (files.put, --parallel = hosts). Every command
-starts cold: Ansible gets a fresh ControlPath folder per command, so no login is reused across
-commands.
+starts cold: Ansible gets a fresh ControlPath folder per command, and its masters are told to
+exit after it, so no login is reused across commands. Each round starts with another tool.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from jobcost import SP_DEPLOY, use_checkout
 from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen
 
 TOOLS = (
@@ -83,7 +85,7 @@ class Lab:
         self.wrapper = self.base / "job_wrapper.sh"
         self.hosts: list[Host] = []
         subprocess.run(
-            [tool_bin("sp-deploy"), "render", "--distro", "debian", "-o", str(self.wrapper)],
+            [*SP_DEPLOY, "render", "--distro", "debian", "-o", str(self.wrapper)],
             check=True,
         )
         try:
@@ -108,7 +110,7 @@ class Lab:
         hosts = self.hosts[:count]
         env = {"HOME": str(self.base), "ANSIBLE_HOME": str(self.base / "ansible")}
         if tool.startswith("sp-deploy"):
-            argv = [tool_bin("sp-deploy"), "push", *(h.sshd.spec for h in hosts), "-j",
+            argv = [*SP_DEPLOY, "push", *(h.sshd.spec for h in hosts), "-j",
                     str(count), "-i", str(self.key), "--known-hosts", str(self.known),
                     "--json", "--transport", *tool.split()[1:]]  # fmt: skip
             return argv, env
@@ -159,11 +161,25 @@ class Lab:
             check=False,
         )  # fmt: skip
         seconds = time.perf_counter() - start
+        self.end_masters(env)
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
             raise SystemExit(f"fleet: {tool} on {count} hosts failed: " + " | ".join(tail))
         self.check(count)
         return seconds
+
+    def end_masters(self, env: dict[str, str]) -> None:
+        """Ansible's ControlPersist masters of the command just timed exit now, so they cannot
+        weigh on the next command's time (a user's next command would reuse them instead)."""
+        folder = env.get("ANSIBLE_SSH_CONTROL_PATH_DIR")
+        if not folder:
+            return
+        for socket in Path(folder).iterdir():
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "master"],
+                capture_output=True, check=False, timeout=10,
+            )  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
 
     def check(self, count: int) -> None:
         """Every host has the wrapper, byte for byte and executable: no tool is timed for less."""
@@ -189,7 +205,8 @@ def measure(runs: int, sizes: list[int]) -> dict[tuple[int, str, str], list[floa
     try:
         for round_ in range(runs + 1):
             for n in sizes:
-                for tool in TOOLS:
+                turn = round_ % len(TOOLS)  # each round starts with another tool
+                for tool in TOOLS[turn:] + TOOLS[:turn]:
                     lab.clean()
                     first = lab.run(tool, n)
                     repeat = lab.run(tool, n)
@@ -206,6 +223,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="1,10,30")
     args = parser.parse_args()
+    use_checkout()
     samples = measure(args.runs, [int(s) for s in args.sizes.split(",")])
     for (n, tool, phase), values in samples.items():
         print(f"{n:3} hosts  {tool:20} {phase:6} {statistics.median(values):7.2f} s")

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT.parent / "shared" / "baseline" / "seed_job_wrapper.sh"
+# this checkout's sp-deploy, whatever is installed or on PATH (use_checkout() points Python at it)
+SP_DEPLOY = [sys.executable, "-m", "solverpilot_deploy"]
+
+
+def use_checkout() -> None:
+    """Every child Python imports solverpilot_deploy from this checkout first."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
 @dataclass
@@ -68,7 +77,13 @@ def _runners(work: Path, wrapper: Path) -> list[Runner]:
         runners.append(Runner("nq", nq, [["nq", "-q", true], ["nq", "-w"]]))
     tsp = shutil.which("tsp") or shutil.which("ts")
     if tsp:
-        tsp_env = {**env, "TS_SOCKET": str(work / "tsp.socket"), "TS_SAVELIST": ""}
+        # TMPDIR: its per-job output files (ts-out.*) stay in the work folder, removed after
+        tsp_env = {
+            **env,
+            "TS_SOCKET": str(work / "tsp.socket"),
+            "TS_SAVELIST": "",
+            "TMPDIR": str(work),
+        }
 
         def spool(i: int) -> None:
             job = subprocess.run(
@@ -76,8 +91,8 @@ def _runners(work: Path, wrapper: Path) -> list[Runner]:
             ).stdout.strip()
             _call([tsp, "-w", job], tsp_env)
 
-        # its server (forked once, then running every job) is no child of the client: the
-        # client's own execs are counted, and the job's `true`, which the server runs, is added
+        # the client that queues a job also runs it (its server tells it when): strace -f of
+        # the client sees the job's `true`
         runners.append(Runner("task-spooler", spool, [[tsp, true], [tsp, "-w"]]))
     return runners
 
@@ -120,8 +135,7 @@ def measure(rounds: int) -> list[Cost]:
     with tempfile.TemporaryDirectory(prefix="sp-bench-") as tmp:
         work = Path(tmp)
         wrapper = work / "job_wrapper.sh"
-        exe = shutil.which("sp-deploy") or "sp-deploy"
-        subprocess.run([exe, "render", "--distro", "debian", "-o", str(wrapper)], check=True)
+        subprocess.run([*SP_DEPLOY, "render", "--distro", "debian", "-o", str(wrapper)], check=True)
         runners = _runners(work, wrapper)
         times: dict[str, list[float]] = {r.name: [] for r in runners}
         for i in range(rounds + 1):
@@ -132,12 +146,13 @@ def measure(rounds: int) -> list[Cost]:
                     times[runner.name].append((time.perf_counter() - start) * 1000)
         env = {**os.environ, "SOLVERPILOT_SERVER_DIR": str(work / "ours"), "USER": "bench"}
         env.update({"NQDIR": str(work / "nq"), "TS_SOCKET": str(work / "tsp.socket")})
+        env.update({"TS_SAVELIST": "", "TMPDIR": str(work)})
         env["HOME"] = str(work / "seedhome")
         costs = []
         for runner in runners:
             samples = times[runner.name]
             ratios = [t / b for t, b in zip(samples, times["true"], strict=True)]
-            deciles = statistics.quantiles(samples, n=10)
+            deciles = statistics.quantiles(samples, n=10, method="inclusive")
             costs.append(
                 Cost(
                     runner.name,
@@ -145,7 +160,7 @@ def measure(rounds: int) -> list[Cost]:
                     deciles[0],
                     deciles[-1],
                     statistics.median(ratios),
-                    exec_count(runner.trace, env) + (runner.name == "task-spooler"),
+                    exec_count(runner.trace, env),
                 )
             )
         if shutil.which("tsp") or shutil.which("ts"):

@@ -15,10 +15,12 @@ same run. --dry-run checks the set-up and prints the plan without measuring or i
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,8 +66,28 @@ def machine() -> list[tuple[str, str]]:
             return "absent"
         return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
 
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "absent"
+
     fs = out("stat", "-f", "-c", "%T", tempfile.gettempdir())
+    head = out("git", "-C", str(jobcost.ROOT), "rev-parse", "--short", "HEAD")
+    dirty = subprocess.run(
+        ["git", "-C", str(jobcost.ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr
+    tools = (
+        f"OpenSSH {ssh.split(',')[0].removeprefix('OpenSSH_')}; paramiko {version('paramiko')}; "
+        f"ansible-core {version('ansible-core')}; pyinfra {version('pyinfra')}; "
+        f"nq, task-spooler: Debian's {out('dpkg-query', '-W', '-f', '${Version}', 'nq')}, "
+        f"{out('dpkg-query', '-W', '-f', '${Version}', 'task-spooler')}"
+    )
     return [
+        ("code", f"{head}{' with uncommitted changes' if dirty else ''} (this checkout's)"),
+        ("tools compared", tools),
         ("CPU", f"{model}, {os.cpu_count()} cores"),
         ("kernel", f"Linux {platform.release()}"),
         ("bash", out("bash", "--version")),
@@ -80,6 +102,7 @@ def setup(dry_run: bool) -> list[str]:
     returns what is still missing."""
     missing = [pkg for tool, pkg in APT.items() if shutil.which(tool) is None]
     if missing and not dry_run and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=False)
         missing = [pkg for tool, pkg in APT.items() if shutil.which(tool) is None]
     absent = [name for name in PYTHON if importlib.util.find_spec(name) is None]
@@ -94,7 +117,7 @@ def setup(dry_run: bool) -> list[str]:
 
 def startup(rounds: int) -> list[tuple[str, float, float, float, float]]:
     """`sp-deploy render` with a warm and a cold render cache, against `python -c pass`."""
-    exe = shutil.which("sp-deploy") or "sp-deploy"
+    exe = jobcost.SP_DEPLOY
     warm = tempfile.mkdtemp(prefix="sp-bench-cache-")
     runs: dict[str, list[float]] = {"python -c pass": [], "render, cached": [], "render, cold": []}
     try:
@@ -103,10 +126,10 @@ def startup(rounds: int) -> list[tuple[str, float, float, float, float]]:
             got = {
                 "python -c pass": _timed([sys.executable, "-c", "pass"], {}),
                 "render, cached": _timed(
-                    [exe, "render", "--distro", "debian"], {"XDG_CACHE_HOME": warm}
+                    [*exe, "render", "--distro", "debian"], {"XDG_CACHE_HOME": warm}
                 ),
                 "render, cold": _timed(
-                    [exe, "render", "--distro", "debian"], {"XDG_CACHE_HOME": cold}
+                    [*exe, "render", "--distro", "debian"], {"XDG_CACHE_HOME": cold}
                 ),
             }
             shutil.rmtree(cold, ignore_errors=True)
@@ -144,13 +167,16 @@ def fleet_rows(rounds: int, sizes: list[int]) -> list[tuple[int, str, Row, Row]]
 
 
 def bursts_rows(bursts: list[burst_bench.Burst]) -> list[tuple[int, str, int, int, Row]]:
-    """Per size and runner: runs, the most updates lost in one run, the slowest write."""
+    """Per size and runner: runs, the most updates lost in one run, the slowest write (its
+    ratio: to the baseline's in the same run; 1 for the baseline, 0 without one)."""
     keys = dict.fromkeys((b.jobs, b.runner) for b in bursts)
     out: list[tuple[int, str, int, int, Row]] = []
     for n, runner in keys:
-        mine = [b for b in bursts if (b.jobs, b.runner) == (n, runner)]
-        slowest = spread([b.all_recorded_s for b in mine])
-        out.append((n, runner, len(mine), max(b.lost for b in mine), (runner, *slowest, 0.0)))
+        mine = [b.all_recorded_s for b in bursts if (b.jobs, b.runner) == (n, runner)]
+        base = [b.all_recorded_s for b in bursts if (b.jobs, b.runner) == (n, "baseline")]
+        ratio = statistics.median(m / b for m, b in zip(mine, base, strict=True)) if base else 0
+        worst = max(b.lost for b in bursts if (b.jobs, b.runner) == (n, runner))
+        out.append((n, runner, len(mine), worst, (runner, *spread(mine), ratio)))
     return out
 
 
@@ -207,7 +233,7 @@ def plot(
             yerr=[[r[1] - r[2] for r in statuses[1:]], [r[3] - r[1] for r in statuses[1:]]],
             marker="o", capsize=3, label="sp-deploy status",
         )  # fmt: skip
-        ax.axhline(statuses[0][1], color="grey", linestyle="--", label="ssh HOST true (floor)")
+        ax.axhline(statuses[0][1], color="grey", linestyle="--", label="ssh HOST true (OpenSSH)")
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)
         label(
@@ -232,15 +258,72 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def behind_notes(
+    costs: list[jobcost.Cost],
+    bursts: list[tuple[int, str, int, int, Row]],
+    fleet: list[tuple[int, str, Row, Row]],
+    statuses: list[Row],
+    starts: list[Row],
+) -> list[str]:
+    """The closing notes, each said only as far as this run's numbers say it."""
+    cost = {c.name: c for c in costs}
+    notes = []
+    quick = [n for n in ("nq", "task-spooler") if n in cost and cost[n].ratio < cost["ours"].ratio]
+    if quick:
+        notes.append(
+            f"- Per job, {' and '.join(quick)} cost a fraction of our wrapper (table 1: "
+            + ", ".join(f"{n} x{cost[n].ratio:.1f} of `true`" for n in quick)
+            + f", ours x{cost['ours'].ratio:.1f}): they keep one log line, no database, no lock "
+            "held by the job, no stop rule. Our cost is the price of the record."
+        )
+    lost = {(n, r): worst for n, r, _, worst, _ in bursts}
+    if any(r == "baseline" for _, r in lost):
+        biggest = max(n for n, _ in lost)
+        notes.append(
+            f"- The baseline is cheaper per job (table 1: x{cost['baseline'].ratio:.1f}) but lost "
+            f"{lost[(biggest, 'baseline')]} of {biggest} updates when jobs ended together "
+            f"(ours {lost[(biggest, 'ours')]}); ours waited up to the slowest write of table 2."
+        )
+    by = {(n, tool): (f, r) for n, tool, f, r in fleet}
+    if fleet:
+        most = max(n for n, _ in by)
+        for tool in ("pyinfra files.put", "ansible copy", "sp-deploy openssh"):
+            first, repeat = by[(most, tool)]
+            if first[4] < 1 or repeat[4] < 1:
+                notes.append(
+                    f"- Fleet push on {most} hosts: {tool} took x{first[4]:.2f} of our time "
+                    f"(sp-deploy paramiko) on a first deploy and x{repeat[4]:.2f} on a repeat "
+                    "(table 3; below 1: faster than us). A push also checks the sha256 on "
+                    "the host, creates the DB and runs a smoke job (the --no-smoke row shows "
+                    "that share)."
+                )
+        first, repeat = by[(most, "sp-deploy openssh")]
+        if first[4] > 1:
+            notes.append(
+                f"- The openssh transport took x{first[4]:.2f} of paramiko's time on {most} "
+                "hosts (one ssh process per step); it is for what paramiko cannot do."
+            )
+    if statuses:
+        notes.append(
+            f"- `status` on {statuses[-1][0].split()[1]} recorded jobs took "
+            f"x{statuses[-1][4]:.2f} of a bare `ssh true` (table 4): it reads every state file."
+        )
+    notes.append(
+        f"- A cold render took x{starts[2][4]:.1f} of a bare Python start (table 5): it imports "
+        "Jinja2 and renders; a cached one neither (paramiko is never imported by render)."
+    )
+    return notes
+
+
 def report(args: argparse.Namespace, started: float) -> str:
     quick = args.quick
     rounds = 15 if quick else 101
     root = os.geteuid() == 0
     costs = jobcost.measure(rounds)
     bursts = bursts_rows(
-        burst_bench.measure([50, 100] if quick else [50, 100, 200, 400], 2 if quick else 5)
+        burst_bench.measure([50, 100] if quick else [50, 100, 200, 400], 3 if quick else 5)
     )
-    fleet_rounds, fleet_sizes = (2, [1, 10]) if quick else (5, [1, 10, 30])
+    fleet_rounds, fleet_sizes = (3, [1, 10]) if quick else (5, [1, 10, 30])
     fleet = fleet_rows(fleet_rounds, fleet_sizes) if root else []
     status_rounds = 3 if quick else 11
     statuses = []
@@ -254,25 +337,12 @@ def report(args: argparse.Namespace, started: float) -> str:
         f"{r[1]:.2f} | {r[2]:.2f}-{r[3]:.2f} | {r[4]:.2f} |"
         for n, tool, f, r in fleet
     ]
-    by = {(n, tool): (f, r) for n, tool, f, r in fleet}
-    most = max(fleet_sizes)
-    paramiko = by.get((most, "sp-deploy paramiko"))
-    pyinfra = by.get((most, "pyinfra files.put"))
-    behind_fleet = (
-        [
-            f"- Fleet push on {most} hosts: pyinfra's files.put took x{pyinfra[0][4]:.2f} of "
-            f"our time on a first deploy and x{pyinfra[1][4]:.2f} on a repeat (table 3; below 1 "
-            "means faster than us). It copies one file; a push also checks the sha256 on the "
-            "host, creates the DB and runs a smoke job (the --no-smoke row shows that share). "
-            "The openssh transport costs more than paramiko: one ssh process per step.",
-        ]
-        if paramiko and pyinfra
-        else []
-    )
+    behind = behind_notes(costs, bursts, fleet, statuses, starts)
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `python bench/run.py{' --quick' if quick else ''}` (as root) in "
+        f"Written by `python bench/run.py{' --quick' if quick else ''}`"
+        f"{' (as root)' if root else ' (not as root)'} in "
         f"{time.monotonic() - started:.0f} s. Every time is a median over repeated runs with "
         "its p10-p90 spread; every ratio is the median of per-round ratios to the row named in "
         "its table's header, taken in the same run (absolute times drift on shared machines, "
@@ -282,7 +352,10 @@ def report(args: argparse.Namespace, started: float) -> str:
         "(`pip install -e '.[test,bench]'`, or the README's test command first), run "
         "`python bench/run.py` (about 10 minutes on the machine below; `--quick` about 3). It "
         "installs what is missing (apt: nq, task-spooler, strace; pip: the `bench` extra), "
-        "makes its own test users and loopback sshd servers, and removes them after.",
+        "makes its own loopback sshd servers and removes them and its files after (also on "
+        "Ctrl-C or TERM); the users it creates (spbench, spfleet00-29) stay for the next run "
+        "(`userdel -r` removes them). It times this checkout's code (`python -m "
+        "solverpilot_deploy` with the checkout first on PYTHONPATH), whatever is installed.",
         "",
         "## Machine",
         "",
@@ -295,8 +368,9 @@ def report(args: argparse.Namespace, started: float) -> str:
         "Each run waits until the runner has recorded the job's end. ours: the rendered wrapper "
         "(state file and SQLite row, lock, process group); baseline: the design we started "
         "from; nq and task-spooler record an exit status in a log file or a server's memory, "
-        "with no DB and no stop rule. execs: programs executed for one job (strace -f; for "
-        "task-spooler its client's, plus the job, which its server runs).",
+        "with no DB and no stop rule. execs: programs executed for one job, the job's `true` "
+        "included (strace -f of the commands a user runs; task-spooler's client runs the job "
+        "itself when its server says so).",
         "",
         "| runner | median ms | p10-p90 ms | x `true` | execs |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -314,10 +388,11 @@ def report(args: argparse.Namespace, started: float) -> str:
         "end to the last wrapper's exit, i.e. the longest any job waited for its record "
         "(lock waits included). Plot: bench/plots/bursts.png.",
         "",
-        "| N | runner | runs | lost (worst run) | slowest write s | p10-p90 s |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| N | runner | runs | lost (worst run) | slowest write s | p10-p90 s | x baseline |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
         *(
-            f"| {n} | {runner} | {runs} | {lost} | {row[1]:.2f} | {row[2]:.2f}-{row[3]:.2f} |"
+            f"| {n} | {runner} | {runs} | {lost} | {row[1]:.2f} | {row[2]:.2f}-{row[3]:.2f} | "
+            f"{f'{row[4]:.2f}' if row[4] else '-'} |"
             for n, runner, runs, lost, row in bursts
         ),
         "",
@@ -339,8 +414,10 @@ def report(args: argparse.Namespace, started: float) -> str:
         f"## 4. `sp-deploy status` against the number of recorded jobs ({status_rounds} rounds)",
         "",
         "The whole command (Python's start, the ssh login, one remote step) on a loopback "
-        "sshd; `ssh true` is the floor: a bare login and command. Ratios per round to it. "
-        "Plot: bench/plots/status.png.",
+        "sshd, with the paramiko transport; `ssh true` (OpenSSH's client: a bare login and "
+        "command) is the reference, not a floor for paramiko, whose own login is faster. "
+        "Ratios per round to it. All jobs recorded are finished ones. Plot: "
+        "bench/plots/status.png.",
         "",
         "| command | median ms | p10-p90 ms | x `ssh true` |",
         "| --- | ---: | ---: | ---: |",
@@ -358,17 +435,7 @@ def report(args: argparse.Namespace, started: float) -> str:
         "",
         "## Where we are behind",
         "",
-        "- Per job, nq and task-spooler cost a fraction of our wrapper (table 1): they keep "
-        "one log line, no database, no lock held by the job, no stop rule. Our cost is the "
-        "price of the record, close to the baseline's, which keeps fewer promises and loses "
-        "most updates when jobs end together (table 2).",
-        "- Many jobs ending at once wait for one another's DB writes (table 2's slowest "
-        "write): the price of losing none.",
-        *behind_fleet,
-        "- `status` grows with the number of recorded jobs once they reach the thousands "
-        "(table 4): it reads every state file on the host.",
-        "- Start-up: `sp-deploy` imports Jinja2 and paramiko; a cold render costs several "
-        "times a bare Python start (table 5).",
+        *behind,
         "",
     ]
     return "\n".join(lines)
@@ -382,11 +449,22 @@ def main() -> int:
     parser.add_argument("--plots", default=str(PLOTS), help="folder for the plots")
     args = parser.parse_args()
     started = time.monotonic()
+    if not Path(args.out).resolve().parent.is_dir():
+        print(f"bench: no folder for --out {args.out}", file=sys.stderr)
+        return 2
+    jobcost.use_checkout()
+    # TERM ends the run as Ctrl-C does: the servers, folders and files made so far are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     missing = setup(args.dry_run)
     if args.dry_run:
         print("machine:", "; ".join(f"{k}: {v}" for k, v in machine()))
         print("missing (installed on a real run, as root):", " ".join(missing) or "nothing")
-        print("baseline:", jobcost.BASELINE if jobcost.BASELINE.exists() else "absent")
+        print(
+            "baseline:",
+            jobcost.BASELINE if jobcost.BASELINE.exists() else "absent (tables 1 and 2 without it)",
+        )
+        if os.geteuid() != 0:
+            print("not root: tables 3 and 4 (users, sshd) are not measured")
         print(
             "plan: per-job cost; jobs finishing at once; fleet push; status; render start-up ->",
             args.out,

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from jobcost import SP_DEPLOY, use_checkout
 from overhead import machine
 from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen
 
@@ -81,8 +82,8 @@ def measure(runs: int, sizes: list[int]) -> dict[str, list[float]]:
             fill(folder, n, user.pw_uid)
         ssh = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes",
                "-p", str(sshd.port), f"{USER}@127.0.0.1"]  # fmt: skip
-        status = ["sp-deploy", "status", sshd.spec, "--json", "-i", str(key),
-                  "--known-hosts", str(known)]  # fmt: skip
+        status = [*SP_DEPLOY, "status", sshd.spec, "--json", "-i", str(key), "--transport",
+                  "paramiko", "--known-hosts", str(known)]  # fmt: skip
         # the login shell's start-up file picks the server folder of each size
         bashrc = Path(user.pw_dir) / ".bashrc"
         samples: dict[str, list[float]] = {"ssh true": []}
@@ -110,6 +111,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--sizes", default="10,100,1000,10000")
     args = parser.parse_args()
+    use_checkout()
     sizes = [int(s) for s in args.sizes.split(",")]
     samples = measure(args.runs, sizes)
     print(f"machine: {machine()}")

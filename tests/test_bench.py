@@ -33,5 +33,19 @@ def test_bench_run_dry_run(tmp_path: Path) -> None:
         "plan: per-job cost; jobs finishing at once; fleet push; status; render start-up"
         in proc.stdout
     )
-    assert "machine: CPU: " in proc.stdout
+    assert proc.stdout.startswith("machine: code: ") and "; CPU: " in proc.stdout
     assert not out.exists() and not plots.exists()  # a dry run writes nothing
+
+
+def test_bench_run_refuses_an_out_file_in_a_missing_folder(tmp_path: Path) -> None:
+    """Checked first, not after ten minutes of measuring."""
+    out = tmp_path / "missing" / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == f"bench: no folder for --out {out}\n"
