@@ -157,11 +157,14 @@ class LogChunk:
     data: bytes
     size: int  # the log's size when read
     status: str  # the job's status then ("" without a state file)
-    session: bool = False  # its tmux session was running
+    session: bool = False  # its tmux session was running (or Slurm had not ended the job)
+    lost: bool = False  # a Slurm job Slurm has ended while its record says running
 
     @property
     def more_to_come(self) -> bool:
         """The job runs, or has no state yet while its tmux session runs."""
+        if self.lost:
+            return False
         return self.status == "running" or (self.status == "" and self.session)
 
 
@@ -181,4 +184,10 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         size = int(found.get("size", "0"))
     except ValueError as exc:
         raise RemoteCommandError(f"a log chunk that is not hex: {exc}") from exc
-    return LogChunk(data, size, found.get("status", ""), found.get("session") == "present")
+    return LogChunk(
+        data,
+        size,
+        found.get("status", ""),
+        found.get("session") == "present",
+        found.get("lost") == "yes",
+    )

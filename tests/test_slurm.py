@@ -286,6 +286,12 @@ def test_status_of_a_job_slurm_killed_is_lost(
     assert str(job["lost_reason"]).startswith(f"Slurm ended job {slurm_id} (")
     code, _out, err = sp(capsys, "cancel", c.sshd.spec, job_id, *c.auth)
     assert code != 0 and "is lost: Slurm ended it" in err
+    # logs -f stops: nothing more will come (its record would say running forever)
+    follow = subprocess.run(
+        [sys.executable, "-m", "solverpilot_deploy", "logs", "-f", c.sshd.spec, job_id, *c.auth],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert follow.returncode == 0, follow.stderr
 
 
 def test_usage_errors_of_run_via_slurm() -> None:

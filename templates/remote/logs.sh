@@ -2,7 +2,8 @@
 # OFFSET, at most MAX_BYTES of it, as hex (od), so every byte arrives as it was.
 # Answer: size= (the log's size now), status= (the job's state: running, completed, failed, or
 #   empty without a state file), session=present while its tmux session runs (or Slurm has
-#   not ended the job), then the bytes
+#   not ended the job), lost=yes for a Slurm job Slurm has ended while its record says running,
+#   then the bytes
 #   as lines of hex pairs.
 # Exit: 0; 10 neither a log nor a state for this job.
 id=$1 offset=$2 max=$3
@@ -16,10 +17,15 @@ echo "status=$status"
 # without a state yet, the job is on its way while its tmux session runs
 name=$(sp_session_name "$id")
 if tmux has-session -t "=$name" 2>/dev/null; then echo session=present; fi
-# or, for a Slurm job, while Slurm has not ended it (pending, running)
-if [ -z "$status" ] && sid=$(sp_slurm_id "$id") && [ -n "$sid" ] &&
-  q=$(sp_slurm_state "$sid") && sp_slurm_active "$q"; then
-  echo session=present
+# or, for a Slurm job, while Slurm has not ended it (pending, running); one Slurm has ended
+# while its record still says running is lost: nothing more will come
+if [ "${status:-running}" = running ] && sid=$(sp_slurm_id "$id") && [ -n "$sid" ] &&
+  q=$(sp_slurm_state "$sid"); then
+  if sp_slurm_active "$q"; then
+    [ -n "$status" ] || echo session=present
+  elif [ -n "$status" ]; then
+    echo lost=yes
+  fi
 fi
 [ "${size:-0}" -gt "$offset" ] || exit 0
 tail -c +"$((offset + 1))" -- "$log" | head -c "$max" | od -An -v -tx1
