@@ -152,7 +152,8 @@ def job_from_state(
     assert isinstance(state, dict)
     recorded = state.get("slurm_job_id")
     slurm_id = recorded if isinstance(recorded, str) and SLURM_DIGITS.match(recorded) else None
-    slurm_id = slurm_id or view.submitted.get(job_id)
+    if "slurm_job_id" not in state:  # a wrapper too old to say; else its word counts
+        slurm_id = view.submitted.get(job_id)
     reason = None
     if status == "running" and slurm_id:  # on a compute node: Slurm knows, not the pids here
         reason = view.slurm_reason(slurm_id)

@@ -369,3 +369,22 @@ def test_cancels_at_random_moments_leave_every_job_recorded(
         wrote += by_cancel
         assert c.slurm.squeue_state(slurm_id) in ("CANCELLED", "")
     assert 0 < wrote < runs  # both kinds happened: some never started, some did
+
+
+def test_one_id_is_one_job_whether_tmux_or_slurm_runs_it(
+    capsys: pytest.CaptureFixture[str], deployed: Cluster
+) -> None:
+    c = deployed
+    code, _, err = sp(capsys, "run", c.sshd.spec, "--id", "shared-1", *c.auth, "--", "sleep", "30")
+    assert code == 0, err
+    code, _, err = sp(
+        capsys, "run", c.sshd.spec, "--via", "slurm", "--id", "shared-1", *c.auth, "--", "true"
+    )
+    assert code == 1 and "job id shared-1 is already used" in err
+    job_id, _ = submit(capsys, c, "sleep", "30", options=("--id", "shared-2"))
+    code, _, err = sp(capsys, "run", c.sshd.spec, "--id", job_id, *c.auth, "--", "true")
+    assert code == 1 and "job id shared-2 is already used" in err
+    for job in ("shared-1", "shared-2"):
+        code, _, err = sp(capsys, "cancel", c.sshd.spec, job, *c.auth)
+        assert code == 0, err
+    subprocess.run(["runuser", "-u", USER, "--", "tmux", "kill-server"], check=False)

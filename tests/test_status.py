@@ -205,3 +205,19 @@ def test_slurm_jobs_without_an_answer_from_slurm_keep_their_records_word() -> No
 def test_only_the_wanted_submitted_jobs_are_listed() -> None:
     text = "@submitted p 101\n@submitted q 102\n@slurm\n@squeue 101 PENDING\n"
     assert [j.id for j in parse_status_output(text.splitlines(), ("q",))] == ["q"]
+
+
+def test_a_record_that_says_no_slurm_job_is_not_judged_by_slurm() -> None:
+    """Its own slurm_job_id (null) counts over a submission with the same id; a record from a
+    wrapper too old to say falls back on the submission."""
+    text = (
+        "@submitted t 101\n@submitted old 102\n@slurm\n"
+        f"@boot {BOOT}\n@held t\n@job t yes 9\n"
+        f'|{{"id":"t","status":"running","boot_id":"{BOOT}","start_ticks":9,"pid":1,'
+        '"slurm_job_id":null}\n'
+        f'@job old no -\n|{{"id":"old","status":"running","boot_id":"{BOOT}","pid":1}}\n'
+    )
+    jobs = {j.id: j for j in parse_status_output(text.splitlines())}
+    assert (jobs["t"].status, jobs["t"].slurm_job_id) == ("running", None)
+    assert (jobs["old"].status, jobs["old"].slurm_job_id) == ("lost", "102")
+    assert jobs["old"].lost_reason == "Slurm no longer knows job 102"

@@ -25,6 +25,11 @@ state=$jobs/$id.status
 mkdir -p -- "$runs" "$logs" || exit 14
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
+# nor by a job run --via slurm submitted (its batch script claims the id)
+if [ -e "$sp_server/slurm/$id.sbatch" ]; then
+  rmdir -- "$runs/$id"
+  exit 12
+fi
 sp_tmpdir=$runs/$id # removed at exit until the tmux session owns it
 if tmux has-session -t "=$name" 2>/dev/null; then
   echo "session=$name"

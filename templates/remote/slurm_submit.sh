@@ -18,6 +18,8 @@ script=$server/slurm/$id.sbatch
 # the id is claimed by creating its batch script (set -C: only if it does not exist)
 (set -C && : >"$script") 2>/dev/null || exit 12
 sp_tmp=$script # removed at exit unless submitted
+# nor by a run in tmux starting with that id (its run folder claims it), nor one that ended
+if [ -e "$sp_server/run/$id" ] || [ -e "$sp_server/jobs/$id.status" ]; then exit 12; fi
 cat >"$script" <<'SP_PAYLOAD' || exit 14
 SP_PAYLOAD
 set -- --parsable --open-mode=append "--job-name=solverpilot_${USER:-$(id -un)}_$(printf '%.8s' "$id")" \
