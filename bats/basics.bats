@@ -66,6 +66,17 @@ ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9
   grep -q 'stdin	tab' "$WORK/wrapped.out"
 }
 
+@test "a command whose name starts with a dash is run as itself, not read as an option" {
+  mkdir -p "$WORK/bin"
+  printf '#!/bin/sh\nprintf "%%s|" "$0" "$@" >"%s/ran"\n' "$WORK" >"$WORK/bin/-w"
+  chmod +x "$WORK/bin/-w"
+  use_path "$WORK/bin:$WRAPPER_PATH"
+  run wrapper job-dash -w echo not-this
+  assert_success
+  assert_equal "$(cat "$WORK/ran")" "$WORK/bin/-w|echo|not-this|"
+  assert_equal "$(state_field job-dash status)" '"completed"'
+}
+
 @test "slurm_job_id: Slurm's job id under Slurm (SLURM_JOB_ID), null elsewhere or when malformed" {
   SLURM_JOB_ID=4242 run wrapper job-slurm true
   assert_success

@@ -378,7 +378,7 @@ def _positive(kind: type[int] | type[float], most: int) -> Callable[[str], int |
 
     def parse(text: str) -> int | float:
         try:
-            value = kind(text)
+            value = kind(text) if text.isascii() else 0  # int("٣") is 3
         except ValueError:
             value = 0
         if not math.isfinite(value) or not 0 < value <= most:

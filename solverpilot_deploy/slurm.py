@@ -94,6 +94,6 @@ def submit_job(
         raise RequirementError("sbatch is not on this host: run --via slurm from a login node")
     if result.status == 12:
         raise JobError(f"job id {job_id} is already used on this host")
-    if result.status == 18:
+    if result.status in (18, 19):
         raise JobError(f"sbatch refused the job: {found.get('error', '?')}")
     raise RemoteCommandError(f"cannot submit the job: {result.error()}")

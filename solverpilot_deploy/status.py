@@ -161,7 +161,7 @@ def job_from_state(
         reason = lost_reason(state, job_id in view.held, alive, ticks, view.boot_id)
     user = state.get("user")
     tmux = None
-    if view.has_tmux and isinstance(user, str):
+    if view.has_tmux and isinstance(user, str) and not slurm_id:  # Slurm's jobs have none
         tmux = "present" if tmux_session_name(user, job_id) in view.sessions else "absent"
     return JobState(
         id=job_id,

@@ -155,6 +155,7 @@ def test_a_job_that_completes_with_every_argument_exact_and_its_log(
     assert code == 0 and log == "hello\n"
     job = status_of(capsys, c, job_id)
     assert (job["status"], job["slurm_job_id"], job["lost_reason"]) == ("completed", slurm_id, None)
+    assert job["tmux"] is None  # Slurm ran it, not tmux
 
 
 def test_a_job_that_fails_and_one_whose_folder_is_missing_on_the_node(
@@ -220,7 +221,14 @@ def test_cancel_of_a_pending_job_writes_its_record(
     wait_for(lambda: c.slurm.squeue_state(slurm_id) == "PENDING", 30, "the job to wait")
     job = status_of(capsys, c, job_id)
     assert (job["status"], job["slurm_job_id"]) == ("pending", slurm_id)
+    follow = subprocess.Popen(  # logs -f follows a pending job until its record is final
+        [sys.executable, "-m", "solverpilot_deploy", "logs", "-f", c.sshd.spec, job_id, *c.auth],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(1.5)  # a span in which it must keep following, not a synchronisation
+    assert follow.poll() is None, follow.communicate()
     code, out, err = sp(capsys, "cancel", c.sshd.spec, job_id, *c.auth)
+    assert follow.wait(timeout=30) == 0
     assert code == 0, err
     assert "it never started: sp-deploy wrote this record" in out
     state = c.state(job_id)
@@ -239,9 +247,10 @@ def test_a_term_handler_that_outlives_killwait_keeps_the_record(
     """Slurm KILLs everything KillWait s after its TERM, the wrapper too (its grace is 10 s):
     the stop was recorded at once, so the record stands."""
     c = deployed
-    marker = c.home / SERVER / "got-term"
-    job = f"trap 'touch {marker}; sleep 60' TERM; sleep 300 & wait"
+    marker, ready = c.home / SERVER / "got-term", c.home / SERVER / "trap-set"
+    job = f"trap 'touch {marker}; sleep 60' TERM; touch {ready}; sleep 300 & wait"
     job_id, slurm_id = submit_started(capsys, c, "sh", "-c", job)
+    wait_for(ready.exists, 30, "the job's TERM handler")
     started = time.monotonic()
     code, _out, err = sp(capsys, "cancel", c.sshd.spec, job_id, *c.auth)
     assert code == 0, err
@@ -304,6 +313,7 @@ def test_usage_errors_of_run_via_slurm() -> None:
         (("--via", "slurm", "--save-before", "0"), "must be a number above 0"),
         (("--via", "slurm", "--cpus", "nan"), "must be a number above 0"),
         (("--via", "cron"), "invalid choice: 'cron'"),
+        (("--via", "slurm", "--cpus", "\u0663"), "must be a number above 0"),
     ):
         done = subprocess.run(
             [sys.executable, "-m", "solverpilot_deploy", "run", "nohost", *argv, "--", "true"],
@@ -381,10 +391,30 @@ def test_one_id_is_one_job_whether_tmux_or_slurm_runs_it(
         capsys, "run", c.sshd.spec, "--via", "slurm", "--id", "shared-1", *c.auth, "--", "true"
     )
     assert code == 1 and "job id shared-1 is already used" in err
-    job_id, _ = submit(capsys, c, "sleep", "30", options=("--id", "shared-2"))
+    # a pending Slurm job (no record yet) holds its id too
+    whole_node = ("--cpus", str(c.slurm.cpus))
+    blocker, _ = submit(capsys, c, "sleep", "30", options=whole_node)
+    job_id, slurm_id = submit(capsys, c, "true", options=("--id", "shared-2", *whole_node))
+    wait_for(lambda: c.slurm.squeue_state(slurm_id) == "PENDING", 30, "the job to wait")
     code, _, err = sp(capsys, "run", c.sshd.spec, "--id", job_id, *c.auth, "--", "true")
     assert code == 1 and "job id shared-2 is already used" in err
-    for job in ("shared-1", "shared-2"):
+    for job in ("shared-1", "shared-2", blocker):
         code, _, err = sp(capsys, "cancel", c.sshd.spec, job, *c.auth)
         assert code == 0, err
     subprocess.run(["runuser", "-u", USER, "--", "tmux", "kill-server"], check=False)
+
+
+def test_a_server_folder_slurm_cannot_log_into_is_refused(
+    capsys: pytest.CaptureFixture[str], deployed: Cluster
+) -> None:
+    """sbatch's --output drops a backslash: the job would run with no log and no record."""
+    rc = deployed.home / ".bashrc"
+    rc.write_text("export SOLVERPILOT_SERVER_DIR=$HOME/srv\\\\dir\n")
+    try:
+        code, _, err = sp(
+            capsys, "run", deployed.sshd.spec, "--via", "slurm", *deployed.auth, "--", "true"
+        )
+    finally:
+        rc.unlink()
+    assert code == 1 and "has a backslash" in err, err
+    assert not list((deployed.home / "srv\\dir").glob("slurm/*.sbatch"))

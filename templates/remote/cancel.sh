@@ -48,13 +48,14 @@ show() {
 }
 sid=$(sp_slurm_id "$id")
 if [ -n "$sid" ]; then
-  command -v scancel >/dev/null 2>&1 || { echo "error=scancel not found on this host"; exit 14; }
-  q=$(sp_slurm_state "$sid") || { echo "error=squeue: $q"; exit 14; }
   if [ -f "$state" ] && [ "$(field status)" != running ]; then
-    wait_for_slurm # the wrapper still brings completed_at up to date
+    # ended: while Slurm still runs it, the wrapper brings completed_at up to date
+    if q=$(sp_slurm_state "$sid") && sp_slurm_active "$q"; then wait_for_slurm; fi
     echo "was=$(field status)"
     show 0
   fi
+  command -v scancel >/dev/null 2>&1 || { echo "error=scancel not found on this host"; exit 14; }
+  q=$(sp_slurm_state "$sid") || { echo "error=squeue: $q"; exit 14; }
   if ! sp_slurm_active "$q"; then # Slurm ended it, and no final record: lost
     echo "slurm_state=${q:-forgotten}"
     show 11

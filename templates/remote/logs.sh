@@ -8,7 +8,8 @@
 # Exit: 0; 10 neither a log nor a state for this job.
 id=$1 offset=$2 max=$3
 log=$sp_server/logs/$id.log state=$sp_server/jobs/$id.status
-[ -f "$log" ] || [ -f "$state" ] || exit 10
+# (a Slurm job has neither until it starts: its batch script says it was submitted)
+[ -f "$log" ] || [ -f "$state" ] || [ -f "$sp_server/slurm/$id.sbatch" ] || exit 10
 # the state first: a log read after a final state holds all the job wrote
 status=$(sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p' "$state" 2>/dev/null | head -n 1)
 size=$(wc -c <"$log" 2>/dev/null | tr -d ' ')

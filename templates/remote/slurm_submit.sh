@@ -6,7 +6,7 @@
 # ("JOB_ID SLURM_JOB_ID" lines: status, logs and cancel read it).
 # Answer: slurm_job_id=N; error= (sbatch's last words) when it refused.
 # Exit: 0 submitted; 10 no wrapper; 11 no sbatch; 12 the id is already used; 14 cannot write
-#   the files; 18 sbatch refused the job.
+#   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash.
 id=$1
 shift
 [ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
@@ -14,6 +14,8 @@ command -v sbatch >/dev/null 2>&1 || exit 11
 [ ! -e "$sp_server/jobs/$id.status" ] || exit 12
 mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
 server=$(cd -- "$sp_server" && pwd) || exit 14
+# sbatch's --output drops a backslash (and stops reading %% then): no log, no record
+case $server in *\\*) echo "error=the server folder $server has a backslash, which Slurm cannot take in a log path"; exit 19 ;; esac
 script=$server/slurm/$id.sbatch
 # the id is claimed by creating its batch script (set -C: only if it does not exist)
 (set -C && : >"$script") 2>/dev/null || exit 12

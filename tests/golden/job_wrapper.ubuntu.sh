@@ -285,9 +285,9 @@ main() {
   # The job: its own session and process group, so a stop reaches grandchildren; the caller's
   # stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
   if { : <&0; } 2>/dev/null; then
-    (trap - INT QUIT; exec setsid "$@") <&0 &
+    (trap - INT QUIT; exec setsid -- "$@") <&0 &
   else
-    (trap - INT QUIT; exec setsid "$@") <&- &
+    (trap - INT QUIT; exec setsid -- "$@") <&- &
   fi
   CHILD=$!
   trap '' PIPE # from here on, a stderr whose reader has gone cannot end the wrapper
