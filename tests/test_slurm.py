@@ -85,6 +85,9 @@ def deployed(capsys: pytest.CaptureFixture[str], cluster: Cluster) -> Iterator[C
     assert code == 0, results
     yield cluster
     subprocess.run(["scancel", "-u", USER], env=cluster.slurm.env, check=False)
+    # proctrack/linuxproc loses a job's processes once the wrapper (their parent) is KILLed,
+    # as one test does: they would outlive the job (proctrack/cgroup, on clusters, would not)
+    subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
 
 
 def wait_for(check: Callable[[], object], seconds: float, what: str) -> None:
