@@ -20,6 +20,7 @@ from solverpilot_deploy.status import JOB_ID
 from solverpilot_deploy.transport import Session
 
 STATE_WAIT = 30  # seconds the run step waits for the wrapper's first state
+NO_WRAPPER = "no wrapper here (~/.solverpilot/bin/job_wrapper.sh): run sp-deploy push first"
 
 
 class JobError(HostError):
@@ -91,9 +92,7 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
     if result.status == 0:
         return Started(job_id, _state(result.lines), warnings)
     if result.status == 10:
-        raise JobError(
-            "no wrapper here (~/.solverpilot/bin/job_wrapper.sh): run sp-deploy push first"
-        )
+        raise JobError(NO_WRAPPER)
     if result.status == 11:
         try:
             hint = profile_for_os(
@@ -128,8 +127,9 @@ def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Canc
     state = _state(result.lines)
     found = result.values()
     if result.status == 0:
-        warnings = tuple(line[8:] for line in result.lines if line.startswith("warning="))
-        return Cancelled(state, found.get("was"), found.get("wrote") == "yes", warnings)
+        return Cancelled(
+            state, found.get("was"), found.get("wrote") == "yes", result.all_of("warning")
+        )
     if result.status == 10:
         raise JobError(f"no job {job_id} on this host")
     if result.status == 11 and "slurm_state" in found:

@@ -37,6 +37,10 @@ class StepResult:
         pairs = [line.split("=", 1) for line in self.lines if "=" in line]
         return dict(reversed(pairs))
 
+    def all_of(self, key: str) -> tuple[str, ...]:
+        """Every ``key=`` line's value, in order (``values`` keeps only the first)."""
+        return tuple(line[len(key) + 1 :] for line in self.lines if line.startswith(f"{key}="))
+
     def error(self) -> str:
         """The step's ``error=`` line, else its stderr, else its status."""
         return self.values().get("error") or self.stderr.strip() or f"exit {self.status}"

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from solverpilot_deploy.errors import RemoteCommandError, RequirementError
-from solverpilot_deploy.jobs import JobError, check_job_id, run_payload
+from solverpilot_deploy.jobs import NO_WRAPPER, JobError, check_job_id, run_payload
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.resources import templates_dir
 from solverpilot_deploy.status import SLURM_DIGITS
@@ -84,16 +84,15 @@ def submit_job(
     )
     found = result.values()
     if result.status == 0 and SLURM_DIGITS.match(found.get("slurm_job_id", "")):
-        warnings = tuple(line[8:] for line in result.lines if line.startswith("warning="))
-        return Submitted(job_id, found["slurm_job_id"], warnings)
+        return Submitted(job_id, found["slurm_job_id"], result.all_of("warning"))
     if result.status == 10:
-        raise JobError(
-            "no wrapper here (~/.solverpilot/bin/job_wrapper.sh): run sp-deploy push first"
-        )
+        raise JobError(NO_WRAPPER)
     if result.status == 11:
         raise RequirementError("sbatch is not on this host: run --via slurm from a login node")
     if result.status == 12:
         raise JobError(f"job id {job_id} is already used on this host")
-    if result.status in (18, 19):
+    if result.status == 18:
         raise JobError(f"sbatch refused the job: {found.get('error', '?')}")
+    if result.status == 19:
+        raise JobError(found.get("error", "the server folder cannot hold Slurm's log"))
     raise RemoteCommandError(f"cannot submit the job: {result.error()}")
