@@ -124,11 +124,11 @@ def startup(rounds: int) -> list[tuple[str, float, float, float, float]]:
         for i in range(rounds + 1):
             cold = tempfile.mkdtemp(prefix="sp-bench-cache-")
             got = {
-                "python -c pass": _timed([sys.executable, "-c", "pass"], {}),
-                "render, cached": _timed(
+                "python -c pass": status_bench.timed([sys.executable, "-c", "pass"], {}),
+                "render, cached": status_bench.timed(
                     [*exe, "render", "--distro", "debian"], {"XDG_CACHE_HOME": warm}
                 ),
-                "render, cold": _timed(
+                "render, cold": status_bench.timed(
                     [*exe, "render", "--distro", "debian"], {"XDG_CACHE_HOME": cold}
                 ),
             }
@@ -138,7 +138,7 @@ def startup(rounds: int) -> list[tuple[str, float, float, float, float]]:
                     runs[name].append(seconds)
     finally:
         shutil.rmtree(warm, ignore_errors=True)
-    return rows_of(runs, "python -c pass", 1)
+    return rows_of(runs, "python -c pass", 1000)
 
 
 def rows_of(samples: dict[str, list[float]], base: str, scale: float) -> list[Row]:
@@ -250,12 +250,6 @@ def plot(
         "updates lost (worst run)",
     )  # fmt: skip
     save(fig, "bursts.png")
-
-
-def _timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
-    return (time.perf_counter() - start) * 1000
 
 
 def behind_notes(

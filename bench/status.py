@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -60,9 +61,10 @@ def fill(server: Path, count: int, uid: int) -> None:
         shutil.chown(path, uid, uid)
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds ``argv`` took, run to its end (``env``: added to this process's)."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, env={**os.environ, **(env or {})}, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

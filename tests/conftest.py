@@ -6,6 +6,7 @@ import pwd
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,19 @@ def sp_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[d
     except ValueError:
         pytest.fail(f"not JSON (exit {code}): {out!r}; stderr: {err!r}")
     return code, data
+
+
+def poll(condition: object, seconds: float, what: str) -> None:
+    """Wait until ``condition()`` is true, failing the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds} s: {what}")
+        time.sleep(0.05)
+
+
+def job_state(home: Path, job_id: str) -> dict[str, object]:
+    """The state file the wrapper keeps for ``job_id`` in ``home``'s server folder."""
+    path = home / ".solverpilot-server" / "jobs" / f"{job_id}.status"
+    data: dict[str, object] = json.loads(path.read_text())
+    return data

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Lab, require, sp, sp_json
+from conftest import Lab, poll, require, sp, sp_json
 from sshlab import Sshd, run_as
 
 from solverpilot_deploy.deploy import Probe, check_requirements
@@ -34,15 +34,6 @@ from solverpilot_deploy.render import render_wrapper
 WRAPPER = ".solverpilot/bin/job_wrapper.sh"
 DEBIAN_SHA = hashlib.sha256(render_wrapper(load_profile("debian")).encode()).hexdigest()
 OLD_WRAPPER = b"#!/bin/sh\n# the old wrapper\n"
-
-
-def poll(condition: object, seconds: float, what: str) -> None:
-    """Wait until ``condition()`` is true, failing the test after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {seconds} s: {what}")
-        time.sleep(0.05)
 
 
 @dataclass

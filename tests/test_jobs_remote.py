@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, require, sp, sp_json
+from conftest import job_state as state
 from sshlab import run_as
 
 SERVER = ".solverpilot-server"
@@ -33,11 +34,6 @@ def deployed(
     shutil.chown(scratch, lab.user.pw_uid, lab.user.pw_gid)
     yield home
     run_as(lab.user, "tmux", "kill-server")
-
-
-def state(home: Path, job_id: str) -> dict[str, object]:
-    data: dict[str, object] = json.loads((home / SERVER / "jobs" / f"{job_id}.status").read_text())
-    return data
 
 
 def alive(pid: int) -> bool:

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require, sp, sp_json
+from conftest import job_state, poll, require, sp, sp_json
 from slurmlab import KILL_WAIT, Slurm, missing_tools
 from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen
 
@@ -34,10 +34,7 @@ class Cluster:
     auth: tuple[str, ...]
 
     def state(self, job_id: str) -> dict[str, object]:
-        data: dict[str, object] = json.loads(
-            (self.home / SERVER / "jobs" / f"{job_id}.status").read_text()
-        )
-        return data
+        return job_state(self.home, job_id)
 
     def db_row(self, job_id: str) -> tuple[object, ...] | None:
         with sqlite3.connect(self.home / SERVER / "server.db", timeout=5) as db:
@@ -90,13 +87,6 @@ def deployed(capsys: pytest.CaptureFixture[str], cluster: Cluster) -> Iterator[C
     subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
 
 
-def wait_for(check: Callable[[], object], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def submit(
     capsys: pytest.CaptureFixture[str], c: Cluster, *argv: str, options: tuple[str, ...] = ()
 ) -> tuple[str, str]:
@@ -113,7 +103,7 @@ def submit_started(capsys: pytest.CaptureFixture[str], c: Cluster, *argv: str) -
     """Submit, then wait until the wrapper has written its running state on the node."""
     job_id, slurm_id = submit(capsys, c, *argv)
     state = c.home / SERVER / "jobs" / f"{job_id}.status"
-    wait_for(state.exists, 30, "its running state")
+    poll(state.exists, 30, "its running state")
     return job_id, slurm_id
 
 
@@ -126,7 +116,7 @@ def status_of(capsys: pytest.CaptureFixture[str], c: Cluster, job_id: str) -> di
 
 def final(c: Cluster, job_id: str, slurm_id: str, seconds: float = 60) -> dict[str, object]:
     """The job's state once Slurm has ended the job (its wrapper has exited by then)."""
-    wait_for(
+    poll(
         lambda: (
             c.slurm.squeue_state(slurm_id)
             not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
@@ -187,7 +177,7 @@ def test_the_job_name_and_the_options_reach_sbatch(
         "30",
         options=("--time", "7", "--cpus", "1", "--mem", "50M", "--partition", "debug"),
     )
-    wait_for(lambda: c.slurm.squeue_state(slurm_id) == "RUNNING", 30, "the job to run")
+    poll(lambda: c.slurm.squeue_state(slurm_id) == "RUNNING", 30, "the job to run")
     shown = subprocess.run(
         ["squeue", "-h", "-j", slurm_id, "-o", "%j|%l|%C|%m|%P"],
         env=c.slurm.env, capture_output=True, text=True, check=True,
@@ -220,8 +210,8 @@ def test_cancel_of_a_pending_job_writes_its_record(
     cpus = str(c.slurm.cpus)
     blocker, blocker_slurm = submit(capsys, c, "sleep", "300", options=("--cpus", cpus))
     job_id, slurm_id = submit(capsys, c, "touch", "ran", options=("--cpus", cpus))
-    wait_for(lambda: c.slurm.squeue_state(blocker_slurm) == "RUNNING", 30, "the blocker")
-    wait_for(lambda: c.slurm.squeue_state(slurm_id) == "PENDING", 30, "the job to wait")
+    poll(lambda: c.slurm.squeue_state(blocker_slurm) == "RUNNING", 30, "the blocker")
+    poll(lambda: c.slurm.squeue_state(slurm_id) == "PENDING", 30, "the job to wait")
     job = status_of(capsys, c, job_id)
     assert (job["status"], job["slurm_job_id"]) == ("pending", slurm_id)
     follow = subprocess.Popen(  # logs -f follows a pending job until its record is final
@@ -253,7 +243,7 @@ def test_a_term_handler_that_outlives_killwait_keeps_the_record(
     marker, ready = c.home / SERVER / "got-term", c.home / SERVER / "trap-set"
     job = f"trap 'touch {marker}; sleep 60' TERM; touch {ready}; sleep 300 & wait"
     job_id, slurm_id = submit_started(capsys, c, "sh", "-c", job)
-    wait_for(ready.exists, 30, "the job's TERM handler")
+    poll(ready.exists, 30, "the job's TERM handler")
     started = time.monotonic()
     code, _out, err = sp(capsys, "cancel", c.sshd.spec, job_id, *c.auth)
     assert code == 0, err
@@ -289,9 +279,7 @@ def test_status_of_a_job_slurm_killed_is_lost(
     job_id, slurm_id = submit_started(capsys, c, "sleep", "300")
     # KILL to the batch step's shell, which is the wrapper (it exec'd): its end is not recorded
     subprocess.run(["scancel", "--batch", "--signal=KILL", slurm_id], env=c.slurm.env, check=True)
-    wait_for(
-        lambda: c.slurm.squeue_state(slurm_id) not in ("RUNNING", "COMPLETING"), 30, "the KILL"
-    )
+    poll(lambda: c.slurm.squeue_state(slurm_id) not in ("RUNNING", "COMPLETING"), 30, "the KILL")
     assert c.state(job_id)["status"] == "running"  # the wrapper could not record it
     job = status_of(capsys, c, job_id)
     assert job["status"] == "lost"
@@ -398,7 +386,7 @@ def test_one_id_is_one_job_whether_tmux_or_slurm_runs_it(
     whole_node = ("--cpus", str(c.slurm.cpus))
     blocker, _ = submit(capsys, c, "sleep", "30", options=whole_node)
     job_id, slurm_id = submit(capsys, c, "true", options=("--id", "shared-2", *whole_node))
-    wait_for(lambda: c.slurm.squeue_state(slurm_id) == "PENDING", 30, "the job to wait")
+    poll(lambda: c.slurm.squeue_state(slurm_id) == "PENDING", 30, "the job to wait")
     code, _, err = sp(capsys, "run", c.sshd.spec, "--id", job_id, *c.auth, "--", "true")
     assert code == 1 and "job id shared-2 is already used" in err
     for job in ("shared-1", "shared-2", blocker):
