@@ -47,16 +47,13 @@ REBOOTED = "host rebooted"
 LOCK_FREE = "wrapper gone, lock free"
 JOB_HOLDS_LOCK = "wrapper gone, its job still holds the lock"
 PID_REUSED = "pid reused"
-# Slurm's states of a job it has not ended (the wrapper may still run, or not yet)
-SLURM_ACTIVE = frozenset(
-    {
-        *("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"),
-        *("REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"),
-        "RESV_DEL_HOLD",
-    }
-)
+# Slurm's states of a job it has not ended: not started yet, or under way (its wrapper may run);
+# templates/remote/lib.sh (sp_slurm_active) lists the same for cancel and logs
 SLURM_WAITING = frozenset(
     ["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"]
+)
+SLURM_ACTIVE = SLURM_WAITING | frozenset(
+    ["RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"]
 )
 SLURM_DIGITS = re.compile(r"^[0-9]{1,18}$")
 
