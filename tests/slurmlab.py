@@ -126,14 +126,23 @@ class Slurm:
         return self
 
     def squeue_state(self, slurm_job_id: str) -> str:
-        """Slurm's state of the job ('' once it has forgotten it)."""
-        out = subprocess.run(
-            ["squeue", "-h", "--states=all", "-j", slurm_job_id, "-o", "%T"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
-        return out.stdout.strip()
+        """Slurm's state of the job ('' once it has forgotten it); a squeue that fails (a
+        busy controller) is asked again, for up to 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            out = subprocess.run(
+                ["squeue", "-h", "--states=all", "-j", slurm_job_id, "-o", "%T"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode == 0:
+                return out.stdout.strip()
+            if "Invalid job id" in out.stderr:
+                return ""
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"squeue did not answer: {out.stderr.strip()}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -22,6 +22,8 @@ from conftest import job_state, poll, require, sp, sp_json
 from slurmlab import KILL_WAIT, Slurm, missing_tools
 from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen
 
+from solverpilot_deploy.status import SLURM_ACTIVE
+
 USER = "spslurm"
 SERVER = ".solverpilot-server"
 
@@ -116,14 +118,8 @@ def status_of(capsys: pytest.CaptureFixture[str], c: Cluster, job_id: str) -> di
 
 def final(c: Cluster, job_id: str, slurm_id: str, seconds: float = 60) -> dict[str, object]:
     """The job's state once Slurm has ended the job (its wrapper has exited by then)."""
-    poll(
-        lambda: (
-            c.slurm.squeue_state(slurm_id)
-            not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
-        ),
-        seconds,
-        "Slurm to end the job",
-    )
+    # every state Slurm has not ended a job in (SIGNALING while --signal is sent, say)
+    poll(lambda: c.slurm.squeue_state(slurm_id) not in SLURM_ACTIVE, seconds, "Slurm's end")
     return c.state(job_id)
 
 
@@ -279,7 +275,7 @@ def test_status_of_a_job_slurm_killed_is_lost(
     job_id, slurm_id = submit_started(capsys, c, "sleep", "300")
     # KILL to the batch step's shell, which is the wrapper (it exec'd): its end is not recorded
     subprocess.run(["scancel", "--batch", "--signal=KILL", slurm_id], env=c.slurm.env, check=True)
-    poll(lambda: c.slurm.squeue_state(slurm_id) not in ("RUNNING", "COMPLETING"), 30, "the KILL")
+    poll(lambda: c.slurm.squeue_state(slurm_id) not in SLURM_ACTIVE, 30, "the KILL to end it")
     assert c.state(job_id)["status"] == "running"  # the wrapper could not record it
     job = status_of(capsys, c, job_id)
     assert job["status"] == "lost"
