@@ -16,8 +16,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# SP_TEST_USER_SUFFIX gives a second test run on the same machine users of its own
+USER_SUFFIX = os.environ.get("SP_TEST_USER_SUFFIX", "")
+
+
+def lab_user_name(base: str) -> str:
+    """The name of the dedicated test user ``base`` for this test run."""
+    return base + USER_SUFFIX
+
+
 # one per simulated host, each its own home
-TEST_USERS = ("sptest", "sptest2", "sptest3", "sptest4")
+TEST_USERS = tuple(lab_user_name(n) for n in ("sptest", "sptest2", "sptest3", "sptest4"))
 SSHD = "/usr/sbin/sshd"
 
 

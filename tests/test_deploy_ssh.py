@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, sp, sp_json
-from sshlab import free_port, run_as
+from sshlab import TEST_USERS, free_port, run_as
 
 from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.render import render_wrapper
@@ -201,7 +201,7 @@ def test_a_dead_host_among_live_ones(
     assert "Traceback" not in capsys.readouterr().err
     assert results[1]["distro"] is None and results[1]["sha256"] is None
     assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
-    assert (Path(lab.users["sptest2"].pw_dir) / WRAPPER).read_bytes() == DEBIAN_BYTES
+    assert (Path(lab.users[TEST_USERS[1]].pw_dir) / WRAPPER).read_bytes() == DEBIAN_BYTES
 
 
 def test_dry_run_changes_nothing(
@@ -279,7 +279,7 @@ def test_missing_requirement_fails_with_install_hint(
     assert code == 1
     error = str(results[0]["error"])
     assert error.startswith("missing requirement: flock; install: sudo apt-get install")
-    assert not (Path(lab.users["sptest3"].pw_dir) / ".solverpilot").exists()
+    assert not (Path(lab.users[TEST_USERS[2]].pw_dir) / ".solverpilot").exists()
 
 
 def test_timeout_on_a_host_that_never_answers(
@@ -445,7 +445,7 @@ def test_missing_sqlite3_is_only_a_warning(
     assert (code, json.loads(out)[0]["error"]) == (0, None)
     assert json.loads(out)[0]["status"] == "deployed"
     assert f"sp-deploy: {lab.limited.spec}: warning: sqlite3 missing" in err
-    limited_home = Path(lab.users["sptest3"].pw_dir)
+    limited_home = Path(lab.users[TEST_USERS[2]].pw_dir)
     assert (limited_home / WRAPPER).read_bytes() == DEBIAN_BYTES
     assert not (limited_home / ".solverpilot-server").exists()
 
@@ -570,7 +570,7 @@ def test_a_checksum_mismatch_fails_the_host_and_leaves_nothing(
         fake.symlink_to(real)
     assert code == 1
     assert str(results[0]["error"]).startswith("checksum mismatch: uploaded ")
-    limited_home = Path(lab.users["sptest3"].pw_dir)
+    limited_home = Path(lab.users[TEST_USERS[2]].pw_dir)
     assert bin_dir_listing(limited_home) == []
 
 

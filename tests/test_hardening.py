@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, poll, require, sp, sp_json
-from sshlab import Sshd, run_as
+from sshlab import TEST_USERS, Sshd, run_as
 
 from solverpilot_deploy.deploy import Probe, check_requirements
 from solverpilot_deploy.errors import RequirementError
@@ -78,7 +78,7 @@ class SlowHost:
 
 @pytest.fixture(scope="session")
 def slow_host(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowHost]:
-    user = lab.users["sptest4"]
+    user = lab.users[TEST_USERS[3]]
     shims = Path(tempfile.mkdtemp(prefix="sp-slow-bin-"))
     shims.chmod(0o755)
     shim = shims / "sha256sum"
@@ -152,7 +152,7 @@ def test_ctrl_c_finishes_the_host_in_flight_and_skips_the_rest(
     lab: Lab, home: Path, kh: Path, slow: SlowHost
 ) -> None:
     slow.delay(3)
-    b_home = Path(lab.users["sptest2"].pw_dir)
+    b_home = Path(lab.users[TEST_USERS[1]].pw_dir)
     hosts = [lab.a.spec, slow.spec, lab.b.spec]
     proc = sp_deploy("push", *hosts, "-j", "1", "--json", *ssh_args(lab, kh))
     poll(lambda: slow.temp_files(), 30, "the slow host's install to start")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, require, sp, sp_json
+from sshlab import TEST_USERS
 
 from solverpilot_deploy.inventory import _ansible_inventory
 
@@ -31,17 +32,17 @@ def dead_port() -> int:
 
 
 def homes(lab: Lab) -> tuple[Path, Path]:
-    return Path(lab.users["sptest"].pw_dir), Path(lab.users["sptest2"].pw_dir)
+    return Path(lab.users[TEST_USERS[0]].pw_dir), Path(lab.users[TEST_USERS[1]].pw_dir)
 
 
 def ini_inventory(tmp_path: Path, lab: Lab) -> Path:
     path = tmp_path / "hosts.ini"
     path.write_text(
         "[web]\n"
-        + host_line("alpha", lab.a.port, "sptest")
-        + host_line("beta", lab.b.port, "sptest2")
+        + host_line("alpha", lab.a.port, TEST_USERS[0])
+        + host_line("beta", lab.b.port, TEST_USERS[1])
         + "\n[db]\n"
-        + host_line("gamma", dead_port(), "sptest")
+        + host_line("gamma", dead_port(), TEST_USERS[0])
         + f"\n[all:vars]\nansible_ssh_private_key_file={lab.client_key}\n"
     )
     return path
@@ -111,8 +112,8 @@ def test_max_fail_stops_starting_hosts(
     inventory = tmp_path / "hosts.ini"
     inventory.write_text(
         "[fleet]\n"
-        + "".join(host_line(f"dead{i}", dead_port(), "sptest") for i in (1, 2, 3))
-        + host_line("alpha", lab.a.port, "sptest")
+        + "".join(host_line(f"dead{i}", dead_port(), TEST_USERS[0]) for i in (1, 2, 3))
+        + host_line("alpha", lab.a.port, TEST_USERS[0])
         + f"\n[all:vars]\nansible_ssh_private_key_file={lab.client_key}\n"
     )
     code, results = sp_json(
@@ -147,11 +148,11 @@ def test_canary_hosts_go_first_and_alone(
     tmp_path: Path,
     canary_dead: bool,
 ) -> None:
-    first = host_line("canary", dead_port() if canary_dead else lab.a.port, "sptest")
+    first = host_line("canary", dead_port() if canary_dead else lab.a.port, TEST_USERS[0])
     inventory = tmp_path / "hosts.ini"
     inventory.write_text(
         f"[fleet]\n{first}"
-        + host_line("beta", lab.b.port, "sptest2")
+        + host_line("beta", lab.b.port, TEST_USERS[1])
         + f"\n[all:vars]\nansible_ssh_private_key_file={lab.client_key}\n"
     )
     code, results = sp_json(

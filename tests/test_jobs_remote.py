@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Lab, require, sp, sp_json
 from conftest import job_state as state
-from sshlab import run_as
+from sshlab import TEST_USERS, run_as
 
 SERVER = ".solverpilot-server"
 
@@ -193,7 +193,7 @@ def test_run_without_the_wrapper_or_without_tmux(
     assert code == 1 and "no wrapper here" in err and "sp-deploy push" in err
     assert out == ""
     # the limited host has no tmux on its PATH; give it a wrapper by hand
-    target = Path(lab.users["sptest3"].pw_dir) / ".solverpilot/bin/job_wrapper.sh"
+    target = Path(lab.users[TEST_USERS[2]].pw_dir) / ".solverpilot/bin/job_wrapper.sh"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("#!/bin/bash\n")
     target.chmod(0o755)

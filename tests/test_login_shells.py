@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, require, sp, sp_json
-from sshlab import Sshd, authorize, clean_home, ensure_test_user, run_as
+from sshlab import Sshd, authorize, clean_home, ensure_test_user, run_as, lab_user_name
 
 from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.render import render_wrapper
@@ -43,7 +43,7 @@ def _echo_lines(text: str) -> str:
 
 CASES = {
     "tcsh": ShellCase(
-        "sptcsh",
+        lab_user_name("sptcsh"),
         "/usr/bin/tcsh",
         ".cshrc",
         "set sp_noise = 1\n"
@@ -51,15 +51,15 @@ CASES = {
         + "sh -c 'echo cshrc on stderr >&2'\ntouch ~/.rc-ran\n",
     ),
     "fish": ShellCase(
-        "spfish",
+        lab_user_name("spfish"),
         "/usr/bin/fish",
         ".config/fish/config.fish",
         "set -x SP_NOISE 1\n" + _echo_lines(TALK) + "echo fish on stderr >&2\ntouch ~/.rc-ran\n",
     ),
     # dash reads no start-up file for a command (only a login shell reads ~/.profile)
-    "dash": ShellCase("spdash", "/bin/dash", None, ""),
+    "dash": ShellCase(lab_user_name("spdash"), "/bin/dash", None, ""),
     "bash": ShellCase(
-        "spbash",
+        lab_user_name("spbash"),
         "/bin/bash",
         ".bashrc",
         "echo 'Welcome to the cluster'\n"

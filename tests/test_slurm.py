@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from conftest import job_state, poll, require, sp, sp_json
 from slurmlab import KILL_WAIT, Slurm, missing_tools
-from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen
+from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen, lab_user_name
 
 from solverpilot_deploy.status import SLURM_ACTIVE
 
-USER = "spslurm"
+USER = lab_user_name("spslurm")
 SERVER = ".solverpilot-server"
 
 
