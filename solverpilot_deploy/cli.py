@@ -320,7 +320,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         args,
         # the stop may take --wait seconds on top of the usual deadline
         lambda session, end: cancel_job(
-            session, job_id, int(args.wait), remaining(end) + int(args.wait)
+            session, job_id, int(args.wait), remaining(end) + int(args.wait) + 5, args.force
         ),
     )
     for warning in done.warnings:
@@ -332,8 +332,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                     "state": done.state,
                     "already_ended": done.was is not None,
                     "recorded_by_sp_deploy": done.wrote,
+                    "signalled": [_safe(text) for text in done.signalled],
                 }
             )
+        )
+    elif done.signalled:
+        named = ", ".join(_safe(text) for text in done.signalled)
+        print(
+            f"{_describe(done.state)} (its wrapper was gone: sp-deploy signalled {named} and "
+            "wrote this record)"
         )
     elif done.wrote:
         print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
@@ -344,10 +351,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _safe(text: str) -> str:
+    """Host text made printable: control characters as \\xNN."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
-    from solverpilot_deploy.jobs import read_log
+    from solverpilot_deploy.jobs import JobError, read_log
 
     (job_id,) = _job_ids([args.job_id])
     out = sys.stdout.buffer
@@ -365,7 +377,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
             offset += len(chunk.data)
             if offset < chunk.size:
                 continue  # more is there already
-            if not args.follow or not chunk.more_to_come:
+            if not args.follow:
+                return
+            if chunk.tmux_lost:
+                raise JobError(
+                    f"job {job_id} is lost: its wrapper is gone (see status); the log ends here"
+                )
+            if not chunk.more_to_come:
                 return
             time.sleep(0.5)
 
@@ -554,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         metavar="SECONDS",
         help="how long the job may take to stop (default 60)",
+    )
+    cancel.add_argument(
+        "--force",
+        action="store_true",
+        help="a lost job (its wrapper gone) whose processes still run: stop them through "
+        "their process groups (TERM, KILL after --wait) and record it",
     )
     _add_ssh_options(cancel)
     cancel.set_defaults(func=cmd_cancel)

@@ -71,7 +71,7 @@ BEGIN {
     close(file)
   }
   alive = "no"; ticks = "-"
-  if (text !~ /"status": *"running"/) pid = "" # the pid of a finished job is not looked at
+  # (a finished job's pid too: its wrapper may still be stopping the job)
   if (pid != "" && (getline st < ("/proc/" pid "/stat")) > 0) {
     sub(/^.*\) /, "", st); split(st, s, " ")
     if (s[1] != "Z" && s[1] != "X") { alive = "yes"; ticks = s[20] }
