@@ -71,7 +71,7 @@ BEGIN {
     close(file)
   }
   alive = "no"; ticks = "-"
-  # (a finished job's pid too: its wrapper may still be stopping the job)
+  # (the pid of a finished job too: its wrapper may still be stopping the job)
   if (pid != "" && (getline st < ("/proc/" pid "/stat")) > 0) {
     sub(/^.*\) /, "", st); split(st, s, " ")
     if (s[1] != "Z" && s[1] != "X") { alive = "yes"; ticks = s[20] }
