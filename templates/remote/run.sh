@@ -92,7 +92,7 @@ while :; do
     printf 'state='
     cat -- "$state"
     # cancel's record of a job it stopped before the launcher ran it
-    if grep -q '"recorded_by":"sp-deploy cancel: cancelled before it started"' -- "$state"; then
+    if grep -q -e '"recorded_by":"sp-deploy cancel: cancelled before it started"' "$state"; then
       rm -rf -- "$here"
       exit 18
     fi
