@@ -143,7 +143,8 @@ wait_for_the_wrapper() { # the job's whole tree is gone once the wrapper has exi
 # holders: hold becomes the pids of this user's processes that hold the job's lock file open
 holders() {
   hold='' lockf=$sp_server/locks/$id.lock
-  [ -f "$lockf" ] || return 0
+  # (a link there could name any file this user's other processes hold open)
+  [ -f "$lockf" ] && [ ! -L "$lockf" ] || return 0
   for f in /proc/[0-9]*/fd/*; do
     # shellcheck disable=SC3013 # -ef: the test of dash, bash, busybox and mksh has it
     [ "$f" -ef "$lockf" ] || continue
