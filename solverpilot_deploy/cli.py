@@ -318,9 +318,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     (job_id,) = _job_ids([args.job_id])
     done = _on_host(
         args,
-        # the stop may take --wait seconds on top of the usual deadline
+        # on top of the usual deadline: --wait for a start, then --wait for the stop (or
+        # for --force's TERM, then 5 s after its KILL)
         lambda session, end: cancel_job(
-            session, job_id, int(args.wait), remaining(end) + int(args.wait) + 5, args.force
+            session, job_id, int(args.wait), remaining(end) + 2 * int(args.wait) + 5, args.force
         ),
     )
     for warning in done.warnings:

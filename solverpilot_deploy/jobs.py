@@ -194,12 +194,12 @@ class LogChunk:
     @property
     def more_to_come(self) -> bool:
         """The job runs, or has no state yet while its tmux session runs; for a tmux job, until
-        its wrapper has exited (a stop is recorded before the job's last words) and its
-        session has ended."""
+        its wrapper has exited (a stop is recorded before the job's last words), and while
+        its record says running, until its session has ended (then it is lost)."""
         if self.lost:
             return False
         if self.wrapper is not None:
-            return self.wrapper or self.session
+            return self.wrapper or (self.session and self.status == "running")
         return self.status == "running" or (self.status == "" and self.session)
 
     @property
