@@ -430,3 +430,41 @@ def test_cancel_force_kills_what_ignores_term_after_the_wait(
     assert out.startswith("job-deafo failed exit 137 signal KILL"), out
     assert not alive(job_pid)
     assert db_row(deployed, "job-deafo") == ("failed", 137)
+
+
+# ---- the rules themselves, without a host ----
+
+
+def test_stopping_is_a_final_record_whose_own_wrapper_still_runs() -> None:
+    from solverpilot_deploy.status import parse_status_output
+
+    record = '|{"id":"%s","status":"failed","pid":42,"start_ticks":7,"boot_id":"%s"%s}'
+    lines = ["@boot B"]
+    for job_id, live, ticks, boot, more in (
+        ("stops", "yes", "7", "B", ""),  # its wrapper: stopping
+        ("reused", "yes", "8", "B", ""),  # pid 42 is another process now
+        ("ended", "no", "-", "B", ""),
+        ("rebooted", "yes", "7", "A", ""),  # another boot: not that wrapper
+        ("slurm", "yes", "7", "B", ',"slurm_job_id":"5"'),  # its pid is a compute node's
+    ):
+        lines += [f"@job {job_id} {live} {ticks}", record % (job_id, boot, more)]
+    jobs = {job.id: job.status for job in parse_status_output(lines)}
+    assert jobs == {
+        "stops": "stopping", "reused": "failed", "ended": "failed", "rebooted": "failed",
+        "slurm": "failed",
+    }  # fmt: skip
+
+
+def test_what_logs_follow_waits_for() -> None:
+    from solverpilot_deploy.jobs import LogChunk
+
+    def chunk(status: str, session: bool, wrapper: bool | None) -> LogChunk:
+        return LogChunk(b"", 0, status, session, False, wrapper)
+
+    assert chunk("failed", False, True).more_to_come  # a stop under way
+    assert not chunk("failed", True, False).more_to_come  # another job's session of that name
+    assert chunk("running", True, False).more_to_come  # its launcher ends now
+    lost = chunk("running", False, False)
+    assert not lost.more_to_come and lost.tmux_lost
+    assert chunk("running", False, None).more_to_come  # a state without start ticks
+    assert chunk("", True, None).more_to_come and not chunk("", False, None).more_to_come
