@@ -158,16 +158,18 @@ me=$(id -u)
 # named PID: "PID COMM", the name made safe
 named() { printf '%s %s' "$1" "$(tr -c 'A-Za-z0-9._-' '?' <"/proc/$1/comm" 2>/dev/null | cut -c1-15)"; }
 pgid() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f3; }
-# left: a process (no zombie) of the groups, or a holder, is still there
+# members: the pids of the live processes (no zombie) that are holders or in the groups; one
+# awk for all, whatever the number of processes
+members() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g=" $groups " -v h=" $hold " '{
+    pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
+    if (f[1] !~ /^[ZX]/ && (index(h, " " pid " ") || index(g, " " f[3] " "))) print pid
+  }'
+}
+# left: a holder, or a process of the groups, is still there
 left() {
   holders
-  [ -z "$hold" ] || return 0
-  for f in /proc/[0-9]*/stat; do
-    s=$(sed 's/.*) //' "$f" 2>/dev/null) || continue
-    case $s in [ZX]*) continue ;; esac
-    case " $groups " in *" $(printf '%s' "$s" | cut -d' ' -f3) "*) return 0 ;; esac
-  done
-  return 1
+  [ -n "$hold" ] || [ -n "$(members)" ]
 }
 # force_stop: TERM to what is left of a lost job (the lock holders' groups and the holders),
 # KILL after WAIT_SECONDS, then its record
@@ -179,11 +181,7 @@ force_stop() {
     case " $groups " in *" $g "*) ;; *) groups="$groups $g" ;; esac
   done
   # every process signalled, named: the holders and the other members of their groups
-  for f in /proc/[0-9]*/stat; do
-    p=${f#/proc/} && p=${p%/stat}
-    case " $hold " in *" $p "*) echo "signalled=$(named "$p")"; continue ;; esac
-    case " $groups " in *" $(pgid "$p") "*) echo "signalled=$(named "$p")" ;; esac
-  done 2>/dev/null
+  for p in $(members); do echo "signalled=$(named "$p")"; done
   for g in $groups; do kill -TERM -- "-$g" 2>/dev/null; done
   for p in $hold; do kill -TERM "$p" 2>/dev/null; done
   rc=143 sig=TERM
