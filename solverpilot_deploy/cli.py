@@ -337,12 +337,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                 }
             )
         )
-    elif done.signalled:
+    elif done.signalled and done.wrote:
         named = ", ".join(_safe(text) for text in done.signalled)
         print(
             f"{_describe(done.state)} (its wrapper was gone: sp-deploy signalled {named} and "
             "wrote this record)"
         )
+    elif done.signalled:
+        named = ", ".join(_safe(text) for text in done.signalled)
+        print(f"{_describe(done.state)} (it had ended; sp-deploy signalled what it left: {named})")
     elif done.wrote:
         print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
     elif done.was is not None:

@@ -162,6 +162,11 @@ def cancel_job(
     if result.status == 12:
         raise JobError(f"job {job_id} still runs {wait} s after TERM")
     held = ", ".join(result.all_of("held")) or "?"
+    if result.status == 16 and "was" in found:
+        raise JobError(
+            f"job {job_id} has ended ({found['was']}), but processes it left still hold its "
+            f"lock ({held}); nothing was signalled: cancel --force {job_id} stops them"
+        )
     if result.status == 16:
         raise JobError(
             f"job {job_id} is lost: its wrapper is gone, but processes of it still run ({held}); "

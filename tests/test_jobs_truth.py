@@ -391,8 +391,10 @@ def test_cancel_force_stops_what_is_left_of_a_lost_job_and_records_it(
                         *connect(lab, trusted))  # fmt: skip
     assert code == 0, err
     assert out.startswith("job-orphan failed exit 143 signal TERM (its wrapper was gone: ")
-    assert f"{job_pids[0]} sh" in out and f"{job_pids[1]} sleep" in out
-    assert f"{job_pids[2]} sleep" in out
+    signalled = out[out.index("signalled ") + 10 : out.index(" and wrote")].split(", ")
+    assert sorted(signalled) == sorted(
+        [f"{job_pids[0]} sh", f"{job_pids[1]} sleep", f"{job_pids[2]} sleep"]
+    )
     for pid in job_pids:
         assert not alive(pid)
     final = state(deployed, "job-orphan")
@@ -471,3 +473,34 @@ def test_what_logs_follow_waits_for() -> None:
     assert not lost.more_to_come and lost.tmux_lost
     assert chunk("running", False, None).more_to_come  # a state without start ticks
     assert chunk("", True, None).more_to_come and not chunk("", False, None).more_to_come
+
+
+def test_what_an_ended_job_left_holding_its_lock_is_named_and_stopped_by_force(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path, pids: Path
+) -> None:
+    """A process that left the job's group (setsid) outlives a stop: the record is final, the
+    lock still held. cancel names it instead of "nothing changed"; --force stops it and keeps
+    the final record as it is."""
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "job-left", *connect(lab, trusted),
+                      "--", "sh", "-c", f'setsid sleep 300 & echo "$!" > {pids}; wait')  # fmt: skip
+    assert code == 0, err
+    poll(lambda: pids.exists() and pids.read_text().strip(), 20, "the job runs")
+    escaped = int(pids.read_text())
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "job-left", *connect(lab, trusted))
+    assert (code, out) == (0, "job-left failed exit 143 signal TERM\n"), err
+    assert alive(escaped)  # out of the group the wrapper stops
+    record = (deployed / SERVER / "jobs" / "job-left.status").read_bytes()
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "job-left", *connect(lab, trusted))
+    assert code == 1, out
+    said = f"has ended (failed), but processes it left still hold its lock ({escaped} sleep);"
+    assert said in err
+    assert "cancel --force job-left" in err and alive(escaped)
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "job-left", "--force",
+                        *connect(lab, trusted))  # fmt: skip
+    assert (code, out) == (
+        0,
+        f"job-left failed exit 143 signal TERM (it had ended; sp-deploy signalled what it left: "
+        f"{escaped} sleep)\n",
+    ), err
+    assert not alive(escaped)
+    assert (deployed / SERVER / "jobs" / "job-left.status").read_bytes() == record

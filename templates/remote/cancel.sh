@@ -25,8 +25,9 @@
 #   such job; 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
 #   running after WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing
 #   signalled (pid=); 14 a Slurm job, and Slurm cannot be asked here (no scancel or squeue, or
-#   squeue failed); 15 scancel refused; 16 lost, and processes of it still hold its lock
-#   (held=): nothing signalled without force; 17 cannot write the record; 18 still starting
+#   squeue failed); 15 scancel refused; 16 lost, or ended (was=), and processes of it still
+#   hold its lock (held=): nothing signalled without force (with force, a final record is
+#   kept as it is); 17 cannot write the record; 18 still starting
 #   (its id claimed, no state) after WAIT_SECONDS; 19 force: processes still hold the lock
 #   after KILL (held=).
 id=$1 wait=$2 force=${3-}
@@ -156,7 +157,10 @@ holders() {
 }
 me=$(id -u)
 # named PID: "PID COMM", the name made safe
-named() { printf '%s %s' "$1" "$(tr -c 'A-Za-z0-9._-' '?' <"/proc/$1/comm" 2>/dev/null | cut -c1-15)"; }
+named() {
+  c='' && { read -r c <"/proc/$1/comm"; } 2>/dev/null
+  printf '%s %s' "$1" "$(printf '%s' "$c" | tr -c 'A-Za-z0-9._-' '?')"
+}
 pgid() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f3; }
 # members: the pids of the live processes (no zombie) that are holders or in the groups; one
 # awk for all, whatever the number of processes
@@ -209,7 +213,12 @@ if [ "$status" != running ]; then
     show 0
   fi
   echo "was=$status"
-  show 0
+  # processes it left (out of its group) that hold its lock: named, stopped only when forced
+  holders
+  [ -n "$hold" ] || show 0
+  [ -n "$force" ] && force_stop
+  for p in $hold; do echo "held=$(named "$p")"; done
+  show 16
 fi
 case $pid in '' | *[!0-9]*) show 11 ;; esac
 # without its start time (an older wrapper), a pid cannot be told from a later process's
