@@ -333,18 +333,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                     "state": done.state,
                     "already_ended": done.was is not None,
                     "recorded_by_sp_deploy": done.wrote,
-                    "signalled": [_safe(text) for text in done.signalled],
+                    "signalled": list(done.signalled),
                 }
             )
         )
     elif done.signalled and done.wrote:
-        named = ", ".join(_safe(text) for text in done.signalled)
+        named = ", ".join(done.signalled)
         print(
             f"{_describe(done.state)} (its wrapper was gone: sp-deploy signalled {named} and "
             "wrote this record)"
         )
     elif done.signalled:
-        named = ", ".join(_safe(text) for text in done.signalled)
+        named = ", ".join(done.signalled)
         print(f"{_describe(done.state)} (it had ended; sp-deploy signalled what it left: {named})")
     elif done.wrote:
         print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
@@ -353,11 +353,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     else:
         print(_describe(done.state))
     return 0
-
-
-def _safe(text: str) -> str:
-    """Host text made printable: control characters as \\xNN."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ class Cancelled:
     signalled: tuple[str, ...] = ()  # --force: "PID COMM" of each process signalled
 
 
+def printable(text: str) -> str:
+    """Host text made safe for a terminal: each control character as \\xNN."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def new_job_id() -> str:
     return str(uuid.uuid4())
 
@@ -124,7 +129,7 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
         raise JobError(f"job {job_id} was cancelled before it started: it never ran")
     if result.status == 19:
         raise JobError(
-            f"the job never started: {found.get('error', 'its tmux session ended')} (a "
+            f"the job never started: {printable(found.get('error', 'its tmux session ended'))} (a "
             "tmux.conf with exit-unattached on, or a tmux server that died); the id is free"
         )
 
@@ -146,7 +151,7 @@ def cancel_job(
             found.get("was"),
             found.get("wrote") == "yes",
             result.all_of("warning"),
-            result.all_of("signalled"),
+            tuple(printable(text) for text in result.all_of("signalled")),
         )
     if result.status == 10:
         raise JobError(f"no job {job_id} on this host")
@@ -161,7 +166,7 @@ def cancel_job(
         raise JobError(f"job {job_id} runs under Slurm: {found.get('error', '?')}")
     if result.status == 12:
         raise JobError(f"job {job_id} still runs {wait} s after TERM")
-    held = ", ".join(result.all_of("held")) or "?"
+    held = printable(", ".join(result.all_of("held")) or "?")
     if result.status == 16 and "was" in found:
         raise JobError(
             f"job {job_id} has ended ({found['was']}), but processes it left still hold its "

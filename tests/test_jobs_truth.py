@@ -504,3 +504,18 @@ def test_what_an_ended_job_left_holding_its_lock_is_named_and_stopped_by_force(
     ), err
     assert not alive(escaped)
     assert (deployed / SERVER / "jobs" / "job-left.status").read_bytes() == record
+
+
+def test_names_a_host_sends_reach_no_terminal_raw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """held= and signalled= come from the host: a hostile one cannot send escapes through them."""
+    from solverpilot_deploy import jobs
+    from solverpilot_deploy.remote import StepResult
+
+    osc = "1 x\x1b]52;c;cHduZWQ=\x07"
+    answers = iter([StepResult(16, (f"held={osc}",), ""), StepResult(0, (f"signalled={osc}",), "")])
+    monkeypatch.setattr(jobs, "run_step", lambda *args, **kwargs: next(answers))
+    with pytest.raises(jobs.JobError) as error:
+        jobs.cancel_job(None, "j", 1, 10)  # type: ignore[arg-type]
+    assert "\x1b" not in str(error.value) and "\\x1b]52" in str(error.value)
+    done = jobs.cancel_job(None, "j", 1, 10, force=True)  # type: ignore[arg-type]
+    assert done.signalled == ("1 x\\x1b]52;c;cHduZWQ=\\x07",)
