@@ -575,8 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument(
         "--force",
         action="store_true",
-        help="a lost job (its wrapper gone) whose processes still run: stop them through "
-        "their process groups (TERM, KILL after --wait) and record it",
+        help="a lost job (its wrapper gone) whose processes still hold its lock, or an ended "
+        "one that left such processes: stop them through their process groups (TERM, KILL "
+        "after --wait); a lost job's end is recorded",
     )
     _add_ssh_options(cancel)
     cancel.set_defaults(func=cmd_cancel)
