@@ -18,9 +18,9 @@
 # slurm_state= says how Slurm ended it).
 # Answer: state= (the state file as it is at the end); was=STATUS when it was not running;
 #   wrote=yes when this step wrote the record; error= with 14 and 15; held=PID COMM per
-#   process holding the lock of a lost job (16); signalled=PID COMM per process force
-#   stopped (the holders and the rest of their process groups); warning= when the DB could not
-#   be updated.
+#   process holding the lock of a lost or ended job (16, 19); signalled=PID COMM per process
+#   force stopped (the holders and the rest of their process groups); warning= when the DB
+#   could not be updated.
 # Exit: 0 stopped, the wrapper and the job's tree gone (or already ended: was= says so); 10 no
 #   such job; 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
 #   running after WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing
