@@ -318,9 +318,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     (job_id,) = _job_ids([args.job_id])
     done = _on_host(
         args,
-        # the stop may take --wait seconds on top of the usual deadline
+        # on top of the usual deadline: --wait for a start, then --wait for the stop (or
+        # for --force's TERM, then 5 s after its KILL)
         lambda session, end: cancel_job(
-            session, job_id, int(args.wait), remaining(end) + int(args.wait)
+            session, job_id, int(args.wait), remaining(end) + 2 * int(args.wait) + 5, args.force
         ),
     )
     for warning in done.warnings:
@@ -332,9 +333,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                     "state": done.state,
                     "already_ended": done.was is not None,
                     "recorded_by_sp_deploy": done.wrote,
+                    "signalled": list(done.signalled),
                 }
             )
         )
+    elif done.signalled and done.wrote:
+        named = ", ".join(done.signalled)
+        print(
+            f"{_describe(done.state)} (its wrapper was gone: sp-deploy signalled {named} and "
+            "wrote this record)"
+        )
+    elif done.signalled:
+        named = ", ".join(done.signalled)
+        print(f"{_describe(done.state)} (it had ended; sp-deploy signalled what it left: {named})")
     elif done.wrote:
         print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
     elif done.was is not None:
@@ -347,7 +358,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
-    from solverpilot_deploy.jobs import read_log
+    from solverpilot_deploy.jobs import JobError, read_log
 
     (job_id,) = _job_ids([args.job_id])
     out = sys.stdout.buffer
@@ -365,7 +376,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
             offset += len(chunk.data)
             if offset < chunk.size:
                 continue  # more is there already
-            if not args.follow or not chunk.more_to_come:
+            if not args.follow:
+                return
+            if chunk.tmux_lost:
+                raise JobError(
+                    f"job {job_id} is lost: its wrapper is gone (see status); the log ends here"
+                )
+            if not chunk.more_to_come:
                 return
             time.sleep(0.5)
 
@@ -554,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         metavar="SECONDS",
         help="how long the job may take to stop (default 60)",
+    )
+    cancel.add_argument(
+        "--force",
+        action="store_true",
+        help="a lost job (its wrapper gone) whose processes still hold its lock, or an ended "
+        "one that left such processes: stop them through their process groups (TERM, KILL "
+        "after --wait); a lost job's end is recorded",
     )
     _add_ssh_options(cancel)
     cancel.set_defaults(func=cmd_cancel)

@@ -40,8 +40,14 @@ class Started:
 class Cancelled:
     state: dict[str, Any]
     was: str | None  # the status of a job that had already ended, else None
-    wrote: bool = False  # a Slurm job that never started: sp-deploy wrote its record
+    wrote: bool = False  # the job never started, or was lost (--force): sp-deploy wrote its record
     warnings: tuple[str, ...] = ()
+    signalled: tuple[str, ...] = ()  # --force: "PID COMM" of each process signalled
+
+
+def printable(text: str) -> str:
+    """Host text made safe for a terminal: each control character as \\xNN."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def new_job_id() -> str:
@@ -107,9 +113,11 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
         said = [line[4:] for line in result.lines if line.startswith("log=")]
         last = said[-1] if said else ""
         raise JobError(f"the wrapper refused the job (exit {found.get('rc', '?')}): {last}")
-    if result.status == 15:  # its tmux session runs: the job is on its way
-        late = f"the job is still starting (no state after {wait} s): see status and logs"
-        return Started(job_id, {}, (*warnings, late))
+    if result.status == 15:  # its tmux session runs, and no state yet: not a start
+        raise JobError(
+            f"job {job_id} is still starting: no state after {wait} s (its tmux session runs); "
+            f"status and logs show when it starts, cancel {job_id} stops it"
+        )
     if result.status == 16:
         raise JobError(
             f"tmux session {found.get('session', '?')} runs already: another job whose id "
@@ -117,18 +125,33 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
         )
     if result.status == 17:
         raise JobError(f"cannot enter the folder {cwd or '~'} on the host")
+    if result.status == 18:
+        raise JobError(f"job {job_id} was cancelled before it started: it never ran")
+    if result.status == 19:
+        raise JobError(
+            f"the job never started: {printable(found.get('error', 'its tmux session ended'))} (a "
+            "tmux.conf with exit-unattached on, or a tmux server that died); the id is free"
+        )
 
     raise RemoteCommandError(f"cannot start the job: {result.error()}")
 
 
-def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Cancelled:
-    """TERM to the job's wrapper; returns once it and the job's tree are gone."""
-    result = run_step(session, "cancel", check_job_id(job_id), str(wait), timeout=timeout)
+def cancel_job(
+    session: Session, job_id: str, wait: int, timeout: float, force: bool = False
+) -> Cancelled:
+    """TERM to the job's wrapper; returns once it and the job's tree are gone. ``force``: a
+    lost job's processes that still hold its lock are stopped through their process groups."""
+    args = (check_job_id(job_id), str(wait), *(("force",) if force else ()))
+    result = run_step(session, "cancel", *args, timeout=timeout)
     state = _state(result.lines)
     found = result.values()
     if result.status == 0:
         return Cancelled(
-            state, found.get("was"), found.get("wrote") == "yes", result.all_of("warning")
+            state,
+            found.get("was"),
+            found.get("wrote") == "yes",
+            result.all_of("warning"),
+            tuple(printable(text) for text in result.all_of("signalled")),
         )
     if result.status == 10:
         raise JobError(f"no job {job_id} on this host")
@@ -143,6 +166,23 @@ def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Canc
         raise JobError(f"job {job_id} runs under Slurm: {found.get('error', '?')}")
     if result.status == 12:
         raise JobError(f"job {job_id} still runs {wait} s after TERM")
+    held = printable(", ".join(result.all_of("held")) or "?")
+    if result.status == 16 and "was" in found:
+        raise JobError(
+            f"job {job_id} has ended ({found['was']}), but processes it left still hold its "
+            f"lock ({held}); nothing was signalled: cancel --force {job_id} stops them"
+        )
+    if result.status == 16:
+        raise JobError(
+            f"job {job_id} is lost: its wrapper is gone, but processes of it still run ({held}); "
+            f"nothing was signalled: cancel --force {job_id} stops them"
+        )
+    if result.status == 17:
+        raise JobError(f"job {job_id}: cannot write its record (disk full or folder not writable?)")
+    if result.status == 18:
+        raise JobError(f"job {job_id} is still starting {wait} s later: no state yet")
+    if result.status == 19:
+        raise JobError(f"job {job_id}: processes of it still hold its lock after KILL ({held})")
     if result.status == 13:
         pid = result.values().get("pid", "?")
         raise JobError(
@@ -159,13 +199,23 @@ class LogChunk:
     status: str  # the job's status then ("" without a state file)
     session: bool = False  # its tmux session was running (or Slurm had not ended the job)
     lost: bool = False  # a Slurm job Slurm has ended while its record says running
+    wrapper: bool | None = None  # a tmux job's wrapper runs (None: the state does not say)
 
     @property
     def more_to_come(self) -> bool:
-        """The job runs, or has no state yet while its tmux session runs."""
+        """The job runs, or has no state yet while its tmux session runs; for a tmux job, until
+        its wrapper has exited (a stop is recorded before the job's last words), and while
+        its record says running, until its session has ended (then it is lost)."""
         if self.lost:
             return False
+        if self.wrapper is not None:
+            return self.wrapper or (self.session and self.status == "running")
         return self.status == "running" or (self.status == "" and self.session)
+
+    @property
+    def tmux_lost(self) -> bool:
+        """A tmux job recorded running whose wrapper and session are gone: nothing more comes."""
+        return self.status == "running" and self.wrapper is False and not self.session
 
 
 def read_log(session: Session, job_id: str, offset: int, most: int, timeout: float) -> LogChunk:
@@ -190,4 +240,5 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         found.get("status", ""),
         found.get("session") == "present",
         found.get("lost") == "yes",
+        {"alive": True, "gone": False}.get(found.get("wrapper", "")),
     )

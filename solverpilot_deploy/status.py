@@ -1,9 +1,11 @@
 """Read back job states from a host and tell "running" from "lost", and why.
 
-A job recorded "running" is "lost" when its wrapper is gone, with the reason: "host rebooted"
-(the boot id differs), "wrapper gone, lock free", "wrapper gone, its job still holds the lock"
-(the wrapper was SIGKILLed; a process of the job lives on), "pid reused" (the pid is alive but
-started at another time than the wrapper recorded). A DB row "running" with no state file is
+A final record whose wrapper (pid and start ticks) still runs is "stopping": the wrapper
+records a stop at once, then stops the job. A job recorded "running" is "lost" when its
+wrapper is gone, with the reason: "host rebooted" (the boot id differs), "wrapper gone, lock
+free", "wrapper gone, its job still holds the lock" (the wrapper was SIGKILLed; a process of
+the job lives on), "pid reused" (the pid is alive but started at another time than the wrapper
+recorded). A DB row "running" with no state file is
 judged by its lock alone. A state file that is not a JSON object of the wrapper's shape
 (truncated, binary, huge, ``null``, a list, a number) is listed as "unreadable"; the others
 are not affected. The tmux session named for a job is reported present or absent (None when
@@ -47,6 +49,7 @@ REBOOTED = "host rebooted"
 LOCK_FREE = "wrapper gone, lock free"
 JOB_HOLDS_LOCK = "wrapper gone, its job still holds the lock"
 PID_REUSED = "pid reused"
+STOPPING = "stopping"  # a final record whose wrapper (its pid and start ticks) still runs
 # Slurm's states of a job it has not ended: not started yet, or under way (its wrapper may run);
 # templates/remote/lib.sh (sp_slurm_active) lists the same for cancel and logs
 SLURM_WAITING = frozenset(
@@ -156,6 +159,13 @@ def job_from_state(
         reason = view.slurm_reason(slurm_id)
     elif status == "running":
         reason = lost_reason(state, job_id in view.held, alive, ticks, view.boot_id)
+    elif (
+        alive
+        and not slurm_id
+        and str(state.get("start_ticks")) == ticks
+        and (not view.boot_id or state.get("boot_id") in (None, view.boot_id))
+    ):
+        status = STOPPING  # a stop recorded, its wrapper still stopping the job
     user = state.get("user")
     tmux = None
     if view.has_tmux and isinstance(user, str) and not slurm_id:  # Slurm's jobs have none

@@ -87,6 +87,44 @@ sp_slurm_active() {
   return 1
 }
 
+# sp_deadline SECONDS: from now on, sp_in_time is true until SECONDS have passed, counted in
+# hundredths (the kernel's uptime; where /proc is missing, date's whole seconds and one more),
+# so a wait of 3 s never ends at 2.5
+# shellcheck disable=SC2329 # not every step needs it
+sp_deadline() {
+  sp_now
+  sp_end=$((sp_t + $1 * 100))
+  [ -z "$sp_coarse" ] || sp_end=$((sp_end + 100))
+}
+# shellcheck disable=SC2329 # not every step needs it
+sp_in_time() {
+  sp_now
+  [ "$sp_t" -lt "$sp_end" ]
+}
+# sp_now: sp_t becomes the time in hundredths of a second since boot (sp_coarse empty), else
+# since 1970, in whole seconds (sp_coarse=1)
+# shellcheck disable=SC2329 # not every step needs it
+sp_now() {
+  sp_t='' sp_coarse=''
+  { read -r sp_t _ </proc/uptime; } 2>/dev/null
+  case $sp_t in
+    [0-9]*.[0-9][0-9]) sp_t=${sp_t%.*}${sp_t#*.} ;;
+    *) sp_t=$(($(date +%s) * 100)) sp_coarse=1 ;;
+  esac
+  sp_t=${sp_t#"${sp_t%%[!0]*}"} # no leading 0: sh reads 0NN as octal
+  sp_t=$((${sp_t:-0} + 0))
+}
+
+# sp_alive PID TICKS: true while PID runs (not a zombie) and started TICKS clock ticks after
+# boot (the start_ticks a wrapper records): a pid given to another process since is not it
+# shellcheck disable=SC2329 # not every step needs it
+sp_alive() {
+  case $1$2 in *[!0-9]* | '') return 1 ;; esac
+  sp_a=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1,20)
+  if [ -z "$sp_a" ] || [ "${sp_a%% *}" = Z ] || [ "${sp_a%% *}" = X ]; then return 1; fi
+  [ "${sp_a#* }" = "$2" ]
+}
+
 # the step: end.sh closes this function and runs it
 sp_main() {
 trap sp_exit EXIT

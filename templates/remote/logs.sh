@@ -3,21 +3,34 @@
 # Answer: size= (the log's size now), status= (the job's state: running, completed, failed, or
 #   empty without a state file), session=present while its tmux session runs (or Slurm has
 #   not ended the job), lost=yes for a Slurm job Slurm has ended while its record says running,
-#   then the bytes
+#   wrapper=alive|gone for a tmux job whose state names its wrapper (pid and start ticks:
+#   alive while it runs, whatever the record says: a stop's record comes before the job's
+#   last words; gone with the record still running: lost, nothing more will come), then the bytes
 #   as lines of hex pairs.
 # Exit: 0; 10 neither a log nor a state for this job.
 id=$1 offset=$2 max=$3
 log=$sp_server/logs/$id.log state=$sp_server/jobs/$id.status
 # (a Slurm job has neither until it starts: its batch script says it was submitted)
 [ -f "$log" ] || [ -f "$state" ] || [ -f "$sp_server/slurm/$id.sbatch" ] || exit 10
-# the state first: a log read after a final state holds all the job wrote
+# what tells whether more may come first, then the state, then the log: a log read after a
+# final state holds all the job wrote, and a wrapper seen gone before a state that still says
+# running never wrote another
+# without a state yet, the job is on its way while its tmux session runs
+name=$(sp_session_name "$id")
+if tmux has-session -t "=$name" 2>/dev/null; then echo session=present; fi
+if [ -f "$state" ] && [ -z "$(sp_slurm_id "$id")" ]; then
+  pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$state" 2>/dev/null | head -n 1)
+  ticks=$(sed -n 's/.*"start_ticks": *\([0-9]*\).*/\1/p' "$state" 2>/dev/null | head -n 1)
+  if sp_alive "$pid" "$ticks"; then
+    echo wrapper=alive
+  elif [ -n "$pid" ] && [ -n "$ticks" ]; then
+    echo wrapper=gone
+  fi
+fi
 status=$(sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p' "$state" 2>/dev/null | head -n 1)
 size=$(wc -c <"$log" 2>/dev/null | tr -d ' ')
 echo "size=${size:-0}"
 echo "status=$status"
-# without a state yet, the job is on its way while its tmux session runs
-name=$(sp_session_name "$id")
-if tmux has-session -t "=$name" 2>/dev/null; then echo session=present; fi
 # or, for a Slurm job, while Slurm has not ended it (pending, running); one Slurm has ended
 # while its record still says running is lost: nothing more will come
 if [ "${status:-running}" = running ] && sid=$(sp_slurm_id "$id") && [ -n "$sid" ] &&

@@ -5,11 +5,17 @@
 # byte written as a \NNN octal escape, so any byte but NUL travels as it is.
 # Answer: os_id=, os_like=, logout_kills=yes (see lib.sh), then state= (the state file) once
 #   it exists, or rc= and log= lines (the wrapper's last words) when it ended without one.
+# Start: the launcher runs the wrapper only if it is first to create run/JOB_ID/decided (a
+#   cancel of the starting job may be first: cancel.sh); run reports a start only once the
+#   wrapper's state exists. A tmux session that ends before the wrapper ran (a tmux.conf's
+#   exit-unattached, a server killed) frees the id: the run folder is removed (19).
 # Exit: 0 started (or ended at once with a state); 10 no wrapper; 11 no tmux; 12 the id is
 #   already used (a state file, or another run of it starting); 13 the wrapper refused (rc=
 #   says how); 14 cannot write the run files; 15 no state yet after WAIT_SECONDS (the job
 #   is still starting); 16 a tmux session of that name runs (session=): another job whose id
-#   starts with the same 8 characters; 17 the working folder cannot be entered.
+#   starts with the same 8 characters; 17 the working folder cannot be entered; 18 a cancel
+#   came first: the job never ran (state= is cancel's record); 19 the tmux session ended
+#   before the wrapper started (the id is free again).
 id=$1 wait=$2
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
@@ -55,6 +61,11 @@ while IFS= read -r line; do
 done <args
 here=$PWD
 rm -f -- args go launch
+# a cancel while the job starts may have decided first: then the job never runs
+if ! mkdir decided 2>/dev/null; then
+  cd / && rm -rf -- "$here"
+  exit 0
+fi
 # the server folder this run step used, whatever the tmux server's environment says
 SOLVERPILOT_SERVER_DIR=${here%/run/*}
 export SOLVERPILOT_SERVER_DIR
@@ -75,11 +86,16 @@ sp_tmpdir='' # the launcher removes it now
 quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 : >"$here/go"
-end=$(($(date +%s) + wait))
+sp_deadline "$wait"
 while :; do
   if [ -f "$state" ]; then
     printf 'state='
     cat -- "$state"
+    # cancel's record of a job it stopped before the launcher ran it
+    if grep -q -e '"recorded_by":"sp-deploy cancel: cancelled before it started"' "$state"; then
+      rm -rf -- "$here"
+      exit 18
+    fi
     exit 0
   fi
   if [ -f "$here/rc" ]; then
@@ -90,6 +106,14 @@ while :; do
     [ "$rc" != cwd ] || exit 17
     exit 13
   fi
-  [ "$(date +%s)" -lt "$end" ] || exit 15
+  # the session ended with neither a state nor an rc: the wrapper never ran (or died at once,
+  # unrecorded, with its pane); once it is sure that no launcher runs it, the id is freed
+  if ! tmux has-session -t "=$name" 2>/dev/null && [ ! -f "$state" ] && [ ! -f "$here/rc" ] &&
+    { mkdir -- "$here/decided" 2>/dev/null || ! sp_in_time; }; then
+    rm -rf -- "$here"
+    echo "error=the tmux session $name ended before the wrapper started"
+    exit 19
+  fi
+  sp_in_time || exit 15
   sleep 0.1
 done

@@ -6,7 +6,8 @@
 #   when it could not answer); "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME"
 #   per tmux session; "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
 #   starting now is not refused); per state file "@job ID ALIVE TICKS" (ALIVE yes|no for the pid
-#   it names, TICKS that process's start in clock ticks since boot, or -; ID with anything
+#   it names, looked at for a running record and for a stop's, whose wrapper may be stopping
+#   the job, TICKS that process's start in clock ticks since boot, or -; ID with anything
 #   outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind "|" ("@big" instead
 #   when over 64 KiB or not a regular file); then "@db" and one tab-separated row per job (id,
 #   status, exit code, started_at, completed_at), "@dberror" when the DB could not be read.
@@ -71,7 +72,9 @@ BEGIN {
     close(file)
   }
   alive = "no"; ticks = "-"
-  if (text !~ /"status": *"running"/) pid = "" # the pid of a finished job is not looked at
+  # the pid of a stopped job too (its record names a signal): its wrapper may still be
+  # stopping the job; the pid of a job that ended on its own is not looked at
+  if (text !~ /"status": *"running"/ && text !~ /"signal": *"/) pid = ""
   if (pid != "" && (getline st < ("/proc/" pid "/stat")) > 0) {
     sub(/^.*\) /, "", st); split(st, s, " ")
     if (s[1] != "Z" && s[1] != "X") { alive = "yes"; ticks = s[20] }
