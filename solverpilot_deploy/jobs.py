@@ -40,8 +40,9 @@ class Started:
 class Cancelled:
     state: dict[str, Any]
     was: str | None  # the status of a job that had already ended, else None
-    wrote: bool = False  # a Slurm job that never started: sp-deploy wrote its record
+    wrote: bool = False  # a Slurm job whose wrapper could not record the end: sp-deploy did
     warnings: tuple[str, ...] = ()
+    never_started: bool = False  # wrote: the job (its attempt Slurm was at) never started
 
 
 def new_job_id() -> str:
@@ -127,8 +128,13 @@ def cancel_job(session: Session, job_id: str, wait: int, timeout: float) -> Canc
     state = _state(result.lines)
     found = result.values()
     if result.status == 0:
+        wrote = found.get("wrote")
         return Cancelled(
-            state, found.get("was"), found.get("wrote") == "yes", result.all_of("warning")
+            state,
+            found.get("was"),
+            wrote in ("yes", "ended"),
+            result.all_of("warning"),
+            never_started=wrote == "yes",
         )
     if result.status == 10:
         raise JobError(f"no job {job_id} on this host")
@@ -157,14 +163,20 @@ class LogChunk:
     data: bytes
     size: int  # the log's size when read
     status: str  # the job's status then ("" without a state file)
-    session: bool = False  # its tmux session was running (or Slurm had not ended the job)
+    session: bool = False  # its tmux session was running
     lost: bool = False  # a Slurm job Slurm has ended while its record says running
+    slurm: str = ""  # a Slurm job: "active" (Slurm has not ended it), "unknown" (no answer)
+    slurm_error: str = ""  # why Slurm could not answer (printable ASCII only)
 
     @property
     def more_to_come(self) -> bool:
-        """The job runs, or has no state yet while its tmux session runs."""
+        """The job runs, or has no state yet while its tmux session runs, or Slurm has not
+        ended it (pending, or requeued after an attempt's end), or may not have: Slurm could
+        not answer about a job that has no final record."""
         if self.lost:
             return False
+        if self.slurm == "active" or (self.slurm == "unknown" and self.status in ("", "running")):
+            return True
         return self.status == "running" or (self.status == "" and self.session)
 
 
@@ -190,4 +202,6 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         found.get("status", ""),
         found.get("session") == "present",
         found.get("lost") == "yes",
+        found.get("slurm", ""),
+        "".join(c for c in found.get("slurm_error", "") if " " <= c <= "~")[:200],
     )

@@ -70,6 +70,8 @@ def test_parse_merges_state_files_db_only_rows_locks_and_tmux() -> None:
         "lost_reason": None,
         "tmux": "absent",
         "slurm_job_id": None,
+        "slurm_state": None,
+        "slurm_attempt": None,
     }
     assert (jobs["b"]["status"], jobs["b"]["tmux"]) == ("running", "present")
     assert jobs["c"]["status"] == "unreadable"
@@ -167,8 +169,8 @@ def test_slurm_jobs_are_judged_by_slurm_not_by_the_login_nodes_pids() -> None:
     text = (
         "@submitted p 101\n@submitted r 102\n@submitted gone 103\n@submitted s 104\n"
         "@submitted nostate 105\n@submitted killed 106\n@submitted bad;id 107\n"
-        "@slurm\n@squeue 101 PENDING\n@squeue 102 RUNNING\n@squeue 104 RUNNING\n"
-        "@squeue 106 CANCELLED\n@squeue 201 COMPLETING\n"
+        "@slurm\n@squeue 101 PENDING 0\n@squeue 102 RUNNING 0\n@squeue 104 RUNNING 0\n"
+        "@squeue 106 CANCELLED 0\n@squeue 201 COMPLETING 0\n"
         f"@boot {BOOT}\n"
         + _slurm_job("r", "running", "102")
         + _slurm_job("killed", "running", "106")
@@ -203,21 +205,28 @@ def test_slurm_jobs_without_an_answer_from_slurm_keep_their_records_word() -> No
 
 
 def test_only_the_wanted_submitted_jobs_are_listed() -> None:
-    text = "@submitted p 101\n@submitted q 102\n@slurm\n@squeue 101 PENDING\n"
+    text = "@submitted p 101\n@submitted q 102\n@slurm\n@squeue 101 PENDING 0\n"
     assert [j.id for j in parse_status_output(text.splitlines(), ("q",))] == ["q"]
 
 
-def test_a_record_that_says_no_slurm_job_is_not_judged_by_slurm() -> None:
-    """Its own slurm_job_id (null) counts over a submission with the same id; a record from a
-    wrapper too old to say falls back on the submission."""
+def test_a_record_without_a_slurm_id_that_run_via_slurm_submitted_is_judged_by_slurm() -> None:
+    """A batch script written before the wrapper took the id from it passes none (the record
+    says null): the submission counts; likewise for a wrapper too old to say."""
     text = (
-        "@submitted t 101\n@submitted old 102\n@slurm\n"
-        f"@boot {BOOT}\n@held t\n@job t yes 9\n"
-        f'|{{"id":"t","status":"running","boot_id":"{BOOT}","start_ticks":9,"pid":1,'
+        "@submitted t 101\n@submitted old 102\n@slurm\n@squeue 101 RUNNING 0\n"
+        f"@boot {BOOT}\n@job t no -\n"
+        f'|{{"id":"t","status":"running","boot_id":"other","start_ticks":9,"pid":1,'
         '"slurm_job_id":null}\n'
         f'@job old no -\n|{{"id":"old","status":"running","boot_id":"{BOOT}","pid":1}}\n'
+        f'@job tmux no -\n|{{"id":"tmux","status":"running","boot_id":"{BOOT}","pid":1,'
+        '"start_ticks":9,"slurm_job_id":null}\n'
     )
     jobs = {j.id: j for j in parse_status_output(text.splitlines())}
-    assert (jobs["t"].status, jobs["t"].slurm_job_id) == ("running", None)
+    assert (jobs["t"].status, jobs["t"].slurm_job_id, jobs["t"].lost_reason) == (
+        "running",
+        "101",
+        None,
+    )
     assert (jobs["old"].status, jobs["old"].slurm_job_id) == ("lost", "102")
     assert jobs["old"].lost_reason == "Slurm no longer knows job 102"
+    assert (jobs["tmux"].status, jobs["tmux"].slurm_job_id) == ("lost", None)  # by its pid
