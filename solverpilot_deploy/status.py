@@ -274,7 +274,7 @@ def parse_status_output(
             if len(parts) == 4 and SLURM_DIGITS.match(parts[1]) and INTEGER.match(parts[3]):
                 view.slurm[parts[1]] = parts[2]
                 view.restarts[parts[1]] = int(parts[3])
-        elif line in ("@squeueerror", "@squeueslow"):
+        elif line == "@squeueerror" or line.startswith("@squeueslow "):
             view.slurm_error = True
         elif line.startswith("@boot "):
             view.boot_id = line[6:].strip()
@@ -321,7 +321,6 @@ DB_UNREADABLE = (
 )
 
 
-SLURM_BOUND = 5  # seconds a step waits for squeue: templates/remote/lib.sh, sp_slurm_bound
 SLURM_UNASKED = (
     "{}: Slurm jobs are shown as their records say (a lost one may show as running, a "
     "pending one as submitted)"
@@ -340,11 +339,14 @@ def read_status(
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
     jobs = parse_status_output(result.lines, job_ids)
     warnings = [DB_UNREADABLE] if "@dberror" in result.lines else []
+    slow = [line for line in result.lines if line.startswith("@squeueslow ")]
     if any(job.slurm_job_id for job in jobs):
         if "@squeueerror" in result.lines:
             warnings.append(SLURM_UNASKED.format("Slurm could not answer (squeue failed)"))
-        elif "@squeueslow" in result.lines:
-            warnings.append(SLURM_UNASKED.format(f"Slurm did not answer within {SLURM_BOUND} s"))
+        elif slow:
+            bound = slow[0].split(" ")[1]
+            bound = bound if INTEGER.match(bound) else "?"
+            warnings.append(SLURM_UNASKED.format(f"Slurm did not answer within {bound} s"))
         elif "@noslurm" in result.lines:
             warnings.append(SLURM_UNASKED.format("squeue is not on this host"))
         elif "@slurm" not in result.lines:

@@ -104,6 +104,7 @@ def test_cancel_of_a_requeued_held_job_whose_wrapper_could_not_record_ends_both_
     and cancel scancels it and writes the record, keeping the earlier attempt's."""
     c = deployed
     job_id, slurm_id = submit_started(capsys, c, "sleep", "300")
+    poll(lambda: c.db_row(job_id) is not None, 30, "its running row")  # written after the state
     server = c.home / SERVER
     folders = (server, server / "jobs")
     for folder in folders:
@@ -264,7 +265,8 @@ def test_logs_follow_of_a_pending_job_keeps_following_when_squeue_fails_once(
         fail.touch()
         poll(lambda: not fail.exists(), 30, "squeue to fail once")
         asked = len(calls.read_text().splitlines())
-        poll(lambda: len(calls.read_text().splitlines()) >= asked + 2, 30, "two more polls")
+        more = lambda: len(calls.read_text().splitlines()) >= asked + 2  # noqa: E731
+        poll(lambda: more() or follow.poll() is not None, 30, "two more polls")
         assert follow.poll() is None, follow.communicate()
         code, _out, err = sp(capsys, "cancel", c.sshd.spec, job_id, *c.auth)
         assert code == 0, err

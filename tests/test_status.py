@@ -230,3 +230,43 @@ def test_a_record_without_a_slurm_id_that_run_via_slurm_submitted_is_judged_by_s
     assert (jobs["old"].status, jobs["old"].slurm_job_id) == ("lost", "102")
     assert jobs["old"].lost_reason == "Slurm no longer knows job 102"
     assert (jobs["tmux"].status, jobs["tmux"].slurm_job_id) == ("lost", None)  # by its pid
+
+
+def _attempt(job_id: str, status: str, slurm_id: str, attempt: int) -> str:
+    return (
+        f"@job {job_id} no -\n"
+        f'|{{"id":"{job_id}","status":"{status}","slurm_job_id":"{slurm_id}",'
+        f'"slurm_attempt":{attempt}}}\n'
+    )
+
+
+def test_slurm_says_requeued_and_suspended_by_the_attempt_it_is_at() -> None:
+    text = (
+        "@slurm\n@squeue 1 PENDING 1\n@squeue 2 PENDING 1\n@squeue 3 SUSPENDED 0\n"
+        "@squeue 4 RUNNING 1\n@squeue 5 RUNNING 0\n@squeue 6 REQUEUE_HOLD 2\n@squeue 7 RUNNING 1\n"
+        + _attempt("ended", "failed", "1", 1)  # its first attempt ended, Slurm runs it again
+        + _attempt("nodefail", "running", "2", 1)  # its wrapper died with the node
+        + _attempt("susp", "running", "3", 1)
+        + _attempt("next", "failed", "4", 1)  # the second attempt's wrapper is starting
+        + _attempt("stopping", "failed", "5", 1)  # its wrapper recorded a stop and ends
+        + _attempt("held", "failed", "6", 2)
+        + _attempt("second", "running", "7", 2)
+    )
+    jobs = {j.id: j for j in parse_status_output(text.splitlines())}
+    shown = {key: (job.status, job.slurm_state, job.slurm_attempt) for key, job in jobs.items()}
+    assert shown == {
+        "ended": ("requeued", "PENDING", 1),
+        "nodefail": ("requeued", "PENDING", 1),
+        "susp": ("suspended", "SUSPENDED", 1),
+        "next": ("running", "RUNNING", 1),
+        "stopping": ("failed", "RUNNING", 1),
+        "held": ("requeued", "REQUEUE_HOLD", 2),
+        "second": ("running", "RUNNING", 2),
+    }
+    assert all(job.lost_reason is None for job in jobs.values())
+
+
+def test_a_slurm_that_did_not_answer_in_time_leaves_the_records_word() -> None:
+    text = "@slurm\n@squeueslow 5\n" + _attempt("r", "running", "1", 1)
+    (job,) = parse_status_output(text.splitlines())
+    assert (job.status, job.slurm_state, job.lost_reason) == ("running", None, None)

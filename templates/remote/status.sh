@@ -5,7 +5,7 @@
 # Answer: "@submitted ID SLURM_JOB_ID" per job run --via slurm submitted; when one of them is
 #   among the jobs asked about, "@slurm" if squeue is here (else "@noslurm"), then
 #   "@squeue SLURM_JOB_ID STATE RESTARTS" per job of this user Slurm knows ("@squeueerror"
-#   when it could not answer, "@squeueslow" when it did not within sp_slurm_bound seconds);
+#   when it could not answer, "@squeueslow SECONDS" when it did not within that bound);
 #   "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME"
 #   per tmux session; "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
 #   starting now is not refused); per state file "@job ID ALIVE TICKS" (ALIVE yes|no for the pid
@@ -31,7 +31,7 @@ elif command -v squeue >/dev/null 2>&1; then
     -O 'JobID:0 ,State:0 ,RestartCnt:0' 2>/dev/null)
   case $? in
     0) printf '%s\n' "$q" | sed -n 's/^\([0-9][0-9]*\) \([A-Z_][A-Z_]*\) \([0-9][0-9]*\) *$/@squeue \1 \2 \3/p' ;;
-    124) echo @squeueslow ;;
+    124) echo "@squeueslow $sp_slurm_bound" ;;
     *) echo @squeueerror ;;
   esac
 else
