@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -45,6 +46,20 @@ def follow_logs(c: Cluster, job_id: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def read_until(process: subprocess.Popen[str], end: str, seconds: float = 60) -> str:
+    """What ``process`` printed, up to and with the line ``end``."""
+    assert process.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + seconds
+    while not seen.endswith(end):
+        ready, _, _ = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            pytest.fail(f"no line {end!r} within {seconds} s: {seen!r}")
+        seen += line
+    return seen
+
+
 @pytest.fixture
 def bashrc(deployed: Cluster) -> Iterator[Path]:
     """The test user's ~/.bashrc (the non-interactive ssh logins read it), removed after."""
@@ -79,13 +94,14 @@ def test_a_requeue_is_a_new_attempt_and_every_attempts_end_is_kept(
     )
     follow = follow_logs(c, job_id)
     try:
+        seen = read_until(follow, "first\n")  # it has read the first attempt's output
         scontrol(c, "update", f"jobid={slurm_id}", "starttime=now")  # not in 2 minutes
         state = final(c, job_id, slurm_id)
         out, err = follow.communicate(timeout=60)
     finally:
         follow.kill()
     assert follow.returncode == 0, err
-    assert "first" in out and "second" in out  # it followed on to the second run's end
+    assert "second" in seen + out  # it followed on to the second run's end
     assert "attempt 2 of job" in out  # the batch script says so in the log
     assert (state["status"], state["exit_code"], state["slurm_attempt"]) == ("completed", 0, 2)
     assert state["slurm_job_id"] == slurm_id
