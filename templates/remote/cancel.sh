@@ -19,7 +19,7 @@
 #   WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing signalled (pid=);
 #   14 a Slurm job, and Slurm cannot be asked here (no scancel or squeue, or squeue failed or
 #   did not answer within 5 s);
-#   15 scancel refused.
+#   15 scancel refused (or did not answer within 5 s).
 id=$1 wait=$2
 state=$sp_server/jobs/$id.status
 field() { sed -n "s/.*\"$1\": *\"*\([^\",}]*\).*/\1/p" "$state" | head -n 1; }
@@ -106,7 +106,12 @@ if [ -n "$sid" ]; then
         ;;
     esac
   fi
-  said=$(scancel "$sid" 2>&1) || { echo "error=${said:-scancel failed}"; exit 15; }
+  said=$(sp_bounded "$sp_slurm_bound" scancel "$sid" 2>&1)
+  case $? in
+    0) ;;
+    124) echo "error=scancel got no answer within $sp_slurm_bound s: the job may still be cancelled; see status"; exit 15 ;;
+    *) echo "error=${said:-scancel failed}"; exit 15 ;;
+  esac
   wait_for_slurm
   recorded
   if [ -n "$ours" ] && [ "$status" != running ]; then show 0; fi # the wrapper recorded it

@@ -89,7 +89,7 @@ sp_bounded() {
   wait "$sp_bp"
   sp_brc=$?
   kill -TERM "$sp_bw" 2>/dev/null
-  [ "$sp_brc" != 143 ] || sp_brc=124 # squeue never ends with 143 itself
+  [ "$sp_brc" != 143 ] || sp_brc=124 # neither squeue nor scancel ends with 143 itself
   return "$sp_brc"
 }
 
