@@ -112,6 +112,30 @@ def test_a_requeue_is_a_new_attempt_and_every_attempts_end_is_kept(
     assert (shown["status"], shown["slurm_attempt"]) == ("completed", 2)
 
 
+def test_cancel_of_a_requeued_job_waiting_for_its_next_attempt_stops_it(
+    capsys: pytest.CaptureFixture[str], deployed: Cluster
+) -> None:
+    """Its record says how attempt 1 ended (failed/143/TERM) while Slurm holds the job for
+    attempt 2: cancel scancels it (it used to wait for a Slurm end that never came) and records
+    attempt 2, which never started, keeping attempt 1's end."""
+    c = deployed
+    job_id, slurm_id = submit_started(capsys, c, "sleep", "300")
+    scontrol(c, "requeue", slurm_id)
+    poll(lambda: slurm_view(c, slurm_id) == ("PENDING", 1), 30, "Slurm to hold the job")
+    first = c.state(job_id)
+    assert (first["status"], first["slurm_attempt"]) == ("failed", 1)
+    code, out, err = sp(capsys, "cancel", c.sshd.spec, job_id, "--wait", "10", *c.auth)
+    assert code == 0, err
+    assert "it never started: sp-deploy wrote this record" in out
+    state = c.state(job_id)
+    assert (state["status"], state["exit_code"], state["signal"]) == ("failed", 143, "TERM")
+    assert (state["slurm_attempt"], state["pid"]) == (2, None)
+    assert c.db_row(job_id) == ("failed", 143, 1)
+    assert c.slurm.squeue_state(slurm_id) in ("CANCELLED", "")
+    ends = (c.home / SERVER / "slurm" / f"{job_id}.ends").read_text().splitlines()
+    assert [json.loads(line) for line in ends] == [first]
+
+
 def test_cancel_of_a_requeued_held_job_whose_wrapper_could_not_record_ends_both_stores(
     capsys: pytest.CaptureFixture[str], deployed: Cluster
 ) -> None:
