@@ -77,17 +77,31 @@ ISO_RE='^"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9
   assert_equal "$(state_field job-dash status)" '"completed"'
 }
 
-@test "slurm_job_id: Slurm's job id under Slurm (SLURM_JOB_ID), null elsewhere or when malformed" {
-  SLURM_JOB_ID=4242 run wrapper job-slurm true
+@test "slurm_job_id: the batch script's (SOLVERPILOT_SLURM_JOB_ID) alone, with its attempt; null elsewhere, when malformed, or from SLURM_JOB_ID" {
+  SOLVERPILOT_SLURM_JOB_ID=4242 SOLVERPILOT_SLURM_ATTEMPT=2 run wrapper job-slurm sh -c 'env >"$0"' "$WORK/env"
   assert_success
   assert_equal "$(state_field job-slurm slurm_job_id)" '"4242"'
+  assert_equal "$(state_field job-slurm slurm_attempt)" 2
+  run grep -c '^SOLVERPILOT_SLURM_' "$WORK/env" # the batch script's word for the wrapper, not the job's
+  assert_output 0
+  SLURM_JOB_ID=4242 run wrapper job-tmux true # a tmux server started inside an allocation
+  assert_success
+  assert_equal "$(state_field job-tmux slurm_job_id)" null
   run env -u SLURM_JOB_ID "${WRAPPER_CMD[@]}" job-plain true
   assert_success
   assert_equal "$(state_field job-plain slurm_job_id)" null
   for bad in '' '12;x' '"1"' 1e3 -1 0x10 '１２' 1234567890123456789; do
-    SLURM_JOB_ID=$bad run wrapper job-bad true
+    SOLVERPILOT_SLURM_JOB_ID=$bad SOLVERPILOT_SLURM_ATTEMPT=$bad run wrapper job-bad true
     assert_success
     assert_equal "$(state_field job-bad slurm_job_id)" null
+    rm -f "$SERVER/jobs/job-bad.status"
+  done
+  for bad in '' 0 01 '1,"x":1' 1e3 -1; do
+    SOLVERPILOT_SLURM_JOB_ID=7 SOLVERPILOT_SLURM_ATTEMPT=$bad run wrapper job-bad true
+    assert_success
+    assert_equal "$(state_field job-bad slurm_job_id)" '"7"'
+    run state_field job-bad slurm_attempt # not recorded
+    assert_failure
     rm -f "$SERVER/jobs/job-bad.status"
   done
 }

@@ -346,8 +346,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     elif done.signalled:
         named = ", ".join(done.signalled)
         print(f"{_describe(done.state)} (it had ended; sp-deploy signalled what it left: {named})")
-    elif done.wrote:
+    elif done.never_started:
         print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
+    elif done.wrote:
+        print(f"{_describe(done.state)} (its wrapper could not record it: sp-deploy did)")
     elif done.was is not None:
         print(f"{_describe(done.state)} (it had already ended: nothing changed)")
     else:
@@ -366,8 +368,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     def follow(session: Session, _deadline: float) -> None:
         offset = 0
+        unanswered = False  # Slurm could not answer at the last read: said once
         while True:
             chunk = read_log(session, job_id, offset, chunk_most, args.timeout)
+            if args.follow and chunk.slurm == "unknown" and not unanswered:
+                why = f" ({chunk.slurm_error})" if chunk.slurm_error else ""
+                print(
+                    f"sp-deploy: {args.host}: warning: Slurm could not answer{why}; "
+                    "still following",
+                    file=sys.stderr,
+                )
+            unanswered = chunk.slurm == "unknown"
             if chunk.size < offset:  # truncated (rotated in place): from its new start
                 offset = 0
                 continue

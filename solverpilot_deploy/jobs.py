@@ -40,9 +40,11 @@ class Started:
 class Cancelled:
     state: dict[str, Any]
     was: str | None  # the status of a job that had already ended, else None
-    wrote: bool = False  # the job never started, or was lost (--force): sp-deploy wrote its record
+    wrote: bool = False  # sp-deploy wrote the record: the job never started, its wrapper
+    # could not record a Slurm end, or it was lost (--force)
     warnings: tuple[str, ...] = ()
     signalled: tuple[str, ...] = ()  # --force: "PID COMM" of each process signalled
+    never_started: bool = False  # wrote: the job (its attempt Slurm was at) never started
 
 
 def printable(text: str) -> str:
@@ -146,12 +148,14 @@ def cancel_job(
     state = _state(result.lines)
     found = result.values()
     if result.status == 0:
+        wrote = found.get("wrote")
         return Cancelled(
             state,
             found.get("was"),
-            found.get("wrote") == "yes",
+            wrote in ("yes", "ended"),
             result.all_of("warning"),
             tuple(printable(text) for text in result.all_of("signalled")),
+            never_started=wrote == "yes",
         )
     if result.status == 10:
         raise JobError(f"no job {job_id} on this host")
@@ -197,17 +201,23 @@ class LogChunk:
     data: bytes
     size: int  # the log's size when read
     status: str  # the job's status then ("" without a state file)
-    session: bool = False  # its tmux session was running (or Slurm had not ended the job)
+    session: bool = False  # its tmux session was running
     lost: bool = False  # a Slurm job Slurm has ended while its record says running
     wrapper: bool | None = None  # a tmux job's wrapper runs (None: the state does not say)
+    slurm: str = ""  # a Slurm job: "active" (Slurm has not ended it), "unknown" (no answer)
+    slurm_error: str = ""  # why Slurm could not answer (printable ASCII only)
 
     @property
     def more_to_come(self) -> bool:
-        """The job runs, or has no state yet while its tmux session runs; for a tmux job, until
-        its wrapper has exited (a stop is recorded before the job's last words), and while
-        its record says running, until its session has ended (then it is lost)."""
+        """The job runs, or has no state yet while its tmux session runs, or Slurm has not
+        ended it (pending, or requeued after an attempt's end), or may not have: Slurm could
+        not answer about a job that has no final record. For a tmux job, until its wrapper
+        has exited (a stop is recorded before the job's last words), and while its record
+        says running, until its session has ended (then it is lost)."""
         if self.lost:
             return False
+        if self.slurm == "active" or (self.slurm == "unknown" and self.status in ("", "running")):
+            return True
         if self.wrapper is not None:
             return self.wrapper or (self.session and self.status == "running")
         return self.status == "running" or (self.status == "" and self.session)
@@ -241,4 +251,6 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         found.get("session") == "present",
         found.get("lost") == "yes",
         {"alive": True, "gone": False}.get(found.get("wrapper", "")),
+        found.get("slurm", ""),
+        "".join(c for c in found.get("slurm_error", "") if " " <= c <= "~")[:200],
     )

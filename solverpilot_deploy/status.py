@@ -13,9 +13,12 @@ the host has no tmux).
 
 A Slurm job (its state names a slurm_job_id, or run --via slurm submitted it) runs on a compute
 node, so the host's pids say nothing about it: Slurm is asked instead (one squeue on the host,
-before the state files are read). A job Slurm has not ended keeps its state's word ("pending"
-before its wrapper ran); one Slurm has ended (or forgotten) while its state still says
-"running", or that never got a state, is "lost".
+before the state files are read, bounded, and only when a job asked about is a Slurm job). A
+job Slurm runs keeps its state's word ("pending" before its wrapper ran); one Slurm holds
+suspended is "suspended"; one Slurm has requeued (it holds it pending, held or about to run
+it again, after an attempt's end, recorded or not) is "requeued"; one Slurm has ended (or
+forgotten) while its state still says "running", or that never got a state, is "lost". Each
+run of the batch script is an attempt (slurm_attempt, 1 and up, Slurm's restart count + 1).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ JOB_KEYS = (
     "lost_reason",
     "tmux",
     "slurm_job_id",
+    "slurm_state",
+    "slurm_attempt",
 )
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
 INTEGER = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only: "²".isdigit() is true
@@ -58,7 +63,10 @@ SLURM_WAITING = frozenset(
 SLURM_ACTIVE = SLURM_WAITING | frozenset(
     ["RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"]
 )
+SLURM_SUSPENDED = frozenset(["SUSPENDED", "STOPPED"])
 SLURM_DIGITS = re.compile(r"^[0-9]{1,18}$")
+REQUEUED = "requeued"  # Slurm will run the job again (a new attempt)
+SUSPENDED = "suspended"
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class JobState:
     lost_reason: str | None = None
     tmux: str | None = None
     slurm_job_id: str | None = None
+    slurm_state: str | None = None  # Slurm's word for the job when it was asked
+    slurm_attempt: int | None = None  # the attempt the record is about (a requeue: 2, ...)
 
     def as_json(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in JOB_KEYS}
@@ -90,7 +100,32 @@ class HostView:
     held: set[str] = field(default_factory=set)
     submitted: dict[str, str] = field(default_factory=dict)  # job id -> Slurm's job id
     slurm: dict[str, str] | None = None  # Slurm's job id -> state; None: Slurm not asked
-    slurm_error: bool = False  # squeue was there but could not answer
+    restarts: dict[str, int] = field(default_factory=dict)  # Slurm's job id -> requeues
+    slurm_error: bool = False  # squeue was there but could not answer (in time)
+
+    def slurm_state(self, slurm_job_id: str) -> str | None:
+        """Slurm's state of the job, or None when Slurm was not asked or could not answer."""
+        if self.slurm is None or self.slurm_error:
+            return None
+        return self.slurm.get(slurm_job_id, "")
+
+    def slurm_status(self, slurm_job_id: str, status: str, attempt: int) -> tuple[str, str | None]:
+        """A Slurm job's status and lost reason, from its record's ``status`` (that of its
+        attempt ``attempt``) and Slurm's word."""
+        state = self.slurm_state(slurm_job_id)
+        if state is None:  # Slurm could not say: the record as it is (with a warning)
+            return status, None
+        if state not in SLURM_ACTIVE:
+            reason = self.slurm_reason(slurm_job_id) if status == "running" else None
+            return ("lost", reason) if reason else (status, None)
+        now = self.restarts.get(slurm_job_id, 0) + 1  # the attempt Slurm is at
+        if state in SLURM_WAITING and (status == "running" or attempt < now):
+            return REQUEUED, None  # the recorded attempt has ended; Slurm runs the job again
+        if state in SLURM_SUSPENDED and status == "running":
+            return SUSPENDED, None
+        if attempt < now:  # the next attempt is starting: its wrapper records it any moment
+            return "running", None
+        return status, None  # running, or a final record while its wrapper ends
 
     def slurm_reason(self, slurm_job_id: str) -> str | None:
         """Why a Slurm job whose record says "running" (or has none yet) is lost, or None
@@ -152,27 +187,29 @@ def job_from_state(
     assert isinstance(state, dict)
     recorded = state.get("slurm_job_id")
     slurm_id = recorded if isinstance(recorded, str) and SLURM_DIGITS.match(recorded) else None
-    if "slurm_job_id" not in state:  # a wrapper too old to say; else its word counts
-        slurm_id = view.submitted.get(job_id)
+    slurm_id = slurm_id or view.submitted.get(job_id)  # a wrapper too old to say, or a batch
+    # script written before it, which did not pass the id on
+    attempt = _code(state.get("slurm_attempt"))
     reason = None
-    if status == "running" and slurm_id:  # on a compute node: Slurm knows, not the pids here
-        reason = view.slurm_reason(slurm_id)
+    shown = status
+    if slurm_id:  # on a compute node: Slurm knows, not the pids here
+        shown, reason = view.slurm_status(slurm_id, status, attempt or 1)
     elif status == "running":
         reason = lost_reason(state, job_id in view.held, alive, ticks, view.boot_id)
+        shown = "lost" if reason else status
     elif (
         alive
-        and not slurm_id
         and str(state.get("start_ticks")) == ticks
         and (not view.boot_id or state.get("boot_id") in (None, view.boot_id))
     ):
-        status = STOPPING  # a stop recorded, its wrapper still stopping the job
+        shown = STOPPING  # a stop recorded, its wrapper still stopping the job
     user = state.get("user")
     tmux = None
     if view.has_tmux and isinstance(user, str) and not slurm_id:  # Slurm's jobs have none
         tmux = "present" if tmux_session_name(user, job_id) in view.sessions else "absent"
     return JobState(
         id=job_id,
-        status="lost" if reason else status,
+        status=shown,
         exit_code=_code(state.get("exit_code")),
         signal=_text(state.get("signal")),
         started_at=_text(state.get("started_at")),
@@ -183,6 +220,8 @@ def job_from_state(
         lost_reason=reason,
         tmux=tmux,
         slurm_job_id=slurm_id,
+        slurm_state=(view.slurm_state(slurm_id) or None) if slurm_id else None,
+        slurm_attempt=(attempt or 1) if slurm_id else None,
     )
 
 
@@ -191,13 +230,15 @@ def job_from_db_row(fields: list[str], view: HostView) -> JobState:
     job_id, status, exit_code, started, completed = fields
     slurm_id = view.submitted.get(job_id)
     reason = None
-    if status == "running" and slurm_id:
-        reason = view.slurm_reason(slurm_id)
+    shown = status
+    if slurm_id:
+        shown, reason = view.slurm_status(slurm_id, status, 1)
     elif status == "running" and job_id not in view.held:
         reason = LOCK_FREE
+        shown = "lost"
     return JobState(
         job_id,
-        "lost" if reason else status or "unknown",
+        shown or "unknown",
         int(exit_code) if INTEGER.match(exit_code) else None,
         started_at=started or None,
         completed_at=completed or None,
@@ -239,9 +280,10 @@ def parse_status_output(
             view.slurm = {}
         elif line.startswith("@squeue ") and view.slurm is not None:
             parts = line.split(" ")
-            if len(parts) == 3:
+            if len(parts) == 4 and SLURM_DIGITS.match(parts[1]) and INTEGER.match(parts[3]):
                 view.slurm[parts[1]] = parts[2]
-        elif line == "@squeueerror":
+                view.restarts[parts[1]] = int(parts[3])
+        elif line == "@squeueerror" or line.startswith("@squeueslow "):
             view.slurm_error = True
         elif line.startswith("@boot "):
             view.boot_id = line[6:].strip()
@@ -306,9 +348,16 @@ def read_status(
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
     jobs = parse_status_output(result.lines, job_ids)
     warnings = [DB_UNREADABLE] if "@dberror" in result.lines else []
+    slow = [line for line in result.lines if line.startswith("@squeueslow ")]
     if any(job.slurm_job_id for job in jobs):
         if "@squeueerror" in result.lines:
-            warnings.append(SLURM_UNASKED.format("squeue could not answer"))
-        elif "@slurm" not in result.lines:
+            warnings.append(SLURM_UNASKED.format("Slurm could not answer (squeue failed)"))
+        elif slow:
+            bound = slow[0].split(" ")[1]
+            bound = bound if INTEGER.match(bound) else "?"
+            warnings.append(SLURM_UNASKED.format(f"Slurm did not answer within {bound} s"))
+        elif "@noslurm" in result.lines:
             warnings.append(SLURM_UNASKED.format("squeue is not on this host"))
+        elif "@slurm" not in result.lines:
+            warnings.append(SLURM_UNASKED.format("Slurm was not asked (slurm/jobids lacks it)"))
     return jobs, tuple(warnings)

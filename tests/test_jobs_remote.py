@@ -320,7 +320,7 @@ def test_ids_alike_in_their_first_8_characters_are_told_apart(
     code, _, err = sp(capsys, "run", lab.a.spec, "--id", "solver01-b", *connect(lab, trusted),
                       "--", "true")  # fmt: skip
     assert code == 1
-    assert "tmux session solverpilot_sptest_solver01 runs already" in err
+    assert f"tmux session solverpilot_{lab.user.pw_name}_solver01 runs already" in err
     assert "same 8 characters" in err
 
 

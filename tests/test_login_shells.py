@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lab, require, sp, sp_json
-from sshlab import Sshd, authorize, clean_home, ensure_test_user, run_as, lab_user_name
+from sshlab import Sshd, authorize, clean_home, ensure_test_user, lab_user_name, run_as
 
 from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.render import render_wrapper

@@ -70,6 +70,8 @@ def test_parse_merges_state_files_db_only_rows_locks_and_tmux() -> None:
         "lost_reason": None,
         "tmux": "absent",
         "slurm_job_id": None,
+        "slurm_state": None,
+        "slurm_attempt": None,
     }
     assert (jobs["b"]["status"], jobs["b"]["tmux"]) == ("running", "present")
     assert jobs["c"]["status"] == "unreadable"
@@ -167,8 +169,8 @@ def test_slurm_jobs_are_judged_by_slurm_not_by_the_login_nodes_pids() -> None:
     text = (
         "@submitted p 101\n@submitted r 102\n@submitted gone 103\n@submitted s 104\n"
         "@submitted nostate 105\n@submitted killed 106\n@submitted bad;id 107\n"
-        "@slurm\n@squeue 101 PENDING\n@squeue 102 RUNNING\n@squeue 104 RUNNING\n"
-        "@squeue 106 CANCELLED\n@squeue 201 COMPLETING\n"
+        "@slurm\n@squeue 101 PENDING 0\n@squeue 102 RUNNING 0\n@squeue 104 RUNNING 0\n"
+        "@squeue 106 CANCELLED 0\n@squeue 201 COMPLETING 0\n"
         f"@boot {BOOT}\n"
         + _slurm_job("r", "running", "102")
         + _slurm_job("killed", "running", "106")
@@ -203,21 +205,68 @@ def test_slurm_jobs_without_an_answer_from_slurm_keep_their_records_word() -> No
 
 
 def test_only_the_wanted_submitted_jobs_are_listed() -> None:
-    text = "@submitted p 101\n@submitted q 102\n@slurm\n@squeue 101 PENDING\n"
+    text = "@submitted p 101\n@submitted q 102\n@slurm\n@squeue 101 PENDING 0\n"
     assert [j.id for j in parse_status_output(text.splitlines(), ("q",))] == ["q"]
 
 
-def test_a_record_that_says_no_slurm_job_is_not_judged_by_slurm() -> None:
-    """Its own slurm_job_id (null) counts over a submission with the same id; a record from a
-    wrapper too old to say falls back on the submission."""
+def test_a_record_without_a_slurm_id_that_run_via_slurm_submitted_is_judged_by_slurm() -> None:
+    """A batch script written before the wrapper took the id from it passes none (the record
+    says null): the submission counts; likewise for a wrapper too old to say."""
     text = (
-        "@submitted t 101\n@submitted old 102\n@slurm\n"
-        f"@boot {BOOT}\n@held t\n@job t yes 9\n"
-        f'|{{"id":"t","status":"running","boot_id":"{BOOT}","start_ticks":9,"pid":1,'
+        "@submitted t 101\n@submitted old 102\n@slurm\n@squeue 101 RUNNING 0\n"
+        f"@boot {BOOT}\n@job t no -\n"
+        f'|{{"id":"t","status":"running","boot_id":"other","start_ticks":9,"pid":1,'
         '"slurm_job_id":null}\n'
         f'@job old no -\n|{{"id":"old","status":"running","boot_id":"{BOOT}","pid":1}}\n'
+        f'@job tmux no -\n|{{"id":"tmux","status":"running","boot_id":"{BOOT}","pid":1,'
+        '"start_ticks":9,"slurm_job_id":null}\n'
     )
     jobs = {j.id: j for j in parse_status_output(text.splitlines())}
-    assert (jobs["t"].status, jobs["t"].slurm_job_id) == ("running", None)
+    assert (jobs["t"].status, jobs["t"].slurm_job_id, jobs["t"].lost_reason) == (
+        "running",
+        "101",
+        None,
+    )
     assert (jobs["old"].status, jobs["old"].slurm_job_id) == ("lost", "102")
     assert jobs["old"].lost_reason == "Slurm no longer knows job 102"
+    assert (jobs["tmux"].status, jobs["tmux"].slurm_job_id) == ("lost", None)  # by its pid
+
+
+def _attempt(job_id: str, status: str, slurm_id: str, attempt: int) -> str:
+    return (
+        f"@job {job_id} no -\n"
+        f'|{{"id":"{job_id}","status":"{status}","slurm_job_id":"{slurm_id}",'
+        f'"slurm_attempt":{attempt}}}\n'
+    )
+
+
+def test_slurm_says_requeued_and_suspended_by_the_attempt_it_is_at() -> None:
+    text = (
+        "@slurm\n@squeue 1 PENDING 1\n@squeue 2 PENDING 1\n@squeue 3 SUSPENDED 0\n"
+        "@squeue 4 RUNNING 1\n@squeue 5 RUNNING 0\n@squeue 6 REQUEUE_HOLD 2\n@squeue 7 RUNNING 1\n"
+        + _attempt("ended", "failed", "1", 1)  # its first attempt ended, Slurm runs it again
+        + _attempt("nodefail", "running", "2", 1)  # its wrapper died with the node
+        + _attempt("susp", "running", "3", 1)
+        + _attempt("next", "failed", "4", 1)  # the second attempt's wrapper is starting
+        + _attempt("stopping", "failed", "5", 1)  # its wrapper recorded a stop and ends
+        + _attempt("held", "failed", "6", 2)
+        + _attempt("second", "running", "7", 2)
+    )
+    jobs = {j.id: j for j in parse_status_output(text.splitlines())}
+    shown = {key: (job.status, job.slurm_state, job.slurm_attempt) for key, job in jobs.items()}
+    assert shown == {
+        "ended": ("requeued", "PENDING", 1),
+        "nodefail": ("requeued", "PENDING", 1),
+        "susp": ("suspended", "SUSPENDED", 1),
+        "next": ("running", "RUNNING", 1),
+        "stopping": ("failed", "RUNNING", 1),
+        "held": ("requeued", "REQUEUE_HOLD", 2),
+        "second": ("running", "RUNNING", 2),
+    }
+    assert all(job.lost_reason is None for job in jobs.values())
+
+
+def test_a_slurm_that_did_not_answer_in_time_leaves_the_records_word() -> None:
+    text = "@slurm\n@squeueslow 5\n" + _attempt("r", "running", "1", 1)
+    (job,) = parse_status_output(text.splitlines())
+    assert (job.status, job.slurm_state, job.lost_reason) == ("running", None, None)

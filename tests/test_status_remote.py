@@ -86,7 +86,7 @@ def test_lost_jobs_say_why_and_tmux_sessions_are_seen(
     socket = home / "tmux.sock"
     try:
         ticks = start_ticks(sleeper.pid)
-        live = {"status": "running", "user": "sptest", "pid": sleeper.pid, "boot_id": boot_id()}
+        live = {"status": "running", "user": user.pw_name, "pid": sleeper.pid, "boot_id": boot_id()}
         write_states(
             home / SERVER,
             {
@@ -100,7 +100,7 @@ def test_lost_jobs_say_why_and_tmux_sessions_are_seen(
         )
         # the tmux session `run` would start for "alive", on the user's default socket
         tmux = run_as(
-            user, "tmux", "new-session", "-d", "-s", "solverpilot_sptest_alive", "sleep 60"
+            user, "tmux", "new-session", "-d", "-s", f"solverpilot_{user.pw_name}_alive", "sleep 60"
         )
         assert tmux.returncode == 0, tmux.stderr
         code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))

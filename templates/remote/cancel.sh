@@ -11,21 +11,27 @@
 # each of them; only this user's), KILL for what is left after WAIT_SECONDS; cancel then
 # writes the record, in the state file and the DB: failed, 143 TERM (137 KILL when KILL was
 # needed), recorded_by, keeping what the running state said (pid, start...).
-# A Slurm job (one with a Slurm job id) is cancelled with scancel: Slurm sends TERM to the
-# wrapper (it records it) and ends the job; the step waits until Slurm says it has. A job whose
-# wrapper never ran (it was pending) gets its record here: failed, 143, TERM, no pid
-# ("wrote=yes"). One that Slurm had already ended without a final record is lost (11,
-# slurm_state= says how Slurm ended it).
+# A Slurm job (one with a Slurm job id) is cancelled with scancel in whatever state Slurm holds
+# it (pending, held, requeued, running, suspended): Slurm sends TERM to a running wrapper (it
+# records it) and ends the job; the step waits until Slurm says it has. When the wrapper could
+# not record that end, this step writes it (failed, no signal the wrapper could take:
+# "wrote=ended"): a suspended job, which Slurm KILLs (137, KILL), or one whose wrapper was gone
+# (143, TERM). The attempt Slurm is at that never ran its wrapper (pending, or requeued: its
+# earlier attempt's end is kept in slurm/ID.ends first) gets its record too: failed, 143, TERM,
+# no pid ("wrote=yes"). A wrapper that recorded its end while Slurm still runs that attempt is
+# stopping: waited for, never signalled twice. One that Slurm had already ended without a final
+# record is lost (11, slurm_state= says how Slurm ended it).
 # Answer: state= (the state file as it is at the end); was=STATUS when it was not running;
-#   wrote=yes when this step wrote the record; error= with 14 and 15; held=PID COMM per
-#   process holding the lock of a lost or ended job (16, 19); signalled=PID COMM per process
+#   wrote=yes|ended when this step wrote the record (yes: the job never started); error= with
+#   14 and 15; held=PID COMM per process holding the lock of a lost or ended job (16, 19); signalled=PID COMM per process
 #   force stopped (the holders and the rest of their process groups); warning= when the DB
 #   could not be updated.
 # Exit: 0 stopped, the wrapper and the job's tree gone (or already ended: was= says so); 10 no
 #   such job; 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
 #   running after WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing
 #   signalled (pid=); 14 a Slurm job, and Slurm cannot be asked here (no scancel or squeue, or
-#   squeue failed); 15 scancel refused; 16 lost, or ended (was=), and processes of it still
+#   squeue failed or did not answer within 5 s); 15 scancel refused (or did not answer within
+#   5 s); 16 lost, or ended (was=), and processes of it still
 #   hold its lock (held=): nothing signalled without force (with force, a final record is
 #   kept as it is); 17 cannot write the record; 18 still starting
 #   (its id claimed, no state) after WAIT_SECONDS; 19 force: processes still hold the lock
@@ -33,73 +39,36 @@
 id=$1 wait=$2 force=${3-}
 state=$sp_server/jobs/$id.status
 field() { sed -n "s/.*\"$1\": *\"*\([^\",}]*\).*/\1/p" "$state" | head -n 1; }
-# never_ran: the record of a job Slurm ended before its wrapper ran, with the DB row when the
-# DB is there (its warning= when it cannot be written)
-never_ran() {
+# keep_end: the end an earlier attempt left in the state file, kept as a line of slurm/ID.ends
+# (as the batch script keeps it when Slurm runs the job again)
+keep_end() {
+  ends=$sp_server/slurm/$id.ends
+  last=$(head -n 1 -- "$state" 2>/dev/null)
+  if [ -n "$last" ] && ! grep -qxF -- "$last" "$ends" 2>/dev/null; then
+    (umask 077 && printf '%s\n' "$last" >>"$ends") || exit 17
+  fi
+}
+# record_end RC SIGNAL WHY WROTE: the final record the wrapper could not write (failed, RC,
+# SIGNAL, recorded_by "sp-deploy cancel: WHY"), in the state file and the DB row when the DB is
+# there (warning= when it cannot be written); answers wrote=WROTE. WROTE "ended": from the
+# running state, its pid, start and the rest kept (exit 17 when the state no longer says
+# running); "yes": a job that never started (no pid; a Slurm job's id and the attempt Slurm is
+# at). Exit 17 when the state file cannot be written.
+record_end() {
   at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
-  who=$(printf '%s' "${USER:-$(id -un)}" | tr -c 'A-Za-z0-9._-' '?')
-  mkdir -p -- "$sp_server/jobs" || exit 14
-  printf '{"id":"%s","status":"failed","started_at":null,"user":"%s","pid":null,"host":null,"slurm_job_id":"%s","exit_code":143,"completed_at":"%s","signal":"TERM","recorded_by":"sp-deploy cancel: the job never started"}\n' \
-    "$id" "$who" "$sid" "$at" >"$state.$$.tmp" && mv -f -- "$state.$$.tmp" "$state" || exit 14
-  if [ -f "$sp_server/server.db" ] && ! sqlite3 -init /dev/null -bail -cmd '.timeout 5000' \
-    "$sp_server/server.db" "BEGIN IMMEDIATE; INSERT INTO jobs (id, status) SELECT '$id', 'failed'
-      WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$id'); UPDATE jobs SET status = 'failed',
-      completed_at = '$at', exit_code = 143 WHERE id = '$id'; COMMIT;" >/dev/null 2>&1; then
-    echo "warning=the database could not be updated; the state file has the record"
-  fi
-  echo wrote=yes
-}
-# wait_for_slurm: until Slurm has ended the job (its final record is written by then)
-wait_for_slurm() {
-  end=$(($(date +%s) + wait))
-  while :; do # a squeue that fails (a busy controller) is asked again
-    if q=$(sp_slurm_state "$sid"); then sp_slurm_active "$q" || return 0; fi
-    [ "$(date +%s)" -lt "$end" ] || show 12
-    sleep 0.2
-  done
-}
-show() {
-  if [ -f "$state" ]; then printf 'state='; cat -- "$state"; fi
-  exit "$1"
-}
-sid=$(sp_slurm_id "$id")
-if [ -n "$sid" ]; then
-  if [ -f "$state" ] && [ "$(field status)" != running ]; then
-    # ended: while Slurm still runs it, the wrapper brings completed_at up to date
-    if q=$(sp_slurm_state "$sid") && sp_slurm_active "$q"; then wait_for_slurm; fi
-    echo "was=$(field status)"
-    show 0
-  fi
-  command -v scancel >/dev/null 2>&1 || { echo "error=scancel not found on this host"; exit 14; }
-  q=$(sp_slurm_state "$sid") || { echo "error=squeue: $q"; exit 14; }
-  if ! sp_slurm_active "$q"; then # Slurm ended it, and no final record: lost
-    echo "slurm_state=${q:-forgotten}"
-    show 11
-  fi
-  said=$(scancel "$sid" 2>&1) || { echo "error=${said:-scancel failed}"; exit 15; }
-  wait_for_slurm
-  if [ -f "$state" ]; then
-    [ "$(field status)" != running ] || show 11
-    show 0
-  fi
-  never_ran
-  show 0
-fi
-# record RC SIGNAL BY: the final record cancel writes (failed, RC, SIGNAL, recorded_by BY), in
-# the state file (what the running state said kept) and the DB row when the DB is there
-record() {
-  at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
-  if [ -f "$state" ]; then # the wrapper's one line, status running
-    was=$(sed -n '1s/"status": *"running"/"status":"failed"/p' "$state" | sed 's/} *$//')
+  if [ "$4" = ended ]; then # the wrapper's one line, status running
+    was=$(sed -n '1s/"status": *"running"/"status":"failed"/p' "$state" 2>/dev/null | sed 's/}[[:space:]]*$//')
     [ -n "$was" ] || exit 17
   else
     who=$(printf '%s' "${USER:-$(id -un)}" | tr -c 'A-Za-z0-9._-' '?')
-    was="{\"id\":\"$id\",\"status\":\"failed\",\"started_at\":null,\"user\":\"$who\",\"pid\":null,\"host\":null,\"slurm_job_id\":null"
+    slurm=null
+    [ -z "$sid" ] || slurm="\"$sid\",\"slurm_attempt\":$at_attempt"
+    was="{\"id\":\"$id\",\"status\":\"failed\",\"started_at\":null,\"user\":\"$who\",\"pid\":null,\"host\":null,\"slurm_job_id\":$slurm"
   fi
   mkdir -p -- "$sp_server/jobs" || exit 17
   tmp=$state.$$.tmp
   rm -f -- "$tmp"
-  if ! (set -C && printf '%s,"exit_code":%s,"completed_at":"%s","signal":"%s","recorded_by":"%s"}\n' \
+  if ! (umask 077 && set -C && printf '%s,"exit_code":%s,"completed_at":"%s","signal":"%s","recorded_by":"sp-deploy cancel: %s"}\n' \
     "$was" "$1" "$at" "$2" "$3" >"$tmp") 2>/dev/null || ! mv -f -- "$tmp" "$state"; then
     rm -f -- "$tmp"
     exit 17
@@ -110,15 +79,88 @@ record() {
       completed_at = '$at', exit_code = $1 WHERE id = '$id'; COMMIT;" >/dev/null 2>&1; then
     echo "warning=the database could not be updated; the state file has the record"
   fi
-  echo wrote=yes
+  echo "wrote=$4"
 }
+# wait_for_slurm: until Slurm has ended the job (its final record is written by then)
+wait_for_slurm() {
+  sp_deadline "$wait"
+  while :; do # a squeue that fails (a busy controller) is asked again
+    if q=$(sp_slurm_state "$sid"); then sp_slurm_active "$q" || return 0; fi
+    sp_in_time || show 12
+    sleep 0.2
+  done
+}
+# recorded: the state's status and attempt (1 when it names none), and whether that is the
+# attempt Slurm is at (ours=yes)
+recorded() {
+  status='' attempt=1 ours=''
+  [ -f "$state" ] || return 0
+  status=$(field status) attempt=$(field slurm_attempt)
+  case $attempt in '' | *[!0-9]*) attempt=1 ;; esac
+  [ "$attempt" -lt "$at_attempt" ] || ours=yes
+}
+show() {
+  if [ -f "$state" ]; then printf 'state='; cat -- "$state"; fi
+  exit "$1"
+}
+sid=$(sp_slurm_id "$id")
+if [ -n "$sid" ]; then
+  command -v scancel >/dev/null 2>&1 || { echo "error=scancel not found on this host"; exit 14; }
+  q=$(sp_slurm_state "$sid") || { echo "error=Slurm could not answer (squeue: $q)"; exit 14; }
+  if ! sp_slurm_active "$q"; then # Slurm has ended it (or forgotten it)
+    if [ -f "$state" ] && [ "$(field status)" != running ]; then
+      echo "was=$(field status)"
+      show 0
+    fi
+    echo "slurm_state=${q:-forgotten}" | sed 's/ .*//'
+    show 11
+  fi
+  slurm_was=${q%% *} at_attempt=${q#* } # Slurm's state, and the attempt it is at (restarts + 1)
+  case $at_attempt in '' | *[!0-9]*) at_attempt=0 ;; esac
+  at_attempt=$((at_attempt + 1))
+  recorded
+  if [ -n "$ours" ] && [ "$status" != running ]; then
+    case $slurm_was in
+      SUSPENDED | STOPPED) ;;
+      *) # its wrapper has recorded a stop and is ending: waited for (it brings completed_at
+        # up to date)
+        wait_for_slurm
+        echo "was=$status"
+        show 0
+        ;;
+    esac
+  fi
+  said=$(sp_bounded "$sp_slurm_bound" scancel "$sid" 2>&1)
+  case $? in
+    0) ;;
+    124) echo "error=scancel got no answer within $sp_slurm_bound s: the job may still be cancelled; see status"; exit 15 ;;
+    *) echo "error=${said:-scancel failed}"; exit 15 ;;
+  esac
+  wait_for_slurm
+  recorded
+  if [ -n "$ours" ] && [ "$status" != running ]; then show 0; fi # the wrapper recorded it
+  if [ -n "$ours" ]; then
+    case $slurm_was in
+      SUSPENDED | STOPPED) record_end 137 KILL "Slurm killed the suspended job; its stopped wrapper could not record it" ended ;;
+      *) record_end 143 TERM "its wrapper was gone; Slurm ended the job" ended ;;
+    esac
+    show 0
+  fi
+  [ -z "$status" ] || keep_end
+  if [ "$at_attempt" -gt 1 ]; then
+    record_end 143 TERM "attempt $at_attempt never started (Slurm had requeued the job)" yes
+  else
+    record_end 143 TERM "the job never started" yes
+  fi
+  show 0
+fi
 # not_started: no state yet. While run is starting the job (its claim, run/ID, is there),
 # cancel either decides that it never runs, or waits for its wrapper's state
 not_started() {
   claim=$sp_server/run/$id
   [ -d "$claim" ] || exit 10
   if mkdir -- "$claim/decided" 2>/dev/null; then # the launcher will not run the wrapper
-    record 143 TERM "sp-deploy cancel: cancelled before it started"
+    record_end 143 TERM "cancelled before it started" yes
     show 0
   fi
   sp_deadline "$wait"
@@ -203,7 +245,7 @@ force_stop() {
     fi
   fi
   [ "$(field status)" = running ] || show 0 # (another cancel recorded it meanwhile)
-  record "$rc" "$sig" "sp-deploy cancel --force: its wrapper was gone; what was left got $sig"
+  record_end "$rc" "$sig" "--force: its wrapper was gone; what was left got $sig" ended
   show 0
 }
 if [ "$status" != running ]; then

@@ -58,29 +58,61 @@ sp_session_name() {
 }
 
 # sp_slurm_id ID: Slurm's job id for job ID (its state's slurm_job_id, else the last line of
-# slurm/jobids naming it, which run --via slurm writes), or nothing
+# slurm/jobids naming it, which run --via slurm writes), or nothing; only for a job whose batch
+# script is here (run --via slurm claimed its id): no tmux job is a Slurm job, whatever an
+# older wrapper recorded from the environment of a tmux server started inside an allocation
 # shellcheck disable=SC2329 # not every step needs it
 sp_slurm_id() {
+  [ -f "$sp_server/slurm/$1.sbatch" ] || return 0
   sp_s=$(sed -n 's/.*"slurm_job_id": *"\([0-9]*\)".*/\1/p' "$sp_server/jobs/$1.status" 2>/dev/null)
   [ -n "$sp_s" ] ||
     sp_s=$(awk -v id="$1" '$1 == id { s = $2 } END { print s }' "$sp_server/slurm/jobids" 2>/dev/null)
   printf '%s' "$sp_s"
 }
 
-# sp_slurm_state SID: prints Slurm's state of job SID (PENDING, RUNNING, CANCELLED...; nothing
-# once Slurm has forgotten it); false, with squeue's words, when Slurm could not be asked
+# seconds a step waits for Slurm's answer: a controller that is down or hung makes squeue wait
+# for its own timeouts (18 s and more), and every status, cancel and logs with it
+sp_slurm_bound=5
+
+# sp_bounded SECONDS COMMAND [ARG...]: COMMAND (its output and status), ended by TERM once it
+# has run SECONDS: status 124 then. Not timeout(1), which busybox spells otherwise.
+# shellcheck disable=SC2329 # not every step needs it
+sp_bounded() {
+  sp_b=$1
+  shift
+  "$@" &
+  sp_bp=$!
+  # the watcher holds neither the answer's pipe nor the channel (fd 3): a sleep it leaves
+  # behind cannot keep the step's answer open
+  (sleep "$sp_b" && kill -TERM "$sp_bp") >/dev/null 2>&1 3>&- &
+  sp_bw=$!
+  wait "$sp_bp"
+  sp_brc=$?
+  kill -TERM "$sp_bw" 2>/dev/null
+  [ "$sp_brc" != 143 ] || sp_brc=124 # neither squeue nor scancel ends with 143 itself
+  return "$sp_brc"
+}
+
+# sp_slurm_state SID: prints Slurm's state of job SID and its restart count (requeues), as
+# "RUNNING 0" (PENDING, CANCELLED...; nothing once Slurm has forgotten the job); false, with
+# squeue's last words, when Slurm could not answer within sp_slurm_bound seconds
 # shellcheck disable=SC2329 # not every step needs it
 sp_slurm_state() {
-  sp_q=$(squeue -h --states=all -j "$1" -o %T 2>&1) && { printf '%s' "$sp_q"; return 0; }
+  sp_q=$(sp_bounded "$sp_slurm_bound" squeue -h --states=all -j "$1" -O 'State:0 ,RestartCnt:0' 2>&1)
+  case $? in
+    0) printf '%s\n' "$sp_q" | sed -n 's/^\([A-Z_][A-Z_]*\) \([0-9][0-9]*\) *$/\1 \2/p' | tail -n 1; return 0 ;;
+    124) printf 'no answer within %s s' "$sp_slurm_bound"; return 1 ;;
+  esac
   case $sp_q in *"Invalid job id"*) return 0 ;; esac
   printf '%s' "$sp_q" | tail -n 1
   return 1
 }
 
-# sp_slurm_active STATE: true while Slurm has not ended a job in STATE (the wrapper may run)
+# sp_slurm_active STATE: true while Slurm has not ended a job in STATE (the wrapper may run;
+# STATE may be followed by the restart count)
 # shellcheck disable=SC2329 # not every step needs it
 sp_slurm_active() {
-  case $1 in
+  case ${1%% *} in
     PENDING | CONFIGURING | RUNNING | COMPLETING | SUSPENDED | REQUEUED | REQUEUE_FED | \
       REQUEUE_HOLD | RESIZING | SIGNALING | STAGE_OUT | STOPPED | RESV_DEL_HOLD) return 0 ;;
   esac

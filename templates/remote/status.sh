@@ -1,9 +1,12 @@
 # status.sh [JOB_ID...]: the jobs' state files with what tells "running" from "lost", and the
 # DB rows; only the named jobs when some are named. A constant number of processes, however
-# many jobs: find (twice), ls, sed (four times), awk, sqlite3, tmux, squeue, id.
-# Answer: "@submitted ID SLURM_JOB_ID" per job run --via slurm submitted; "@slurm" when squeue is
-#   here, then "@squeue SLURM_JOB_ID STATE" per job of this user Slurm knows ("@squeueerror"
-#   when it could not answer); "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME"
+# many jobs: find (twice), ls, sed (four times), awk, sqlite3, tmux, id; for Slurm jobs awk, sed,
+# squeue (and a sleep that bounds it).
+# Answer: "@submitted ID SLURM_JOB_ID" per job run --via slurm submitted; when one of them is
+#   among the jobs asked about, "@slurm" if squeue is here (else "@noslurm"), then
+#   "@squeue SLURM_JOB_ID STATE RESTARTS" per job of this user Slurm knows ("@squeueerror"
+#   when it could not answer, "@squeueslow SECONDS" when it did not within that bound);
+#   "@boot BOOT_ID"; "@tmux" when tmux is here, then "@session NAME"
 #   per tmux session; "@held ID" per lock file held (listed in /proc/locks: read, never taken, so a wrapper
 #   starting now is not refused); per state file "@job ID ALIVE TICKS" (ALIVE yes|no for the pid
 #   it names, looked at for a running record and for a stop's, whose wrapper may be stopping
@@ -13,13 +16,27 @@
 #   status, exit code, started_at, completed_at), "@dberror" when the DB could not be read.
 dir=$sp_server
 # Slurm first: the jobs submitted here, then Slurm's view of this user's jobs, asked once and
-# before any state file is read, so a job Slurm has ended has its final state written by then
+# before any state file is read, so a job Slurm has ended has its final state written by then;
+# asked only when a job asked about is a Slurm job, and for sp_slurm_bound seconds at most
+slurm=''
 if [ -f "$dir/slurm/jobids" ]; then
   sed -n 's/^\([A-Za-z0-9._-]*\) \([0-9][0-9]*\)$/@submitted \1 \2/p' "$dir/slurm/jobids"
+  slurm=$(awk -v want="$*" 'BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1 }
+    /^[A-Za-z0-9._-]+ [0-9]+$/ && (want == "" || ($1 in wanted)) { print "yes"; exit }' "$dir/slurm/jobids")
 fi
-if command -v squeue >/dev/null 2>&1; then
+if [ -z "$slurm" ]; then
+  :
+elif command -v squeue >/dev/null 2>&1; then
   echo @slurm
-  squeue -h --states=all -u "$(id -un)" -o '@squeue %i %T' 2>/dev/null || echo @squeueerror
+  q=$(sp_bounded "$sp_slurm_bound" squeue -h --states=all -u "$(id -un)" \
+    -O 'JobID:0 ,State:0 ,RestartCnt:0' 2>/dev/null)
+  case $? in
+    0) printf '%s\n' "$q" | sed -n 's/^\([0-9][0-9]*\) \([A-Z_][A-Z_]*\) \([0-9][0-9]*\) *$/@squeue \1 \2 \3/p' ;;
+    124) echo "@squeueslow $sp_slurm_bound" ;;
+    *) echo @squeueerror ;;
+  esac
+else
+  echo @noslurm
 fi
 boot=''
 { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null

@@ -4,7 +4,8 @@
 # Usage: job_wrapper.sh JOB_ID COMMAND [ARG...]    JOB_ID: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
 #   Files under ${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}: server.db (table jobs),
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
-#   The state names pid, host, boot_id and slurm_job_id (SLURM_JOB_ID under Slurm, else null).
+#   The state names pid, host, boot_id and slurm_job_id (SOLVERPILOT_SLURM_JOB_ID, which only
+#   the Slurm batch script sets, else null; with slurm_attempt, its SOLVERPILOT_SLURM_ATTEMPT).
 # Signals: on HUP INT QUIT TERM USR1 USR2 ALRM the stop is recorded at once (failed, 128+N, the
 #   signal's name) and the same signal goes to the job's process group; once the job's main
 #   process has exited, the rest of the group gets TERM; whatever still lives when
@@ -270,7 +271,9 @@ main() {
   { read -r boot_id </proc/sys/kernel/random/boot_id && json_str BOOT_ID "$boot_id"; } 2>/dev/null
   { read -r HOST </proc/sys/kernel/hostname; } 2>/dev/null # not $HOSTNAME, which callers may pass on
   json_str J_USER "$RUN_USER"; json_str J_HOST "$HOST"; now STARTED_AT
-  SLURM_ID=null && [[ ${SLURM_JOB_ID-} =~ ^[0-9]{1,18}$ ]] && SLURM_ID="\"$SLURM_JOB_ID\""
+  SLURM_ID=null && [[ ${SOLVERPILOT_SLURM_JOB_ID-} =~ ^[0-9]{1,18}$ ]] && SLURM_ID="\"$SOLVERPILOT_SLURM_JOB_ID\"" &&
+    [[ ${SOLVERPILOT_SLURM_ATTEMPT-} =~ ^[1-9][0-9]{0,8}$ ]] && SLURM_ID+=",\"slurm_attempt\":$SOLVERPILOT_SLURM_ATTEMPT"
+  unset SOLVERPILOT_SLURM_JOB_ID SOLVERPILOT_SLURM_ATTEMPT # the batch script's word, not the job's
   proc_clock # the start time tells this wrapper from a later process given the same pid
   CU0=$((10#$PROC_CU)) CS0=$((10#$PROC_CS)) UP0=$((10#$PROC_UP)) # a stop before the job starts
   COMMON="\"started_at\":\"$STARTED_AT\",\"user\":$J_USER,\"pid\":$$,\"start_ticks\":$PROC_TICKS,\"host\":$J_HOST,\"boot_id\":$BOOT_ID,\"slurm_job_id\":$SLURM_ID"
