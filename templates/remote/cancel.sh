@@ -13,7 +13,8 @@
 #   such job; 11 lost (its wrapper is gone, nothing signalled); 12 still running after
 #   WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing signalled (pid=);
 #   14 a Slurm job, and Slurm cannot be asked here (no scancel or squeue, or squeue failed);
-#   15 scancel refused.
+#   15 scancel refused; 21 an unsafe server folder (lib.sh's sp_server_safe).
+sp_server_safe || exit 21
 id=$1 wait=$2
 state=$sp_server/jobs/$id.status
 field() { sed -n "s/.*\"$1\": *\"*\([^\",}]*\).*/\1/p" "$state" | head -n 1; }

@@ -9,7 +9,8 @@
 #   already used (a state file, or another run of it starting); 13 the wrapper refused (rc=
 #   says how); 14 cannot write the run files; 15 no state yet after WAIT_SECONDS (the job
 #   is still starting); 16 a tmux session of that name runs (session=): another job whose id
-#   starts with the same 8 characters; 17 the working folder cannot be entered.
+#   starts with the same 8 characters; 17 the working folder cannot be entered; 21 an unsafe
+#   server folder (lib.sh's sp_server_safe: error= says which and why).
 id=$1 wait=$2
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
@@ -23,6 +24,7 @@ jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
 [ ! -e "$state" ] || exit 12
 mkdir -p -- "$runs" "$logs" || exit 14
+sp_server_safe || exit 21 # after mkdir: what was there before it is checked too
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
 # nor by a job run --via slurm submitted (its batch script claims the id)
@@ -69,8 +71,11 @@ rc=$?
 # the run step reads this only when the wrapper wrote no state (it refused the job)
 if [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ]; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
 EOF
-# 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open
-tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id" 3>&- || exit 14
+# the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask
+: >>"$log" || exit 14
+# 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open; the
+# login's umask: a tmux server started here passes it to the job (and to later sessions)
+(umask "$sp_umask" && exec tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id") 3>&- || exit 14
 sp_tmpdir='' # the launcher removes it now
 quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
