@@ -5,9 +5,8 @@
 #   Files under ${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}: server.db (table jobs),
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
 #   The state names pid, host, boot_id and slurm_job_id (SLURM_JOB_ID under Slurm, else null).
-#   The server folder and its jobs/, locks/ and logs/ must be the user's alone (owned by the
-#   user, not writable by group or others; the subfolders no symbolic links): else exit 73.
-#   What the wrapper creates is 0700 (folders) or 0600 (files); the job keeps the caller's umask.
+#   They must be the user's alone (owner, no group/other write, no linked subfolder): else 73.
+#   The wrapper creates folders 0700, files 0600; the job keeps the caller's umask.
 # Signals: on HUP INT QUIT TERM USR1 USR2 ALRM the stop is recorded at once (failed, 128+N, the
 #   signal's name) and the same signal goes to the job's process group; once the job's main
 #   process has exited, the rest of the group gets TERM; whatever still lives when
@@ -35,9 +34,8 @@
 #   starts may be recorded by either name (bash runs pending traps in signal-number order).
 #   Three Ctrl-C's (INT to the group) while the final DB write waits for a lock end that
 #   sqlite3 (it handles INT itself): the state file has the end, the DB does not (the warning
-#   says so). Without a readable /proc (a chroot, a sandbox), stops still stop the job (kill -0
-#   tells whether it runs) but start_ticks is null, the CPU times and wall_s are 0, a zombie
-#   left in the job's group counts as alive until reaped, and exit 75 names no pid.
+#   says so). Without /proc (a chroot, a sandbox) a stop still stops the job (kill -0), but
+#   start_ticks is null, cpu and wall seconds 0, and exit 75 names no pid.
 if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
 # run as `bash job_wrapper.sh`: restart as `bash -p`, with the stop signals back to the caller's
 # dispositions (a BASH_ENV may have ignored them; what the caller ignored stays ignored)
@@ -79,9 +77,8 @@ helper() { # helper COMMAND...: braced, bash's "Terminated" line goes to /dev/nu
   for _ in 1 2 3; do { "$@"; } 2>/dev/null && return 0; (($? > 128)) || return 1; done
   return 1
 }
-write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename; the
-  # temporary file is created new (noclobber, set in main), never opened through what is there
-  local tmp="$STATE.$$.tmp"
+write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename (the
+  local tmp="$STATE.$$.tmp" # temporary file created new: noclobber, set in main)
   [[ ! -d $STATE ]] || return 1 # mv would move the file into it
   [[ ! -e $tmp && ! -L $tmp ]] || helper rm -f -- "$tmp" # a killed wrapper's, or a planted link
   printf '{"id":"%s","status":"%s",%s%s}\n' "$JOB_ID" "$1" "$COMMON" "${2-}" 2>/dev/null >"$tmp" &&
@@ -95,25 +92,17 @@ INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
   tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
 }
-running() { # running PID: the process exists and is not a zombie; without /proc, that
-  # kill -0 reaches it (bash reaps its own child at once: a zombie of it lasts an instant)
-  local s # no bare `return` here: in a trap it would give the status from before the trap
-  if [[ -n $NO_PROC ]]; then
-    kill -0 "$1" 2>/dev/null
-  elif { read -r s <"/proc/$1/stat"; } 2>/dev/null; then
-    s=${s##*) }
-    [[ ${s:0:1} != [ZX] ]]
-  else
-    return 1
-  fi
+running() { # running PID: the process exists and is not a zombie; without /proc, kill -0
+  # reaches it (bash reaps its child at once). No bare `return`: in a trap, the earlier status
+  local s
+  [[ -z $NO_PROC ]] || { kill -0 "$1" 2>/dev/null && return 0; return 1; }
+  { read -r s <"/proc/$1/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  [[ ${s:0:1} != [ZX] ]]
 }
-group_alive() { # true while a process that is not a zombie is in the job's process group;
-  # without /proc, while kill -0 reaches the group (its zombies too, until init reaps them)
-  local f s
-  if [[ -n $NO_PROC ]]; then
-    kill -0 -- "-$CHILD" 2>/dev/null && return 0
-    return 1
-  fi
+group_alive() { # true while a process that is not a zombie is in the job's process group
+  local f s # without /proc: while kill -0 reaches the group (zombies too, until reaped)
+  [[ -z $NO_PROC ]] || { kill -0 -- "-$CHILD" 2>/dev/null && return 0; return 1; }
   for f in /proc/[0-9]*/stat; do
     { read -r s <"$f"; } 2>/dev/null || continue
     s=${s##*) }
@@ -232,29 +221,20 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   fi
   exit "$rc"
 }
-server_safe() { # the server folder and its jobs/, locks/ and logs/ are the user's alone:
-  # owned by the user, not writable by group or others (one stat for all); jobs/, locks/ and
-  # logs/ are no symbolic links; the server folder may be a link the user owns to such a
-  # folder. Else WHY says which path and why
-  local d got=() i mode uid
-  local paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
+server_safe() { # the server folder, jobs/, locks/ (and logs/) are the user's alone: owned by the
+  # user, not writable by group or others, the subfolders no links (the server folder may be
+  # the user's own link); one stat for all (in this shell: a $( ) is what bash 5.2 can break)
+  local d i got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
   [[ ! -e $BASE/logs && ! -L $BASE/logs ]] || paths+=("$BASE/logs")
-  for d in "${paths[@]:2}"; do
-    [[ ! -L $d ]] || { WHY="$d is a symbolic link"; return 1; }
-  done
-  shopt -s lastpipe # mapfile in this shell: no $( ), which bash 5.2 can break (see main)
-  helper stat -c '%u %a' -- "${paths[@]}" | mapfile -t got
-  shopt -u lastpipe
+  for d in "${paths[@]:2}"; do [[ ! -L $d ]] || { WHY="$d is a symbolic link" && return 1; }; done
+  shopt -s lastpipe; helper stat -c '%u %a' -- "${paths[@]}" | mapfile -t got; shopt -u lastpipe
   got=("${got[@]: -${#paths[@]}}") # a helper run again (killed by a signal) printed twice
-  ((${#got[@]} == ${#paths[@]})) || { WHY="cannot read the modes of $BASE (stat failed)"; return 1; }
+  ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
   for i in "${!paths[@]}"; do
-    uid=${got[i]%% *} mode=${got[i]#* }
-    [[ $uid == "$EUID" ]] || { WHY="${paths[i]} is owned by uid $uid, not by $RUN_USER"; return 1; }
+    [[ ${got[i]%% *} == "$EUID" ]] || { WHY="${paths[i]} is owned by uid ${got[i]%% *}, not by $RUN_USER" && return 1; }
     ((i == 0)) && [[ -L $BASE ]] && continue # a link's own mode means nothing
-    if [[ ! $mode =~ ^[0-7]+$ ]] || ((8#$mode & 8#022)); then
-      WHY="${paths[i]} can be written by group or others (mode $mode)"
-      return 1
-    fi
+    [[ ${got[i]#* } =~ ^[0-7]+$ ]] && ((!(8#${got[i]#* } & 8#022))) && continue
+    WHY="${paths[i]} can be written by group or others (mode ${got[i]#* })" && return 1
   done
 }
 lock_holder_message() { # the 75 message: who holds the lock
@@ -283,12 +263,10 @@ main() {
   RUN_USER=${USER-} UMASK0=''
   # before any trap: a $( ) while traps are set is what bash 5.2 can break
   [[ -n $RUN_USER ]] || RUN_USER=$(id -un 2>/dev/null)
-  # the caller's umask goes back to the job; the wrapper's own folders are 0700, files 0600
+  # the job gets the caller's umask back; the wrapper creates 0700 and 0600, and only anew
   { while read -r k v; do [[ $k != Umask: ]] || { UMASK0=$v && break; }; done </proc/self/status; } 2>/dev/null
   [[ -n $UMASK0 ]] || UMASK0=$(umask)
-  umask 077
-  set -C # noclobber: a file is created new, never opened through what another put there
-  [[ -r /proc/$$/stat ]] || NO_PROC=1 # no /proc (a chroot, a sandbox): see running
+  umask 077 && set -C && { [[ -r /proc/$$/stat ]] || NO_PROC=1; } # no /proc: see running
   # until the lock is taken, a stop signal is only noted
   # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
   for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
