@@ -25,7 +25,7 @@ never_ran() {
   who=$(printf '%s' "${USER:-$(id -un)}" | tr -c 'A-Za-z0-9._-' '?')
   mkdir -p -- "$sp_server/jobs" || exit 14
   printf '{"id":"%s","status":"failed","started_at":null,"user":"%s","pid":null,"host":null,"slurm_job_id":"%s","exit_code":143,"completed_at":"%s","signal":"TERM","recorded_by":"sp-deploy cancel: the job never started"}\n' \
-    "$id" "$who" "$sid" "$at" >"$state.$$.tmp" && mv -f -- "$state.$$.tmp" "$state" || exit 14
+    "$id" "$who" "$sid" "$at" | (set -C && cat >"$state.$$.tmp") && mv -f -- "$state.$$.tmp" "$state" || exit 14
   if [ -f "$sp_server/server.db" ] && ! sqlite3 -init /dev/null -bail -cmd '.timeout 5000' \
     "$sp_server/server.db" "BEGIN IMMEDIATE; INSERT INTO jobs (id, status) SELECT '$id', 'failed'
       WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$id'); UPDATE jobs SET status = 'failed',
