@@ -101,7 +101,8 @@ sp_server_safe() {
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
     [ -e "$sp_p" ] || [ -L "$sp_p" ] || continue
-    sp_why='' sp_n=$(printf '%s' "${sp_p%/}" | tr '\n\r' '??') # one line, whatever the path
+    [ "$sp_p" != "$sp_server/" ] || [ -L "$sp_server" ] || continue # the same folder again
+    sp_why=''
     # ls -ldn: "MODE LINKS UID ..." (GNU and busybox alike); nothing after the uid is read
     sp_l=$(ls -ldn -- "$sp_p" 2>/dev/null) || sp_why='cannot be read'
     sp_m=${sp_l%% *} sp_o=${sp_l#* }
@@ -113,8 +114,13 @@ sp_server_safe() {
     esac
     [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
     case $sp_why:$sp_m in
-      :l* | :drwx------*) ;;
-      :*)
+      :l* | :drwx------*) continue ;;
+    esac
+    sp_n=$(printf '%s' "${sp_p%/}" | tr '\n\r' '??') # one line, whatever the path
+    # shellcheck disable=SC2088 # a literal ~ for the reader: the step runs in the home
+    case $sp_n in ./*) sp_n="~/${sp_n#./}" ;; esac
+    case $sp_why in
+      '')
         if [ "${1-}" = report ]; then
           echo "server_open=$sp_n $sp_m"
         elif [ "${1-}" = tighten ] && chmod 700 -- "$sp_p"; then

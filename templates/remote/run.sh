@@ -23,8 +23,9 @@ name=$(sp_session_name "$id")
 jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
 [ ! -e "$state" ] || exit 12
+sp_server_safe || exit 21
 mkdir -p -- "$runs" "$logs" || exit 14
-sp_server_safe || exit 21 # after mkdir: what was there before it is checked too
+sp_server_safe || exit 21 # again: what another made in between is refused too
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
 # nor by a job run --via slurm submitted (its batch script claims the id)

@@ -13,8 +13,9 @@ shift
 [ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
 command -v sbatch >/dev/null 2>&1 || exit 11
 [ ! -e "$sp_server/jobs/$id.status" ] || exit 12
-mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
 sp_server_safe || exit 21
+mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
+sp_server_safe || exit 21 # again: what another made in between is refused too
 server=$(cd -- "$sp_server" && pwd) || exit 14
 # sbatch's --output drops a backslash (and stops reading %% then): no log, no record
 case $server in *\\*) echo "error=the server folder $server has a backslash, which Slurm cannot take in a log path"; exit 19 ;; esac
