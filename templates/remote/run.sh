@@ -28,8 +28,9 @@ mkdir -p -- "$runs" "$logs" || exit 14
 sp_server_safe || exit 21 # again: what another made in between is refused too
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
-# nor by a job run --via slurm submitted (its batch script claims the id)
-if [ -e "$sp_server/slurm/$id.sbatch" ]; then
+# nor by a job run --via slurm submitted (its batch script claims the id), nor by one that
+# ended while this step was getting here (its run folder is gone then, its state is not)
+if [ -e "$sp_server/slurm/$id.sbatch" ] || [ -e "$state" ]; then
   rmdir -- "$runs/$id"
   exit 12
 fi
