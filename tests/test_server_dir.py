@@ -8,6 +8,8 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from conftest import Lab, poll, require, sp, sp_json
 from sshlab import USER_SUFFIX, ensure_test_user, run_as
 
 from solverpilot_deploy.filesystems import server_dir_warning
+from solverpilot_deploy.remote import parse_framed, step_script
 
 SERVER = ".solverpilot-server"
 EVIL = f"spevil_{USER_SUFFIX}" if USER_SUFFIX else "spevil"
@@ -179,3 +182,38 @@ def test_the_shared_filesystem_warning_recommends_no_folder_another_user_can_tak
     assert "/var/tmp/$USER/" not in warning and "mkdir -p" not in warning
     assert "mkdir -m 700" in warning and "without -p" in warning
     assert "refuses a folder another user owns or can write" in warning
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A private folder outside /tmp (the test hides /tmp)."""
+    folder = Path(tempfile.mkdtemp(prefix="sp-test-", dir="/var/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_probe_never_uses_a_fixed_name_in_tmp(outside_tmp: Path) -> None:
+    """Without mktemp, the probe's flock check used /tmp/.sp-probe.PID, a name another user can
+    plant a link at first; now it creates its file anew in the home. Shown with a /tmp no one
+    can write (an empty read-only tmpfs over it): the check still works, nothing is left."""
+    require(os.geteuid() == 0 and bool(shutil.which("unshare")), "needs root and unshare")
+    tools = outside_tmp / "bin"  # the probe's tools, mktemp left out
+    tools.mkdir()
+    for tool in ("sh", "sed", "tr", "cat", "cut", "ls", "id", "rm", "flock", "setsid", "stat",
+                 "tail", "sqlite3", "sha256sum"):  # fmt: skip
+        found = shutil.which(tool)
+        assert found, tool
+        (tools / tool).symlink_to(found)
+    home = outside_tmp / "home"
+    home.mkdir()
+    result = subprocess.run(
+        [str(shutil.which("unshare")), "--mount", "/bin/sh", "-c",
+         f'{shutil.which("mount")} -t tmpfs -o ro tmpfs /tmp && exec "$@"', "sh",
+         "sh", "-s", "--", "TOKEN"],
+        input=step_script("probe"), capture_output=True, text=True, check=True,
+        env={"PATH": str(tools), "HOME": str(home)},
+    )  # fmt: skip
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[0] == 0, result
+    assert "flock=ok" in framed[1], framed
+    assert list(home.iterdir()) == []
