@@ -72,7 +72,7 @@ tiny_state_folder() {
   SERVER=$SOLVERPILOT_SERVER_DIR
   DB=$SERVER/server.db
   mkdir -p "$SERVER/jobs" "$SERVER/locks"
-  mount -t tmpfs -o size=64k tmpfs "$SERVER/jobs"
+  mount -t tmpfs -o size=64k,mode=700 tmpfs "$SERVER/jobs" # 0700: the wrapper refuses a jobs/ others can write
 }
 
 @test "the disk fills during the job, state folder only: stderr says the DB has the final state, and the file still says running" {

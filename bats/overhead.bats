@@ -10,7 +10,7 @@ teardown() {
   common_teardown
 }
 
-@test "one job costs exactly flock, mv, sqlite3, setsid, mv, sqlite3 besides the job and bash" {
+@test "one job costs exactly stat, flock, mv, sqlite3, setsid, mv, sqlite3 besides the job and bash" {
   require_or_skip "strace is needed to count execs (apt-get install strace)" command -v strace
   run -0 wrapper job-warm true # folders exist from now on, as on a server in use
   # the job is sqlite3 -version: a program, not a busybox applet (busybox runs those in-process)
@@ -23,6 +23,6 @@ teardown() {
   local start
   start=$(basename "$SP_WRAPPER")
   [[ -z ${SP_BASH:-} ]] || start=bash
-  assert_equal "$execs" "${SP_ROOT:+in-root chroot env }env $start flock mv sqlite3 setsid sqlite3 mv sqlite3 "
+  assert_equal "$execs" "${SP_ROOT:+in-root chroot env }env $start stat flock mv sqlite3 setsid sqlite3 mv sqlite3 "
   assert_equal "$(db_row job-count)" 'completed|0|1'
 }

@@ -25,7 +25,7 @@ from solverpilot_deploy.errors import (
 )
 from solverpilot_deploy.filesystems import server_dir_warning
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
-from solverpilot_deploy.remote import run_step
+from solverpilot_deploy.remote import run_step, unsafe_server_dir
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql
 from solverpilot_deploy.ssh import remaining
@@ -59,6 +59,8 @@ class Probe:
     server_fs: str = ""
     logout_kills: bool = False
     server_relative: bool = False
+    server_unsafe: str | None = None  # the path and why, when another user has a hold on it
+    server_open: tuple[str, ...] = ()  # "PATH MODE" of the user's own folders not yet 0700
 
     def warnings(self) -> tuple[str, ...]:
         """What the host's set-up puts at risk, whatever the profile."""
@@ -70,6 +72,15 @@ class Probe:
                 "from each job's folder, status and the DB set-up from the home; make it absolute",
             )
         return (*found, LOGOUT_WARNING) if self.logout_kills else found
+
+    def open_warning(self) -> tuple[str, ...]:
+        """verify's word on folders push would make 0700 (push says what it did instead)."""
+        if not self.server_open:
+            return ()
+        mine = ", ".join(self.server_open)
+        return (
+            f"folders of the server folder are open to other users: {mine}; push makes them 0700",
+        )
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,8 @@ def probe(session: Session, timeout: float) -> Probe:
         server_fs=found.get("fs_server", ""),
         logout_kills=found.get("logout_kills") == "yes",
         server_relative=found.get("server_relative") == "yes",
+        server_unsafe=found.get("server_unsafe") or None,
+        server_open=result.all_of("server_open"),
     )
 
 
@@ -203,28 +216,34 @@ def push_host(
     """Probe, then (unless unchanged) install, init the DB and smoke-test; ``stop`` set means
     an interrupt: no new step starts, and a host not yet changed raises StepInterrupted."""
     found = probe(session, remaining(deadline))
+    if found.server_unsafe:  # the wrapper would refuse every job: nothing is installed
+        raise unsafe_server_dir(found.server_unsafe)
     profile = pick_profile(found, requested)
     warnings = found.warnings() + check_requirements(found, profile)
     text, digest = wrapper_for(profile)
     result = HostResult(host, "deployed", profile.name, digest, warnings=warnings)
-    if found.wrapper_sha256 == digest:
+    if found.wrapper_sha256 == digest and not found.server_open:
         return replace(result, status="unchanged")
     if dry_run:
         return replace(result, status="would-deploy")
     _check_stop(stop)
-    install(session, text, digest, deadline)
+    if found.wrapper_sha256 != digest:
+        install(session, text, digest, deadline)
+    else:  # only the folders' modes change
+        result = replace(result, status="unchanged")
     skipped = []
     try:
         for wanted, step in (
-            (not found.has_db and bool(found.sqlite3), init_database),
-            (smoke, smoke_run),
+            ((not found.has_db and bool(found.sqlite3)) or bool(found.server_open), init_database),
+            (smoke and found.wrapper_sha256 != digest, smoke_run),
         ):
             if not wanted:
                 continue
             if stop is not None and stop.is_set():
                 skipped.append(step.__name__.replace("_", " "))
                 continue
-            step(session, deadline)
+            said = step(session, deadline)
+            warnings += said or ()
     except Exception as exc:  # the host has the new wrapper whatever failed next: say so
         if session.aborted.is_set():
             stopped = stop is not None and stop.is_set()
@@ -232,6 +251,8 @@ def push_host(
         else:
             cause = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
         error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {cause}"
+        if result.status == "unchanged":  # only the folders' modes were being changed
+            error = cause
         return replace(result, status="failed", error=error, warnings=warnings)
     if skipped:
         warnings += (f"interrupted after the install: {' and '.join(skipped)} skipped",)
@@ -274,10 +295,17 @@ def install(session: Session, text: str, digest: str, deadline: float) -> None:
     raise RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {result.error()}")
 
 
-def init_database(session: Session, deadline: float) -> None:
+def init_database(session: Session, deadline: float) -> tuple[str, ...]:
+    """Create the DB when absent, after making the user's own server folders 0700; the
+    warnings say which folders were made so."""
     result = run_step(session, "init_db", timeout=remaining(deadline), payload=schema_sql() + "\n")
     if result.status != 0:
         raise RemoteCommandError(f"cannot create the server database: {result.error()}")
+    return tuple(
+        f"made {found.rpartition(' ')[0]} 0700 (it was {found.rpartition(' ')[2]}: other users "
+        "could reach its files)"
+        for found in result.all_of("tightened")
+    )
 
 
 def smoke_run(session: Session, deadline: float) -> None:
@@ -301,7 +329,9 @@ def verify_host(session: Session, host: str, requested: str, deadline: float) ->
     found = probe(session, remaining(deadline))
     profile = pick_profile(found, requested)
     _, digest = wrapper_for(profile)
-    warnings = found.warnings()
+    if found.server_unsafe:
+        raise unsafe_server_dir(found.server_unsafe)
+    warnings = found.warnings() + found.open_warning()
     if not found.sha256:
         raise RequirementError(f"no sha256 tool on the host; install: {profile.install_hint}")
     if found.wrapper_sha256 is None:

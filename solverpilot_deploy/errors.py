@@ -69,5 +69,12 @@ class RemoteCommandError(HostError):
     kind = "remote command failed"
 
 
+class UnsafeServerDirError(HostError):
+    """The server folder (or a subfolder) is not the user's alone: another user owns it, can
+    write to it, or a subfolder is a symbolic link. A step answers it with exit 21."""
+
+    kind = "unsafe server folder"
+
+
 class StepInterrupted(DeployError):
     """Ctrl-C came before this host was changed; it is reported "skipped"."""

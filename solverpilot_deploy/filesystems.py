@@ -41,6 +41,9 @@ def server_dir_warning(server_dir: str, reported: str) -> str | None:
         return None
     return (
         f"the server folder {server_dir} is on {name}, shared between hosts: SQLite's locking "
-        "across hosts is unreliable there; set SOLVERPILOT_SERVER_DIR to a folder on a local "
-        "disk (for example /var/tmp/$USER/solverpilot-server) in the login shell's start-up file"
+        "across hosts is unreliable there; set SOLVERPILOT_SERVER_DIR, in the login shell's "
+        "start-up file, to a folder on a local disk that only you can write: your node-local "
+        "scratch folder if the site gives one, else one you create yourself with "
+        "`mkdir -m 700 /var/tmp/$USER.sp` (without -p: it fails if another user made it first); "
+        "sp-deploy refuses a folder another user owns or can write"
     )

@@ -16,11 +16,18 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from solverpilot_deploy.errors import RemoteCommandError
+from solverpilot_deploy.errors import RemoteCommandError, UnsafeServerDirError
 from solverpilot_deploy.resources import templates_dir
 from solverpilot_deploy.transport import Session
 
 PAYLOAD_END = "SP_PAYLOAD\n"
+# the exit status of every step that refuses the server folder (lib.sh's sp_server_safe)
+UNSAFE_SERVER_DIR = 21
+UNSAFE_HINT = (
+    "another user could read or rewrite its jobs' records and logs; it must be owned by you and "
+    "writable by you alone (sp-deploy push makes the folders you own 0700), or set "
+    "SOLVERPILOT_SERVER_DIR to a folder you create yourself with mkdir -m 700"
+)
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/:,+-][A-Za-z0-9._/:=,+-]*$")
 
 
@@ -98,7 +105,8 @@ def run_step(
     timeout: float,
     payload: str | None = None,
 ) -> StepResult:
-    """Run step ``name`` with ``args``; RemoteCommandError when no framed answer came."""
+    """Run step ``name`` with ``args``; RemoteCommandError when no framed answer came,
+    UnsafeServerDirError when the step refused the server folder (exit 21)."""
     token = secrets.token_hex(12)
     script = step_script(name)
     if payload is not None:
@@ -114,4 +122,12 @@ def run_step(
             f"{name}: no answer from /bin/sh on the host: the login shell or one of its "
             f"start-up files ended the command (exit {status}{said})"
         )
+    if framed[0] == UNSAFE_SERVER_DIR:
+        raise unsafe_server_dir(StepResult(framed[0], framed[1], err).error())
     return StepResult(framed[0], framed[1], err)
+
+
+def unsafe_server_dir(said: str) -> UnsafeServerDirError:
+    """The one error for a server folder a step (or the probe) refused; ``said`` names the
+    path and why, as the host wrote it."""
+    return UnsafeServerDirError(f"{said}: {UNSAFE_HINT}")

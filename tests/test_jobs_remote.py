@@ -330,6 +330,8 @@ def test_a_job_the_wrapper_refuses_is_an_error_with_its_words(
     """A folder where the job's lock file goes: the wrapper exits 73 and says why."""
     locks = deployed / SERVER / "locks"
     (locks / "job-refused.lock").mkdir(parents=True)
+    for folder in (locks, locks / "job-refused.lock"):  # the user's: the folders are checked
+        shutil.chown(folder, lab.user.pw_uid, lab.user.pw_gid)
     code, out, err = sp(capsys, "run", lab.a.spec, "--id", "job-refused", *connect(lab, trusted),
                         "--", "true")  # fmt: skip
     assert (code, out) == (1, "")

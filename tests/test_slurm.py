@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,11 @@ def test_a_job_that_completes_with_every_argument_exact_and_its_log(
     assert c.db_row(job_id) == ("completed", 0, 1)
     batch = c.home / SERVER / "slurm" / f"{job_id}.sbatch"
     assert 'exec "$wrapper" "$id" "$@"' in batch.read_text()
+    # the log and the batch script are the user's alone; the job ran with the login's umask
+    log_file = c.home / SERVER / "logs" / f"{job_id}.log"
+    modes = [stat.S_IMODE(path.stat().st_mode) for path in (log_file, batch)]
+    assert modes == [0o600, 0o600]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
     # Slurm's name for it, and its output in the log `logs` reads
     code, log, _ = sp(capsys, "logs", c.sshd.spec, job_id, *c.auth)
     assert code == 0 and log == "hello\n"

@@ -23,8 +23,8 @@
 # record is lost (11, slurm_state= says how Slurm ended it).
 # Answer: state= (the state file as it is at the end); was=STATUS when it was not running;
 #   wrote=yes|ended when this step wrote the record (yes: the job never started); error= with
-#   14 and 15; held=PID COMM per process holding the lock of a lost or ended job (16, 19); signalled=PID COMM per process
-#   force stopped (the holders and the rest of their process groups); warning= when the DB
+#   14 and 15; held=PID COMM per process holding the lock of a lost or ended job (16, 19);
+#   signalled=PID COMM per process force stopped (the holders and the rest of their process groups); warning= when the DB
 #   could not be updated.
 # Exit: 0 stopped, the wrapper and the job's tree gone (or already ended: was= says so); 10 no
 #   such job; 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
@@ -35,7 +35,8 @@
 #   hold its lock (held=): nothing signalled without force (with force, a final record is
 #   kept as it is); 17 cannot write the record; 18 still starting
 #   (its id claimed, no state) after WAIT_SECONDS; 19 force: processes still hold the lock
-#   after KILL (held=).
+#   after KILL (held=); 21 an unsafe server folder (lib.sh's sp_server_safe).
+sp_server_safe || exit 21
 id=$1 wait=$2 force=${3-}
 state=$sp_server/jobs/$id.status
 field() { sed -n "s/.*\"$1\": *\"*\([^\",}]*\).*/\1/p" "$state" | head -n 1; }

@@ -1,7 +1,12 @@
 # init_db.sh: create server.db in the server folder (~/.solverpilot-server unless
 # SOLVERPILOT_SERVER_DIR says otherwise) with the schema carried below, in one transaction
-# that waits up to 10 s for another writer (several pushes into one home at once).
+# that waits up to 10 s for another writer (several pushes into one home at once); the DB is
+# 0600, the folder 0700. First, the folders of the server folder the user owns are made 0700
+# (tightened=PATH MODE_BEFORE: older versions made them 0755, or the user's umask 0775).
+# Exit: 0; 1 the DB cannot be created; 21 an unsafe server folder (lib.sh's sp_server_safe).
 mkdir -p -- "$sp_server" || exit 1
+sp_server_safe tighten || exit 21
+[ ! -e "$sp_server/server.db" ] || exit 0
 {
   echo 'BEGIN IMMEDIATE;'
   cat

@@ -157,6 +157,57 @@ sp_alive() {
   [ "${sp_a#* }" = "$2" ]
 }
 
+# sp_server_safe [report|tighten]: true when the server folder and those of its subfolders that
+# exist are the user's alone: owned by the user, not writable by group or others; the
+# subfolders are no symbolic links (the server folder may be the user's own link to such a
+# folder). Else prints error= naming the path and why, and is false: the step then exits 21,
+# as the wrapper exits 73. With report (probe), a folder the user owns that is not 0700 is
+# only listed (server_open=PATH MODE) and the error key is server_unsafe=; with tighten
+# (push's DB step) such a folder is made 0700 (tightened=PATH MODE, its mode before).
+# shellcheck disable=SC2329 # not every step needs it
+sp_server_safe() {
+  sp_uid=$(id -u) sp_key=error
+  [ "${1-}" != report ] || sp_key=server_unsafe
+  for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
+    "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
+    [ -e "$sp_p" ] || [ -L "$sp_p" ] || continue
+    [ "$sp_p" != "$sp_server/" ] || [ -L "$sp_server" ] || continue # the same folder again
+    sp_why=''
+    # ls -ldn: "MODE LINKS UID ..." (GNU and busybox alike); nothing after the uid is read
+    sp_l=$(ls -ldn -- "$sp_p" 2>/dev/null) || sp_why='cannot be read'
+    sp_m=${sp_l%% *} sp_o=${sp_l#* }
+    sp_o=${sp_o#"${sp_o%%[! ]*}"} sp_o=${sp_o#* } sp_o=${sp_o#"${sp_o%%[! ]*}"} sp_o=${sp_o%% *}
+    case $sp_why:$sp_m in
+      :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
+      :d*) ;;
+      :*) sp_why='is not a folder' ;;
+    esac
+    [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
+    case $sp_why:$sp_m in
+      :l* | :drwx------*) continue ;;
+    esac
+    sp_n=$(printf '%s' "${sp_p%/}" | tr '\n\r' '??') # one line, whatever the path
+    # shellcheck disable=SC2088 # a literal ~ for the reader: the step runs in the home
+    case $sp_n in ./*) sp_n="~/${sp_n#./}" ;; esac
+    case $sp_why in
+      '')
+        if [ "${1-}" = report ]; then
+          echo "server_open=$sp_n $sp_m"
+        elif [ "${1-}" = tighten ] && chmod 700 -- "$sp_p"; then
+          echo "tightened=$sp_n $sp_m"
+        else
+          case $sp_m in d????w* | d???????w*) sp_why="can be written by group or others (mode $sp_m)" ;; esac
+        fi
+        ;;
+    esac
+    if [ -n "$sp_why" ]; then
+      echo "$sp_key=$sp_n $sp_why"
+      return 1
+    fi
+  done
+  return 0
+}
+
 # the step: end.sh closes this function and runs it
 sp_main() {
 trap sp_exit EXIT
@@ -165,6 +216,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 141' PIPE
 cd || exit 20
+# what a step creates is the user's alone (folders 0700, files 0600); sp_umask, the login's,
+# is what a job started by a step gets (tmux, sbatch)
+# shellcheck disable=SC2034 # not every step starts a job
+sp_umask=$(umask)
+umask 077
 # the server folder, as the wrapper finds it (the login shell's start-up files may set it);
 # ./ keeps a relative one from reading as an option
 sp_server=${SOLVERPILOT_SERVER_DIR:-.solverpilot-server}

@@ -1,16 +1,18 @@
 # probe.sh: what the host is and what its tools can do, each tool checked by using it.
 # Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db,
-# server, fs_server: the server folder's filesystem as "MAGIC_HEX NAME", logout_kills).
+# server, fs_server: the server folder's filesystem as "MAGIC_HEX NAME", logout_kills;
+# server_unsafe= and server_open=: see lib.sh's sp_server_safe).
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
 # the wrapper runs as /bin/bash -p (its #! line). --norc: a `bash -c` that sees SSH_CLIENT
 # and SHLVL < 2 reads ~/.bashrc, whose words would land in this answer
 echo "bash=$(/bin/bash --norc -p -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
-t=$(mktemp 2>/dev/null) || t=/tmp/.sp-probe.$$
+# a file to try flock on: mktemp's (a new name, 0600); without mktemp, one created new (set -C)
+# in the home: never a fixed name in /tmp, where another user may have put a link first
+t=$(mktemp 2>/dev/null) || { t=./.sp-probe.$$ && (set -C && : >"$t") 2>/dev/null; } || t=''
 sp_tmp=$t
-: >"$t"
-(exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
+[ -n "$t" ] && (exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
 setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
 # -init /dev/null: a ~/.sqliterc (.headers on, say) would change the answer
 [ "$(sqlite3 -init /dev/null :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
@@ -22,6 +24,7 @@ fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 # one line, whatever the folder's name holds: a newline in it would forge a key
 echo "server=$(printf '%s' "$sp_server" | tr '\n\r' '??')"
+sp_server_safe report # server_unsafe= (push stops), server_open= (push makes them 0700)
 case ${SOLVERPILOT_SERVER_DIR:-/} in /*) ;; *) echo server_relative=yes ;; esac
 sp_logout_kills && echo logout_kills=yes
 d=$sp_server # the server folder may not exist yet: its nearest existing parent (no dirname:

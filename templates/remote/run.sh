@@ -15,7 +15,8 @@
 #   is still starting); 16 a tmux session of that name runs (session=): another job whose id
 #   starts with the same 8 characters; 17 the working folder cannot be entered; 18 a cancel
 #   came first: the job never ran (state= is cancel's record); 19 the tmux session ended
-#   before the wrapper started (the id is free again).
+#   before the wrapper started (the id is free again); 21 an unsafe server folder
+#   (lib.sh's sp_server_safe: error= says which and why).
 id=$1 wait=$2
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
@@ -28,11 +29,14 @@ name=$(sp_session_name "$id")
 jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
 [ ! -e "$state" ] || exit 12
+sp_server_safe || exit 21
 mkdir -p -- "$runs" "$logs" || exit 14
+sp_server_safe || exit 21 # again: what another made in between is refused too
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
-# nor by a job run --via slurm submitted (its batch script claims the id)
-if [ -e "$sp_server/slurm/$id.sbatch" ]; then
+# nor by a job run --via slurm submitted (its batch script claims the id), nor by one that
+# ended while this step was getting here (its run folder is gone then, its state is not)
+if [ -e "$sp_server/slurm/$id.sbatch" ] || [ -e "$state" ]; then
   rmdir -- "$runs/$id"
   exit 12
 fi
@@ -80,8 +84,11 @@ rc=$?
 # the run step reads this only when the wrapper wrote no state (it refused the job)
 if [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ]; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
 EOF
-# 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open
-tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id" 3>&- || exit 14
+# the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask
+: >>"$log" || exit 14
+# 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open; the
+# login's umask: a tmux server started here passes it to the job (and to later sessions)
+(umask "$sp_umask" && exec tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id") 3>&- || exit 14
 sp_tmpdir='' # the launcher removes it now
 quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-

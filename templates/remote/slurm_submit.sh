@@ -6,13 +6,16 @@
 # ("JOB_ID SLURM_JOB_ID" lines: status, logs and cancel read it).
 # Answer: slurm_job_id=N; error= (sbatch's last words) when it refused.
 # Exit: 0 submitted; 10 no wrapper; 11 no sbatch; 12 the id is already used; 14 cannot write
-#   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash.
+#   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash; 21 an
+#   unsafe server folder (lib.sh's sp_server_safe).
 id=$1
 shift
 [ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
 command -v sbatch >/dev/null 2>&1 || exit 11
 [ ! -e "$sp_server/jobs/$id.status" ] || exit 12
+sp_server_safe || exit 21
 mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
+sp_server_safe || exit 21 # again: what another made in between is refused too
 server=$(cd -- "$sp_server" && pwd) || exit 14
 # sbatch's --output drops a backslash (and stops reading %% then): no log, no record
 case $server in *\\*) echo "error=the server folder $server has a backslash, which Slurm cannot take in a log path"; exit 19 ;; esac
@@ -37,8 +40,11 @@ for opt; do
     *) set -- "$@" "$opt" ;;
   esac
 done
+# the log 0600 before Slurm appends to it (the job runs with the login's umask, as sbatch
+# passes it on); sbatch's words to a file of the step's own (mktemp: 0600, a new name)
+: >>"$server/logs/$id.log" || exit 14
 err=$(mktemp) || exit 14
-out=$(sbatch "$@" "$script" "$server" 2>"$err" </dev/null)
+out=$(umask "$sp_umask" && exec sbatch "$@" "$script" "$server" 2>"$err" </dev/null)
 rc=$?
 said=$(tail -n 1 -- "$err")
 rm -f -- "$err"

@@ -14,6 +14,8 @@
 #   outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind "|" ("@big" instead
 #   when over 64 KiB or not a regular file); then "@db" and one tab-separated row per job (id,
 #   status, exit code, started_at, completed_at), "@dberror" when the DB could not be read.
+# Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe).
+sp_server_safe || exit 21
 dir=$sp_server
 # Slurm first: the jobs submitted here, then Slurm's view of this user's jobs, asked once and
 # before any state file is read, so a job Slurm has ended has its final state written by then;

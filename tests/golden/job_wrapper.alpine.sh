@@ -6,6 +6,8 @@
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
 #   The state names pid, host, boot_id and slurm_job_id (SOLVERPILOT_SLURM_JOB_ID, which only
 #   the Slurm batch script sets, else null; with slurm_attempt, its SOLVERPILOT_SLURM_ATTEMPT).
+#   They must be the user's alone (owner, no group/other write, no linked subfolder): else 73.
+#   The wrapper creates folders 0700, files 0600; the job keeps the caller's umask.
 # Signals: on HUP INT QUIT TERM USR1 USR2 ALRM the stop is recorded at once (failed, 128+N, the
 #   signal's name) and the same signal goes to the job's process group; once the job's main
 #   process has exited, the rest of the group gets TERM; whatever still lives when
@@ -20,7 +22,7 @@
 #   which cannot undo its own ignoring of INT and QUIT for background jobs.
 # Exit codes: the job's own; 128+N when the job or the wrapper died of signal N (HUP 129,
 #   INT 130, TERM 143); 64 usage error, invalid JOB_ID or no HOME (nothing written); 73 initial
-#   state cannot be written; 75 JOB_ID already running, or a process of its earlier run still
+#   state cannot be written, or an unsafe server folder (see Usage); 75 JOB_ID already running, or a process of its earlier run still
 #   holds its lock (the message names the pid). On 64, 73 and 75 the command is not run.
 # Limitations: a signal that comes before the wrapper's first lines have run (its first few
 #   milliseconds; longer when run as `bash job_wrapper.sh` with a BASH_ENV, which runs
@@ -33,7 +35,8 @@
 #   starts may be recorded by either name (bash runs pending traps in signal-number order).
 #   Three Ctrl-C's (INT to the group) while the final DB write waits for a lock end that
 #   sqlite3 (it handles INT itself): the state file has the end, the DB does not (the warning
-#   says so).
+#   says so). Without /proc (a chroot, a sandbox) a stop still stops the job (kill -0), but
+#   start_ticks is null, cpu and wall seconds 0, and exit 75 names no pid.
 if [ -z "${BASH_VERSION-}" ]; then echo 'job_wrapper: run it with bash' >&2; exit 64; fi
 # run as `bash job_wrapper.sh`: restart as `bash -p`, with the stop signals back to the caller's
 # dispositions (a BASH_ENV may have ignored them; what the caller ignored stays ignored)
@@ -46,7 +49,7 @@ readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status T
 # valid UTF-8, byte by byte: JSON strings must be UTF-8
 readonly UTF8=$'^([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
-SIGNAL='' LATE='' FINAL='' SAYS='' PENDING='' CHILD='' QUIET='' STOPPING=''
+SIGNAL='' LATE='' FINAL='' SAYS='' PENDING='' CHILD='' QUIET='' STOPPING='' NO_PROC=''
 SEEN=() SENT=0
 # Everything is in functions and main runs last, so bash has parsed the whole script before any
 # trap is set: bash 5.2 can run a trap inside its parser and lose it while reading a $( ).
@@ -75,9 +78,10 @@ helper() { # helper COMMAND...: braced, bash's "Terminated" line goes to /dev/nu
   for _ in 1 2 3; do { "$@"; } 2>/dev/null && return 0; (($? > 128)) || return 1; done
   return 1
 }
-write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename
-  local tmp="$STATE.$$.tmp"
+write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename (the
+  local tmp="$STATE.$$.tmp" # temporary file created new: noclobber, set in main)
   [[ ! -d $STATE ]] || return 1 # mv would move the file into it
+  [[ ! -e $tmp && ! -L $tmp ]] || helper rm -f -- "$tmp" # a killed wrapper's, or a planted link
   printf '{"id":"%s","status":"%s",%s%s}\n' "$JOB_ID" "$1" "$COMMON" "${2-}" 2>/dev/null >"$tmp" &&
     helper mv -f -- "$tmp" "$STATE" && SAYS=$1 && return 0
   rm -f -- "$tmp" 2>/dev/null
@@ -89,14 +93,17 @@ INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
   tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
 }
-running() { # running PID: the process exists and is not a zombie
+running() { # running PID: the process exists and is not a zombie; without /proc, kill -0
+  # reaches it (bash reaps its child at once). No bare `return`: in a trap, the earlier status
   local s
+  [[ -z $NO_PROC ]] || { kill -0 "$1" 2>/dev/null && return 0; return 1; }
   { read -r s <"/proc/$1/stat"; } 2>/dev/null || return 1
   s=${s##*) }
   [[ ${s:0:1} != [ZX] ]]
 }
 group_alive() { # true while a process that is not a zombie is in the job's process group
-  local f s
+  local f s # without /proc: while kill -0 reaches the group (zombies too, until reaped)
+  [[ -z $NO_PROC ]] || { kill -0 -- "-$CHILD" 2>/dev/null && return 0; return 1; }
   for f in /proc/[0-9]*/stat; do
     { read -r s <"$f"; } 2>/dev/null || continue
     s=${s##*) }
@@ -215,6 +222,22 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   fi
   exit "$rc"
 }
+server_safe() { # the server folder, jobs/, locks/ (and logs/) are the user's alone: owned by the
+  # user, not writable by group or others, the subfolders no links (the server folder may be
+  # the user's own link); one stat for all (in this shell: a $( ) is what bash 5.2 can break)
+  local d i got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
+  [[ ! -e $BASE/logs && ! -L $BASE/logs ]] || paths+=("$BASE/logs")
+  for d in "${paths[@]:2}"; do [[ ! -L $d ]] || { WHY="$d is a symbolic link" && return 1; }; done
+  shopt -s lastpipe; helper stat -c '%u %a' -- "${paths[@]}" | mapfile -t got; shopt -u lastpipe
+  got=("${got[@]: -${#paths[@]}}") # a helper run again (killed by a signal) printed twice
+  ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
+  for i in "${!paths[@]}"; do
+    [[ ${got[i]%% *} == "$EUID" ]] || { WHY="${paths[i]} is owned by uid ${got[i]%% *}, not by $RUN_USER" && return 1; }
+    ((i == 0)) && [[ -L $BASE ]] && continue # a link's own mode means nothing
+    [[ ${got[i]#* } =~ ^[0-7]+$ ]] && ((!(8#${got[i]#* } & 8#022))) && continue
+    WHY="${paths[i]} can be written by group or others (mode ${got[i]#* })" && return 1
+  done
+}
 lock_holder_message() { # the 75 message: who holds the lock
   local f pid='' comm='' state=''
   for f in /proc/[0-9]*/fd/200; do
@@ -237,9 +260,14 @@ main() {
   for fd in 0 1 2; do # a descriptor the caller had closed, on which bash opened this script
     [[ ! /dev/fd/$fd -ef $0 ]] || eval "exec $fd<&-"
   done
-  RUN_USER=${USER-}
+  local k v
+  RUN_USER=${USER-} UMASK0=''
   # before any trap: a $( ) while traps are set is what bash 5.2 can break
   [[ -n $RUN_USER ]] || RUN_USER=$(id -un 2>/dev/null)
+  # the job gets the caller's umask back; the wrapper creates 0700 and 0600, and only anew
+  { while read -r k v; do [[ $k != Umask: ]] || { UMASK0=$v && break; }; done </proc/self/status; } 2>/dev/null
+  [[ -n $UMASK0 ]] || UMASK0=$(umask)
+  umask 077 && set -C && { [[ -r /proc/$$/stat ]] || NO_PROC=1; } # no /proc: see running
   # until the lock is taken, a stop signal is only noted
   # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
   for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
@@ -257,10 +285,11 @@ main() {
   fi
   [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
   DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
-  hash flock setsid mv sleep 2>/dev/null || die 73 "flock, setsid, mv or sleep not found; install them: $INSTALL_HINT"
+  hash flock setsid mv sleep stat 2>/dev/null || die 73 "flock, setsid, mv, sleep or stat not found; install them: $INSTALL_HINT"
   [[ -d $BASE/jobs && -d $BASE/locks ]] || helper mkdir -p -- "$BASE/jobs" "$BASE/locks" ||
     die 73 "cannot create $BASE/jobs and $BASE/locks"
-  [[ ! -e $LOCK || -f $LOCK ]] || die 73 "lock file $LOCK is not a regular file"
+  server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
+  [[ ! -L $LOCK && (! -e $LOCK || -f $LOCK) ]] || die 73 "lock file $LOCK is not a regular file"
   [[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
   { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
   helper flock -n 200 || { lock_holder_message; die 75 "$MESSAGE"; }
@@ -288,9 +317,9 @@ main() {
   # The job: its own session and process group, so a stop reaches grandchildren; the caller's
   # stdin (closed stays closed) and the caller's INT and QUIT (bash ignores them for & jobs).
   if { : <&0; } 2>/dev/null; then
-    (trap - INT QUIT; exec setsid -- "$@") <&0 &
+    (trap - INT QUIT; umask "$UMASK0"; exec setsid -- "$@") <&0 &
   else
-    (trap - INT QUIT; exec setsid -- "$@") <&- &
+    (trap - INT QUIT; umask "$UMASK0"; exec setsid -- "$@") <&- &
   fi
   CHILD=$!
   trap '' PIPE # from here on, a stderr whose reader has gone cannot end the wrapper
