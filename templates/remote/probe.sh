@@ -1,6 +1,7 @@
 # probe.sh: what the host is and what its tools can do, each tool checked by using it.
 # Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db,
-# server, fs_server: the server folder's filesystem as "MAGIC_HEX NAME", logout_kills).
+# server, fs_server: the server folder's filesystem as "MAGIC_HEX NAME", logout_kills; issue:
+# one line per thing about ~/.solverpilot, its bin or the wrapper that push must repair).
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
@@ -18,6 +19,18 @@ setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
 if sp_find_sha256; then
   echo "sha256=$sp_sha"
   [ -f .solverpilot/bin/job_wrapper.sh ] && echo "wrapper=$(sp_sha256 .solverpilot/bin/job_wrapper.sh)"
+fi
+# what keeps the wrapper from running, or lets another user replace it: one issue= a line
+for p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
+  if [ -e "$p" ] || [ -L "$p" ]; then
+    sp_unsafe "$p" | sed "s|^|issue=~/$p |"
+  fi
+done
+p=.solverpilot/bin/job_wrapper.sh
+if [ -e "$p" ] && [ ! -f "$p" ]; then
+  echo "issue=~/$p is not a regular file"
+elif [ -f "$p" ] && [ ! -x "$p" ]; then
+  echo "issue=~/$p is not executable"
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 # one line, whatever the folder's name holds: a newline in it would forge a key
