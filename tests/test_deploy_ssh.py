@@ -62,12 +62,15 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
             "sha256": DEBIAN_SHA,
             "error": None,
             "warnings": [],
+            "outcome": "new",
         }
     ]
     live = home / WRAPPER
     assert live.read_bytes() == DEBIAN_BYTES
     assert stat.S_IMODE(live.stat().st_mode) == 0o755
     assert live.stat().st_uid == lab.user.pw_uid
+    # the folders it creates are the user's alone
+    assert stat.S_IMODE((home / ".solverpilot/bin").stat().st_mode) == 0o700
     assert bin_dir_listing(home) == ["job_wrapper.sh"]  # nothing temporary left
     db = home / ".solverpilot-server/server.db"
     with sqlite3.connect(db) as conn:
@@ -535,7 +538,10 @@ def test_status_of_an_unreachable_host_is_one_line(
 def test_an_unwritable_folder_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    (home / ".solverpilot/bin").mkdir(parents=True)  # owned by root: the user cannot write
+    (home / ".solverpilot/bin").mkdir(parents=True)
+    for path in (home / ".solverpilot", home / ".solverpilot/bin"):
+        os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
+    (home / ".solverpilot/bin").chmod(0o500)  # the user's, and not writable
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 1
     assert results[0]["error"] == (
