@@ -12,9 +12,6 @@ the exit status is 130.
 from __future__ import annotations
 
 import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -46,19 +43,21 @@ def _count_only(signum: int, frame: FrameType | None) -> None:
     _count += 1
 
 
-@contextmanager
-def counted() -> Iterator[None]:
+class counted:  # used as a with-statement, like a function
     """Within: INT and TERM are counted, never raised (in the main thread; elsewhere Python
     takes signals in the main thread anyway). The previous handlers come back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {number: signal.getsignal(number) for number in SIGNALS}
-    for number in SIGNALS:
-        signal.signal(number, _count_only)
-    try:
-        yield
-    finally:
-        for number, previous in before.items():
+
+    def __enter__(self) -> None:
+        import threading  # not at import: render starts fast
+
+        self.before: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in SIGNALS:
+            self.before[number] = signal.getsignal(number)
+            signal.signal(number, _count_only)
+
+    def __exit__(self, *exc: object) -> None:
+        for number, previous in self.before.items():
             if previous is not None:
-                signal.signal(number, previous)
+                signal.signal(number, previous)  # type: ignore[arg-type]
