@@ -138,13 +138,31 @@ def _run_fleet(
         if progress:
             print(f"  {result.host}: {result.status}", file=sys.stderr)
 
+    def on_interrupt(count: int) -> None:
+        if count == 1:
+            print(
+                "sp-deploy: interrupted: hosts not yet changed are given up, the others end "
+                "their step (another Ctrl-C aborts them)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print("sp-deploy: interrupted again: aborting the connections", file=sys.stderr)
+
     # from the first host to the last line of the report, INT and TERM are only counted
     # (signals.py): the fleet acts on them, and none cuts the report short
     with signals.counted():
         before = signals.received()
         try:
             fleet = run_fleet(
-                targets, operation, args.jobs, on_done, frozenset(good), args.max_fail, args.canary
+                targets,
+                operation,
+                args.jobs,
+                on_done,
+                frozenset(good),
+                args.max_fail,
+                args.canary,
+                on_interrupt,
             )
         except KeyboardInterrupt:  # before the fleet could take it: no host was touched
             fleet = all_skipped(targets, "interrupted before any change", True)

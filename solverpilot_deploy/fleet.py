@@ -164,23 +164,29 @@ def run_fleet(
     good: frozenset[str] = frozenset(),
     max_fail: int | None = None,
     canary: int | None = None,
+    on_interrupt: Callable[[int], None] | None = None,
 ) -> FleetRun:
     """``operation`` on every host, at most ``jobs`` at once; Ctrl-C and ``max_fail`` as the
     module says (a status outside ``good`` is a failure). With ``canary`` K, the first K hosts
-    alone first, and the rest only if every one of them succeeded."""
+    alone first, and the rest only if every one of them succeeded. ``on_interrupt(N)`` is told
+    of the first and the second interrupt as the fleet takes them."""
     count = min(canary or 0, len(targets))
+    start = signals.received()
     if not count:
-        return _run_hosts(targets, operation, jobs, on_done, good, max_fail)
-    first = _run_hosts(targets[:count], operation, jobs, on_done, good, None)
+        return _run_hosts(targets, operation, jobs, on_done, good, max_fail, on_interrupt)
+    first = _run_hosts(targets[:count], operation, jobs, on_done, good, None, on_interrupt)
     failed = sum(r.status not in good for r in first.results)
-    if first.interrupted:
+    if first.interrupted or signals.received() != start:
+        first.interrupted = True
         rest = all_skipped(targets[count:], "interrupted before any change")
     elif failed:
         why = f"not started: {failed} of the {count} canary hosts did not succeed"
         rest = all_skipped(targets[count:], why)
     else:
         try:
-            rest = _run_hosts(targets[count:], operation, jobs, on_done, good, max_fail)
+            rest = _run_hosts(
+                targets[count:], operation, jobs, on_done, good, max_fail, on_interrupt
+            )
         except KeyboardInterrupt:  # between the canaries and the rest: the canaries stand
             rest = all_skipped(targets[count:], "interrupted before any change", True)
     return FleetRun(first.results + rest.results, first.interrupted or rest.interrupted)
@@ -193,6 +199,7 @@ def _run_hosts(
     on_done: Callable[[HostResult], None] | None,
     good: frozenset[str],
     max_fail: int | None,
+    on_interrupt: Callable[[int], None] | None = None,
 ) -> FleetRun:
     shared = _Shared(good, max_fail)
     hosts = [target.name for target in targets]
@@ -221,6 +228,8 @@ def _run_hosts(
                 shared.give_up_unchanged()
             elif interrupts == 2:
                 shared.abort_all()
+            if interrupts <= 2 and on_interrupt is not None:
+                on_interrupt(interrupts)
 
     # INT and TERM are counted here, never raised at an arbitrary line (see signals.py)
     seen = signals.received()

@@ -12,11 +12,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +84,35 @@ def user_processes(uid: int, name: str = "") -> list[int]:
         if argv[0] and not argv[0].startswith(b"sshd") and name.encode() in b" ".join(argv):
             found.append(int(entry.name))
     return found
+
+
+class StderrLines:
+    """Reads a process's stderr as it comes (to wait for a line), and its stdout at the end."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def finish(self, seconds: float) -> tuple[str, str]:
+        assert self.proc.stdout is not None
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"sp-deploy still ran {seconds} s later; it said: {''.join(self.lines)}")
+        self.thread.join()
+        return self.proc.stdout.read(), "".join(self.lines)
 
 
 # ---- 12. a connection that stalls once the install step was sent ----
@@ -172,6 +203,28 @@ def test_a_stall_after_the_install_was_sent_says_either_wrapper_may_be_in_place(
     poll(lambda: (home / WRAPPER).read_bytes() == DEBIAN_BYTES, 20, "the new wrapper")
     poll(lambda: not user_processes(lab.user.pw_uid), 20, "the install step to end")
     assert temp_files(home) == []
+
+
+def test_a_second_ctrl_c_during_a_stalled_install_says_either_wrapper_may_be_in_place(
+    lab: Lab, home: Path, trusted: Path, stalling: StallingProxy
+) -> None:
+    place(home, lab.user.pw_uid, lab.user.pw_gid)
+    spec = f"{lab.user.pw_name}@127.0.0.1:{stalling.port}"
+    proc = sp_deploy("push", spec, "--json", *ssh_args(lab, trusted, timeout="60"))
+    said = StderrLines(proc)
+    # the install step went through on the host; its answer never comes back
+    poll(lambda: (home / WRAPPER).read_bytes() == DEBIAN_BYTES, 30, "the new wrapper")
+    proc.send_signal(signal.SIGINT)
+    poll(lambda: said.has("interrupted: hosts not yet changed"), 10, "the first Ctrl-C taken")
+    proc.send_signal(signal.SIGINT)
+    out, err = said.finish(20)
+    assert proc.returncode == 130, err
+    (result,) = json.loads(out)
+    assert (result["status"], result["outcome"]) == ("failed", "unknown")
+    error = str(result["error"])
+    assert error.startswith("interrupted: connection aborted by a second Ctrl-C; ")
+    assert "either wrapper may be in place" in error and "keep" not in error
+    assert f"sp-deploy verify {spec}" in error
 
 
 def test_every_push_result_says_which_wrapper_the_host_has(
@@ -314,6 +367,29 @@ def test_a_folder_another_user_owns_is_refused_and_the_old_wrapper_stays(
     assert (home / WRAPPER).read_bytes() == OLD_WRAPPER
     code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
     assert code == 1 and "not owned by you" in str(results[0]["error"])
+
+
+def test_a_home_folder_linked_to_another_users_folder_is_refused_before_any_write(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    other = lab.users[TEST_USERS[1]]
+    planted = Path(tempfile.mkdtemp(prefix="sp-planted-"))  # outside pytest's 0700 tree
+    try:
+        os.chown(planted, other.pw_uid, other.pw_gid)
+        planted.chmod(0o777)
+        (home / ".solverpilot").symlink_to(planted)
+        os.lchown(home / ".solverpilot", lab.user.pw_uid, lab.user.pw_gid)
+        code, results = sp_json(capsys, "push", lab.a.spec, *ssh_args(lab, trusted))
+        assert code == 1
+        (result,) = results
+        assert (result["status"], result["outcome"]) == ("failed", "old")
+        assert "~/.solverpilot is a symbolic link" in str(result["error"])
+        assert list(planted.iterdir()) == []  # nothing was created through the link
+        code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
+        assert code == 1 and "~/.solverpilot is a symbolic link" in str(results[0]["error"])
+    finally:
+        (home / ".solverpilot").unlink(missing_ok=True)
+        shutil.rmtree(planted, ignore_errors=True)
 
 
 # ---- 15. one Ctrl-C while a host hangs in its login ----

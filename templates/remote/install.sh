@@ -13,8 +13,11 @@ digest=$1 end=$(($(date +%s) + $2))
 dir=.solverpilot/bin target=.solverpilot/bin/job_wrapper.sh
 sp_find_sha256 || exit 14
 umask 077
-err=$(mkdir -p "$dir" 2>&1) || { echo "error=cannot create ~/$dir: ${err##*: }"; exit 12; }
 for d in .solverpilot "$dir"; do
+  # each folder is checked before anything is created in it (mkdir -p would follow a link)
+  if [ ! -e "$d" ] && [ ! -L "$d" ]; then
+    err=$(mkdir "$d" 2>&1) || [ -d "$d" ] || { echo "error=cannot create ~/$d: ${err##*: }"; exit 12; }
+  fi
   why=$(sp_unsafe "$d")
   case $why in
     '') ;;

@@ -8,10 +8,11 @@ echo "os_like=${ID_LIKE:-}"
 # the wrapper runs as /bin/bash -p (its #! line). --norc: a `bash -c` that sees SSH_CLIENT
 # and SHLVL < 2 reads ~/.bashrc, whose words would land in this answer
 echo "bash=$(/bin/bash --norc -p -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
-t=$(mktemp 2>/dev/null) || t=/tmp/.sp-probe.$$
+# a file of its own (never a fixed name in /tmp, which another user could plant): /tmp's,
+# else one in the home
+t=$(mktemp 2>/dev/null) || t=$(mktemp ./.sp-probe.XXXXXX 2>/dev/null) || t=''
 sp_tmp=$t
-: >"$t"
-(exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
+[ -n "$t" ] && (exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
 setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
 # -init /dev/null: a ~/.sqliterc (.headers on, say) would change the answer
 [ "$(sqlite3 -init /dev/null :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
