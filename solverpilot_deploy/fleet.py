@@ -126,7 +126,7 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
     try:
         with connect(target.spec, options, deadline, started) as session:
             if time.monotonic() >= deadline:
-                session.abort()
+                time_is_up()
             result = operation(session, host, deadline, shared.stop)
             return dataclasses.replace(result, warnings=(*session.warnings, *result.warnings))
     except StepInterrupted as exc:
