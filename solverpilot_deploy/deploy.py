@@ -274,6 +274,7 @@ def push_host(
 
 
 def one_line(text: str) -> str:
+    """``text`` on one line: every run of blanks and line ends becomes one space."""
     return " ".join(text.split())
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from solverpilot_deploy import signals
-from solverpilot_deploy.deploy import HostResult
+from solverpilot_deploy.deploy import HostResult, one_line
 from solverpilot_deploy.errors import DeployError, HostTimeoutError, StepInterrupted
 from solverpilot_deploy.inventory import HostTarget
 from solverpilot_deploy.transport import Session, connect
@@ -33,10 +33,6 @@ Operation = Callable[[Session, str, float, threading.Event], HostResult]
 # why a connection was aborted (Session.abort_reason): the host's report names it
 NOTHING_CHANGED = "interrupted before any change"
 SECOND_CTRL_C = "interrupted: connection aborted by a second Ctrl-C"
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def abort(session: Session, reason: str) -> None:
