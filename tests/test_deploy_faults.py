@@ -473,6 +473,29 @@ def test_one_ctrl_c_gives_up_a_host_whose_start_up_file_hangs(
     assert not (Path(b.pw_dir) / ".solverpilot").exists()
 
 
+def test_after_one_ctrl_c_each_host_names_its_true_cause(
+    lab: Lab, home: Path, trusted: Path, stalling: StallingProxy
+) -> None:
+    """One Ctrl-C: the host still logging in is given up at once; the host whose install
+    is in flight ends its step, here by the timeout, and says so (not "a second Ctrl-C")."""
+    place(home, lab.user.pw_uid, lab.user.pw_gid)
+    stalled = f"{lab.user.pw_name}@127.0.0.1:{stalling.port}"
+    with silent_listener() as (port, accepted):
+        silent = f"nobody@127.0.0.1:{port}"
+        proc = sp_deploy("push", stalled, silent, "--json", *ssh_args(lab, trusted, "12"))
+        said = StderrLines(proc)
+        poll(lambda: accepted, 20, "the connection to the silent host")
+        poll(lambda: (home / WRAPPER).read_bytes() == DEBIAN_BYTES, 20, "the new wrapper")
+        proc.send_signal(signal.SIGINT)
+        out, err = said.finish(30)
+    assert proc.returncode == 130, err
+    first, second = json.loads(out)
+    assert (first["status"], first["outcome"]) == ("failed", "unknown")
+    assert str(first["error"]).startswith("timeout: "), first
+    assert (second["status"], second["error"]) == ("skipped", "interrupted before any change")
+    assert "second Ctrl-C" not in out + err and "Traceback" not in err
+
+
 # ---- 16. a flood of TERM ----
 
 
