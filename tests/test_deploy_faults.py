@@ -29,7 +29,7 @@ from conftest import Lab, poll, sp_json
 from sshlab import TEST_USERS
 
 from solverpilot_deploy.profiles import load_profile
-from solverpilot_deploy.remote import step_script
+from solverpilot_deploy.remote import parse_framed, step_script
 from solverpilot_deploy.render import render_wrapper
 
 pytestmark = pytest.mark.usefixtures("transport")
@@ -287,6 +287,38 @@ def test_a_full_disk_is_named_and_the_old_wrapper_stays(
     assert "the old wrapper is kept" in error
     assert (home / WRAPPER).read_bytes() == OLD_WRAPPER
     assert temp_files(home) == []
+
+
+@pytest.mark.transports("paramiko")  # no connection: the step runs here, under sh
+def test_a_full_or_read_only_tmp_does_not_make_the_probe_call_flock_missing() -> None:
+    """The probe's flock check needs a file of its own: with /tmp unusable it takes one in
+    the home (never a fixed name in /tmp, which another user could plant)."""
+    require_root()
+    home = Path(tempfile.mkdtemp(prefix="sp-probe-home-", dir="/var/tmp"))  # not under /tmp
+    try:
+        _probe_with_a_read_only_tmp(home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _probe_with_a_read_only_tmp(home: Path) -> None:
+    token = "t0k3n"
+    # a private mount namespace whose /tmp is a read-only tmpfs
+    inner = f"mount -t tmpfs -o ro,size=4k tmpfs /tmp && exec /bin/sh -s -- {token}"
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
+        input=step_script("probe"),
+        capture_output=True,
+        text=True,
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin", "TMPDIR": "/tmp"},
+        timeout=30,
+        check=False,
+    )
+    framed = parse_framed(token, done.stdout)
+    assert framed is not None, done
+    status, lines = framed
+    assert status == 0 and "flock=ok" in lines, lines
+    assert list(home.iterdir()) == []  # its file is gone with the step
 
 
 # ---- 13. the right bytes are not enough: a wrapper that cannot run, or that others could replace
