@@ -505,6 +505,35 @@ def test_one_ctrl_c_gives_up_a_host_whose_start_up_file_hangs(
     assert not (Path(b.pw_dir) / ".solverpilot").exists()
 
 
+def ssh_processes_for(port: int) -> list[int]:
+    """Pids of the ssh clients whose command line names ``port``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"ssh") and str(port).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_one_ctrl_c_during_the_login_of_a_one_host_command_leaves_no_login_behind(
+    lab: Lab, trusted: Path
+) -> None:
+    with silent_listener() as (port, accepted):
+        proc = sp_deploy("status", f"nobody@127.0.0.1:{port}", *ssh_args(lab, trusted, "60"))
+        poll(lambda: accepted, 20, "the connection to the silent host")
+        took, _, err = _interrupt_once_and_time(proc)
+        left = ssh_processes_for(port)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert took < 5
+    assert left == []
+
+
 def test_after_one_ctrl_c_each_host_names_its_true_cause(
     lab: Lab, home: Path, trusted: Path, stalling: StallingProxy
 ) -> None:
