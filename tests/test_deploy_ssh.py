@@ -243,7 +243,7 @@ def test_ssh_config_alias_with_identity_file_and_port(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "extra.conf").write_text(
-        f"Host box-a\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User sptest\n"
+        f"Host box-a\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User {lab.user.pw_name}\n"
         f"  IdentityFile {lab.client_key}\n  IdentitiesOnly yes\n"
     )
     config = tmp_path / "config"
@@ -261,9 +261,9 @@ def test_proxy_jump_through_a_second_sshd(
     config = tmp_path / "config"
     # the known hosts file in the config: OpenSSH's jump (ssh -W) reads no -o of the command
     config.write_text(
-        f"Host hop\n  HostName 127.0.0.1\n  Port {lab.jump.port}\n  User sptest\n"
+        f"Host hop\n  HostName 127.0.0.1\n  Port {lab.jump.port}\n  User {lab.user.pw_name}\n"
         f"  IdentityFile {lab.client_key}\n  UserKnownHostsFile {trusted}\n"
-        f"Host inner\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User sptest\n"
+        f"Host inner\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User {lab.user.pw_name}\n"
         f"  IdentityFile {lab.client_key}\n  ProxyJump hop\n"
     )
     log_before = lab.jump.log.read_text() if lab.jump.log.exists() else ""
