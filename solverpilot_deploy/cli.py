@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from solverpilot_deploy import __version__
+from solverpilot_deploy import __version__, signals
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
 
 if TYPE_CHECKING:
@@ -119,7 +119,12 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -> int:
+def _run_fleet(
+    args: argparse.Namespace, operation: Operation, good: set[str], untouched: str | None = None
+) -> int:
+    """``operation`` on every host of ``args``; a host whose operation never returned a result
+    (no connection, an interrupt, a failed probe) gets outcome ``untouched``."""
+    import dataclasses
     import json
 
     from solverpilot_deploy.fleet import all_skipped, run_fleet
@@ -133,25 +138,51 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
         if progress:
             print(f"  {result.host}: {result.status}", file=sys.stderr)
 
-    try:
-        fleet = run_fleet(
-            targets, operation, args.jobs, on_done, frozenset(good), args.max_fail, args.canary
-        )
-    except KeyboardInterrupt:  # before the fleet could take it: no host was touched
-        fleet = all_skipped(targets, "interrupted before any change", True)
-    results = fleet.results
-    if args.json:
-        print(json.dumps([r.as_json() for r in results], indent=2))
-    else:
-        rows: list[tuple[str, ...]] = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
-        rows += [
-            (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
-            for r in results
+    def on_interrupt(count: int) -> None:
+        if count == 1:
+            print(
+                "sp-deploy: interrupted: hosts not yet changed are given up, the others end "
+                "their step (another Ctrl-C aborts them)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print("sp-deploy: interrupted again: aborting the connections", file=sys.stderr)
+
+    # from the first host to the last line of the report, INT and TERM are only counted
+    # (signals.py): the fleet acts on them, and none cuts the report short
+    with signals.counted():
+        before = signals.received()
+        try:
+            fleet = run_fleet(
+                targets,
+                operation,
+                args.jobs,
+                on_done,
+                frozenset(good),
+                args.max_fail,
+                args.canary,
+                on_interrupt,
+            )
+        except KeyboardInterrupt:  # before the fleet could take it: no host was touched
+            fleet = all_skipped(targets, "interrupted before any change", True)
+        results = [
+            r if r.outcome or not untouched else dataclasses.replace(r, outcome=untouched)
+            for r in fleet.results
         ]
-        _print_table(rows)
-    if fleet.interrupted:
-        print("sp-deploy: interrupted", file=sys.stderr)
-        return 130
+        if args.json:
+            print(json.dumps([r.as_json() for r in results], indent=2))
+        else:
+            rows: list[tuple[str, ...]] = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
+            rows += [
+                (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
+                for r in results
+            ]
+            _print_table(rows)
+        sys.stdout.flush()
+        if fleet.interrupted or signals.received() != before:
+            print("sp-deploy: interrupted", file=sys.stderr)
+            return 130
     return 0 if all(r.status in good for r in results) else 1
 
 
@@ -165,7 +196,8 @@ def cmd_push(args: argparse.Namespace) -> int:
             session, host, args.distro, deadline, args.dry_run, not args.no_smoke, stop
         )
 
-    return _run_fleet(args, operation, {"deployed", "unchanged", "would-deploy"})
+    # a host the push never reached its install step on keeps its old wrapper
+    return _run_fleet(args, operation, {"deployed", "unchanged", "would-deploy"}, "old")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

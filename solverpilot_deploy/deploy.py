@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import secrets
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from solverpilot_deploy.errors import (
     ChecksumError,
     DeployError,
+    HostError,
     HostTimeoutError,
     RemoteCommandError,
     RequirementError,
@@ -61,6 +63,8 @@ class Probe:
     server_relative: bool = False
     server_unsafe: str | None = None  # the path and why, when another user has a hold on it
     server_open: tuple[str, ...] = ()  # "PATH MODE" of the user's own folders not yet 0700
+    # what about ~/.solverpilot, its bin or the wrapper push must repair ("~/PATH is ...")
+    issues: tuple[str, ...] = ()
 
     def warnings(self) -> tuple[str, ...]:
         """What the host's set-up puts at risk, whatever the profile."""
@@ -83,6 +87,13 @@ class Probe:
         )
 
 
+# push's "outcome": which wrapper the host has after it. "old": it was not changed (the push
+# failed before the install step was sent, or the host's answer proved it kept its wrapper);
+# "new": the rendered wrapper is in place; "unknown": the install step was sent and no answer
+# proved which (a stalled connection, a timeout, a second Ctrl-C): either may be in place
+OLD, NEW, UNKNOWN = "old", "new", "unknown"
+
+
 @dataclass(frozen=True)
 class HostResult:
     """The outcome for one host, as --json prints it."""
@@ -93,6 +104,7 @@ class HostResult:
     sha256: str | None = None
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    outcome: str | None = None  # push only: OLD, NEW or UNKNOWN (see above)
 
     def as_json(self) -> dict[str, str | list[str] | None]:
         return {
@@ -102,6 +114,7 @@ class HostResult:
             "sha256": self.sha256,
             "error": self.error,
             "warnings": list(self.warnings),
+            "outcome": self.outcome,
         }
 
 
@@ -135,6 +148,7 @@ def probe(session: Session, timeout: float) -> Probe:
         server_relative=found.get("server_relative") == "yes",
         server_unsafe=found.get("server_unsafe") or None,
         server_open=result.all_of("server_open"),
+        issues=result.all_of("issue"),
     )
 
 
@@ -204,6 +218,14 @@ def _check_stop(stop: threading.Event | None) -> None:
         raise StepInterrupted("interrupted before any change")
 
 
+def _cause(session: Session, exc: Exception) -> str:
+    """What ended a step: the reason the connection was aborted (a timeout, a second
+    Ctrl-C), else the error itself."""
+    if session.aborted.is_set():
+        return session.abort_reason or "the connection was aborted"
+    return str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+
+
 def push_host(
     session: Session,
     host: str,
@@ -214,22 +236,39 @@ def push_host(
     stop: threading.Event | None = None,
 ) -> HostResult:
     """Probe, then (unless unchanged) install, init the DB and smoke-test; ``stop`` set means
-    an interrupt: no new step starts, and a host not yet changed raises StepInterrupted."""
+    an interrupt: no new step starts, and a host not yet changed raises StepInterrupted.
+    Every result says which wrapper the host has (``outcome``)."""
     found = probe(session, remaining(deadline))
     if found.server_unsafe:  # the wrapper would refuse every job: nothing is installed
         raise unsafe_server_dir(found.server_unsafe)
     profile = pick_profile(found, requested)
     warnings = found.warnings() + check_requirements(found, profile)
     text, digest = wrapper_for(profile)
-    result = HostResult(host, "deployed", profile.name, digest, warnings=warnings)
-    if found.wrapper_sha256 == digest and not found.server_open:
+    result = HostResult(host, "deployed", profile.name, digest, warnings=warnings, outcome=NEW)
+    if found.wrapper_sha256 == digest and not found.issues and not found.server_open:
         return replace(result, status="unchanged")
     if dry_run:
-        return replace(result, status="would-deploy")
+        return replace(result, status="would-deploy", outcome=OLD, warnings=warnings + found.issues)
+    session.changing = True  # from here on a Ctrl-C lets the host end its step
     _check_stop(stop)
-    if found.wrapper_sha256 != digest:
-        install(session, text, digest, deadline)
-    else:  # only the folders' modes change
+    if found.wrapper_sha256 != digest or found.issues:
+        try:
+            repaired = install(session, text, digest, deadline)
+        except InstallRefused as exc:  # the host said so: it keeps its old wrapper
+            return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
+        except Exception as exc:  # sent, and no answer proved which wrapper the host has
+            error = (
+                f"{_cause(session, exc)}; the install step had been sent: either wrapper may be "
+                f"in place (the new one is sha256 {digest[:12]}...); check with: sp-deploy "
+                f"verify {host}"
+            )
+            return replace(result, status="failed", error=one_line(error), outcome=UNKNOWN)
+        # a fresh copy replaced the wrapper: what was wrong with the old one is gone
+        fixed = tuple(
+            f"{issue}: replaced" for issue in found.issues if issue.startswith(f"~/{WRAPPER_PATH} ")
+        )
+        warnings += fixed + repaired
+    else:  # only the server folders' modes change
         result = replace(result, status="unchanged")
     skipped = []
     try:
@@ -245,30 +284,42 @@ def push_host(
             said = step(session, deadline)
             warnings += said or ()
     except Exception as exc:  # the host has the new wrapper whatever failed next: say so
-        if session.aborted.is_set():
-            stopped = stop is not None and stop.is_set()
-            cause = "a second Ctrl-C aborted the connection" if stopped else "timeout"
-        else:
-            cause = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+        cause = _cause(session, exc)
         error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {cause}"
         if result.status == "unchanged":  # only the folders' modes were being changed
             error = cause
-        return replace(result, status="failed", error=error, warnings=warnings)
+        return replace(result, status="failed", error=one_line(error), warnings=warnings)
     if skipped:
         warnings += (f"interrupted after the install: {' and '.join(skipped)} skipped",)
     return replace(result, warnings=warnings)
 
 
-def install(session: Session, text: str, digest: str, deadline: float) -> None:
-    """Upload, check and rename the wrapper in one step (templates/remote/install.sh).
+def one_line(text: str) -> str:
+    """``text`` on one line: every run of blanks and line ends becomes one space."""
+    return " ".join(text.split())
+
+
+class InstallRefused(Exception):
+    """The host's answer (or the clock, before anything was sent) proved that the install
+    step did not rename the new wrapper in; ``error`` says why."""
+
+    def __init__(self, error: HostError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def install(session: Session, text: str, digest: str, deadline: float) -> tuple[str, ...]:
+    """Upload, check and rename the wrapper in one step (templates/remote/install.sh);
+    returns what the host repaired on the way (a folder others could write).
 
     The host renames only while COMMIT_MARGIN seconds of the deadline remain, and only
     while sp-deploy still listens, so a push reported as failed (timeout, Ctrl-C) never
-    replaces the wrapper later.
+    replaces the wrapper later. InstallRefused: the host's answer proved the old wrapper
+    stays; any other error: the step was sent and either wrapper may be in place.
     """
     budget = int(deadline - time.monotonic() - COMMIT_MARGIN)
     if budget < 1:
-        raise HostTimeoutError("no time left to install within the deadline")
+        raise InstallRefused(HostTimeoutError("no time left to install within the deadline"))
     try:
         # its own timeout comes just before the fleet's at the deadline, so that what the host
         # said so far is still there to be read
@@ -279,20 +330,33 @@ def install(session: Session, text: str, digest: str, deadline: float) -> None:
     except HostTimeoutError as exc:
         if "checked" in exc.partial.split("\n"):  # the host had begun the rename (slow disk?)
             raise HostTimeoutError(
-                "the host was renaming the new wrapper in when the time ran out: either "
-                "wrapper may be in place; check with sp-deploy verify"
+                "the host was renaming the new wrapper in when the time ran out"
             ) from exc
-        raise
+        raise HostTimeoutError("no answer to the install step in time") from exc
     if result.status == 0:
-        return
+        return result.all_of("repaired")
     if result.status == 10:
-        raise RemoteCommandError(f"bash -n rejected the uploaded wrapper: {result.error()}")
+        raise InstallRefused(
+            RemoteCommandError(f"bash -n rejected the uploaded wrapper: {result.error()}")
+        )
     if result.status == 11:
         got = result.values().get("sha256", "")
-        raise ChecksumError(f"uploaded {digest[:12]}..., host computed {got[:12] or '?'}...")
+        raise InstallRefused(
+            ChecksumError(f"uploaded {digest[:12]}..., host computed {got[:12] or '?'}...")
+        )
     if result.status == 13:
-        raise HostTimeoutError("the host was too slow to check the wrapper; nothing changed")
-    raise RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {result.error()}")
+        raise InstallRefused(
+            HostTimeoutError("the host was too slow to check the wrapper; nothing changed")
+        )
+    if result.status == 15:  # the writer's own words (No space left on device) came first
+        said = [line for line in result.lines if not re.match(r"^[a-z_]+=", line)]
+        why = f": {said[-1].rsplit(': ', 1)[-1]}" if said else ""
+        raise InstallRefused(
+            RemoteCommandError(
+                f"{result.error()}{why} (is the disk full?); the old wrapper is kept"
+            )
+        )
+    raise InstallRefused(RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {result.error()}"))
 
 
 def init_database(session: Session, deadline: float) -> tuple[str, ...]:
@@ -334,8 +398,12 @@ def verify_host(session: Session, host: str, requested: str, deadline: float) ->
     warnings = found.warnings() + found.open_warning()
     if not found.sha256:
         raise RequirementError(f"no sha256 tool on the host; install: {profile.install_hint}")
+    # the right bytes are not enough: a wrapper that cannot run, or that another user can
+    # replace, is "needs-repair" (push repairs what it can and refuses the rest)
+    issues = "; ".join(found.issues)
     if found.wrapper_sha256 is None:
-        return HostResult(host, "missing", profile.name, None, f"no {WRAPPER_PATH}", warnings)
+        why = issues or f"no {WRAPPER_PATH}"
+        return HostResult(host, "missing", profile.name, None, why, warnings)
     if found.wrapper_sha256 != digest:
         return HostResult(
             host,
@@ -343,7 +411,10 @@ def verify_host(session: Session, host: str, requested: str, deadline: float) ->
             profile.name,
             found.wrapper_sha256,
             f"{WRAPPER_PATH} is {found.wrapper_sha256[:12]}..., the {profile.name} render is "
-            f"{digest[:12]}...",
+            f"{digest[:12]}..." + (f"; {issues}" if issues else ""),
             warnings,
         )
+    if issues:
+        why = f"{issues}; sp-deploy push {host} repairs it"
+        return HostResult(host, "needs-repair", profile.name, digest, why, warnings)
     return HostResult(host, "ok", profile.name, digest, warnings=warnings)

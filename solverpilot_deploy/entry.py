@@ -1,5 +1,5 @@
-"""The sp-deploy command's entry point: a Ctrl-C while the CLI is still being imported is
-reported like any other ("sp-deploy: interrupted", exit 130), not as a traceback."""
+"""The sp-deploy command's entry point: a Ctrl-C (or TERM) while the CLI is still being
+imported is reported like any other ("sp-deploy: interrupted", exit 130), not as a traceback."""
 
 from __future__ import annotations
 
@@ -16,20 +16,34 @@ def _interrupted_early(signum: int, frame: FrameType | None) -> None:
 
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted_early)
+if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _interrupted_early)
 
+from solverpilot_deploy import signals  # noqa: E402
 from solverpilot_deploy.cli import main  # noqa: E402
 
 
-def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run() -> int:
-    """main(), with Ctrl-C raising KeyboardInterrupt again (main turns it into exit 130), and
-    TERM (systemd, timeout, kill) taken as a Ctrl-C: hosts in flight end their step, their
-    connections are closed, the results are printed; a second one aborts them."""
+    """main(), with Ctrl-C and TERM (systemd, timeout, kill) taken as signals.py says: the
+    first is a Ctrl-C (hosts in flight end their step, their connections are closed, the
+    results are printed; in a fleet a second aborts them), every later one is absorbed, and
+    once one came the exit status is 130, never death by the signal."""
     if signal.getsignal(signal.SIGINT) is _interrupted_early:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminated)
-    return main(sys.argv[1:])
+        signal.signal(signal.SIGINT, signals.handler)
+    if signal.getsignal(signal.SIGTERM) is _interrupted_early:
+        signal.signal(signal.SIGTERM, signals.handler)
+    try:
+        try:
+            code = main(sys.argv[1:])
+        finally:
+            signals.stop_raising()
+    except KeyboardInterrupt:  # the first signal, just as main returned
+        code = 130
+    # the interpreter's own exit puts a Python handler back to the default (death by the
+    # signal, 143): from here every signal is ignored
+    for number in signals.SIGNALS:
+        if signal.getsignal(number) is signals.handler:
+            signal.signal(number, signal.SIG_IGN)
+    if signals.received() and code != 130:
+        os.write(2, b"sp-deploy: interrupted\n")
+    return 130 if signals.received() else code

@@ -1,12 +1,13 @@
 """Run one operation on many hosts in parallel, each with its own deadline.
 
 One failing host never stops the others: every failure becomes that host's HostResult.
-Ctrl-C stops the fleet in order: hosts not started are "skipped" and never touched; hosts in
-flight start no new step (a host not yet changed is "skipped", one whose wrapper was
-installed is "deployed" with a warning); a second Ctrl-C aborts their connections, and the
-remote install step then leaves the old wrapper in place. ``max_fail`` stops the starting of
-new hosts once that many have failed (those are "skipped"); hosts in flight finish; ``canary``
-runs the first hosts alone first.
+Ctrl-C (or TERM, see signals.py) stops the fleet in order: hosts not started are "skipped"
+and never touched; hosts that have not begun to change anything (still logging in, or
+probing) are given up at once ("skipped"); hosts in flight start no new step (one whose
+wrapper was installed is "deployed" with a warning); a second Ctrl-C aborts their
+connections. Every connection aborted says why: a timeout, the first Ctrl-C, the second.
+``max_fail`` stops the starting of new hosts once that many have failed (those are
+"skipped"); hosts in flight finish; ``canary`` runs the first hosts alone first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from solverpilot_deploy.deploy import HostResult
+from solverpilot_deploy import signals
+from solverpilot_deploy.deploy import HostResult, one_line
 from solverpilot_deploy.errors import DeployError, HostTimeoutError, StepInterrupted
 from solverpilot_deploy.inventory import HostTarget
 from solverpilot_deploy.transport import Session, connect
@@ -28,8 +30,16 @@ from solverpilot_deploy.transport import Session, connect
 Operation = Callable[[Session, str, float, threading.Event], HostResult]
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())
+# why a connection was aborted (Session.abort_reason): the host's report names it
+NOTHING_CHANGED = "interrupted before any change"
+SECOND_CTRL_C = "interrupted: connection aborted by a second Ctrl-C"
+
+
+def abort(session: Session, reason: str) -> None:
+    """End ``session`` from another thread; the first reason given is the one reported."""
+    if not session.aborted.is_set() and not session.abort_reason:
+        session.abort_reason = reason
+    session.abort()
 
 
 @dataclass
@@ -65,14 +75,23 @@ class _Shared:
             self.aborting = True
             sessions = list(self.sessions)
         for session in sessions:
-            session.abort()
+            abort(session, SECOND_CTRL_C)
+
+    def give_up_unchanged(self) -> None:
+        """The first Ctrl-C: end at once the connections of hosts that have not begun to
+        change anything (a login or a start-up file that hangs would hold the fleet until
+        its timeout); the others end their step."""
+        with self.lock:
+            sessions = [session for session in self.sessions if not session.changing]
+        for session in sessions:
+            abort(session, NOTHING_CHANGED)
 
 
 def run_on_host(target: HostTarget, operation: Operation, shared: _Shared) -> HostResult:
     """Connect, run ``operation``, and turn any failure into a failed HostResult."""
     host = target.name
     if shared.stop.is_set():
-        return HostResult(host, "skipped", error="interrupted before any change")
+        return HostResult(host, "skipped", error=NOTHING_CHANGED)
     if shared.too_many_failed():
         return HostResult(
             host, "skipped", error=f"not started: {shared.failed} hosts failed (--max-fail)"
@@ -85,38 +104,42 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
     deadline = time.monotonic() + options.timeout
     holder: list[Session] = []
 
-    def abort_all() -> None:
+    def time_is_up() -> None:
         for session in holder:
-            session.abort()
+            abort(session, str(HostTimeoutError(f"not done within {options.timeout:g} s")))
 
     def started(session: Session) -> None:  # before it connects: a login can be aborted
         holder.append(session)
         with shared.lock:
             shared.sessions.add(session)
-            if shared.aborting:
+            if shared.aborting or shared.stop.is_set():
+                session.abort_reason = SECOND_CTRL_C if shared.aborting else NOTHING_CHANGED
                 session.aborted.set()
 
-    timer = threading.Timer(options.timeout, abort_all)
+    timer = threading.Timer(options.timeout, time_is_up)
     timer.daemon = True
     timer.start()
     try:
         with connect(target.spec, options, deadline, started) as session:
             if time.monotonic() >= deadline:
-                session.abort()
+                time_is_up()
             result = operation(session, host, deadline, shared.stop)
             return dataclasses.replace(result, warnings=(*session.warnings, *result.warnings))
     except StepInterrupted as exc:
         return HostResult(host, "skipped", error=str(exc))
     except Exception as exc:
-        if holder and holder[0].aborted.is_set() and shared.stop.is_set():
-            message = "interrupted: connection aborted by a second Ctrl-C"
+        said = tuple(holder[0].warnings) if holder else ()
+        reason = holder[0].abort_reason if holder and holder[0].aborted.is_set() else ""
+        if reason == NOTHING_CHANGED:
+            return HostResult(host, "skipped", error=NOTHING_CHANGED, warnings=said)
+        if reason:
+            message = reason
         elif holder and holder[0].aborted.is_set():
-            message = str(HostTimeoutError(f"not done within {options.timeout:g} s"))
+            message = "the connection was aborted"
         elif isinstance(exc, DeployError):
             message = str(exc)
         else:
             message = f"error: {type(exc).__name__}: {exc}"
-        said = tuple(holder[0].warnings) if holder else ()
         return HostResult(host, "failed", error=one_line(message), warnings=said)
     finally:
         timer.cancel()
@@ -137,23 +160,29 @@ def run_fleet(
     good: frozenset[str] = frozenset(),
     max_fail: int | None = None,
     canary: int | None = None,
+    on_interrupt: Callable[[int], None] | None = None,
 ) -> FleetRun:
     """``operation`` on every host, at most ``jobs`` at once; Ctrl-C and ``max_fail`` as the
     module says (a status outside ``good`` is a failure). With ``canary`` K, the first K hosts
-    alone first, and the rest only if every one of them succeeded."""
+    alone first, and the rest only if every one of them succeeded. ``on_interrupt(N)`` is told
+    of the first and the second interrupt as the fleet takes them."""
     count = min(canary or 0, len(targets))
+    start = signals.received()
     if not count:
-        return _run_hosts(targets, operation, jobs, on_done, good, max_fail)
-    first = _run_hosts(targets[:count], operation, jobs, on_done, good, None)
+        return _run_hosts(targets, operation, jobs, on_done, good, max_fail, on_interrupt)
+    first = _run_hosts(targets[:count], operation, jobs, on_done, good, None, on_interrupt)
     failed = sum(r.status not in good for r in first.results)
-    if first.interrupted:
+    if first.interrupted or signals.received() != start:
+        first.interrupted = True
         rest = all_skipped(targets[count:], "interrupted before any change")
     elif failed:
         why = f"not started: {failed} of the {count} canary hosts did not succeed"
         rest = all_skipped(targets[count:], why)
     else:
         try:
-            rest = _run_hosts(targets[count:], operation, jobs, on_done, good, max_fail)
+            rest = _run_hosts(
+                targets[count:], operation, jobs, on_done, good, max_fail, on_interrupt
+            )
         except KeyboardInterrupt:  # between the canaries and the rest: the canaries stand
             rest = all_skipped(targets[count:], "interrupted before any change", True)
     return FleetRun(first.results + rest.results, first.interrupted or rest.interrupted)
@@ -166,6 +195,7 @@ def _run_hosts(
     on_done: Callable[[HostResult], None] | None,
     good: frozenset[str],
     max_fail: int | None,
+    on_interrupt: Callable[[int], None] | None = None,
 ) -> FleetRun:
     shared = _Shared(good, max_fail)
     hosts = [target.name for target in targets]
@@ -182,35 +212,51 @@ def _run_hosts(
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures: list[Future[HostResult]] = []
     interrupts = 0
+
+    def interrupted(count: int) -> None:
+        nonlocal interrupts
+        for _ in range(count):
+            interrupts += 1
+            shared.stop.set()
+            for future in futures:
+                future.cancel()  # not started yet: never will be
+            if interrupts == 1:
+                shared.give_up_unchanged()
+            elif interrupts == 2:
+                shared.abort_all()
+            if interrupts <= 2 and on_interrupt is not None:
+                on_interrupt(interrupts)
+
+    # INT and TERM are counted here, never raised at an arbitrary line (see signals.py)
+    seen = signals.received()
     try:
         try:
             for index, target in enumerate(targets):
+                if signals.received() != seen:
+                    break
                 future = pool.submit(run_on_host, target, operation, shared)
                 future.add_done_callback(functools.partial(report, index))
                 futures.append(future)
         except KeyboardInterrupt:  # before every host was queued: the rest are skipped
-            interrupts = 1
-            shared.stop.set()
-            for future in futures:
-                future.cancel()
+            interrupted(1)
         while True:
             try:
-                if not wait(futures, timeout=0.1).not_done:
-                    break
+                done = not wait(futures, timeout=0.1).not_done
             except KeyboardInterrupt:
-                interrupts += 1
-                shared.stop.set()
-                for future in futures:
-                    future.cancel()  # not started yet: never will be
-                if interrupts > 1:
-                    shared.abort_all()
+                interrupted(1)
+                done = False
+            now = signals.received()
+            interrupted(now - seen)
+            seen = now
+            if done:
+                break
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return FleetRun(
         [
             outcome(i, futures[i])
             if i < len(futures)
-            else HostResult(host, "skipped", error="interrupted before any change")
+            else HostResult(host, "skipped", error=NOTHING_CHANGED)
             for i, host in enumerate(hosts)
         ],
         interrupted=interrupts > 0,

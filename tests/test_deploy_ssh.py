@@ -62,12 +62,15 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
             "sha256": DEBIAN_SHA,
             "error": None,
             "warnings": [],
+            "outcome": "new",
         }
     ]
     live = home / WRAPPER
     assert live.read_bytes() == DEBIAN_BYTES
     assert stat.S_IMODE(live.stat().st_mode) == 0o755
     assert live.stat().st_uid == lab.user.pw_uid
+    # the folders it creates are the user's alone
+    assert stat.S_IMODE((home / ".solverpilot/bin").stat().st_mode) == 0o700
     assert bin_dir_listing(home) == ["job_wrapper.sh"]  # nothing temporary left
     db = home / ".solverpilot-server/server.db"
     with sqlite3.connect(db) as conn:
@@ -240,7 +243,7 @@ def test_ssh_config_alias_with_identity_file_and_port(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "extra.conf").write_text(
-        f"Host box-a\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User sptest\n"
+        f"Host box-a\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User {lab.user.pw_name}\n"
         f"  IdentityFile {lab.client_key}\n  IdentitiesOnly yes\n"
     )
     config = tmp_path / "config"
@@ -258,9 +261,9 @@ def test_proxy_jump_through_a_second_sshd(
     config = tmp_path / "config"
     # the known hosts file in the config: OpenSSH's jump (ssh -W) reads no -o of the command
     config.write_text(
-        f"Host hop\n  HostName 127.0.0.1\n  Port {lab.jump.port}\n  User sptest\n"
+        f"Host hop\n  HostName 127.0.0.1\n  Port {lab.jump.port}\n  User {lab.user.pw_name}\n"
         f"  IdentityFile {lab.client_key}\n  UserKnownHostsFile {trusted}\n"
-        f"Host inner\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User sptest\n"
+        f"Host inner\n  HostName 127.0.0.1\n  Port {lab.a.port}\n  User {lab.user.pw_name}\n"
         f"  IdentityFile {lab.client_key}\n  ProxyJump hop\n"
     )
     log_before = lab.jump.log.read_text() if lab.jump.log.exists() else ""
@@ -535,7 +538,10 @@ def test_status_of_an_unreachable_host_is_one_line(
 def test_an_unwritable_folder_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    (home / ".solverpilot/bin").mkdir(parents=True)  # owned by root: the user cannot write
+    (home / ".solverpilot/bin").mkdir(parents=True)
+    for path in (home / ".solverpilot", home / ".solverpilot/bin"):
+        os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
+    (home / ".solverpilot/bin").chmod(0o500)  # the user's, and not writable
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 1
     assert results[0]["error"] == (

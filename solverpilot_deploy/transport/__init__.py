@@ -28,6 +28,8 @@ class Session(ABC):
     def __init__(self) -> None:
         self.aborted = threading.Event()
         self.warnings: list[str] = []  # about the connection itself, reported with the host
+        self.abort_reason = ""  # why abort() was called, set by its caller for the report
+        self.changing = False  # set by an operation before its first step that may change the host
 
     @abstractmethod
     def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:

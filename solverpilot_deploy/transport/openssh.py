@@ -214,6 +214,10 @@ class OpenSSHSession(Session):
                     )
                 try:
                     code = self._wait(proc, deadline)
+                except BaseException:  # a Ctrl-C in a one-host command: no login left behind
+                    proc.kill()
+                    proc.wait()
+                    raise
                 finally:
                     self._forget(proc)
             if code == 0:

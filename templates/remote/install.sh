@@ -2,19 +2,40 @@
 # It goes to a temporary file beside the live one, is checked there (mode 0755, bash -n, its
 # sha256 against DIGEST) and only then renamed over the old file, if that happens within
 # SECONDS of the start and sp-deploy is still listening; otherwise the host keeps its old
-# wrapper. The temporary file never outlives the step.
+# wrapper. The temporary file never outlives the step. Its folders are created 0700; one that
+# its group or others can write is made private (a "repaired=" line says so), one that is a
+# symbolic link or not the user's is refused: another user could replace the wrapper there.
 # Exit: 0 installed; 10 bash -n rejected it; 11 checksum mismatch (prints sha256=); 12 cannot
-# install (a folder in the way, a folder not writable); 13 too late; 14 no sha256 tool.
+# install (a folder in the way, a folder not writable); 13 too late; 14 no sha256 tool; 15 the
+# write of the new wrapper failed (a full disk: the writer's own message comes before error=);
+# 16 a folder another user could change. In every case but 0 the old wrapper is kept.
 digest=$1 end=$(($(date +%s) + $2))
 dir=.solverpilot/bin target=.solverpilot/bin/job_wrapper.sh
 sp_find_sha256 || exit 14
-err=$(mkdir -p "$dir" 2>&1) || { echo "error=cannot create ~/$dir: ${err##*: }"; exit 12; }
+umask 077
+for d in .solverpilot "$dir"; do
+  # each folder is checked before anything is created in it (mkdir -p would follow a link)
+  if [ ! -e "$d" ] && [ ! -L "$d" ]; then
+    err=$(mkdir "$d" 2>&1) || [ -d "$d" ] || { echo "error=cannot create ~/$d: ${err##*: }"; exit 12; }
+  fi
+  why=$(sp_unsafe "$d")
+  case $why in
+    '') ;;
+    'is writable by group or others')
+      chmod go-w "$d" || { echo "error=~/$d $why and cannot be made private"; exit 16; }
+      echo "repaired=~/$d is writable by group or others: made private" ;;
+    *)
+      echo "error=~/$d $(printf '%s' "$why" | head -n 1): another user could replace the wrapper there; remove it, then push again"
+      exit 16 ;;
+  esac
+done
 [ ! -d "$target" ] || { echo "error=a folder is in the way"; exit 12; }
 tmp=$(mktemp "$dir/.job_wrapper.sh.XXXXXX" 2>&1) || { echo "error=cannot write to ~/$dir: ${tmp##*: }"; exit 12; }
 sp_tmp=$tmp
-cat >"$tmp" <<'SP_PAYLOAD'
+# the writer's complaint (No space left on device) goes into the answer, before error=
+cat 2>&1 >"$tmp" <<'SP_PAYLOAD' || { echo "error=cannot write the new wrapper to ~/$dir"; exit 15; }
 SP_PAYLOAD
-chmod 755 "$tmp" || exit 12
+err=$(chmod 755 "$tmp" 2>&1) || { echo "error=cannot make the new wrapper executable: ${err##*: }"; exit 12; }
 err=$(/bin/bash -n "$tmp" 2>&1) || { echo "error=$err"; exit 10; }
 got=$(sp_sha256 "$tmp")
 [ "$got" = "$digest" ] || { echo "sha256=$got"; exit 11; }

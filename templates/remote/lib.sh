@@ -208,6 +208,19 @@ sp_server_safe() {
   return 0
 }
 
+# sp_unsafe PATH: why another user could change PATH, one reason a line (a symbolic link, not
+# owned by this user, writable by its group or others), or nothing
+# shellcheck disable=SC2329 # not every step needs it
+sp_unsafe() {
+  if [ -L "$1" ]; then
+    echo 'is a symbolic link'
+    return 0
+  fi
+  [ -z "$(find "$1" -prune ! -user "$(id -u)" 2>/dev/null)" ] || echo 'is not owned by you'
+  [ -z "$(find "$1" -prune \( -perm -020 -o -perm -002 \) 2>/dev/null)" ] ||
+    echo 'is writable by group or others'
+}
+
 # the step: end.sh closes this function and runs it
 sp_main() {
 trap sp_exit EXIT

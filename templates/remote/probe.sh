@@ -1,16 +1,18 @@
 # probe.sh: what the host is and what its tools can do, each tool checked by using it.
 # Answer: key=value lines (os_id, os_like, bash, flock, setsid, sqlite3, sha256, wrapper, db,
 # server, fs_server: the server folder's filesystem as "MAGIC_HEX NAME", logout_kills;
-# server_unsafe= and server_open=: see lib.sh's sp_server_safe).
+# server_unsafe= and server_open=: see lib.sh's sp_server_safe; issue=: one line per thing about
+# ~/.solverpilot, its bin or the wrapper that push must repair).
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
 # the wrapper runs as /bin/bash -p (its #! line). --norc: a `bash -c` that sees SSH_CLIENT
 # and SHLVL < 2 reads ~/.bashrc, whose words would land in this answer
 echo "bash=$(/bin/bash --norc -p -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
-# a file to try flock on: mktemp's (a new name, 0600); without mktemp, one created new (set -C)
-# in the home: never a fixed name in /tmp, where another user may have put a link first
-t=$(mktemp 2>/dev/null) || { t=./.sp-probe.$$ && (set -C && : >"$t") 2>/dev/null; } || t=''
+# a file of its own to try flock on (never a fixed name in /tmp, where another user may have
+# put a link first): mktemp's in /tmp, else in the home; without mktemp, one created new (set -C)
+t=$(mktemp 2>/dev/null) || t=$(mktemp ./.sp-probe.XXXXXX 2>/dev/null) ||
+  { t=./.sp-probe.$$ && (set -C && : >"$t") 2>/dev/null; } || t=''
 sp_tmp=$t
 [ -n "$t" ] && (exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
 setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
@@ -20,6 +22,18 @@ setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
 if sp_find_sha256; then
   echo "sha256=$sp_sha"
   [ -f .solverpilot/bin/job_wrapper.sh ] && echo "wrapper=$(sp_sha256 .solverpilot/bin/job_wrapper.sh)"
+fi
+# what keeps the wrapper from running, or lets another user replace it: one issue= a line
+for p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
+  if [ -e "$p" ] || [ -L "$p" ]; then
+    sp_unsafe "$p" | sed "s|^|issue=~/$p |"
+  fi
+done
+p=.solverpilot/bin/job_wrapper.sh
+if [ -e "$p" ] && [ ! -f "$p" ]; then
+  echo "issue=~/$p is not a regular file"
+elif [ -f "$p" ] && [ ! -x "$p" ]; then
+  echo "issue=~/$p is not executable"
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 # one line, whatever the folder's name holds: a newline in it would forge a key
