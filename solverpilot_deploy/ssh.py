@@ -7,6 +7,7 @@ connect with what this module resolves.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -49,7 +50,10 @@ class Target:
     identity_files: tuple[str, ...]
     identities_only: bool
     proxy_jump: tuple[str, ...]
-    known_hosts: Path
+    known_hosts: Path  # where --accept-new records a key
+    known_hosts_files: tuple[Path, ...] = ()  # every file a host key is checked against
+    host_key_name: str = ""  # the name it is looked up (and recorded) under
+    hash_known_hosts: bool = False  # HashKnownHosts: record the name hashed
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
@@ -63,7 +67,9 @@ def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     return match["user"], match["host"].strip("[]"), port
 
 
-def _ssh_g(host: str, user: str | None, port: int | None, config: str | None) -> SshConfig:
+def _ssh_g(
+    host: str, user: str | None, port: int | None, config: str | None, extra: tuple[str, ...] = ()
+) -> SshConfig:
     ssh = shutil.which("ssh")
     if ssh is None:
         raise UsageError("the OpenSSH client (ssh) is needed to read the ssh config; install it")
@@ -74,6 +80,7 @@ def _ssh_g(host: str, user: str | None, port: int | None, config: str | None) ->
         argv += ["-l", user]
     if port:
         argv += ["-p", str(port)]
+    argv += extra
     proc = subprocess.run(
         [*argv, "--", host], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
     )
@@ -93,16 +100,59 @@ def ssh_config(spec: str, options: ConnectOptions) -> SshConfig:
     return _ssh_g(host, options.login or user, options.port or port, options.config_file)
 
 
+# Keywords that change which key, account or host key ssh uses and that paramiko does not
+# implement: with one of them, auto picks openssh and paramiko refuses (naming the keyword).
+# (HostKeyAlias, UserKnownHostsFile, GlobalKnownHostsFile, HashKnownHosts and IdentityFile's
+# tokens are implemented; KnownHostsCommand, CheckHostIP, UpdateHostKeys, VerifyHostKeyDNS
+# and StrictHostKeyChecking are overridden for both transports: see host_key_files.)
+_SET = "set"  # the keyword is in use when it is present at all (and not "none")
+_DEFAULT = "default"  # ... when its value differs from ssh's own default
+_KEY_KEYWORDS = {
+    "proxycommand": ("ProxyCommand", _SET),
+    "certificatefile": ("CertificateFile", _SET),
+    "identityagent": ("IdentityAgent", _SET),
+    "pkcs11provider": ("PKCS11Provider", _SET),
+    "revokedhostkeys": ("RevokedHostKeys", _SET),
+    "pubkeyacceptedalgorithms": ("PubkeyAcceptedAlgorithms", _DEFAULT),
+    "pubkeyacceptedkeytypes": ("PubkeyAcceptedKeyTypes", _DEFAULT),
+    "hostkeyalgorithms": ("HostKeyAlgorithms", _DEFAULT),
+    "pubkeyauthentication": ("PubkeyAuthentication", _DEFAULT),
+    "hostbasedauthentication": ("HostbasedAuthentication", _DEFAULT),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _ssh_defaults() -> SshConfig:
+    """What ``ssh -G`` says with no config at all: ssh's own defaults."""
+    return _ssh_g("sp-deploy-defaults.invalid", None, None, "/dev/null")
+
+
+def paramiko_refuses(values: SshConfig) -> list[str]:
+    """The keywords of the resolved config that change which key, account or host key ssh
+    uses and that paramiko does not implement (empty: paramiko connects as ssh would)."""
+    found = []
+    for key, (name, rule) in _KEY_KEYWORDS.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if rule == _SET:
+            if key == "identityagent" and value[0] in ("none", "SSH_AUTH_SOCK"):
+                continue  # no agent / the usual one: paramiko does the same
+            if key == "identityagent" and value[0] == os.environ.get("SSH_AUTH_SOCK"):
+                continue
+            if value[0] != "none":
+                found.append(name)
+        elif value != _ssh_defaults().get(key, value):
+            found.append(name)
+    return found
+
+
 def paramiko_cannot(values: SshConfig) -> list[str]:
     """What the resolved config asks for that only OpenSSH can do (empty: paramiko can)."""
     first = {key: found[0] for key, found in values.items()}
-    reasons = []
-    if first.get("proxycommand", "none") != "none":
-        reasons.append("ProxyCommand")
+    reasons = paramiko_refuses(values)
     if first.get("controlmaster", "false") != "false":
         reasons.append("ControlMaster")
-    if "certificatefile" in values:  # paramiko finds only KEY-cert.pub, beside its key
-        reasons.append("CertificateFile")
     keys = [os.path.expanduser(path) for path in values.get("identityfile", [])]
     if any(_is_sk_key(key) for key in keys):
         reasons.append("a FIDO (sk-) key")
@@ -136,40 +186,89 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         return values.get(key, [default])[0]
 
     jump = one("proxyjump", "none")
-    if one("proxycommand", "none") != "none":
+    refused = paramiko_refuses(values)
+    if refused:
         raise UsageError(
-            f"{spec}: the paramiko transport cannot use ProxyCommand; use --transport openssh "
-            "(or auto), or ProxyJump"
+            f"{spec}: the paramiko transport does not implement {', '.join(refused)} (in this "
+            "host's ssh config), which changes the key, account or host key ssh would use; use "
+            "--transport openssh (or auto)"
         )
     hostname, port_text, remote_user = one("hostname", host), one("port", "22"), one("user")
+    alias = one("hostkeyalias", "none")
     tokens = {
         "h": hostname,
         "n": host,
         "p": port_text,
         "r": remote_user,
         "j": "" if jump == "none" else jump,
+        "k": host if alias == "none" else alias,
     }
-    identity_files = tuple(expand_path_tokens(p, tokens) for p in values.get("identityfile", []))
+    identity_files = tuple(values.get("identityfile", []))
+    if any("%C" in path for path in identity_files):
+        tokens["C"] = _connection_hash(spec, options)
+    identity_files = tuple(expand_path_tokens(p, tokens) for p in identity_files)
     if options.identity:
         identity_files = (os.path.expanduser(options.identity),)
         check_identity(identity_files[0])
+    user_files, global_files = host_key_files(values, options)
     return Target(
         hostname=hostname,
         port=int(port_text),
         user=remote_user,
         identity_files=identity_files,
-        identities_only=one("identitiesonly", "no") == "yes" or bool(options.identity),
+        identities_only=one("identitiesonly", "no") == "yes"
+        or one("identityagent", "") == "none"
+        or bool(options.identity),
         proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
-        known_hosts=options.known_hosts
-        or Path(os.path.expanduser(one("userknownhostsfile", "~/.ssh/known_hosts").split()[0])),
+        known_hosts=user_files[0],
+        known_hosts_files=user_files + global_files,
+        host_key_name=alias if alias != "none" else known_hosts_name(hostname, int(port_text)),
+        hash_known_hosts=one("hashknownhosts", "no") == "yes",
     )
+
+
+def _connection_hash(spec: str, options: ConnectOptions) -> str:
+    """ssh's %C for ``spec`` (a hash whose inputs vary with the ssh version): ssh says it."""
+    user, host, port = parse_spec(spec)
+    config = options.config_file
+    login, port = options.login or user, options.port or port
+    said = _ssh_g(host, login, port, config, ("-o", "ControlPath=%C"))
+    return said.get("controlpath", [""])[0]
+
+
+_NO_FILE = ("/dev/null", "none")
+
+
+def host_key_files(
+    values: SshConfig, options: ConnectOptions
+) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """The known_hosts files a host key is checked against, the user's (the first is where
+    ``--accept-new`` records) and the global ones: ``--known-hosts FILE`` or the config's
+    UserKnownHostsFile (all its files), then its GlobalKnownHostsFile, as ssh reads them.
+    What would turn the check off does not: a UserKnownHostsFile of /dev/null (or none) means ssh's default files, and
+    StrictHostKeyChecking, KnownHostsCommand, CheckHostIP, UpdateHostKeys, VerifyHostKeyDNS
+    and NoHostAuthenticationForLocalhost are not read (the openssh transport overrides them).
+    """
+
+    def listed(key: str) -> list[str]:
+        words = " ".join(values.get(key, [])).split()
+        return [os.path.expanduser(w) for w in words if w not in _NO_FILE]
+
+    if options.known_hosts is not None:
+        user = [str(options.known_hosts)]
+    else:
+        user = listed("userknownhostsfile") or [
+            os.path.expanduser(p) for p in ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+        ]
+    return tuple(map(Path, user)), tuple(map(Path, listed("globalknownhostsfile")))
 
 
 def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
     """An IdentityFile path with OpenSSH's %-tokens and ``~`` expanded, as ssh does it.
 
-    ``remote`` gives h (HostName), n (the host as given), p (port), r (remote user) and j
-    (ProxyJump); the local ones (d, u, i, l, L) are this machine's; %% is a percent sign.
+    ``remote`` gives h (HostName), n (the host as given), p (port), r (remote user), j
+    (ProxyJump), k (HostKeyAlias, else n) and C (ssh's connection hash); the local ones
+    (d, u, i, l, L) are this machine's; %% is a percent sign.
     """
     import getpass
     import socket
@@ -178,7 +277,7 @@ def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
         "d": os.path.expanduser("~"),
         "u": getpass.getuser(),
         "i": str(os.getuid()),
-        "l": socket.getfqdn(),
+        "l": socket.gethostname(),  # ssh's %l: gethostname(), with its domain if it has one
         "L": socket.gethostname().split(".")[0],
         "%": "%",
     }

@@ -42,8 +42,10 @@ from solverpilot_deploy.ssh import (
     ConnectOptions,
     SshConfig,
     check_identity,
+    host_key_files,
     known_hosts_name,
     parse_spec,
+    ssh_config,
 )
 from solverpilot_deploy.transport import Session, Started
 
@@ -70,12 +72,16 @@ def terminal_attached() -> bool:
     return True
 
 
-def _option(name: str, value: str) -> list[str]:
-    """``-o Name="value"`` for a path: ssh splits a value at blanks unless it is quoted, and
-    expands %-tokens in it (a literal % is %%); a double quote cannot be passed at all."""
-    if '"' in value:
-        raise UsageError(f"the openssh transport cannot pass a path with a double quote: {value}")
-    return ["-o", f'{name}="{value.replace("%", "%%")}"']
+def _option(name: str, *values: str) -> list[str]:
+    """``-o Name="value" ...`` for paths: ssh splits a value at blanks unless it is quoted,
+    and expands %-tokens in it (a literal % is %%); a double quote cannot be passed at all."""
+    for value in values:
+        if '"' in value:
+            raise UsageError(
+                f"the openssh transport cannot pass a path with a double quote: {value}"
+            )
+    quoted = " ".join(f'"{value.replace("%", "%%")}"' for value in values)
+    return ["-o", f"{name}={quoted}"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +111,26 @@ def _session(ssh: str, kind: str) -> list[str]:
     return ["-N"] if kind == "none" else []
 
 
-def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str], str]:
+def _host_key_options(ssh: str, values: SshConfig, options: ConnectOptions) -> list[str]:
+    """The host key check, on the command line (where it wins over any config): the same
+    known_hosts files as the paramiko transport (ssh.host_key_files), an unknown key refused
+    unless --accept-new, a changed one always; nothing else may vouch for a key (DNS, a
+    KnownHostsCommand, "localhost needs none") or rewrite the files (UpdateHostKeys)."""
+    user, known = host_key_files(values, options)
+    argv = _option("UserKnownHostsFile", *map(str, user))
+    argv += _option("GlobalKnownHostsFile", *map(str, known or ["/dev/null"]))
+    strict = "accept-new" if options.accept_new else "yes"
+    argv += ["-o", f"StrictHostKeyChecking={strict}", "-o", "CheckHostIP=no"]
+    argv += ["-o", "UpdateHostKeys=no", "-o", "VerifyHostKeyDNS=no"]
+    argv += ["-o", "NoHostAuthenticationForLocalhost=no"]
+    if _client_version(ssh) >= (8, 5):
+        argv += ["-o", "KnownHostsCommand=none"]
+    return argv
+
+
+def base_argv(
+    spec: str, options: ConnectOptions, batch: bool, values: SshConfig
+) -> tuple[list[str], str]:
     """The ssh command line up to the destination, and the destination."""
     ssh = shutil.which("ssh")
     if ssh is None:
@@ -122,10 +147,7 @@ def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str
         key = os.path.expanduser(options.identity)
         check_identity(key)
         argv += [*_option("IdentityFile", key), "-o", "IdentitiesOnly=yes"]
-    if options.known_hosts is not None:
-        argv += _option("UserKnownHostsFile", str(options.known_hosts))
-    if options.accept_new:
-        argv += ["-o", "StrictHostKeyChecking=accept-new"]
+    argv += _host_key_options(ssh, values, options)
     if batch:
         argv += ["-o", "BatchMode=yes"]
     return argv, host
@@ -404,7 +426,9 @@ def connect_openssh(
 ) -> Iterator[Session]:
     """A Session to ``spec`` through one master connection; closed on exit."""
     batch = not terminal_attached()
-    argv, host = base_argv(spec, options, batch)
+    if values is None:
+        values = ssh_config(spec, options)
+    argv, host = base_argv(spec, options, batch, values)
     session = OpenSSHSession(argv, host, batch)
     started(session)
     try:

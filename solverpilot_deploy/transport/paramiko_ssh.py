@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from solverpilot_deploy.errors import (
@@ -22,9 +21,11 @@ from solverpilot_deploy.errors import (
     HostError,
     HostKeyError,
     HostTimeoutError,
+    OutputError,
     RemoteCommandError,
     UnreachableError,
 )
+from solverpilot_deploy.localfiles import append_line
 from solverpilot_deploy.ssh import (
     MAX_ANSWER,
     MAX_STDERR,
@@ -51,7 +52,7 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def _host_key_policy(options: ConnectOptions, known_hosts: Path) -> paramiko.MissingHostKeyPolicy:
+def _host_key_policy(options: ConnectOptions, target: Target) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
@@ -60,23 +61,46 @@ def _host_key_policy(options: ConnectOptions, known_hosts: Path) -> paramiko.Mis
         ) -> None:
             if not options.accept_new:
                 raise HostKeyError(
-                    f"unknown host key for {hostname} ({_fingerprint(key)}); check it, then "
-                    "re-run with --accept-new to trust and record it"
+                    f"unknown host key for {target.host_key_name} ({_fingerprint(key)}); "
+                    "check it, then re-run with --accept-new to trust and record it"
                 )
-            record_host_key(known_hosts, hostname, key)
+            record_host_key(target, key)
 
     return Policy()
 
 
-def record_host_key(path: Path, name: str, key: paramiko.PKey) -> None:
-    """Append ``name key`` to a known_hosts file, as OpenSSH's accept-new does."""
+def _load_known_keys(found: paramiko.HostKeys, target: Target, sock_name: str) -> None:
+    """Into ``found``, the keys every known_hosts file of ``target`` holds for its host key
+    name (its HostKeyAlias, else ``[host]:port``), filed under ``sock_name``, the name paramiko
+    looks up. Of several keys of one type, the first file's (ssh reads them in that order)."""
+    import paramiko
+
+    for path in target.known_hosts_files:
+        if not path.exists():
+            continue
+        try:
+            keys = paramiko.HostKeys(str(path))
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise HostKeyError(f"cannot read {path}: {exc}") from exc
+        for kind, key in (keys.lookup(target.host_key_name) or {}).items():
+            known = found.lookup(sock_name)
+            if known is None or kind not in known:
+                found.add(sock_name, kind, key)
+
+
+def record_host_key(target: Target, key: paramiko.PKey) -> None:
+    """Append the host's key to the first known_hosts file, as OpenSSH's accept-new does
+    (its name hashed under HashKnownHosts); a link or fifo planted there is refused."""
+    import paramiko
+
+    name = target.host_key_name
+    if target.hash_known_hosts:
+        name = paramiko.HostKeys.hash_host(name)
     with _KNOWN_HOSTS_LOCK:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = path.read_text() if path.exists() else ""
-        with path.open("a") as handle:
-            if text and not text.endswith("\n"):
-                handle.write("\n")
-            handle.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+        try:
+            append_line(target.known_hosts, f"{name} {key.get_name()} {key.get_base64()}\n")
+        except OutputError as exc:
+            raise HostKeyError(f"cannot record the host key: {exc}") from exc
 
 
 class ParamikoSession(Session):
@@ -152,14 +176,10 @@ def _connect_one(
     import paramiko
 
     client = paramiko.SSHClient()
-    if target.known_hosts.exists():
-        try:
-            client.load_host_keys(str(target.known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read {target.known_hosts}: {exc}") from exc
-    client.set_missing_host_key_policy(_host_key_policy(options, target.known_hosts))
+    name = known_hosts_name(target.hostname, target.port)  # what paramiko looks up
+    _load_known_keys(client.get_host_keys(), target, name)
+    client.set_missing_host_key_policy(_host_key_policy(options, target))
     keys = [p for p in target.identity_files if os.path.exists(p)]
-    name = known_hosts_name(target.hostname, target.port)
 
     session.clients.append(client)  # from now on, abort() closes it, also while it connects
     for attempt in range(BANNER_RETRIES + 1):
@@ -209,9 +229,9 @@ def _connect_error(
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
         return HostKeyError(
-            f"host key for {name} has CHANGED (now {_fingerprint(exc.key)}); refusing to "
-            f"connect: if the change is expected, remove the old entry from "
-            f"{target.known_hosts}"
+            f"host key for {target.host_key_name} has CHANGED (now {_fingerprint(exc.key)}); "
+            "refusing to connect: if the change is expected, remove the old entry from "
+            f"{' or '.join(str(p) for p in target.known_hosts_files if p.exists())}"
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthenticationError(f"{target.user}@{name}: {exc}")
