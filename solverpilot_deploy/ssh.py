@@ -245,9 +245,10 @@ def host_key_files(
     """The known_hosts files a host key is checked against, the user's (the first is where
     ``--accept-new`` records) and the global ones: ``--known-hosts FILE`` or the config's
     UserKnownHostsFile (all its files), then its GlobalKnownHostsFile, as ssh reads them.
-    What would turn the check off does not: a UserKnownHostsFile of /dev/null (or none) means ssh's default files, and
-    StrictHostKeyChecking, KnownHostsCommand, CheckHostIP, UpdateHostKeys, VerifyHostKeyDNS
-    and NoHostAuthenticationForLocalhost are not read (the openssh transport overrides them).
+    What would turn the check off does not: a UserKnownHostsFile of /dev/null (or none)
+    means ssh's default files, and StrictHostKeyChecking, KnownHostsCommand, CheckHostIP,
+    UpdateHostKeys, VerifyHostKeyDNS and NoHostAuthenticationForLocalhost are not read (the
+    openssh transport overrides them on its command line).
     """
 
     def listed(key: str) -> list[str]:
