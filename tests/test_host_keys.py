@@ -329,11 +329,12 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
     stale.write_text(stale_line(server, keys))
     config = folder / "config"
     plain = base_config(server, keys.one)
+    aliased = f"  UserKnownHostsFile {folder}/alias_hosts\n  HostKeyAlias "
     extra = {
         "plain": f"  UserKnownHostsFile {good}\n",
-        "alias": f"  HostKeyAlias myalias\n  UserKnownHostsFile {folder}/alias_hosts\n",
-        "alias, key changed": f"  HostKeyAlias stale-alias\n  UserKnownHostsFile {folder}/alias_hosts\n",
-        "alias, unknown": f"  HostKeyAlias nobody-knows\n  UserKnownHostsFile {folder}/alias_hosts\n",
+        "alias": f"{aliased}myalias\n",
+        "alias, key changed": f"{aliased}stale-alias\n",
+        "alias, unknown": f"{aliased}nobody-knows\n",
         "second user file": f"  UserKnownHostsFile {empty} {good}\n",
         "stale second user file": f"  UserKnownHostsFile {empty} {stale}\n",
         "global file": f"  UserKnownHostsFile {empty}\n  GlobalKnownHostsFile {good}\n",
