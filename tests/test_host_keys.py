@@ -447,3 +447,60 @@ def test_accept_new_records_under_the_alias_and_hashed_as_ssh_does(
     assert found.returncode == 0 and host_line(server).split()[2] in found.stdout
     # and ssh itself accepts what was recorded
     assert ssh_outcome(server, config)[0] == "login"
+
+
+@pytest.fixture(scope="module")
+def hop(lab: Lab, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A jump host (same user), which forwards to the others."""
+    started = Sshd(tmp_path_factory.mktemp("hk-hop"), USER, log_level="INFO").start()
+    yield started
+    started.stop()
+
+
+@pytest.mark.parametrize("broken", ["first hop", "second hop"])
+def test_a_jump_host_whose_key_changed_is_refused_whatever_its_config_says(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    keys: Keys,
+    server: Sshd,
+    hop: Sshd,
+    transport: str,
+    tmp_path: Path,
+    broken: str,
+) -> None:
+    """box through hop1 then hop2 (the same sshd under two names): the config lets a
+    KnownHostsCommand vouch for any key of the hops, whose recorded key is stale; box's is
+    right. (A changed key under StrictHostKeyChecking no is refused by ssh's -W itself.)"""
+    known = tmp_path / "known_hosts"
+    config = tmp_path / "config"
+    hops = ""
+    for name in ("hop1", "hop2"):
+        hops += (
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {hop.port}\n  User {USER}\n"
+            f"  IdentityFile {keys.one}\n  IdentitiesOnly yes\n  HostKeyAlias {name}\n"
+            f"  UserKnownHostsFile {known}\n  KnownHostsCommand /bin/echo %H %t %K\n"
+        )
+    config.write_text(
+        base_config(server, keys.one)
+        + f"  UserKnownHostsFile {known}\n  ProxyJump hop1,hop2\n"
+        + hops
+        + "Host *\n  StrictHostKeyChecking no\n  BatchMode yes\n"
+    )
+    good = host_line(server) + host_line(hop, "hop1") + host_line(hop, "hop2")
+    known.write_text(good)
+    # the config and the hops work: sp-deploy goes through them when every key is right
+    code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
+    assert code == 0 and results[0]["status"] == "deployed", results
+    (Path(lab.users[USER].pw_dir) / WRAPPER).unlink()
+    stale_hop = "hop1" if broken == "first hop" else "hop2"
+    known.write_text(good.replace(host_line(hop, stale_hop), stale_line(hop, keys, stale_hop)))
+    assert ssh_outcome(server, config)[0] == "login"  # ssh itself, with this config, goes on
+    before = known.read_text()
+    code, results = sp_json(
+        capsys, "push", "box", "-F", str(config), "--transport", transport, "--accept-new"
+    )
+    error = str(results[0]["error"])
+    assert code == 1 and "has CHANGED" in error and stale_hop in error, results
+    assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
+    assert known.read_text() == before

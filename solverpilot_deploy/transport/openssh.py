@@ -14,11 +14,13 @@ Failures are read from ssh's exit status 255 and its last words on stderr.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
 import re
 import selectors
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -150,7 +152,40 @@ def base_argv(
     argv += _host_key_options(ssh, values, options)
     if batch:
         argv += ["-o", "BatchMode=yes"]
+    jumps = values.get("proxyjump", ["none"])[0]
+    if jumps != "none":
+        argv += ["-o", f"ProxyCommand={_jump_command(ssh, jumps.split(','), options, batch)}"]
     return argv, host
+
+
+def _jump_command(ssh: str, jumps: list[str], options: ConnectOptions, batch: bool) -> str:
+    """A ProxyCommand that reaches %h:%p as ProxyJump ``jumps`` would (each hop through the
+    ones before it), but with every hop's host key checked as the destination's is: ssh's own
+    ProxyJump runs ``ssh -W`` with none of our -o, so a jump host's config could turn its
+    check off. Jump hosts take their account, port and key from the config, not -l/-p/-i,
+    as with the paramiko transport. The command is run by a shell and its %-tokens expanded
+    by the ssh that runs it: a hop's command inside the next one is escaped once more."""
+    hop_options = dataclasses.replace(options, identity=None, login=None, port=None)
+    command = ""
+    for jump in (j.strip() for j in jumps):
+        user, host, port = parse_spec(jump)
+        values = ssh_config(jump, hop_options)
+        argv = [ssh, *_neutral_options(ssh)[2:]]  # -W: no ClearAllForwardings
+        if options.config_file:
+            argv += ["-F", options.config_file.replace("%", "%%")]
+        if user:
+            argv += ["-l", user]
+        if port:
+            argv += ["-p", str(port)]
+        argv += _host_key_options(ssh, values, hop_options)
+        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        if batch:
+            argv += ["-o", "BatchMode=yes"]
+        if command:
+            argv += ["-o", f"ProxyCommand={command.replace('%', '%%')}"]
+        argv += ["-W", "[%h]:%p", "--", host]
+        command = " ".join(shlex.quote(word) for word in argv)
+    return command
 
 
 def ssh_failed(stderr: str) -> bool:
@@ -167,6 +202,10 @@ def classify(stderr: str, name: str) -> HostError:
     where = re.search(r"^debug1: Connecting to \S+ \[(\S+)\] port (\d+)", stderr, re.MULTILINE)
     if where:
         name = known_hosts_name(where[1], int(where[2]))
+    # a jump host's (the ssh of the ProxyCommand) names itself
+    named = re.search(r"^(?:Host key for|No \S+ host key is known for) (\S+)", stderr, re.M)
+    if named:
+        name = named[1]
     fingerprint = f" ({key[1]})" if key else ""
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
         return HostKeyError(
