@@ -187,6 +187,11 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
 
     jump = one("proxyjump", "none")
     refused = paramiko_refuses(values)
+    if "ProxyCommand" in refused:
+        raise UsageError(
+            f"{spec}: the paramiko transport cannot use ProxyCommand; use --transport openssh "
+            "(or auto), or ProxyJump"
+        )
     if refused:
         raise UsageError(
             f"{spec}: the paramiko transport does not implement {', '.join(refused)} (in this "
