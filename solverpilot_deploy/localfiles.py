@@ -44,7 +44,9 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def check_planted(folder_fd: int, entry: os.stat_result, shown: str, name: str) -> None:
+def check_planted(
+    folder_fd: int, entry: os.stat_result, shown: str, name: str, doing: str = "write"
+) -> None:
     """Refuse ``entry`` (named ``name`` in the folder ``folder_fd``) when the folder is
     writable by every user and the entry is owned by neither this user nor the folder's
     owner: another user may have planted it there (the kernel's protected_* rule)."""
@@ -54,13 +56,13 @@ def check_planted(folder_fd: int, entry: os.stat_result, shown: str, name: str) 
     if entry.st_uid in (os.geteuid(), folder.st_uid):
         return
     raise OutputError(
-        f"refusing to write {shown}: {name} is a {_kind(entry.st_mode)} owned by "
+        f"refusing to {doing} {shown}: {name} is a {_kind(entry.st_mode)} owned by "
         f"{_owner(entry.st_uid)} in a folder every user can write (it may have been planted "
         "there); remove it or choose another path"
     )
 
 
-def walk(path: str) -> tuple[int, str, bool]:
+def walk(path: str, doing: str = "write") -> tuple[int, str, bool]:
     """An open fd of the folder that holds ``path``'s last component once every symlink on
     the way is followed (each checked by check_planted), that component's name, and whether
     it is a /proc "magic" link (a pipe or socket: only opening it reaches it). The caller
@@ -81,7 +83,7 @@ def walk(path: str) -> tuple[int, str, bool]:
                     return fd, name, False
                 raise
             if stat.S_ISLNK(entry.st_mode):
-                check_planted(fd, entry, shown, name)
+                check_planted(fd, entry, shown, name, doing)
                 links += 1
                 if links > _MAX_LINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
@@ -209,5 +211,28 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
             os.close(out)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+
+
+def check_trusted(path: str | os.PathLike[str]) -> None:
+    """Refuse to trust ``path`` (a file read as this user's word, e.g. known_hosts) when it
+    or a symlink on the way to it was planted by another user in a folder every user can
+    write, or when every user can write it. A missing file passes."""
+    path = os.fspath(path)
+    try:
+        fd, name, magic = walk(path, "trust")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        check_planted(fd, entry, path, name, doing="trust")
+        if not magic and entry.st_mode & stat.S_IWOTH and not stat.S_ISCHR(entry.st_mode):
+            raise OutputError(f"refusing to trust {path}: every user can write it")
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from solverpilot_deploy.errors import AuthenticationError, UsageError
+from solverpilot_deploy.errors import AuthenticationError, HostKeyError, OutputError, UsageError
 
 MAX_ANSWER = 64 << 20  # bytes of stdout one command may send (status of 10,000 jobs: ~4 MiB)
 MAX_STDERR = 64 << 10  # the end of stderr that is kept
@@ -267,6 +267,18 @@ def host_key_files(
             os.path.expanduser(p) for p in ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
         ]
     return tuple(map(Path, user)), tuple(map(Path, listed("globalknownhostsfile")))
+
+
+def check_known_hosts(files: tuple[Path, ...]) -> None:
+    """A known_hosts file another user planted (or a link to one), or one every user can
+    write, would make sp-deploy trust their key: HostKeyError."""
+    from solverpilot_deploy.localfiles import check_trusted
+
+    for path in files:
+        try:
+            check_trusted(path)
+        except OutputError as exc:
+            raise HostKeyError(str(exc)) from exc
 
 
 def expand_path_tokens(path: str, remote: dict[str, str]) -> str:

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -504,3 +505,43 @@ def test_a_jump_host_whose_key_changed_is_refused_whatever_its_config_says(
     assert code == 1 and "has CHANGED" in error and stale_hop in error, results
     assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
     assert known.read_text() == before
+
+
+@pytest.fixture
+def sticky() -> Iterator[Path]:
+    """A folder like /tmp: sticky and writable by every user."""
+    folder = Path(tempfile.mkdtemp(prefix="sp-sticky-", dir="/tmp"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_known_hosts_file_another_user_planted_is_not_trusted_nor_written(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    keys: Keys,
+    server: Sshd,
+    transport: str,
+    tmp_path: Path,
+    sticky: Path,
+) -> None:
+    """--known-hosts /tmp/NAME: another user made it first (a file of theirs holding the key
+    they want trusted, or a link to a file of the victim's)."""
+    evil = ensure_test_user(lab_user_name("spevil_"))
+    planted = sticky / "known_hosts"
+    script = f"cat > {planted}"
+    assert run_as(evil, "sh", "-c", script, input=host_line(server)).returncode == 0
+    argv = ("push", server.spec, "-i", str(keys.one), "--transport", transport)
+    code, results = sp_json(capsys, *argv, "--known-hosts", str(planted))
+    error = str(results[0]["error"])
+    assert code == 1 and error.startswith("host key: refusing to trust"), results
+    assert f"owned by {evil.pw_name}" in error
+    assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
+    planted.unlink()
+    mine = tmp_path / "victims_file"
+    mine.write_text("precious\n")
+    assert run_as(evil, "ln", "-s", str(mine), str(planted)).returncode == 0
+    code, results = sp_json(capsys, *argv, "--known-hosts", str(planted), "--accept-new")
+    assert code == 1 and "refusing to trust" in str(results[0]["error"]), results
+    assert mine.read_text() == "precious\n"

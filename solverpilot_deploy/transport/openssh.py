@@ -34,16 +34,19 @@ from solverpilot_deploy.errors import (
     HostError,
     HostKeyError,
     HostTimeoutError,
+    OutputError,
     RemoteCommandError,
     UnreachableError,
     UsageError,
 )
+from solverpilot_deploy.localfiles import append_line
 from solverpilot_deploy.ssh import (
     MAX_ANSWER,
     MAX_STDERR,
     ConnectOptions,
     SshConfig,
     check_identity,
+    check_known_hosts,
     host_key_files,
     known_hosts_name,
     parse_spec,
@@ -119,6 +122,13 @@ def _host_key_options(ssh: str, values: SshConfig, options: ConnectOptions) -> l
     unless --accept-new, a changed one always; nothing else may vouch for a key (DNS, a
     KnownHostsCommand, "localhost needs none") or rewrite the files (UpdateHostKeys)."""
     user, known = host_key_files(values, options)
+    check_known_hosts(user + known)
+    if options.accept_new and not user[0].exists():
+        # created here, exclusively: ssh would write through a link planted there meanwhile
+        try:
+            append_line(user[0], "")
+        except OutputError as exc:
+            raise HostKeyError(f"cannot record the host key: {exc}") from exc
     argv = _option("UserKnownHostsFile", *map(str, user))
     argv += _option("GlobalKnownHostsFile", *map(str, known or ["/dev/null"]))
     strict = "accept-new" if options.accept_new else "yes"

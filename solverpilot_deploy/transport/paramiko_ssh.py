@@ -32,6 +32,7 @@ from solverpilot_deploy.ssh import (
     ConnectOptions,
     SshConfig,
     Target,
+    check_known_hosts,
     known_hosts_name,
     resolve,
 )
@@ -75,6 +76,7 @@ def _load_known_keys(found: paramiko.HostKeys, target: Target, sock_name: str) -
     looks up. Of several keys of one type, the first file's (ssh reads them in that order)."""
     import paramiko
 
+    check_known_hosts(target.known_hosts_files)
     for path in target.known_hosts_files:
         if not path.exists():
             continue
