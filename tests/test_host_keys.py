@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,9 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
         "no file knows it": f"  UserKnownHostsFile {empty}\n  GlobalKnownHostsFile {empty}\n",
         "IdentityFile %k": f"  UserKnownHostsFile {good}\n",
         "IdentityFile %C": f"  UserKnownHostsFile {good}\n",
+        "IdentityFile %l": f"  UserKnownHostsFile {good}\n",
+        "IdentityAgent elsewhere": f"  UserKnownHostsFile {good}\n"
+        f"  IdentityAgent {folder}/no-agent.sock\n",
         "PubkeyAcceptedAlgorithms": f"  UserKnownHostsFile {good}\n"
         "  PubkeyAcceptedAlgorithms rsa-sha2-512\n",
         "HostKeyAlgorithms": f"  UserKnownHostsFile {good}\n  HostKeyAlgorithms ssh-ed25519\n",
@@ -358,7 +362,7 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
         )
         config.write_text(plain + extra)
         # the key %k (the host as given: box) or %C names is key two; key one is elsewhere
-        named = "box" if token == "%k" else connection_hash(config)
+        named = {"%k": "box", "%l": socket.gethostname()}.get(token) or connection_hash(config)
         shutil.copy(keys.two, folder / f"{named}.id")
         return config
     config.write_text(plain + extra)
@@ -377,12 +381,19 @@ MATRIX = (
     "no file knows it",
     "IdentityFile %k",
     "IdentityFile %C",
+    "IdentityFile %l",
+    "IdentityAgent elsewhere",
     "PubkeyAcceptedAlgorithms",
     "HostKeyAlgorithms",
     "PubkeyAuthentication no",
 )
 # paramiko does not implement these: it refuses, naming the keyword; auto picks openssh
-PARAMIKO_REFUSES = {"PubkeyAcceptedAlgorithms", "HostKeyAlgorithms", "PubkeyAuthentication no"}
+PARAMIKO_REFUSES = {
+    "PubkeyAcceptedAlgorithms",
+    "HostKeyAlgorithms",
+    "PubkeyAuthentication no",
+    "IdentityAgent elsewhere",
+}
 
 
 @pytest.mark.parametrize("name", MATRIX)
