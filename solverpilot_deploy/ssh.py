@@ -323,6 +323,21 @@ def check_identity(path: str) -> None:
         raise AuthenticationError(f"cannot read key {path}: {exc.strerror}") from exc
     if re.match(rb"^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ AAAA", head):
         raise AuthenticationError(f"{path} is a public key; give its private key to -i")
+    if not key_permissions_ok(path):
+        mode = os.stat(path).st_mode & 0o777
+        raise AuthenticationError(
+            f"{path}: permissions {mode:04o} are too open: ssh ignores such a key (chmod 600 it)"
+        )
+
+
+def key_permissions_ok(path: str) -> bool:
+    """ssh's rule for a private key file: one of this user's that others may read or write
+    is ignored ("UNPROTECTED PRIVATE KEY FILE"). The paramiko transport skips it too."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return True  # reading it will say why
+    return found.st_uid != os.getuid() or not found.st_mode & 0o077
 
 
 def remaining(deadline: float) -> float:

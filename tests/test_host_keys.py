@@ -345,6 +345,7 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
         "IdentityFile %k": f"  UserKnownHostsFile {good}\n",
         "IdentityFile %C": f"  UserKnownHostsFile {good}\n",
         "IdentityFile %l": f"  UserKnownHostsFile {good}\n",
+        "a key file others can read": f"  UserKnownHostsFile {good}\n",
         "IdentityAgent elsewhere": f"  UserKnownHostsFile {good}\n"
         f"  IdentityAgent {folder}/no-agent.sock\n",
         "PubkeyAcceptedAlgorithms": f"  UserKnownHostsFile {good}\n"
@@ -355,6 +356,14 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
     (folder / "alias_hosts").write_text(
         host_line(server, "myalias") + stale_line(server, keys, "stale-alias") + host_line(server)
     )
+    if name == "a key file others can read":  # key two, first, 0644: ssh skips it
+        shutil.copy(keys.two, folder / "open.id")
+        (folder / "open.id").chmod(0o644)
+        first = f"  IdentityFile {folder}/open.id\n"
+        config.write_text(plain.replace(f"  IdentityFile {keys.one}", first.rstrip()) + extra)
+        with config.open("a") as handle:
+            handle.write(f"  IdentityFile {keys.one}\n")
+        return config
     if name.startswith("IdentityFile"):
         token = name.split()[-1]
         plain = plain.replace(
@@ -382,6 +391,7 @@ MATRIX = (
     "IdentityFile %k",
     "IdentityFile %C",
     "IdentityFile %l",
+    "a key file others can read",
     "IdentityAgent elsewhere",
     "PubkeyAcceptedAlgorithms",
     "HostKeyAlgorithms",

@@ -33,6 +33,7 @@ from solverpilot_deploy.ssh import (
     SshConfig,
     Target,
     check_known_hosts,
+    key_permissions_ok,
     known_hosts_name,
     resolve,
 )
@@ -181,7 +182,8 @@ def _connect_one(
     name = known_hosts_name(target.hostname, target.port)  # what paramiko looks up
     _load_known_keys(client.get_host_keys(), target, name)
     client.set_missing_host_key_policy(_host_key_policy(options, target))
-    keys = [p for p in target.identity_files if os.path.exists(p)]
+    # as ssh: a key file others can read is skipped (-i KEY: check_identity said so)
+    keys = [p for p in target.identity_files if os.path.exists(p) and key_permissions_ok(p)]
 
     session.clients.append(client)  # from now on, abort() closes it, also while it connects
     for attempt in range(BANNER_RETRIES + 1):
