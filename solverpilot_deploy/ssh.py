@@ -7,7 +7,9 @@ connect with what this module resolves.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hmac
 import os
 import re
 import shutil
@@ -53,6 +55,9 @@ class Target:
     known_hosts: Path  # where --accept-new records a key
     known_hosts_files: tuple[Path, ...] = ()  # every file a host key is checked against
     host_key_name: str = ""  # the name it is looked up (and recorded) under
+    # on a port other than 22 without HostKeyAlias, ssh also trusts a key recorded for the
+    # host without its port (never as "changed", only as a match): that name, else ""
+    port_less_name: str = ""
     hash_known_hosts: bool = False  # HashKnownHosts: record the name hashed
 
 
@@ -216,6 +221,12 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         identity_files = (os.path.expanduser(options.identity),)
         check_identity(identity_files[0])
     user_files, global_files = host_key_files(values, options)
+    authority = paramiko_cannot_check(spec, values, options)
+    if authority:
+        raise UsageError(
+            f"{spec}: the paramiko transport does not implement {authority[0]}, which ssh "
+            "checks this host's key against; use --transport openssh (or auto)"
+        )
     return Target(
         hostname=hostname,
         port=int(port_text),
@@ -227,7 +238,8 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
         known_hosts=user_files[0],
         known_hosts_files=user_files + global_files,
-        host_key_name=alias if alias != "none" else known_hosts_name(hostname, int(port_text)),
+        host_key_name=host_key_name(spec, values),
+        port_less_name=hostname if alias == "none" and int(port_text) != 22 else "",
         hash_known_hosts=one("hashknownhosts", "no") == "yes",
     )
 
@@ -347,3 +359,78 @@ def remaining(deadline: float) -> float:
 
 def known_hosts_name(hostname: str, port: int) -> str:
     return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+def host_key_name(spec: str, values: SshConfig) -> str:
+    """The name ssh looks a host's key up under: HostKeyAlias, else [HostName]:Port."""
+    _, host, _ = parse_spec(spec)
+    alias = values.get("hostkeyalias", ["none"])[0]
+    if alias != "none":
+        return alias
+    port = values.get("port", ["22"])[0]
+    return known_hosts_name(values.get("hostname", [host])[0], int(port))
+
+
+@dataclass(frozen=True)
+class KnownHost:
+    """One known_hosts line that names a host: its marker ("", "@cert-authority",
+    "@revoked"), key type and base64 key, and the file it is in."""
+
+    marker: str
+    kind: str
+    blob: str
+    path: Path
+
+
+def _pattern_matches(patterns: str, name: str) -> bool:
+    """ssh's match of a known_hosts host field: hashed (|1|salt|hash), or a comma list of
+    patterns with * and ?, a !pattern excluding."""
+    if patterns.startswith("|1|"):
+        try:
+            salt, digest = (base64.b64decode(p) for p in patterns[3:].split("|"))
+        except (ValueError, TypeError):
+            return False
+        return hmac.compare_digest(hmac.new(salt, name.encode(), "sha1").digest(), digest)
+    found = False
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        glob = re.escape(pattern[1:] if negated else pattern)
+        regex = glob.replace(r"\*", ".*").replace(r"\?", ".")
+        if re.fullmatch(regex, name, re.IGNORECASE):
+            if negated:
+                return False
+            found = True
+    return found
+
+
+def known_host_entries(files: tuple[Path, ...], name: str) -> list[KnownHost]:
+    """The lines of ``files`` (in order) that name ``name`` as ssh matches them; lines ssh
+    could not read either are skipped, as ssh skips them."""
+    found = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        for line in text.splitlines():
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            marker = words.pop(0) if words[0].startswith("@") else ""
+            if len(words) < 3 or marker not in ("", "@cert-authority", "@revoked"):
+                continue
+            if _pattern_matches(words[0], name):
+                found.append(KnownHost(marker, words[1], words[2], path))
+    return found
+
+
+def paramiko_cannot_check(spec: str, values: SshConfig, options: ConnectOptions) -> list[str]:
+    """What the host's known_hosts lines ask for that paramiko cannot do: a host certificate
+    checked against a @cert-authority line (empty: paramiko can)."""
+    user, known = host_key_files(values, options)
+    entries = known_host_entries(user + known, host_key_name(spec, values))
+    if any(entry.marker == "@cert-authority" for entry in entries):
+        return ["@cert-authority (in known_hosts)"]
+    return []

@@ -37,6 +37,10 @@ class Keys:
         self.folder = folder
         self.one, self.two = keygen(folder / "one"), keygen(folder / "two")
         self.stale = keygen(folder / "stale")  # a host key no server has
+        self.ecdsa = folder / "ecdsa"  # one of a type no server has
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(self.ecdsa)], check=True
+        )
 
     def fingerprint(self, key: Path) -> str:
         said = subprocess.run(
@@ -84,6 +88,8 @@ def logins(server: Sshd) -> list[tuple[str, str]]:
 
 
 def outcome_of_error(error: str) -> str:
+    if "is REVOKED" in error:
+        return "revoked"
     if "has CHANGED" in error:
         return "changed"
     if "unknown host key" in error:
@@ -133,6 +139,8 @@ def ssh_outcome(server: Sshd, config: Path) -> tuple[object, ...]:
     new = logins(server)[before:]
     if proc.returncode == 0:
         return ("login", *new[0])
+    if "REVOKED HOST KEY" in proc.stderr:
+        return ("revoked", "")
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in proc.stderr:
         return ("changed", "")
     if "Host key verification failed" in proc.stderr:
@@ -346,6 +354,13 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
         "IdentityFile %C": f"  UserKnownHostsFile {good}\n",
         "IdentityFile %l": f"  UserKnownHostsFile {good}\n",
         "a key file others can read": f"  UserKnownHostsFile {good}\n",
+        "a wildcard line": f"  UserKnownHostsFile {folder}/wild_hosts\n",
+        "a negated pattern": f"  UserKnownHostsFile {folder}/negated_hosts\n",
+        "a revoked key": f"  UserKnownHostsFile {folder}/revoked_hosts\n",
+        "recorded without its port": f"  UserKnownHostsFile {folder}/portless_hosts\n",
+        "a stale record without its port": f"  UserKnownHostsFile {folder}/stale_portless\n",
+        "known only with another type": f"  UserKnownHostsFile {folder}/other_type\n",
+        "a stale record, then the right one": f"  UserKnownHostsFile {stale} {good}\n",
         "IdentityAgent elsewhere": f"  UserKnownHostsFile {good}\n"
         f"  IdentityAgent {folder}/no-agent.sock\n",
         "PubkeyAcceptedAlgorithms": f"  UserKnownHostsFile {good}\n"
@@ -356,6 +371,16 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
     (folder / "alias_hosts").write_text(
         host_line(server, "myalias") + stale_line(server, keys, "stale-alias") + host_line(server)
     )
+    kind_blob = " ".join(host_line(server).split()[1:])
+    (folder / "wild_hosts").write_text(f"[127.0.0.1]:* {kind_blob}\n")
+    # ssh also looks the host up without its port (127.0.0.1): excluded too
+    negated = f"*,![127.0.0.1]:{server.port},!127.0.0.1"
+    (folder / "negated_hosts").write_text(f"{negated} {kind_blob}\n")
+    (folder / "revoked_hosts").write_text(host_line(server) + f"@revoked * {kind_blob}\n")
+    (folder / "portless_hosts").write_text(host_line(server, "127.0.0.1"))
+    (folder / "stale_portless").write_text(stale_line(server, keys, "127.0.0.1"))
+    ecdsa = " ".join(Path(f"{keys.ecdsa}.pub").read_text().split()[:2])
+    (folder / "other_type").write_text(f"[127.0.0.1]:{server.port} {ecdsa}\n")
     if name == "a key file others can read":  # key two, first, 0644: ssh skips it
         shutil.copy(keys.two, folder / "open.id")
         (folder / "open.id").chmod(0o644)
@@ -392,6 +417,13 @@ MATRIX = (
     "IdentityFile %C",
     "IdentityFile %l",
     "a key file others can read",
+    "a wildcard line",
+    "a negated pattern",
+    "a revoked key",
+    "recorded without its port",
+    "a stale record without its port",
+    "known only with another type",
+    "a stale record, then the right one",
     "IdentityAgent elsewhere",
     "PubkeyAcceptedAlgorithms",
     "HostKeyAlgorithms",
@@ -430,10 +462,22 @@ def test_both_transports_do_what_ssh_does(
     # the matrix tells the keys and host keys apart: what each config is about shows
     if name.startswith("IdentityFile"):
         assert expected == ("login", USER, keys.fingerprint(keys.two))
-    elif name in ("alias, key changed", "stale second user file", "stale global file"):
+    elif name in (
+        "alias, key changed",
+        "stale second user file",
+        "stale global file",
+        "known only with another type",
+    ):
         assert expected[0] == "changed"
-    elif name in ("alias, unknown", "no file knows it"):
+    elif name in (
+        "alias, unknown",
+        "no file knows it",
+        "a negated pattern",
+        "a stale record without its port",
+    ):
         assert expected[0] == "unknown"
+    elif name == "a revoked key":
+        assert expected[0] == "revoked"
     elif name not in PARAMIKO_REFUSES:
         assert expected == ("login", USER, keys.fingerprint(keys.one))
 

@@ -223,6 +223,10 @@ def classify(stderr: str, name: str) -> HostError:
             "connect: if the change is expected, remove the old entry from known_hosts "
             f"(ssh-keygen -R '{name}')"
         )
+    if "REVOKED HOST KEY" in stderr:
+        return HostKeyError(
+            f"host key for {name}{fingerprint} is REVOKED in known_hosts; refusing to connect"
+        )
     if "Host key verification failed" in stderr:
         return HostKeyError(
             f"unknown host key for {name}{fingerprint}; check it, then re-run with --accept-new "

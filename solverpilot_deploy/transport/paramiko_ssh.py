@@ -7,12 +7,14 @@ ProxyJump hosts are connected in turn, each through a forward of the one before.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,6 +36,7 @@ from solverpilot_deploy.ssh import (
     Target,
     check_known_hosts,
     key_permissions_ok,
+    known_host_entries,
     known_hosts_name,
     resolve,
 )
@@ -54,41 +57,86 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def _host_key_policy(options: ConnectOptions, target: Target) -> paramiko.MissingHostKeyPolicy:
+class _HostKeys:
+    """What the known_hosts files say about one host, matched as ssh matches them: the keys
+    recorded for its name (HostKeyAlias, else [host]:port; hashed, wildcard and negated
+    patterns), the keys a @revoked line names, and the keys recorded for the host without
+    its port (see Target.port_less_name)."""
+
+    def __init__(self, target: Target) -> None:
+        check_known_hosts(target.known_hosts_files)
+        entries = known_host_entries(target.known_hosts_files, target.host_key_name)
+        self.revoked = {e.blob for e in entries if e.marker == "@revoked"}
+        self.known = [(e.kind, e.blob) for e in entries if not e.marker]
+        port_less = []
+        if target.port_less_name:
+            found = known_host_entries(target.known_hosts_files, target.port_less_name)
+            port_less = [(e.kind, e.blob) for e in found if not e.marker]
+        self.port_less = port_less
+
+    def trusts(self, key: paramiko.PKey) -> bool:
+        """ssh's HOST_OK: the key is one of those recorded for the host (or, when none is,
+        one recorded for it without its port), and not revoked."""
+        mine = (key.get_name(), key.get_base64())
+        if mine[1] in self.revoked:
+            return False
+        return mine in self.known or (not self.known and mine in self.port_less)
+
+    def load_into(self, found: paramiko.HostKeys, sock_name: str) -> None:
+        """The first recorded key of each type, under ``sock_name`` (the name paramiko looks
+        up): paramiko then prefers those types and compares the key itself."""
+        import paramiko
+
+        for kind, blob in self.known:
+            if blob in self.revoked:
+                continue
+            try:
+                key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+            except Exception:  # a key type paramiko cannot read, a damaged line: ssh skips it
+                continue
+            known = found.lookup(sock_name)
+            if known is None or kind not in known:
+                found.add(sock_name, kind, key)
+
+
+def _revoked_error(target: Target, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"host key for {target.host_key_name} ({_fingerprint(key)}) is REVOKED in known_hosts; "
+        "refusing to connect"
+    )
+
+
+def _unknown_error(target: Target, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"unknown host key for {target.host_key_name} ({_fingerprint(key)}); "
+        "check it, then re-run with --accept-new to trust and record it"
+    )
+
+
+def _new_key(options: ConnectOptions, target: Target, known: _HostKeys, key: paramiko.PKey) -> None:
+    """A key of a type the host has no recorded key of (ssh's HOST_NEW): trusted when its
+    port-less record matches, recorded with --accept-new, else refused."""
+    if key.get_base64() in known.revoked:
+        raise _revoked_error(target, key)
+    if known.trusts(key):
+        return
+    if not options.accept_new:
+        raise _unknown_error(target, key)
+    record_host_key(target, key)
+
+
+def _host_key_policy(
+    options: ConnectOptions, target: Target, known: _HostKeys
+) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
         def missing_host_key(
             self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
         ) -> None:
-            if not options.accept_new:
-                raise HostKeyError(
-                    f"unknown host key for {target.host_key_name} ({_fingerprint(key)}); "
-                    "check it, then re-run with --accept-new to trust and record it"
-                )
-            record_host_key(target, key)
+            _new_key(options, target, known, key)
 
     return Policy()
-
-
-def _load_known_keys(found: paramiko.HostKeys, target: Target, sock_name: str) -> None:
-    """Into ``found``, the keys every known_hosts file of ``target`` holds for its host key
-    name (its HostKeyAlias, else ``[host]:port``), filed under ``sock_name``, the name paramiko
-    looks up. Of several keys of one type, the first file's (ssh reads them in that order)."""
-    import paramiko
-
-    check_known_hosts(target.known_hosts_files)
-    for path in target.known_hosts_files:
-        if not path.exists():
-            continue
-        try:
-            keys = paramiko.HostKeys(str(path))
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise HostKeyError(f"cannot read {path}: {exc}") from exc
-        for kind, key in (keys.lookup(target.host_key_name) or {}).items():
-            known = found.lookup(sock_name)
-            if known is None or kind not in known:
-                found.add(sock_name, kind, key)
 
 
 def record_host_key(target: Target, key: paramiko.PKey) -> None:
@@ -175,18 +223,24 @@ def _connect_one(
     options: ConnectOptions,
     deadline: float,
     sock: paramiko.Channel | None,
+    reopen: Callable[[], paramiko.Channel] | None = None,
 ) -> None:
+    """Connect to ``target`` (through ``sock``, a jump host's forward, which ``reopen``
+    opens again for a second attempt)."""
     import paramiko
 
     client = paramiko.SSHClient()
     name = known_hosts_name(target.hostname, target.port)  # what paramiko looks up
-    _load_known_keys(client.get_host_keys(), target, name)
-    client.set_missing_host_key_policy(_host_key_policy(options, target))
+    known = _HostKeys(target)
+    known.load_into(client.get_host_keys(), name)
+    client.set_missing_host_key_policy(_host_key_policy(options, target, known))
+    decided = False  # a key paramiko called changed was then found trusted: once
     # as ssh: a key file others can read is skipped (-i KEY: check_identity said so)
     keys = [p for p in target.identity_files if os.path.exists(p) and key_permissions_ok(p)]
 
     session.clients.append(client)  # from now on, abort() closes it, also while it connects
-    for attempt in range(BANNER_RETRIES + 1):
+    banner_retries = 0
+    while True:
         if session.aborted.is_set():
             raise UnreachableError("connection aborted")
         left = deadline - time.monotonic()
@@ -210,8 +264,22 @@ def _connect_one(
             break
         except Exception as exc:
             client.close()
-            if _is_banner_error(exc) and attempt < BANNER_RETRIES:
-                time.sleep(min(0.5 * (attempt + 1), max(deadline - time.monotonic(), 0)))
+            if _is_banner_error(exc) and banner_retries < BANNER_RETRIES:
+                banner_retries += 1
+                time.sleep(min(0.5 * banner_retries, max(deadline - time.monotonic(), 0)))
+                sock = reopen() if reopen is not None else None
+                continue
+            if isinstance(exc, paramiko.BadHostKeyException) and not decided:
+                # paramiko compares with the first recorded key of the type only; ssh
+                # trusts any recorded key: if it is one, connect again with it (a server
+                # that changes its key meanwhile is refused then)
+                if exc.key.get_base64() in known.revoked:
+                    raise _revoked_error(target, exc.key) from exc
+                if not known.trusts(exc.key):  # any other key recorded: ssh's HOST_CHANGED
+                    raise _connect_error(exc, target, options, deadline) from exc
+                client.get_host_keys().add(name, exc.key.get_name(), exc.key)
+                decided = True
+                sock = reopen() if reopen is not None else None
                 continue
             raise _connect_error(exc, target, options, deadline) from exc
 
@@ -271,10 +339,14 @@ def connect_paramiko(
         jump_options = _jump_options(options)
         chain = [*(resolve(jump, jump_options) for jump in target.proxy_jump), target]
         sock = None
+        reopen: Callable[[], paramiko.Channel] | None = None
         for index, hop in enumerate(chain):
-            _connect_one(session, hop, options, deadline, sock)
+            _connect_one(session, hop, options, deadline, sock, reopen)
             if index + 1 < len(chain):
-                sock = _open_forward(session, chain[index + 1], deadline)
+                reopen = functools.partial(
+                    _open_forward, session.client, chain[index + 1], deadline
+                )
+                sock = reopen()
         yield session
     finally:
         session.close()
@@ -285,8 +357,8 @@ def _jump_options(options: ConnectOptions) -> ConnectOptions:
     return dataclasses.replace(options, identity=None, login=None, port=None)
 
 
-def _open_forward(session: ParamikoSession, target: Target, deadline: float) -> paramiko.Channel:
-    transport = session.client.get_transport()
+def _open_forward(client: paramiko.SSHClient, target: Target, deadline: float) -> paramiko.Channel:
+    transport = client.get_transport()
     if transport is None:
         raise UnreachableError("jump host connection lost")
     try:
