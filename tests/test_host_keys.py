@@ -610,3 +610,55 @@ def test_a_known_hosts_file_another_user_planted_is_not_trusted_nor_written(
     code, results = sp_json(capsys, *argv, "--known-hosts", str(planted), "--accept-new")
     assert code == 1 and "refusing to trust" in str(results[0]["error"]), results
     assert mine.read_text() == "precious\n"
+
+
+def test_a_host_certificate_is_checked_by_openssh_and_refused_by_paramiko(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """known_hosts trusts a host CA (@cert-authority); the host presents a certificate."""
+    ca = keygen(tmp_path / "host_ca")
+    workdir = tmp_path / "certified"
+    workdir.mkdir()
+    host_key = keygen(workdir / "host_ed25519")
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            str(ca),
+            "-h",
+            "-I",
+            "sp-host",
+            "-n",
+            "127.0.0.1",
+            f"{host_key}.pub",
+        ],
+        check=True,
+    )
+    certified = Sshd(
+        workdir,
+        USER,
+        log_level="INFO",
+        extra_config=f"HostCertificate {host_key}-cert.pub\n",
+    ).start()
+    try:
+        known = tmp_path / "known_hosts"
+        kind_blob = " ".join(Path(f"{ca}.pub").read_text().split()[:2])
+        known.write_text(f"@cert-authority * {kind_blob}\n")
+        config = tmp_path / "config"
+        config.write_text(base_config(certified, keys.one) + f"  UserKnownHostsFile {known}\n")
+        expected = ssh_outcome(certified, config)
+        assert expected == ("login", USER, keys.fingerprint(keys.one))
+        args = ("box", "-F", str(config))
+        assert sp_outcome(capsys, certified, "openssh", *args) == expected
+        assert sp_outcome(capsys, certified, "auto", *args) == expected
+        refused = sp_outcome(capsys, certified, "paramiko", *args)
+        assert refused[0] == "refused" and "@cert-authority" in str(refused[1]), refused
+        _, results = sp_json(capsys, "verify", *args, "--transport", "auto")
+        assert "@cert-authority" in str(results[0]["warnings"])
+    finally:
+        certified.stop()
