@@ -17,7 +17,6 @@ import errno
 import os
 import pwd
 import re
-import secrets
 import stat
 
 from solverpilot_deploy.errors import OutputError
@@ -159,7 +158,7 @@ def _replace(fd: int, name: str, data: bytes, mode: int) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
         # a short name: the target's own name may already be near the 255-byte limit
-        tmp = f".sp-{secrets.token_hex(8)}.tmp"
+        tmp = f".sp-{os.urandom(8).hex()}.tmp"
         try:
             out = os.open(tmp, flags, 0o600, dir_fd=fd)
             break

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 
@@ -97,7 +96,7 @@ def _read_entry(folder: int, key: str) -> str | None:
 
 def _write_entry(folder: int, key: str, data: bytes) -> None:
     """Keep ``data`` under ``key``: a temporary file created exclusively (0600), renamed."""
-    tmp = f".{secrets.token_hex(8)}.tmp"
+    tmp = f".{os.urandom(8).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags, 0o600, dir_fd=folder)
