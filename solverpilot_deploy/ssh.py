@@ -58,6 +58,8 @@ class Target:
     # on a port other than 22 without HostKeyAlias, ssh also trusts a key recorded for the
     # host without its port (never as "changed", only as a match): that name, else ""
     port_less_name: str = ""
+    host_key_algorithms: tuple[str, ...] = ()  # HostKeyAlgorithms (empty: paramiko's own)
+    pubkey_authentication: bool = True
     hash_known_hosts: bool = False  # HashKnownHosts: record the name hashed
 
 
@@ -107,9 +109,10 @@ def ssh_config(spec: str, options: ConnectOptions) -> SshConfig:
 
 # Keywords that change which key, account or host key ssh uses and that paramiko does not
 # implement: with one of them, auto picks openssh and paramiko refuses (naming the keyword).
-# (HostKeyAlias, UserKnownHostsFile, GlobalKnownHostsFile, HashKnownHosts and IdentityFile's
-# tokens are implemented; KnownHostsCommand, CheckHostIP, UpdateHostKeys, VerifyHostKeyDNS
-# and StrictHostKeyChecking are overridden for both transports: see host_key_files.)
+# (HostKeyAlias, UserKnownHostsFile, GlobalKnownHostsFile, HashKnownHosts, IdentityFile's
+# tokens, HostKeyAlgorithms and PubkeyAuthentication are implemented; KnownHostsCommand,
+# CheckHostIP, UpdateHostKeys, VerifyHostKeyDNS and StrictHostKeyChecking are overridden for
+# both transports: see host_key_files. PubkeyAcceptedAlgorithms: see paramiko_refuses.)
 _SET = "set"  # the keyword is in use when it is present at all (and not "none")
 _DEFAULT = "default"  # ... when its value differs from ssh's own default
 _KEY_KEYWORDS = {
@@ -118,10 +121,6 @@ _KEY_KEYWORDS = {
     "identityagent": ("IdentityAgent", _SET),
     "pkcs11provider": ("PKCS11Provider", _SET),
     "revokedhostkeys": ("RevokedHostKeys", _SET),
-    "pubkeyacceptedalgorithms": ("PubkeyAcceptedAlgorithms", _DEFAULT),
-    "pubkeyacceptedkeytypes": ("PubkeyAcceptedKeyTypes", _DEFAULT),
-    "hostkeyalgorithms": ("HostKeyAlgorithms", _DEFAULT),
-    "pubkeyauthentication": ("PubkeyAuthentication", _DEFAULT),
     "hostbasedauthentication": ("HostbasedAuthentication", _DEFAULT),
 }
 
@@ -132,10 +131,27 @@ def _ssh_defaults() -> SshConfig:
     return _ssh_g("sp-deploy-defaults.invalid", None, None, "/dev/null")
 
 
+# the key algorithms paramiko signs with (paramiko 3+): a PubkeyAcceptedAlgorithms that leaves
+# one out would make ssh skip keys paramiko would offer
+_PARAMIKO_PUBKEYS = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+
+
 def paramiko_refuses(values: SshConfig) -> list[str]:
     """The keywords of the resolved config that change which key, account or host key ssh
     uses and that paramiko does not implement (empty: paramiko connects as ssh would)."""
     found = []
+    for key in ("pubkeyacceptedalgorithms", "pubkeyacceptedkeytypes"):
+        accepted = ",".join(values.get(key, [])).split(",")
+        if key in values and any(a not in accepted for a in _PARAMIKO_PUBKEYS):
+            found.append("PubkeyAcceptedAlgorithms")
+            break
     for key, (name, rule) in _KEY_KEYWORDS.items():
         value = values.get(key)
         if value is None:
@@ -240,6 +256,8 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         known_hosts_files=user_files + global_files,
         host_key_name=host_key_name(spec, values),
         port_less_name=hostname if alias == "none" and int(port_text) != 22 else "",
+        host_key_algorithms=tuple(filter(None, one("hostkeyalgorithms").split(","))),
+        pubkey_authentication=one("pubkeyauthentication", "yes") not in ("no", "false"),
         hash_known_hosts=one("hashknownhosts", "no") == "yes",
     )
 

@@ -237,6 +237,9 @@ def _connect_one(
     decided = False  # a key paramiko called changed was then found trusted: once
     # as ssh: a key file others can read is skipped (-i KEY: check_identity said so)
     keys = [p for p in target.identity_files if os.path.exists(p) and key_permissions_ok(p)]
+    if not target.pubkey_authentication:
+        keys = []
+    disabled = _disabled_algorithms(target)
 
     session.clients.append(client)  # from now on, abort() closes it, also while it connects
     banner_retries = 0
@@ -253,7 +256,8 @@ def _connect_one(
                 username=target.user,
                 # a list, as paramiko takes it (types-paramiko, which pyinfra pulls in, says str)
                 key_filename=cast(Any, keys or None),
-                allow_agent=not target.identities_only,
+                allow_agent=not target.identities_only and target.pubkey_authentication,
+                disabled_algorithms=disabled,
                 look_for_keys=False,
                 timeout=left,
                 banner_timeout=left,
@@ -282,6 +286,18 @@ def _connect_one(
                 sock = reopen() if reopen is not None else None
                 continue
             raise _connect_error(exc, target, options, deadline) from exc
+
+
+def _disabled_algorithms(target: Target) -> dict[str, list[str]]:
+    """The config's HostKeyAlgorithms (as ssh -G resolved it), as the paramiko host key
+    algorithms it leaves out."""
+    import paramiko
+
+    disabled: dict[str, list[str]] = {}
+    offered = paramiko.Transport._preferred_keys
+    if target.host_key_algorithms:
+        disabled["keys"] = [a for a in offered if a not in target.host_key_algorithms]
+    return disabled
 
 
 def _is_banner_error(exc: Exception) -> bool:
