@@ -2,8 +2,8 @@
 
 The kernel's protected_symlinks / protected_fifos / protected_regular rule, applied by the tool
 itself whatever the machine's sysctl says: in a folder every user can write (sticky like /tmp,
-or not), a symlink, fifo, device or file owned by neither this user nor the folder's owner is
-never followed, written into or replaced. Every symlink on the way to a path is checked so
+or not), a symlink, fifo, device or file owned by neither this user nor root is never
+followed, written into or replaced. Every symlink on the way to a path is checked so
 (a path is walked one component at a time, each opened relative to its folder with O_NOFOLLOW,
 so nothing can be swapped between the check and the use). A file is written to a temporary
 file created exclusively (0600) beside its target, then renamed over it: a reader sees the old
@@ -47,12 +47,14 @@ def check_planted(
     folder_fd: int, entry: os.stat_result, shown: str, name: str, doing: str = "write"
 ) -> None:
     """Refuse ``entry`` (named ``name`` in the folder ``folder_fd``) when the folder is
-    writable by every user and the entry is owned by neither this user nor the folder's
-    owner: another user may have planted it there (the kernel's protected_* rule)."""
+    writable by every user and the entry is owned by neither this user nor root: another
+    user may have planted it there (the kernel's protected_* rule, a little stricter)."""
     folder = os.fstat(folder_fd)
     if not folder.st_mode & stat.S_IWOTH:
         return
-    if entry.st_uid in (os.geteuid(), folder.st_uid):
+    # the kernel also allows the folder owner's: here only when that is root or the user
+    # (the owner of a world-writable folder of theirs could have planted it)
+    if entry.st_uid in (os.geteuid(), 0):
         return
     raise OutputError(
         f"refusing to {doing} {shown}: {name} is a {_kind(entry.st_mode)} owned by "

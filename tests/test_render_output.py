@@ -172,3 +172,19 @@ def test_a_cache_folder_another_user_can_write_is_not_trusted(
     proc = subprocess.run(argv, capture_output=True, env=env, check=False)
     assert proc.returncode == 0 and proc.stdout == genuine(), proc.stdout[:80]
     assert os.listdir(folder) == [name]  # nor written into
+
+
+def test_a_link_in_a_world_writable_folder_of_another_user_is_refused(
+    victim: pwd.struct_passwd, evil: pwd.struct_passwd
+) -> None:
+    """Not sticky, and owned by the other user: the kernel would follow the owner's link."""
+    folder = Path(tempfile.mkdtemp(prefix="sp-open-", dir="/tmp"))
+    try:
+        os.chown(folder, evil.pw_uid, evil.pw_gid)
+        folder.chmod(0o777)
+        bashrc = Path(victim.pw_dir) / ".bashrc"
+        assert as_user(evil, "ln", "-s", str(bashrc), str(folder / "w.sh")).returncode == 0
+        refused(render(folder / "w.sh"), "w.sh")
+        assert bashrc.read_text() == BASHRC
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
