@@ -64,7 +64,10 @@ class Target:
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` (host may be ``[v6addr]``) into its parts."""
+    """``[user@]host[:port]`` (host may be ``[v6addr]``; also as ``ssh://...``, the form
+    ProxyJump may use) into its parts."""
+    if spec.startswith("ssh://"):
+        spec = spec[len("ssh://") :].rstrip("/")
     match = _SPEC_RE.fullmatch(spec)
     if not match or match["host"].startswith("-") or (match["user"] or "").startswith("-"):
         raise UsageError(f"not a host: {spec!r} (use an ssh alias or [user@]hostname[:port])")

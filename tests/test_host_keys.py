@@ -659,3 +659,26 @@ def test_a_host_certificate_is_checked_by_openssh_and_refused_by_paramiko(
         assert "@cert-authority" in str(results[0]["warnings"])
     finally:
         certified.stop()
+
+
+def test_a_proxy_jump_written_as_an_ssh_uri(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    keys: Keys,
+    server: Sshd,
+    hop: Sshd,
+    transport: str,
+    tmp_path: Path,
+) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(host_line(server) + host_line(hop))
+    config = tmp_path / "config"
+    config.write_text(
+        base_config(server, keys.one)
+        + f"  ProxyJump ssh://{USER}@127.0.0.1:{hop.port}\n"
+        + f"Host *\n  IdentityFile {keys.one}\n  IdentitiesOnly yes\n  BatchMode yes\n"
+        + f"  UserKnownHostsFile {known}\n"
+    )
+    code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
+    assert code == 0 and results[0]["status"] == "deployed", results
