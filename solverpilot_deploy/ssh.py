@@ -302,6 +302,30 @@ def host_key_files(
     return tuple(map(Path, user)), tuple(map(Path, listed("globalknownhostsfile")))
 
 
+def host_key_check_weakened(values: SshConfig, options: ConnectOptions) -> str:
+    """Why a connection ssh made with this config (the user's own ControlMaster) may not
+    have checked the host key as sp-deploy does ("" when it did)."""
+    if options.known_hosts is not None:
+        return "--known-hosts names other known hosts than it was checked against"
+
+    def said(key: str) -> str:
+        return values.get(key, [""])[0]
+
+    files = " ".join(values.get("userknownhostsfile", [])).split()
+    weak = [
+        ("StrictHostKeyChecking no", said("stricthostkeychecking") in ("false", "no", "off")),
+        ("UserKnownHostsFile /dev/null", bool(files) and all(f in _NO_FILE for f in files)),
+        ("a KnownHostsCommand", said("knownhostscommand") not in ("", "none")),
+        (
+            "NoHostAuthenticationForLocalhost",
+            said("nohostauthenticationforlocalhost") in ("yes", "true"),
+        ),
+        ("VerifyHostKeyDNS", said("verifyhostkeydns") in ("yes", "true")),
+    ]
+    found = [name for name, on in weak if on]
+    return f"your ssh config turns its host key check off ({', '.join(found)})" if found else ""
+
+
 def check_known_hosts(files: tuple[Path, ...]) -> None:
     """A known_hosts file another user planted (or a link to one), or one every user can
     write, would make sp-deploy trust their key: HostKeyError."""

@@ -682,3 +682,37 @@ def test_a_proxy_jump_written_as_an_ssh_uri(
     )
     code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
     assert code == 0 and results[0]["status"] == "deployed", results
+
+
+@pytest.mark.transports("openssh")
+def test_the_users_master_is_not_used_when_its_config_skips_the_host_key_check(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    home: Path,
+    keys: Keys,
+    server: Sshd,
+    transport: str,
+    tmp_path: Path,
+) -> None:
+    """The user's own ControlMaster, up through a config that says StrictHostKeyChecking no,
+    is connected to a host whose key changed: sp-deploy does not go through it."""
+    control = Path(tempfile.mkdtemp(prefix="cm-"))  # a socket path must be short
+    known = tmp_path / "known_hosts"
+    known.write_text(stale_line(server, keys))
+    config = tmp_path / "config"
+    config.write_text(
+        base_config(server, keys.one)
+        + f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking no\n"
+        + f"  ControlMaster auto\n  ControlPath {control}/%C\n  ControlPersist 60\n"
+    )
+    base = ["ssh", "-F", str(config)]
+    try:
+        subprocess.run([*base, "-M", "-N", "-f", "box"], check=True, timeout=30)
+        assert subprocess.run([*base, "-O", "check", "box"], check=False).returncode == 0
+        code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
+        assert code == 1 and "has CHANGED" in str(results[0]["error"]), results
+        assert "StrictHostKeyChecking no" in str(results[0]["warnings"])
+        assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
+    finally:
+        subprocess.run([*base, "-O", "exit", "box"], check=False, capture_output=True)
+        shutil.rmtree(control, ignore_errors=True)

@@ -47,6 +47,7 @@ from solverpilot_deploy.ssh import (
     SshConfig,
     check_identity,
     check_known_hosts,
+    host_key_check_weakened,
     host_key_files,
     known_hosts_name,
     parse_spec,
@@ -244,9 +245,10 @@ def classify(stderr: str, name: str) -> HostError:
 class OpenSSHSession(Session):
     """Steps through one master connection; ``abort`` kills what runs and the master."""
 
-    def __init__(self, argv: list[str], host: str, batch: bool) -> None:
+    def __init__(self, argv: list[str], host: str, batch: bool, weakened: str = "") -> None:
         super().__init__()
         self.argv, self.host, self.batch = argv, host, batch
+        self.weakened = weakened  # why the user's own master may not have checked the key
         self.through = ["-o", "ControlMaster=no"]  # how each step reaches the master
         self.folder: str | None = None  # our own master's, when we opened one
         self.master_pid: int | None = None
@@ -257,13 +259,19 @@ class OpenSSHSession(Session):
 
     def open(self, deadline: float) -> None:
         if self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) is not None:
-            if self._path_names_the_login():
+            if self.weakened:
+                self.warnings.append(
+                    f"openssh: your ControlMaster for this host is not used: {self.weakened}, "
+                    "so it may be connected to a host whose key sp-deploy would refuse"
+                )
+            elif self._path_names_the_login():
                 return  # the user's own master is up: every step goes through it
-            self.warnings.append(
-                "openssh: your ControlMaster for this host is not used: its ControlPath does "
-                "not name the user and port (%r and %p, or %C), so it may be logged in as "
-                "someone else"
-            )
+            else:
+                self.warnings.append(
+                    "openssh: your ControlMaster for this host is not used: its ControlPath "
+                    "does not name the user and port (%r and %p, or %C), so it may be logged "
+                    "in as someone else"
+                )
         base = tempfile.gettempdir()
         self.folder = tempfile.mkdtemp(  # 0700
             prefix="sp-ssh-", dir=base if len(base) < _SHORT_PATH else "/tmp"
@@ -482,7 +490,7 @@ def connect_openssh(
     if values is None:
         values = ssh_config(spec, options)
     argv, host = base_argv(spec, options, batch, values)
-    session = OpenSSHSession(argv, host, batch)
+    session = OpenSSHSession(argv, host, batch, host_key_check_weakened(values, options))
     started(session)
     try:
         session.open(deadline)
