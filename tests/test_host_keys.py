@@ -671,14 +671,15 @@ def test_a_proxy_jump_written_as_an_ssh_uri(
     transport: str,
     tmp_path: Path,
 ) -> None:
-    known = tmp_path / "known_hosts"
+    # a % in the paths: each level of the jump's ProxyCommand expands %-tokens once
+    known = tmp_path / "known%hosts"
     known.write_text(host_line(server) + host_line(hop))
-    config = tmp_path / "config"
+    config = tmp_path / "con%fig"
     config.write_text(
         base_config(server, keys.one)
         + f"  ProxyJump ssh://{USER}@127.0.0.1:{hop.port}\n"
         + f"Host *\n  IdentityFile {keys.one}\n  IdentitiesOnly yes\n  BatchMode yes\n"
-        + f"  UserKnownHostsFile {known}\n"
+        + f"  UserKnownHostsFile {str(known).replace('%', '%%')}\n"
     )
     code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
     assert code == 0 and results[0]["status"] == "deployed", results

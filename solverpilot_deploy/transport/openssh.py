@@ -174,8 +174,9 @@ def _jump_command(ssh: str, jumps: list[str], options: ConnectOptions, batch: bo
     ones before it), but with every hop's host key checked as the destination's is: ssh's own
     ProxyJump runs ``ssh -W`` with none of our -o, so a jump host's config could turn its
     check off. Jump hosts take their account, port and key from the config, not -l/-p/-i,
-    as with the paramiko transport. The command is run by a shell and its %-tokens expanded
-    by the ssh that runs it: a hop's command inside the next one is escaped once more."""
+    as with the paramiko transport. The command is run by a shell once the ssh that runs it
+    has expanded its %-tokens: every word but the -W target is escaped for that (%% for %),
+    so a hop's command inside the next one is escaped once more."""
     hop_options = dataclasses.replace(options, identity=None, login=None, port=None)
     command = ""
     for jump in (j.strip() for j in jumps):
@@ -183,7 +184,7 @@ def _jump_command(ssh: str, jumps: list[str], options: ConnectOptions, batch: bo
         values = ssh_config(jump, hop_options)
         argv = [ssh, *_neutral_options(ssh)[2:]]  # -W: no ClearAllForwardings
         if options.config_file:
-            argv += ["-F", options.config_file.replace("%", "%%")]
+            argv += ["-F", options.config_file]
         if user:
             argv += ["-l", user]
         if port:
@@ -193,9 +194,10 @@ def _jump_command(ssh: str, jumps: list[str], options: ConnectOptions, batch: bo
         if batch:
             argv += ["-o", "BatchMode=yes"]
         if command:
-            argv += ["-o", f"ProxyCommand={command.replace('%', '%%')}"]
-        argv += ["-W", "[%h]:%p", "--", host]
-        command = " ".join(shlex.quote(word) for word in argv)
+            argv += ["-o", f"ProxyCommand={command}"]
+        words = [shlex.quote(word.replace("%", "%%")) for word in [*argv, "-W"]]
+        words += ["'[%h]:%p'", "--", shlex.quote(host.replace("%", "%%"))]
+        command = " ".join(words)
     return command
 
 
