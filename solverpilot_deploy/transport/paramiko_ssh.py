@@ -113,13 +113,24 @@ def _unknown_error(target: Target, key: paramiko.PKey) -> HostKeyError:
     )
 
 
+def _changed_error(target: Target, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"host key for {target.host_key_name} has CHANGED (now {_fingerprint(key)}); "
+        "refusing to connect: if the change is expected, remove the old entry from "
+        f"{' or '.join(str(p) for p in target.known_hosts_files if p.exists())}"
+    )
+
+
 def _new_key(options: ConnectOptions, target: Target, known: _HostKeys, key: paramiko.PKey) -> None:
-    """A key of a type the host has no recorded key of (ssh's HOST_NEW): trusted when its
-    port-less record matches, recorded with --accept-new, else refused."""
+    """A key paramiko found no recorded key to compare with: trusted when ssh would (its
+    port-less record), CHANGED when another key is recorded (of a type paramiko cannot
+    read), recorded with --accept-new, else refused as unknown."""
     if key.get_base64() in known.revoked:
         raise _revoked_error(target, key)
     if known.trusts(key):
         return
+    if known.known:
+        raise _changed_error(target, key)
     if not options.accept_new:
         raise _unknown_error(target, key)
     record_host_key(target, key)
@@ -316,11 +327,7 @@ def _connect_error(
     if isinstance(exc, HostError):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
-        return HostKeyError(
-            f"host key for {target.host_key_name} has CHANGED (now {_fingerprint(exc.key)}); "
-            "refusing to connect: if the change is expected, remove the old entry from "
-            f"{' or '.join(str(p) for p in target.known_hosts_files if p.exists())}"
-        )
+        return _changed_error(target, exc.key)
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthenticationError(f"{target.user}@{name}: {exc}")
     if isinstance(exc, TimeoutError):
