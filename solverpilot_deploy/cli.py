@@ -467,7 +467,8 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
     group.add_argument(
         "--known-hosts",
         metavar="FILE",
-        help="known_hosts file (default: paramiko ~/.ssh/known_hosts, openssh as configured)",
+        help="known_hosts file (default: the config's UserKnownHostsFile and "
+        "GlobalKnownHostsFile; /dev/null there means ~/.ssh/known_hosts)",
     )
     group.add_argument(
         "--transport",
@@ -531,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="FILE",
-        help="write FILE atomically, mode 0755 (default, or -: stdout; a device or fifo is "
-        "written directly)",
+        help="write FILE atomically, executable as the umask allows (default, or -: stdout; "
+        "a device or fifo is written directly; what another user planted in /tmp is refused)",
     )
     render.set_defaults(func=cmd_render)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from solverpilot_deploy import __version__
-from solverpilot_deploy.errors import OutputError
+from solverpilot_deploy.localfiles import write_file
 from solverpilot_deploy.resources import schema_sql, templates_dir
 
 if TYPE_CHECKING:
@@ -48,42 +45,16 @@ def render_wrapper(profile: Profile) -> str:
     return template.render(version=__version__, profile=profile, schema=schema_sql())
 
 
-def write_atomically(path: Path, text: str, mode: int = 0o755) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: all or nothing."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        # a short name: the output's own name may already be near the 255-byte limit
-        fd, tmp = tempfile.mkstemp(prefix=".sp-render.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+def write_atomically(path: Path, text: str, mode: int = 0o777) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: all or nothing
+    (mode ``mode`` less the umask: an executable wrapper, 0755 under umask 022)."""
+    write_file(str(path), text.encode("utf-8"), mode)
 
 
 def write_output(path: Path, text: str) -> None:
-    """``render -o``: a regular file (or a new one) atomically, through a symlink to its target;
-    a device, fifo or socket is written directly, never renamed over; a folder is an error."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    if mode is not None and stat.S_ISDIR(mode):
-        raise OutputError(f"cannot write {path}: it is a folder")
-    if mode is not None and not stat.S_ISREG(mode):
-        try:
-            with open(path, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        return
-    write_atomically(path.resolve() if path.is_symlink() else path, text)
+    """``render -o``: a regular file (or a new one) atomically, through the user's own
+    symlinks, executable as the umask allows; a device, fifo or socket is written directly,
+    never renamed over; a folder is an error. A symlink, fifo or file another user planted
+    in a folder every user can write (/tmp) is refused, whatever the kernel's
+    protected_symlinks/protected_fifos say (localfiles.py)."""
+    write_atomically(path, text)

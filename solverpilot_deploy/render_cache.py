@@ -6,15 +6,18 @@ them: the tool version, this package's rendering code, and every file in the tem
 Any change to any of them is a new key. A cached file is named after the sha256 of its
 content and checked against it when read, so a damaged entry is never served; it is just
 rendered again. Any failure of the cache (read-only home, an entry another user wrote and we
-cannot read, a folder where a file should be) only costs speed.
+cannot read, a folder where a file should be) only costs speed. A cache folder that is not
+the user's, or that others can write, is neither read nor written: another user could have
+put a wrapper of theirs in it under the right name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-import tempfile
+import stat
 from pathlib import Path
 
 from solverpilot_deploy import __version__
@@ -46,23 +49,67 @@ def render_key(name: str) -> str:
     return digest.hexdigest()
 
 
-def _read_entry(folder: Path, key: str) -> str | None:
+def _open_folder(folder: Path, create: bool) -> int | None:
+    """An fd of the cache folder when it is this user's and no one else can write it (else
+    another user could have put a wrapper of theirs there under the right name); None when
+    it is not, or missing. Checked on the open folder itself: nothing can be swapped in."""
+    try:
+        if create:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    found = os.fstat(fd)
+    if found.st_uid != os.geteuid() or found.st_mode & 0o022:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_entry(folder: int, key: str) -> str | None:
     """A sound cached render for ``key``, or None: any failure only costs a render."""
     try:
-        entries = list(folder.glob(f"{key}-*.sh"))
+        entries = [n for n in os.listdir(folder) if n.startswith(f"{key}-") and n.endswith(".sh")]
     except OSError:
         return None
-    for entry in entries:
+    for name in entries:
         try:
-            data = entry.read_bytes()
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
         except OSError:
-            continue  # unreadable (another user's, a folder, a dead link): render instead
-        if entry.name == f"{key}-{hashlib.sha256(data).hexdigest()}.sh":
+            continue  # unreadable (another user's, a folder, a link): render instead
+        with os.fdopen(fd, "rb") as handle:
+            entry = os.fstat(fd)
+            if not stat.S_ISREG(entry.st_mode) or entry.st_uid != os.geteuid():
+                continue
+            try:
+                data = handle.read()
+            except OSError:
+                continue
+        if name == f"{key}-{hashlib.sha256(data).hexdigest()}.sh":
             try:
                 return data.decode("utf-8")
             except UnicodeDecodeError:
                 continue
     return None
+
+
+def _write_entry(folder: int, key: str, data: bytes) -> None:
+    """Keep ``data`` under ``key``: a temporary file created exclusively (0600), renamed."""
+    tmp = f".{os.urandom(8).hex()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600, dir_fd=folder)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        name = f"{key}-{hashlib.sha256(data).hexdigest()}.sh"
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
 
 
 def _render(name: str) -> str:
@@ -80,21 +127,19 @@ def cached_render(name: str) -> str:
     ):
         return _render(name)  # raises the UsageError that names the known profiles
     key = render_key(name)
-    folder = cache_dir()
-    cached = _read_entry(folder, key)
-    if cached is not None:
-        return cached
+    folder = _open_folder(cache_dir(), create=False)
+    if folder is not None:
+        try:
+            cached = _read_entry(folder, key)
+        finally:
+            os.close(folder)
+        if cached is not None:
+            return cached
     text = _render(name)
-    data = text.encode("utf-8")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    except (OSError, ValueError):
-        return text  # no cache, no harm: the next render renders again
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, folder / f"{key}-{hashlib.sha256(data).hexdigest()}.sh")
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    folder = _open_folder(cache_dir(), create=True)
+    if folder is not None:  # no cache, no harm: the next render renders again
+        try:
+            _write_entry(folder, key, text.encode("utf-8"))
+        finally:
+            os.close(folder)
     return text

@@ -7,6 +7,9 @@ connect with what this module resolves.
 
 from __future__ import annotations
 
+import base64
+import functools
+import hmac
 import os
 import re
 import shutil
@@ -15,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from solverpilot_deploy.errors import AuthenticationError, UsageError
+from solverpilot_deploy.errors import AuthenticationError, HostKeyError, OutputError, UsageError
 
 MAX_ANSWER = 64 << 20  # bytes of stdout one command may send (status of 10,000 jobs: ~4 MiB)
 MAX_STDERR = 64 << 10  # the end of stderr that is kept
@@ -49,11 +52,22 @@ class Target:
     identity_files: tuple[str, ...]
     identities_only: bool
     proxy_jump: tuple[str, ...]
-    known_hosts: Path
+    known_hosts: Path  # where --accept-new records a key
+    known_hosts_files: tuple[Path, ...] = ()  # every file a host key is checked against
+    host_key_name: str = ""  # the name it is looked up (and recorded) under
+    # on a port other than 22 without HostKeyAlias, ssh also trusts a key recorded for the
+    # host without its port (never as "changed", only as a match): that name, else ""
+    port_less_name: str = ""
+    host_key_algorithms: tuple[str, ...] = ()  # HostKeyAlgorithms (empty: paramiko's own)
+    pubkey_authentication: bool = True
+    hash_known_hosts: bool = False  # HashKnownHosts: record the name hashed
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` (host may be ``[v6addr]``) into its parts."""
+    """``[user@]host[:port]`` (host may be ``[v6addr]``; also as ``ssh://...``, the form
+    ProxyJump may use) into its parts."""
+    if spec.startswith("ssh://"):
+        spec = spec[len("ssh://") :].rstrip("/")
     match = _SPEC_RE.fullmatch(spec)
     if not match or match["host"].startswith("-") or (match["user"] or "").startswith("-"):
         raise UsageError(f"not a host: {spec!r} (use an ssh alias or [user@]hostname[:port])")
@@ -63,7 +77,9 @@ def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     return match["user"], match["host"].strip("[]"), port
 
 
-def _ssh_g(host: str, user: str | None, port: int | None, config: str | None) -> SshConfig:
+def _ssh_g(
+    host: str, user: str | None, port: int | None, config: str | None, extra: tuple[str, ...] = ()
+) -> SshConfig:
     ssh = shutil.which("ssh")
     if ssh is None:
         raise UsageError("the OpenSSH client (ssh) is needed to read the ssh config; install it")
@@ -74,6 +90,7 @@ def _ssh_g(host: str, user: str | None, port: int | None, config: str | None) ->
         argv += ["-l", user]
     if port:
         argv += ["-p", str(port)]
+    argv += extra
     proc = subprocess.run(
         [*argv, "--", host], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
     )
@@ -93,16 +110,73 @@ def ssh_config(spec: str, options: ConnectOptions) -> SshConfig:
     return _ssh_g(host, options.login or user, options.port or port, options.config_file)
 
 
+# Keywords that change which key, account or host key ssh uses and that paramiko does not
+# implement: with one of them, auto picks openssh and paramiko refuses (naming the keyword).
+# (HostKeyAlias, UserKnownHostsFile, GlobalKnownHostsFile, HashKnownHosts, IdentityFile's
+# tokens, HostKeyAlgorithms and PubkeyAuthentication are implemented; KnownHostsCommand,
+# CheckHostIP, UpdateHostKeys, VerifyHostKeyDNS and StrictHostKeyChecking are overridden for
+# both transports: see host_key_files. PubkeyAcceptedAlgorithms: see paramiko_refuses.)
+_SET = "set"  # the keyword is in use when it is present at all (and not "none")
+_DEFAULT = "default"  # ... when its value differs from ssh's own default
+_KEY_KEYWORDS = {
+    "proxycommand": ("ProxyCommand", _SET),
+    "certificatefile": ("CertificateFile", _SET),
+    "identityagent": ("IdentityAgent", _SET),
+    "pkcs11provider": ("PKCS11Provider", _SET),
+    "revokedhostkeys": ("RevokedHostKeys", _SET),
+    "hostbasedauthentication": ("HostbasedAuthentication", _DEFAULT),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _ssh_defaults() -> SshConfig:
+    """What ``ssh -G`` says with no config at all: ssh's own defaults."""
+    return _ssh_g("sp-deploy-defaults.invalid", None, None, "/dev/null")
+
+
+# the key algorithms paramiko signs with (paramiko 3+): a PubkeyAcceptedAlgorithms that leaves
+# one out would make ssh skip keys paramiko would offer
+_PARAMIKO_PUBKEYS = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+
+
+def paramiko_refuses(values: SshConfig) -> list[str]:
+    """The keywords of the resolved config that change which key, account or host key ssh
+    uses and that paramiko does not implement (empty: paramiko connects as ssh would)."""
+    found = []
+    for key in ("pubkeyacceptedalgorithms", "pubkeyacceptedkeytypes"):
+        accepted = ",".join(values.get(key, [])).split(",")
+        if key in values and any(a not in accepted for a in _PARAMIKO_PUBKEYS):
+            found.append("PubkeyAcceptedAlgorithms")
+            break
+    for key, (name, rule) in _KEY_KEYWORDS.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if rule == _SET:
+            if key == "identityagent" and value[0] in ("none", "SSH_AUTH_SOCK"):
+                continue  # no agent / the usual one: paramiko does the same
+            if key == "identityagent" and value[0] == os.environ.get("SSH_AUTH_SOCK"):
+                continue
+            if value[0] != "none":
+                found.append(name)
+        elif value != _ssh_defaults().get(key, value):
+            found.append(name)
+    return found
+
+
 def paramiko_cannot(values: SshConfig) -> list[str]:
     """What the resolved config asks for that only OpenSSH can do (empty: paramiko can)."""
     first = {key: found[0] for key, found in values.items()}
-    reasons = []
-    if first.get("proxycommand", "none") != "none":
-        reasons.append("ProxyCommand")
+    reasons = paramiko_refuses(values)
     if first.get("controlmaster", "false") != "false":
         reasons.append("ControlMaster")
-    if "certificatefile" in values:  # paramiko finds only KEY-cert.pub, beside its key
-        reasons.append("CertificateFile")
     keys = [os.path.expanduser(path) for path in values.get("identityfile", [])]
     if any(_is_sk_key(key) for key in keys):
         reasons.append("a FIDO (sk-) key")
@@ -136,40 +210,140 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         return values.get(key, [default])[0]
 
     jump = one("proxyjump", "none")
-    if one("proxycommand", "none") != "none":
+    refused = paramiko_refuses(values)
+    if "ProxyCommand" in refused:
         raise UsageError(
             f"{spec}: the paramiko transport cannot use ProxyCommand; use --transport openssh "
             "(or auto), or ProxyJump"
         )
+    if refused:
+        raise UsageError(
+            f"{spec}: the paramiko transport does not implement {', '.join(refused)} (in this "
+            "host's ssh config), which changes the key, account or host key ssh would use; use "
+            "--transport openssh (or auto)"
+        )
     hostname, port_text, remote_user = one("hostname", host), one("port", "22"), one("user")
+    alias = one("hostkeyalias", "none")
     tokens = {
         "h": hostname,
         "n": host,
         "p": port_text,
         "r": remote_user,
         "j": "" if jump == "none" else jump,
+        "k": host if alias == "none" else alias,
     }
-    identity_files = tuple(expand_path_tokens(p, tokens) for p in values.get("identityfile", []))
+    identity_files = tuple(values.get("identityfile", []))
+    if any("%C" in path for path in identity_files):
+        tokens["C"] = _connection_hash(spec, options)
+    identity_files = tuple(expand_path_tokens(p, tokens) for p in identity_files)
     if options.identity:
         identity_files = (os.path.expanduser(options.identity),)
         check_identity(identity_files[0])
+    user_files, global_files = host_key_files(values, options)
+    authority = paramiko_cannot_check(spec, values, options)
+    if authority:
+        raise UsageError(
+            f"{spec}: the paramiko transport does not implement {authority[0]}, which ssh "
+            "checks this host's key against; use --transport openssh (or auto)"
+        )
     return Target(
         hostname=hostname,
         port=int(port_text),
         user=remote_user,
         identity_files=identity_files,
-        identities_only=one("identitiesonly", "no") == "yes" or bool(options.identity),
+        identities_only=one("identitiesonly", "no") == "yes"
+        or one("identityagent", "") == "none"
+        or bool(options.identity),
         proxy_jump=() if jump == "none" else tuple(j.strip() for j in jump.split(",")),
-        known_hosts=options.known_hosts
-        or Path(os.path.expanduser(one("userknownhostsfile", "~/.ssh/known_hosts").split()[0])),
+        known_hosts=user_files[0],
+        known_hosts_files=user_files + global_files,
+        host_key_name=host_key_name(spec, values),
+        port_less_name=hostname if alias == "none" and int(port_text) != 22 else "",
+        host_key_algorithms=tuple(filter(None, one("hostkeyalgorithms").split(","))),
+        pubkey_authentication=one("pubkeyauthentication", "yes") not in ("no", "false"),
+        hash_known_hosts=one("hashknownhosts", "no") == "yes",
     )
+
+
+def _connection_hash(spec: str, options: ConnectOptions) -> str:
+    """ssh's %C for ``spec`` (a hash whose inputs vary with the ssh version): ssh says it."""
+    user, host, port = parse_spec(spec)
+    config = options.config_file
+    login, port = options.login or user, options.port or port
+    said = _ssh_g(host, login, port, config, ("-o", "ControlPath=%C"))
+    return said.get("controlpath", [""])[0]
+
+
+_NO_FILE = ("/dev/null", "none")
+
+
+def host_key_files(
+    values: SshConfig, options: ConnectOptions
+) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """The known_hosts files a host key is checked against, the user's (the first is where
+    ``--accept-new`` records) and the global ones: ``--known-hosts FILE`` or the config's
+    UserKnownHostsFile (all its files), then its GlobalKnownHostsFile, as ssh reads them.
+    What would turn the check off does not: a UserKnownHostsFile of /dev/null (or none)
+    means ssh's default files, and StrictHostKeyChecking, KnownHostsCommand, CheckHostIP,
+    UpdateHostKeys, VerifyHostKeyDNS and NoHostAuthenticationForLocalhost are not read (the
+    openssh transport overrides them on its command line).
+    """
+
+    def listed(key: str) -> list[str]:
+        words = " ".join(values.get(key, [])).split()
+        return [os.path.expanduser(w) for w in words if w not in _NO_FILE]
+
+    if options.known_hosts is not None:
+        user = [str(options.known_hosts)]
+    else:
+        user = listed("userknownhostsfile") or [
+            os.path.expanduser(p) for p in ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+        ]
+    return tuple(map(Path, user)), tuple(map(Path, listed("globalknownhostsfile")))
+
+
+def host_key_check_weakened(values: SshConfig, options: ConnectOptions) -> str:
+    """Why a connection ssh made with this config (the user's own ControlMaster) may not
+    have checked the host key as sp-deploy does ("" when it did)."""
+    if options.known_hosts is not None:
+        return "--known-hosts names other known hosts than it was checked against"
+
+    def said(key: str) -> str:
+        return values.get(key, [""])[0]
+
+    files = " ".join(values.get("userknownhostsfile", [])).split()
+    weak = [
+        ("StrictHostKeyChecking no", said("stricthostkeychecking") in ("false", "no", "off")),
+        ("UserKnownHostsFile /dev/null", bool(files) and all(f in _NO_FILE for f in files)),
+        ("a KnownHostsCommand", said("knownhostscommand") not in ("", "none")),
+        (
+            "NoHostAuthenticationForLocalhost",
+            said("nohostauthenticationforlocalhost") in ("yes", "true"),
+        ),
+        ("VerifyHostKeyDNS", said("verifyhostkeydns") in ("yes", "true")),
+    ]
+    found = [name for name, on in weak if on]
+    return f"your ssh config turns its host key check off ({', '.join(found)})" if found else ""
+
+
+def check_known_hosts(files: tuple[Path, ...]) -> None:
+    """A known_hosts file another user planted (or a link to one), or one every user can
+    write, would make sp-deploy trust their key: HostKeyError."""
+    from solverpilot_deploy.localfiles import check_trusted
+
+    for path in files:
+        try:
+            check_trusted(path)
+        except OutputError as exc:
+            raise HostKeyError(str(exc)) from exc
 
 
 def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
     """An IdentityFile path with OpenSSH's %-tokens and ``~`` expanded, as ssh does it.
 
-    ``remote`` gives h (HostName), n (the host as given), p (port), r (remote user) and j
-    (ProxyJump); the local ones (d, u, i, l, L) are this machine's; %% is a percent sign.
+    ``remote`` gives h (HostName), n (the host as given), p (port), r (remote user), j
+    (ProxyJump), k (HostKeyAlias, else n) and C (ssh's connection hash); the local ones
+    (d, u, i, l, L) are this machine's; %% is a percent sign.
     """
     import getpass
     import socket
@@ -178,7 +352,7 @@ def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
         "d": os.path.expanduser("~"),
         "u": getpass.getuser(),
         "i": str(os.getuid()),
-        "l": socket.getfqdn(),
+        "l": socket.gethostname(),  # ssh's %l: gethostname(), with its domain if it has one
         "L": socket.gethostname().split(".")[0],
         "%": "%",
     }
@@ -206,6 +380,21 @@ def check_identity(path: str) -> None:
         raise AuthenticationError(f"cannot read key {path}: {exc.strerror}") from exc
     if re.match(rb"^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ AAAA", head):
         raise AuthenticationError(f"{path} is a public key; give its private key to -i")
+    if not key_permissions_ok(path):
+        mode = os.stat(path).st_mode & 0o777
+        raise AuthenticationError(
+            f"{path}: permissions {mode:04o} are too open: ssh ignores such a key (chmod 600 it)"
+        )
+
+
+def key_permissions_ok(path: str) -> bool:
+    """ssh's rule for a private key file: one of this user's that others may read or write
+    is ignored ("UNPROTECTED PRIVATE KEY FILE"). The paramiko transport skips it too."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return True  # reading it will say why
+    return found.st_uid != os.getuid() or not found.st_mode & 0o077
 
 
 def remaining(deadline: float) -> float:
@@ -215,3 +404,78 @@ def remaining(deadline: float) -> float:
 
 def known_hosts_name(hostname: str, port: int) -> str:
     return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+def host_key_name(spec: str, values: SshConfig) -> str:
+    """The name ssh looks a host's key up under: HostKeyAlias, else [HostName]:Port."""
+    _, host, _ = parse_spec(spec)
+    alias = values.get("hostkeyalias", ["none"])[0]
+    if alias != "none":
+        return alias
+    port = values.get("port", ["22"])[0]
+    return known_hosts_name(values.get("hostname", [host])[0], int(port))
+
+
+@dataclass(frozen=True)
+class KnownHost:
+    """One known_hosts line that names a host: its marker ("", "@cert-authority",
+    "@revoked"), key type and base64 key, and the file it is in."""
+
+    marker: str
+    kind: str
+    blob: str
+    path: Path
+
+
+def _pattern_matches(patterns: str, name: str) -> bool:
+    """ssh's match of a known_hosts host field: hashed (|1|salt|hash), or a comma list of
+    patterns with * and ?, a !pattern excluding."""
+    if patterns.startswith("|1|"):
+        try:
+            salt, digest = (base64.b64decode(p) for p in patterns[3:].split("|"))
+        except (ValueError, TypeError):
+            return False
+        return hmac.compare_digest(hmac.new(salt, name.encode(), "sha1").digest(), digest)
+    found = False
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        glob = re.escape(pattern[1:] if negated else pattern)
+        regex = glob.replace(r"\*", ".*").replace(r"\?", ".")
+        if re.fullmatch(regex, name, re.IGNORECASE):
+            if negated:
+                return False
+            found = True
+    return found
+
+
+def known_host_entries(files: tuple[Path, ...], name: str) -> list[KnownHost]:
+    """The lines of ``files`` (in order) that name ``name`` as ssh matches them; lines ssh
+    could not read either are skipped, as ssh skips them."""
+    found = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        for line in text.splitlines():
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            marker = words.pop(0) if words[0].startswith("@") else ""
+            if len(words) < 3 or marker not in ("", "@cert-authority", "@revoked"):
+                continue
+            if _pattern_matches(words[0], name):
+                found.append(KnownHost(marker, words[1], words[2], path))
+    return found
+
+
+def paramiko_cannot_check(spec: str, values: SshConfig, options: ConnectOptions) -> list[str]:
+    """What the host's known_hosts lines ask for that paramiko cannot do: a host certificate
+    checked against a @cert-authority line (empty: paramiko can)."""
+    user, known = host_key_files(values, options)
+    entries = known_host_entries(user + known, host_key_name(spec, values))
+    if any(entry.marker == "@cert-authority" for entry in entries):
+        return ["@cert-authority (in known_hosts)"]
+    return []

@@ -19,7 +19,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from solverpilot_deploy.ssh import ConnectOptions, paramiko_cannot, ssh_config
+from solverpilot_deploy.ssh import (
+    ConnectOptions,
+    paramiko_cannot,
+    paramiko_cannot_check,
+    ssh_config,
+)
 
 
 class Session(ABC):
@@ -58,7 +63,7 @@ def connect(
     warning = ""
     if transport == "auto":
         values = ssh_config(spec, options)
-        reasons = paramiko_cannot(values)
+        reasons = paramiko_cannot(values) + paramiko_cannot_check(spec, values, options)
         transport = "openssh" if reasons else "paramiko"
         if reasons:
             warning = (

@@ -14,11 +14,13 @@ Failures are read from ssh's exit status 255 and its last words on stderr.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
 import re
 import selectors
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,18 +34,24 @@ from solverpilot_deploy.errors import (
     HostError,
     HostKeyError,
     HostTimeoutError,
+    OutputError,
     RemoteCommandError,
     UnreachableError,
     UsageError,
 )
+from solverpilot_deploy.localfiles import append_line
 from solverpilot_deploy.ssh import (
     MAX_ANSWER,
     MAX_STDERR,
     ConnectOptions,
     SshConfig,
     check_identity,
+    check_known_hosts,
+    host_key_check_weakened,
+    host_key_files,
     known_hosts_name,
     parse_spec,
+    ssh_config,
 )
 from solverpilot_deploy.transport import Session, Started
 
@@ -70,12 +78,16 @@ def terminal_attached() -> bool:
     return True
 
 
-def _option(name: str, value: str) -> list[str]:
-    """``-o Name="value"`` for a path: ssh splits a value at blanks unless it is quoted, and
-    expands %-tokens in it (a literal % is %%); a double quote cannot be passed at all."""
-    if '"' in value:
-        raise UsageError(f"the openssh transport cannot pass a path with a double quote: {value}")
-    return ["-o", f'{name}="{value.replace("%", "%%")}"']
+def _option(name: str, *values: str) -> list[str]:
+    """``-o Name="value" ...`` for paths: ssh splits a value at blanks unless it is quoted,
+    and expands %-tokens in it (a literal % is %%); a double quote cannot be passed at all."""
+    for value in values:
+        if '"' in value:
+            raise UsageError(
+                f"the openssh transport cannot pass a path with a double quote: {value}"
+            )
+    quoted = " ".join(f'"{value.replace("%", "%%")}"' for value in values)
+    return ["-o", f"{name}={quoted}"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +117,33 @@ def _session(ssh: str, kind: str) -> list[str]:
     return ["-N"] if kind == "none" else []
 
 
-def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str], str]:
+def _host_key_options(ssh: str, values: SshConfig, options: ConnectOptions) -> list[str]:
+    """The host key check, on the command line (where it wins over any config): the same
+    known_hosts files as the paramiko transport (ssh.host_key_files), an unknown key refused
+    unless --accept-new, a changed one always; nothing else may vouch for a key (DNS, a
+    KnownHostsCommand, "localhost needs none") or rewrite the files (UpdateHostKeys)."""
+    user, known = host_key_files(values, options)
+    check_known_hosts(user + known)
+    if options.accept_new and not user[0].exists():
+        # created here, exclusively: ssh would write through a link planted there meanwhile
+        try:
+            append_line(user[0], "")
+        except OutputError as exc:
+            raise HostKeyError(f"cannot record the host key: {exc}") from exc
+    argv = _option("UserKnownHostsFile", *map(str, user))
+    argv += _option("GlobalKnownHostsFile", *map(str, known or ["/dev/null"]))
+    strict = "accept-new" if options.accept_new else "yes"
+    argv += ["-o", f"StrictHostKeyChecking={strict}", "-o", "CheckHostIP=no"]
+    argv += ["-o", "UpdateHostKeys=no", "-o", "VerifyHostKeyDNS=no"]
+    argv += ["-o", "NoHostAuthenticationForLocalhost=no"]
+    if _client_version(ssh) >= (8, 5):
+        argv += ["-o", "KnownHostsCommand=none"]
+    return argv
+
+
+def base_argv(
+    spec: str, options: ConnectOptions, batch: bool, values: SshConfig
+) -> tuple[list[str], str]:
     """The ssh command line up to the destination, and the destination."""
     ssh = shutil.which("ssh")
     if ssh is None:
@@ -122,13 +160,45 @@ def base_argv(spec: str, options: ConnectOptions, batch: bool) -> tuple[list[str
         key = os.path.expanduser(options.identity)
         check_identity(key)
         argv += [*_option("IdentityFile", key), "-o", "IdentitiesOnly=yes"]
-    if options.known_hosts is not None:
-        argv += _option("UserKnownHostsFile", str(options.known_hosts))
-    if options.accept_new:
-        argv += ["-o", "StrictHostKeyChecking=accept-new"]
+    argv += _host_key_options(ssh, values, options)
     if batch:
         argv += ["-o", "BatchMode=yes"]
+    jumps = values.get("proxyjump", ["none"])[0]
+    if jumps != "none":
+        argv += ["-o", f"ProxyCommand={_jump_command(ssh, jumps.split(','), options, batch)}"]
     return argv, host
+
+
+def _jump_command(ssh: str, jumps: list[str], options: ConnectOptions, batch: bool) -> str:
+    """A ProxyCommand that reaches %h:%p as ProxyJump ``jumps`` would (each hop through the
+    ones before it), but with every hop's host key checked as the destination's is: ssh's own
+    ProxyJump runs ``ssh -W`` with none of our -o, so a jump host's config could turn its
+    check off. Jump hosts take their account, port and key from the config, not -l/-p/-i,
+    as with the paramiko transport. The command is run by a shell once the ssh that runs it
+    has expanded its %-tokens: every word but the -W target is escaped for that (%% for %),
+    so a hop's command inside the next one is escaped once more."""
+    hop_options = dataclasses.replace(options, identity=None, login=None, port=None)
+    command = ""
+    for jump in (j.strip() for j in jumps):
+        user, host, port = parse_spec(jump)
+        values = ssh_config(jump, hop_options)
+        argv = [ssh, *_neutral_options(ssh)[2:]]  # -W: no ClearAllForwardings
+        if options.config_file:
+            argv += ["-F", options.config_file]
+        if user:
+            argv += ["-l", user]
+        if port:
+            argv += ["-p", str(port)]
+        argv += _host_key_options(ssh, values, hop_options)
+        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        if batch:
+            argv += ["-o", "BatchMode=yes"]
+        if command:
+            argv += ["-o", f"ProxyCommand={command}"]
+        words = [shlex.quote(word.replace("%", "%%")) for word in [*argv, "-W"]]
+        words += ["'[%h]:%p'", "--", shlex.quote(host.replace("%", "%%"))]
+        command = " ".join(words)
+    return command
 
 
 def ssh_failed(stderr: str) -> bool:
@@ -145,12 +215,20 @@ def classify(stderr: str, name: str) -> HostError:
     where = re.search(r"^debug1: Connecting to \S+ \[(\S+)\] port (\d+)", stderr, re.MULTILINE)
     if where:
         name = known_hosts_name(where[1], int(where[2]))
+    # a jump host's (the ssh of the ProxyCommand) names itself
+    named = re.search(r"^(?:Host key for|No \S+ host key is known for) (\S+)", stderr, re.M)
+    if named:
+        name = named[1]
     fingerprint = f" ({key[1]})" if key else ""
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
         return HostKeyError(
             f"host key for {name} has CHANGED (now{fingerprint or ' different'}); refusing to "
             "connect: if the change is expected, remove the old entry from known_hosts "
             f"(ssh-keygen -R '{name}')"
+        )
+    if "REVOKED HOST KEY" in stderr:
+        return HostKeyError(
+            f"host key for {name}{fingerprint} is REVOKED in known_hosts; refusing to connect"
         )
     if "Host key verification failed" in stderr:
         return HostKeyError(
@@ -169,9 +247,10 @@ def classify(stderr: str, name: str) -> HostError:
 class OpenSSHSession(Session):
     """Steps through one master connection; ``abort`` kills what runs and the master."""
 
-    def __init__(self, argv: list[str], host: str, batch: bool) -> None:
+    def __init__(self, argv: list[str], host: str, batch: bool, weakened: str = "") -> None:
         super().__init__()
         self.argv, self.host, self.batch = argv, host, batch
+        self.weakened = weakened  # why the user's own master may not have checked the key
         self.through = ["-o", "ControlMaster=no"]  # how each step reaches the master
         self.folder: str | None = None  # our own master's, when we opened one
         self.master_pid: int | None = None
@@ -182,13 +261,19 @@ class OpenSSHSession(Session):
 
     def open(self, deadline: float) -> None:
         if self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) is not None:
-            if self._path_names_the_login():
+            if self.weakened:
+                self.warnings.append(
+                    f"openssh: your ControlMaster for this host is not used: {self.weakened}, "
+                    "so it may be connected to a host whose key sp-deploy would refuse"
+                )
+            elif self._path_names_the_login():
                 return  # the user's own master is up: every step goes through it
-            self.warnings.append(
-                "openssh: your ControlMaster for this host is not used: its ControlPath does "
-                "not name the user and port (%r and %p, or %C), so it may be logged in as "
-                "someone else"
-            )
+            else:
+                self.warnings.append(
+                    "openssh: your ControlMaster for this host is not used: its ControlPath "
+                    "does not name the user and port (%r and %p, or %C), so it may be logged "
+                    "in as someone else"
+                )
         base = tempfile.gettempdir()
         self.folder = tempfile.mkdtemp(  # 0700
             prefix="sp-ssh-", dir=base if len(base) < _SHORT_PATH else "/tmp"
@@ -408,8 +493,10 @@ def connect_openssh(
 ) -> Iterator[Session]:
     """A Session to ``spec`` through one master connection; closed on exit."""
     batch = not terminal_attached()
-    argv, host = base_argv(spec, options, batch)
-    session = OpenSSHSession(argv, host, batch)
+    if values is None:
+        values = ssh_config(spec, options)
+    argv, host = base_argv(spec, options, batch, values)
+    session = OpenSSHSession(argv, host, batch, host_key_check_weakened(values, options))
     started(session)
     try:
         session.open(deadline)

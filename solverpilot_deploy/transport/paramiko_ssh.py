@@ -7,14 +7,15 @@ ProxyJump hosts are connected in turn, each through a forward of the one before.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from solverpilot_deploy.errors import (
@@ -22,15 +23,20 @@ from solverpilot_deploy.errors import (
     HostError,
     HostKeyError,
     HostTimeoutError,
+    OutputError,
     RemoteCommandError,
     UnreachableError,
 )
+from solverpilot_deploy.localfiles import append_line
 from solverpilot_deploy.ssh import (
     MAX_ANSWER,
     MAX_STDERR,
     ConnectOptions,
     SshConfig,
     Target,
+    check_known_hosts,
+    key_permissions_ok,
+    known_host_entries,
     known_hosts_name,
     resolve,
 )
@@ -51,32 +57,112 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def _host_key_policy(options: ConnectOptions, known_hosts: Path) -> paramiko.MissingHostKeyPolicy:
+class _HostKeys:
+    """What the known_hosts files say about one host, matched as ssh matches them: the keys
+    recorded for its name (HostKeyAlias, else [host]:port; hashed, wildcard and negated
+    patterns), the keys a @revoked line names, and the keys recorded for the host without
+    its port (see Target.port_less_name)."""
+
+    def __init__(self, target: Target) -> None:
+        check_known_hosts(target.known_hosts_files)
+        entries = known_host_entries(target.known_hosts_files, target.host_key_name)
+        self.revoked = {e.blob for e in entries if e.marker == "@revoked"}
+        self.known = [(e.kind, e.blob) for e in entries if not e.marker]
+        port_less = []
+        if target.port_less_name:
+            found = known_host_entries(target.known_hosts_files, target.port_less_name)
+            port_less = [(e.kind, e.blob) for e in found if not e.marker]
+        self.port_less = port_less
+
+    def trusts(self, key: paramiko.PKey) -> bool:
+        """ssh's HOST_OK: the key is one of those recorded for the host (or, when none is,
+        one recorded for it without its port), and not revoked."""
+        mine = (key.get_name(), key.get_base64())
+        if mine[1] in self.revoked:
+            return False
+        return mine in self.known or (not self.known and mine in self.port_less)
+
+    def load_into(self, found: paramiko.HostKeys, sock_name: str) -> None:
+        """The first recorded key of each type, under ``sock_name`` (the name paramiko looks
+        up): paramiko then prefers those types and compares the key itself."""
+        import paramiko
+
+        for kind, blob in self.known:
+            if blob in self.revoked:
+                continue
+            try:
+                key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+            except Exception:  # a key type paramiko cannot read, a damaged line: ssh skips it
+                continue
+            known = found.lookup(sock_name)
+            if known is None or kind not in known:
+                found.add(sock_name, kind, key)
+
+
+def _revoked_error(target: Target, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"host key for {target.host_key_name} ({_fingerprint(key)}) is REVOKED in known_hosts; "
+        "refusing to connect"
+    )
+
+
+def _unknown_error(target: Target, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"unknown host key for {target.host_key_name} ({_fingerprint(key)}); "
+        "check it, then re-run with --accept-new to trust and record it"
+    )
+
+
+def _changed_error(target: Target, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"host key for {target.host_key_name} has CHANGED (now {_fingerprint(key)}); "
+        "refusing to connect: if the change is expected, remove the old entry from "
+        f"{' or '.join(str(p) for p in target.known_hosts_files if p.exists())}"
+    )
+
+
+def _new_key(options: ConnectOptions, target: Target, known: _HostKeys, key: paramiko.PKey) -> None:
+    """A key paramiko found no recorded key to compare with: trusted when ssh would (its
+    port-less record), CHANGED when another key is recorded (of a type paramiko cannot
+    read), recorded with --accept-new, else refused as unknown."""
+    if key.get_base64() in known.revoked:
+        raise _revoked_error(target, key)
+    if known.trusts(key):
+        return
+    if known.known:
+        raise _changed_error(target, key)
+    if not options.accept_new:
+        raise _unknown_error(target, key)
+    record_host_key(target, key)
+
+
+def _host_key_policy(
+    options: ConnectOptions, target: Target, known: _HostKeys
+) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
         def missing_host_key(
             self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
         ) -> None:
-            if not options.accept_new:
-                raise HostKeyError(
-                    f"unknown host key for {hostname} ({_fingerprint(key)}); check it, then "
-                    "re-run with --accept-new to trust and record it"
-                )
-            record_host_key(known_hosts, hostname, key)
+            _new_key(options, target, known, key)
 
     return Policy()
 
 
-def record_host_key(path: Path, name: str, key: paramiko.PKey) -> None:
-    """Append ``name key`` to a known_hosts file, as OpenSSH's accept-new does."""
+def record_host_key(target: Target, key: paramiko.PKey) -> None:
+    """Append the host's key to the first known_hosts file, as OpenSSH's accept-new does
+    (its name hashed under HashKnownHosts); a link or fifo planted there is refused."""
+    import paramiko
+
+    name = target.host_key_name
+    if target.hash_known_hosts:
+        name = paramiko.HostKeys.hash_host(name)
     with _KNOWN_HOSTS_LOCK:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = path.read_text() if path.exists() else ""
-        with path.open("a") as handle:
-            if text and not text.endswith("\n"):
-                handle.write("\n")
-            handle.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+        try:
+            append_line(target.known_hosts, f"{name} {key.get_name()} {key.get_base64()}\n")
+        except OutputError as exc:
+            raise HostKeyError(f"cannot record the host key: {exc}") from exc
 
 
 class ParamikoSession(Session):
@@ -148,21 +234,27 @@ def _connect_one(
     options: ConnectOptions,
     deadline: float,
     sock: paramiko.Channel | None,
+    reopen: Callable[[], paramiko.Channel] | None = None,
 ) -> None:
+    """Connect to ``target`` (through ``sock``, a jump host's forward, which ``reopen``
+    opens again for a second attempt)."""
     import paramiko
 
     client = paramiko.SSHClient()
-    if target.known_hosts.exists():
-        try:
-            client.load_host_keys(str(target.known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read {target.known_hosts}: {exc}") from exc
-    client.set_missing_host_key_policy(_host_key_policy(options, target.known_hosts))
-    keys = [p for p in target.identity_files if os.path.exists(p)]
-    name = known_hosts_name(target.hostname, target.port)
+    name = known_hosts_name(target.hostname, target.port)  # what paramiko looks up
+    known = _HostKeys(target)
+    known.load_into(client.get_host_keys(), name)
+    client.set_missing_host_key_policy(_host_key_policy(options, target, known))
+    decided = False  # a key paramiko called changed was then found trusted: once
+    # as ssh: a key file others can read is skipped (-i KEY: check_identity said so)
+    keys = [p for p in target.identity_files if os.path.exists(p) and key_permissions_ok(p)]
+    if not target.pubkey_authentication:
+        keys = []
+    disabled = _disabled_algorithms(target)
 
     session.clients.append(client)  # from now on, abort() closes it, also while it connects
-    for attempt in range(BANNER_RETRIES + 1):
+    banner_retries = 0
+    while True:
         if session.aborted.is_set():
             raise UnreachableError("connection aborted")
         left = deadline - time.monotonic()
@@ -175,7 +267,8 @@ def _connect_one(
                 username=target.user,
                 # a list, as paramiko takes it (types-paramiko, which pyinfra pulls in, says str)
                 key_filename=cast(Any, keys or None),
-                allow_agent=not target.identities_only,
+                allow_agent=not target.identities_only and target.pubkey_authentication,
+                disabled_algorithms=disabled,
                 look_for_keys=False,
                 timeout=left,
                 banner_timeout=left,
@@ -186,10 +279,36 @@ def _connect_one(
             break
         except Exception as exc:
             client.close()
-            if _is_banner_error(exc) and attempt < BANNER_RETRIES:
-                time.sleep(min(0.5 * (attempt + 1), max(deadline - time.monotonic(), 0)))
+            if _is_banner_error(exc) and banner_retries < BANNER_RETRIES:
+                banner_retries += 1
+                time.sleep(min(0.5 * banner_retries, max(deadline - time.monotonic(), 0)))
+                sock = reopen() if reopen is not None else None
+                continue
+            if isinstance(exc, paramiko.BadHostKeyException) and not decided:
+                # paramiko compares with the first recorded key of the type only; ssh
+                # trusts any recorded key: if it is one, connect again with it (a server
+                # that changes its key meanwhile is refused then)
+                if exc.key.get_base64() in known.revoked:
+                    raise _revoked_error(target, exc.key) from exc
+                if not known.trusts(exc.key):  # any other key recorded: ssh's HOST_CHANGED
+                    raise _connect_error(exc, target, options, deadline) from exc
+                client.get_host_keys().add(name, exc.key.get_name(), exc.key)
+                decided = True
+                sock = reopen() if reopen is not None else None
                 continue
             raise _connect_error(exc, target, options, deadline) from exc
+
+
+def _disabled_algorithms(target: Target) -> dict[str, list[str]]:
+    """The config's HostKeyAlgorithms (as ssh -G resolved it), as the paramiko host key
+    algorithms it leaves out."""
+    import paramiko
+
+    disabled: dict[str, list[str]] = {}
+    offered = paramiko.Transport._preferred_keys
+    if target.host_key_algorithms:
+        disabled["keys"] = [a for a in offered if a not in target.host_key_algorithms]
+    return disabled
 
 
 def _is_banner_error(exc: Exception) -> bool:
@@ -208,11 +327,7 @@ def _connect_error(
     if isinstance(exc, HostError):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
-        return HostKeyError(
-            f"host key for {name} has CHANGED (now {_fingerprint(exc.key)}); refusing to "
-            f"connect: if the change is expected, remove the old entry from "
-            f"{target.known_hosts}"
-        )
+        return _changed_error(target, exc.key)
     if isinstance(exc, paramiko.AuthenticationException):
         return AuthenticationError(f"{target.user}@{name}: {exc}")
     if isinstance(exc, TimeoutError):
@@ -247,10 +362,14 @@ def connect_paramiko(
         jump_options = _jump_options(options)
         chain = [*(resolve(jump, jump_options) for jump in target.proxy_jump), target]
         sock = None
+        reopen: Callable[[], paramiko.Channel] | None = None
         for index, hop in enumerate(chain):
-            _connect_one(session, hop, options, deadline, sock)
+            _connect_one(session, hop, options, deadline, sock, reopen)
             if index + 1 < len(chain):
-                sock = _open_forward(session, chain[index + 1], deadline)
+                reopen = functools.partial(
+                    _open_forward, session.client, chain[index + 1], deadline
+                )
+                sock = reopen()
         yield session
     finally:
         session.close()
@@ -261,8 +380,8 @@ def _jump_options(options: ConnectOptions) -> ConnectOptions:
     return dataclasses.replace(options, identity=None, login=None, port=None)
 
 
-def _open_forward(session: ParamikoSession, target: Target, deadline: float) -> paramiko.Channel:
-    transport = session.client.get_transport()
+def _open_forward(client: paramiko.SSHClient, target: Target, deadline: float) -> paramiko.Channel:
+    transport = client.get_transport()
     if transport is None:
         raise UnreachableError("jump host connection lost")
     try:
