@@ -78,14 +78,16 @@ def _read_entry(folder: int, key: str) -> str | None:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
         except OSError:
             continue  # unreadable (another user's, a folder, a link): render instead
-        with os.fdopen(fd, "rb") as handle:
+        try:
             entry = os.fstat(fd)
             if not stat.S_ISREG(entry.st_mode) or entry.st_uid != os.geteuid():
-                continue
-            try:
+                continue  # a folder (fdopen would refuse it), a device, another user's file
+            with os.fdopen(fd, "rb", closefd=False) as handle:
                 data = handle.read()
-            except OSError:
-                continue
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
         if name == f"{key}-{hashlib.sha256(data).hexdigest()}.sh":
             try:
                 return data.decode("utf-8")

@@ -56,10 +56,10 @@ def yaml_inventory(tmp_path: Path, lab: Lab) -> Path:
         "      children:\n"
         "        login:\n          hosts:\n            alpha:\n"
         f"              ansible_host: 127.0.0.1\n              ansible_port: {lab.a.port}\n"
-        "              ansible_user: sptest\n"
+        f"              ansible_user: {TEST_USERS[0]}\n"
         "        compute:\n          hosts:\n            beta:\n"
         f"              ansible_host: 127.0.0.1\n              ansible_port: {lab.b.port}\n"
-        "              ansible_user: sptest2\n"
+        f"              ansible_user: {TEST_USERS[1]}\n"
         "    spare:\n      hosts:\n        gamma:\n"
         f"          ansible_host: 127.0.0.1\n          ansible_port: {dead_port()}\n"
     )
@@ -217,7 +217,8 @@ def test_older_spellings_and_odd_values(
     inventory = tmp_path / "hosts.ini"
     inventory.write_text(
         "[old]\n"
-        f"alpha ansible_ssh_host=127.0.0.1 ansible_ssh_port={lab.a.port} ansible_ssh_user=sptest"
+        f"alpha ansible_ssh_host=127.0.0.1 ansible_ssh_port={lab.a.port}"
+        f" ansible_ssh_user={TEST_USERS[0]}"
         f" ansible_private_key_file={lab.client_key}\n"
         "[empty]\n"
         "[odd]\nsuper ansible_host=127.0.0.1 ansible_port=²\n"
