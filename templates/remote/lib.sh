@@ -173,10 +173,7 @@ sp_server_safe() {
     [ -e "$sp_p" ] || [ -L "$sp_p" ] || continue
     [ "$sp_p" != "$sp_server/" ] || [ -L "$sp_server" ] || continue # the same folder again
     sp_why=''
-    # ls -ldn: "MODE LINKS UID ..." (GNU and busybox alike); nothing after the uid is read
-    sp_l=$(ls -ldn -- "$sp_p" 2>/dev/null) || sp_why='cannot be read'
-    sp_m=${sp_l%% *} sp_o=${sp_l#* }
-    sp_o=${sp_o#"${sp_o%%[! ]*}"} sp_o=${sp_o#* } sp_o=${sp_o#"${sp_o%%[! ]*}"} sp_o=${sp_o%% *}
+    sp_stat "$sp_p" || sp_why='cannot be read'
     case $sp_why:$sp_m in
       :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
       :d*) ;;
@@ -196,7 +193,7 @@ sp_server_safe() {
         elif [ "${1-}" = tighten ] && chmod 700 -- "$sp_p"; then
           echo "tightened=$sp_n $sp_m"
         else
-          case $sp_m in d????w* | d???????w*) sp_why="can be written by group or others (mode $sp_m)" ;; esac
+          ! sp_others_write || sp_why="can be written by group or others (mode $sp_m)"
         fi
         ;;
     esac
@@ -208,6 +205,23 @@ sp_server_safe() {
   return 0
 }
 
+# sp_stat PATH: sp_m becomes PATH's mode as ls shows it (drwx------...) and sp_o its owner's
+# uid, from `ls -ldn` ("MODE LINKS UID ...", GNU and busybox alike; nothing after the uid is
+# read); false when PATH cannot be read
+# shellcheck disable=SC2329 # not every step needs it
+sp_stat() {
+  sp_m='' sp_o=''
+  sp_l=$(ls -ldn -- "$1" 2>/dev/null) || return 1
+  sp_m=${sp_l%% *} sp_o=${sp_l#* }
+  sp_o=${sp_o#"${sp_o%%[! ]*}"} sp_o=${sp_o#* } sp_o=${sp_o#"${sp_o%%[! ]*}"} sp_o=${sp_o%% *}
+}
+# sp_others_write: true when the mode sp_stat read lets group or others write
+# shellcheck disable=SC2329 # not every step needs it
+sp_others_write() {
+  case $sp_m in ?????w* | ????????w*) return 0 ;; esac
+  return 1
+}
+
 # sp_unsafe PATH: why another user could change PATH, one reason a line (a symbolic link, not
 # owned by this user, writable by its group or others), or nothing
 # shellcheck disable=SC2329 # not every step needs it
@@ -216,9 +230,9 @@ sp_unsafe() {
     echo 'is a symbolic link'
     return 0
   fi
-  [ -z "$(find "$1" -prune ! -user "$(id -u)" 2>/dev/null)" ] || echo 'is not owned by you'
-  [ -z "$(find "$1" -prune \( -perm -020 -o -perm -002 \) 2>/dev/null)" ] ||
-    echo 'is writable by group or others'
+  sp_stat "$1" || return 0
+  [ "$sp_o" = "$(id -u)" ] || echo 'is not owned by you'
+  ! sp_others_write || echo 'is writable by group or others'
 }
 
 # the step: end.sh closes this function and runs it
