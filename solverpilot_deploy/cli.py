@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from solverpilot_deploy import __version__
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
+from solverpilot_deploy.safe import printable
 
 if TYPE_CHECKING:
     from threading import Event
@@ -112,8 +113,15 @@ def _targets(args: argparse.Namespace, names: Sequence[str]) -> list[HostTarget]
     return [HostTarget(name, name, options) for name in names]
 
 
+def _warn(host: str, warning: str) -> None:
+    """A host's warning on stderr, safe for a terminal (its words may come from the host)."""
+    print(f"sp-deploy: {printable(f'{host}: warning: {warning}')}", file=sys.stderr)
+
+
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; a host's
+    words in a cell are shown safe for a terminal (safe.printable)."""
+    rows = [row if "".join(row).isprintable() else [printable(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -129,9 +137,9 @@ def _run_fleet(args: argparse.Namespace, operation: Operation, good: set[str]) -
 
     def on_done(result: HostResult) -> None:
         for warning in result.warnings:
-            print(f"sp-deploy: {result.host}: warning: {warning}", file=sys.stderr)
+            _warn(result.host, warning)
         if progress:
-            print(f"  {result.host}: {result.status}", file=sys.stderr)
+            print(f"  {printable(result.host)}: {result.status}", file=sys.stderr)
 
     try:
         fleet = run_fleet(
@@ -194,7 +202,9 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T
     try:
         with connect(target.spec, target.options, deadline) as session:
             for warning in session.warnings:
-                print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+                print(
+                    f"sp-deploy: {printable(f'{args.host}: warning: {warning}')}", file=sys.stderr
+                )
             return work(session, deadline)
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
@@ -215,15 +225,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import read_status
 
+    for word in args.job_ids:  # status HOST1 HOST2: the second is no job id
+        if "@" in word or ":" in word:
+            raise UsageError(
+                f"{word!r} is not a job id; it looks like a host, and status takes one HOST "
+                "(run it once per host)"
+            )
     wanted = _job_ids(args.job_ids)
     jobs, warnings = _on_host(
         args, lambda session, end: read_status(session, remaining(end), wanted)
     )
     for warning in warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
+    found = {job.id for job in jobs}
+    missing = [job_id for job_id in wanted if job_id not in found]
+    for job_id in missing:  # as cancel and logs say it; the jobs found are listed still
+        hint = (
+            " (status takes one HOST: the words after it are job ids)"
+            if job_id == wanted[0]
+            else ""
+        )
+        print(f"sp-deploy: error: no job {job_id} on {printable(args.host)}{hint}", file=sys.stderr)
     if args.json:
         print(json.dumps([job.as_json() for job in jobs], indent=2))
-        return 0
+        return 1 if missing else 0
+    if missing and not jobs:
+        return 1
     rows: list[tuple[str, ...]] = [
         ("ID", "STATUS", "EXIT", "SIGNAL", "STARTED_AT", "COMPLETED_AT", "CPU_S", "WALL_S", "TMUX")
     ]
@@ -236,7 +263,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         values = (job.id, status, job.exit_code, job.signal, job.started_at, job.completed_at)
         rows.append(tuple("-" if v is None else str(v) for v in (*values, cpu, wall, job.tmux)))
     _print_table(rows)
-    return 0
+    return 1 if missing else 0
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -274,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
     )
     for warning in started.warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
     if args.json:
         print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
     else:
@@ -299,13 +326,13 @@ def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
         ),
     )
     for warning in done.warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
     if args.json:
         print(
             json.dumps({"id": job_id, "slurm_job_id": done.slurm_job_id, "warnings": done.warnings})
         )
     else:
-        print(f"{job_id} {done.slurm_job_id}")
+        print(printable(f"{job_id} {done.slurm_job_id}"))
     return 0
 
 
@@ -324,7 +351,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         ),
     )
     for warning in done.warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
     if args.json:
         print(
             json.dumps(
@@ -336,11 +363,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             )
         )
     elif done.wrote:
-        print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
+        print(f"{printable(_describe(done.state))} (it never started: sp-deploy wrote this record)")
     elif done.was is not None:
-        print(f"{_describe(done.state)} (it had already ended: nothing changed)")
+        print(f"{printable(_describe(done.state))} (it had already ended: nothing changed)")
     else:
-        print(_describe(done.state))
+        print(printable(_describe(done.state)))
     return 0
 
 
@@ -591,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DeployError as exc:
-        print(f"sp-deploy: error: {exc}", file=sys.stderr)
+        print(f"sp-deploy: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sp-deploy: interrupted", file=sys.stderr)
@@ -599,5 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # an unknown failure: a short report, not a traceback
-        print(f"sp-deploy: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"sp-deploy: internal error: {printable(f'{type(exc).__name__}: {exc}')}",
+            file=sys.stderr,
+        )
         return 1
