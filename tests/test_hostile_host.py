@@ -312,7 +312,7 @@ def test_a_start_up_file_that_prints_without_end_still_stops_the_command(
     saved = bashrc.read_bytes() if bashrc.exists() else None
     bashrc.write_text("yes 'start-up noise'\n")
     try:
-        code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted))
+        code, _, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted))
     finally:
         if saved is None:
             bashrc.unlink()
