@@ -178,6 +178,19 @@ def test_db_values_and_state_lines_forging_answer_lines_leave_live_jobs_live(
     assert set(jobs) == {"alive", "row1", "odd", row2["id"]}
 
 
+def test_a_state_file_forging_keys_of_cancels_answer_is_one_value(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """cancel's answer carries the state file as state=: a line of the file saying
+    "wrote=yes" must not make cancel say it wrote the record of a job that never started."""
+    write_states(home / SERVER, {"ended": finished("ended", lab.user.pw_name)}, lab.user.pw_uid)
+    path = home / SERVER / "jobs" / "ended.status"
+    path.write_text(path.read_text() + "wrote=yes\n")
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "ended", *connect(lab, trusted))
+    assert code == 0, err
+    assert "never started" not in out and "had already ended" in out, out
+
+
 # ---- item 8: any byte a path may hold reaches every step unchanged ----
 
 # a backslash before letters awk -v and echo would rewrite, a newline, a tab, quotes, printf's

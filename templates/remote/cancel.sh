@@ -43,7 +43,8 @@ wait_for_slurm() {
   done
 }
 show() {
-  if [ -f "$state" ]; then printf 'state='; cat -- "$state"; fi
+  # one line: a newline in the file (not the wrapper's: it writes one) cannot forge a key
+  if [ -f "$state" ]; then printf 'state='; tr '\n' ' ' <"$state"; echo; fi
   exit "$1"
 }
 sid=$(sp_slurm_id "$id")

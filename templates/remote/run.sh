@@ -78,8 +78,9 @@ tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 end=$(($(date +%s) + wait))
 while :; do
   if [ -f "$state" ]; then
-    printf 'state='
-    cat -- "$state"
+    printf 'state=' # one line: a newline in the file cannot forge a key
+    tr '\n' ' ' <"$state"
+    echo
     exit 0
   fi
   if [ -f "$here/rc" ]; then
