@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, require, sp
+from conftest import Lab, poll, require, sp
 from sshlab import run_as
 from test_status_remote import boot_id, connect, finished, start_ticks, write_states
 
@@ -193,9 +193,9 @@ def test_a_state_file_forging_keys_of_cancels_answer_is_one_value(
 
 # ---- item 8: any byte a path may hold reaches every step unchanged ----
 
-# a backslash before letters awk -v and echo would rewrite, a newline, a tab, quotes, printf's
-# and a glob's specials, a leading "-", spaces
-ODD_FOLDER = "-srv \\n\\b\\\\ %s%n *?[a] 'q\" \n\tend"
+# a backslash before letters awk -v and echo would rewrite, a newline, a tab, quotes, printf's,
+# a glob's and tmux's format specials, a leading "-", spaces
+ODD_FOLDER = "-srv \\n\\b\\\\ %s%n #{pane_id} *?[a] 'q\" \n\tend"
 
 
 def test_a_server_folder_with_any_byte_in_its_path_reads_right(
@@ -226,7 +226,22 @@ def test_a_server_folder_with_any_byte_in_its_path_reads_right(
         assert (code, out) == (0, "the log\n"), err
         code, out, err = sp(capsys, "cancel", lab.a.spec, "done-1", *connect(lab, trusted))
         assert code == 0 and "had already ended" in out, err
+        if shutil.which("tmux"):  # and a job run there: its state, DB row and log land there
+            code, out, err = sp(capsys, "push", lab.a.spec, *connect(lab, trusted))
+            assert code == 0, out + err
+            code, out, err = sp(capsys, "run", lab.a.spec, "--id", "new", *connect(lab, trusted),
+                                "--", "sh", "-c", "echo ran here")  # fmt: skip
+            assert code == 0, err
+            poll(lambda: json.loads((server / "jobs/new.status").read_text())["status"]
+                 == "completed", 30, "the job's end")  # fmt: skip
+            code, out, err = sp(capsys, "logs", lab.a.spec, "new", *connect(lab, trusted))
+            assert code == 0 and "ran here" in out, err
+            with sqlite3.connect(server / "server.db") as db:
+                assert db.execute("SELECT status FROM jobs WHERE id = 'new'").fetchone() == (
+                    "completed",
+                )
     finally:
+        run_as(lab.user, "tmux", "kill-server")
         if saved is None:
             bashrc.unlink()
         else:

@@ -70,9 +70,12 @@ rc=$?
 if [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ]; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
 EOF
 # 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open
-tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id" 3>&- || exit 14
+# -c is expanded as a format too: "##" keeps a #
+start=$(printf '%s' "$here" | sed 's/#/##/g; s/##\[/#[/g')
+tmux new-session -d -s "$name" -c "$start" "/bin/sh ./launch $id" 3>&- || exit 14
 sp_tmpdir='' # the launcher removes it now
-quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
+# tmux expands the command as a format (#{...}, strftime's %): "##" and "%%" keep a # or a %
+quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g; s/%/%%/g; s/#/##/g; s/##\\[/#[/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 : >"$here/go"
 end=$(($(date +%s) + wait))
