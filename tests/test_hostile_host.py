@@ -19,7 +19,10 @@ from conftest import Lab, poll, require, sp
 from sshlab import run_as
 from test_status_remote import boot_id, connect, finished, start_ticks, write_states
 
+from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.safe import printable
+from solverpilot_deploy.ssh import MAX_ANSWER
+from solverpilot_deploy.transport import Answer
 
 SERVER = ".solverpilot-server"
 # what a hostile host would print: a clipboard write (OSC 52), a title, a screen clear, a C1
@@ -330,6 +333,30 @@ def test_an_answer_over_64_mib_arrives_whole_with_either_transport(
     assert [(j["id"], j["status"]) for j in json.loads(out)] == [
         (job_id, "completed") for job_id in sorted(states)
     ]
+
+
+def feed(answer: Answer, data: bytes, size: int) -> None:
+    for at in range(0, len(data), size):
+        answer.add(data[at : at + size])
+
+
+@pytest.mark.parametrize("size", [1000, 65536, 7])
+def test_the_bound_counts_only_what_is_not_the_answer(size: int) -> None:
+    token = b"0123456789abcdef01234567 "
+    line = token + b"|" + b"x" * 400 + b"\n"
+    if size == 7:  # byte by byte is slow: a token split at every place, on a few lines
+        answer = Answer(token)
+        feed(answer, b"banner\n" + line * 30, size)
+        assert (answer.other, bytes(answer.data)) == (7, b"banner\n" + line * 30)
+        return
+    answer = Answer(token)
+    feed(answer, b"motd\n" * 1000 + line * (MAX_ANSWER // len(line) + 1000), size)
+    assert answer.other == 5000 and len(answer.data) > MAX_ANSWER
+    for noise in (b"y\n", b"no newline, ever "):  # a start-up file without end, either way
+        with pytest.raises(RemoteCommandError, match="besides its answer"):
+            feed(Answer(token), line + noise * (MAX_ANSWER // len(noise) + 2), size)
+    with pytest.raises(RemoteCommandError):  # without a token every byte counts, as before
+        feed(Answer(), line * (MAX_ANSWER // len(line) + 2), size)
 
 
 def test_a_start_up_file_that_prints_without_end_still_stops_the_command(
