@@ -20,6 +20,7 @@ from sshlab import run_as
 from test_status_remote import boot_id, connect, finished, start_ticks, write_states
 
 from solverpilot_deploy.errors import RemoteCommandError
+from solverpilot_deploy.remote import parse_framed, step_script
 from solverpilot_deploy.safe import printable
 from solverpilot_deploy.ssh import MAX_ANSWER
 from solverpilot_deploy.transport import Answer
@@ -250,6 +251,20 @@ def test_a_server_folder_with_any_byte_in_its_path_reads_right(
         else:
             bashrc.write_bytes(saved)
         shutil.rmtree(server, ignore_errors=True)
+
+
+def test_probe_names_a_server_folder_with_backslashes_as_it_is(tmp_path: Path) -> None:
+    """dash's echo rewrites \\c (ends the line), \\n, \\b...: the probe's server= line is printed
+    with printf %s, so the warnings that name the folder name the right one."""
+    server = tmp_path / "a\\cb\\n\\x"
+    result = subprocess.run(
+        ["sh", "-s", "--", "TOKEN"], input=step_script("probe"), capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SOLVERPILOT_SERVER_DIR": str(server)},
+        check=True,
+    )  # fmt: skip
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[0] == 0
+    assert f"server={server}" in framed[1]
 
 
 # ---- item 18: status of a job that is not there, or of two hosts ----

@@ -21,7 +21,7 @@ if sp_find_sha256; then
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 # one line, whatever the folder's name holds: a newline in it would forge a key
-echo "server=$(printf '%s' "$sp_server" | tr '\n\r' '??')"
+printf 'server=%s\n' "$(printf '%s' "$sp_server" | tr '\n\r' '??')"
 case ${SOLVERPILOT_SERVER_DIR:-/} in /*) ;; *) echo server_relative=yes ;; esac
 sp_logout_kills && echo logout_kills=yes
 d=$sp_server # the server folder may not exist yet: its nearest existing parent (no dirname:
