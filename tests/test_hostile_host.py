@@ -20,9 +20,12 @@ from sshlab import run_as
 from test_status_remote import boot_id, connect, finished, start_ticks, write_states
 
 from solverpilot_deploy.errors import RemoteCommandError
+from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.remote import parse_framed, step_script
+from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.safe import printable
 from solverpilot_deploy.ssh import MAX_ANSWER
+from solverpilot_deploy.status import JOB_ID, NOT_ID_CHARS
 from solverpilot_deploy.transport import Answer
 
 SERVER = ".solverpilot-server"
@@ -147,6 +150,17 @@ def test_a_hosts_words_in_an_error_reach_the_terminal_safely(
     assert code == 1
     assert "refused" in err and "\\x1b]52;c;" in err, err
     assert no_raw_control(out) and no_raw_control(err), repr(err)
+
+
+def test_the_job_id_rule_is_the_same_in_the_wrapper_status_sh_and_python() -> None:
+    """One rule: status.py's JOB_ID; the wrapper's valid_id and status.sh's safe() (and the
+    "?" of a DB-only row's id) must say the same."""
+    wrapper = render_wrapper(load_profile("debian"))
+    (rule,) = re.findall(r"valid_id\(\) \{ local LC_ALL=C; \[\[ \$1 =~ (\S+) \]\]", wrapper)
+    assert rule == JOB_ID.pattern
+    outside = NOT_ID_CHARS.pattern  # "[^A-Za-z0-9._-]"
+    assert f"/{outside}/" in step_script("status")
+    assert JOB_ID.pattern == f"^[A-Za-z0-9]{outside.replace('^', '', 1)}{{0,127}}$"
 
 
 # ---- item 9: no value, in any column or file, forges a line of the answer ----
