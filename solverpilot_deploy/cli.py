@@ -202,9 +202,7 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T
     try:
         with connect(target.spec, target.options, deadline) as session:
             for warning in session.warnings:
-                print(
-                    f"sp-deploy: {printable(f'{args.host}: warning: {warning}')}", file=sys.stderr
-                )
+                _warn(args.host, warning)
             return work(session, deadline)
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
