@@ -209,6 +209,18 @@ def test_a_state_file_forging_keys_of_cancels_answer_is_one_value(
     assert "never started" not in out and "had already ended" in out, out
 
 
+def test_cancel_of_a_huge_state_file_answers_a_bounded_line(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The answer's own lines have no bound on their number, so a step that sends a file sends
+    a bounded part of it: a 70 MB state file is not a 70 MB answer line."""
+    write_states(home / SERVER, {"huge": finished("huge", lab.user.pw_name)}, lab.user.pw_uid)
+    (home / SERVER / "jobs" / "huge.status").write_bytes(b"x" * 70_000_000)
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "huge", *connect(lab, trusted))
+    assert code == 0 and "had already ended" in out, err
+    assert len(out) < 1000
+
+
 # ---- item 8: any byte a path may hold reaches every step unchanged ----
 
 # a backslash before letters awk -v and echo would rewrite, a newline, a tab, quotes, printf's,
@@ -386,6 +398,8 @@ def test_the_bound_counts_only_what_is_not_the_answer(size: int) -> None:
             feed(Answer(token), line + noise * (MAX_ANSWER // len(noise) + 2), size)
     with pytest.raises(RemoteCommandError):  # without a token every byte counts, as before
         feed(Answer(), line * (MAX_ANSWER // len(line) + 2), size)
+    with pytest.raises(RemoteCommandError):  # nor is one line of the answer without end
+        feed(Answer(token), token + b"x" * (MAX_ANSWER + 1), size)
 
 
 def test_a_start_up_file_that_prints_without_end_still_stops_the_command(

@@ -27,8 +27,8 @@ class Answer:
     """A command's stdout as it arrives (``data``). The lines that begin with ``framed`` (a
     step's per-call token: remote.py) are its answer and are kept however many there are (status
     of a million jobs); the others (a banner, what a start-up file prints) may not pass
-    MAX_ANSWER bytes in all, so a start-up file that prints without end stops the command
-    instead of filling the memory. Without ``framed`` every byte counts."""
+    MAX_ANSWER bytes in all, nor any one line, so a start-up file that prints without end
+    stops the command instead of filling the memory. Without ``framed`` every byte counts."""
 
     def __init__(self, framed: bytes = b"") -> None:
         self.data = bytearray()
@@ -53,6 +53,10 @@ class Answer:
             self.open += len(first)
         self.head = head
         mine = bool(framed) and (framed.startswith(head) if len(head) < size else head == framed)
+        if mine and self.open > MAX_ANSWER:  # status sends a state file of 64 KiB at most
+            raise RemoteCommandError(
+                f"the host sent a line of more than {MAX_ANSWER >> 20} MiB in its answer"
+            )
         if self.other + (0 if mine else self.open) > MAX_ANSWER:
             raise RemoteCommandError(
                 f"the host sent more than {MAX_ANSWER >> 20} MiB for one command besides its "

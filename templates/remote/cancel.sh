@@ -43,8 +43,9 @@ wait_for_slurm() {
   done
 }
 show() {
-  # one line: a newline in the file (not the wrapper's: it writes one) cannot forge a key
-  if [ -f "$state" ]; then printf 'state='; tr '\n' ' ' <"$state"; echo; fi
+  # one line of at most 64 KiB: a newline in the file (not the wrapper's: it writes one line)
+  # cannot forge a key, nor a huge file make the answer huge
+  if [ -f "$state" ]; then printf 'state='; head -c 65536 -- "$state" | tr '\n' ' '; echo; fi
   exit "$1"
 }
 sid=$(sp_slurm_id "$id")

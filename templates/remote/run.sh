@@ -81,8 +81,8 @@ tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 end=$(($(date +%s) + wait))
 while :; do
   if [ -f "$state" ]; then
-    printf 'state=' # one line: a newline in the file cannot forge a key
-    tr '\n' ' ' <"$state"
+    printf 'state=' # one line of at most 64 KiB: a newline in the file cannot forge a key
+    head -c 65536 -- "$state" | tr '\n' ' '
     echo
     exit 0
   fi
