@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from solverpilot_deploy import __version__, signals
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
+from solverpilot_deploy.safe import printable
 
 if TYPE_CHECKING:
     from threading import Event
@@ -112,8 +113,15 @@ def _targets(args: argparse.Namespace, names: Sequence[str]) -> list[HostTarget]
     return [HostTarget(name, name, options) for name in names]
 
 
+def _warn(host: str, warning: str) -> None:
+    """A host's warning on stderr, safe for a terminal (its words may come from the host)."""
+    print(f"sp-deploy: {printable(f'{host}: warning: {warning}')}", file=sys.stderr)
+
+
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; a host's
+    words in a cell are shown safe for a terminal (safe.printable)."""
+    rows = [row if "".join(row).isprintable() else [printable(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -134,9 +142,9 @@ def _run_fleet(
 
     def on_done(result: HostResult) -> None:
         for warning in result.warnings:
-            print(f"sp-deploy: {result.host}: warning: {warning}", file=sys.stderr)
+            _warn(result.host, warning)
         if progress:
-            print(f"  {result.host}: {result.status}", file=sys.stderr)
+            print(f"  {printable(result.host)}: {result.status}", file=sys.stderr)
 
     def on_interrupt(count: int) -> None:
         if count == 1:
@@ -226,7 +234,7 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T
     try:
         with connect(target.spec, target.options, deadline) as session:
             for warning in session.warnings:
-                print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+                _warn(args.host, warning)
             return work(session, deadline)
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}") from exc
@@ -247,15 +255,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import read_status
 
+    for word in args.job_ids:  # status HOST1 HOST2: the second is no job id
+        if "@" in word or ":" in word:
+            raise UsageError(
+                f"{word!r} is not a job id; it looks like a host, and status takes one HOST "
+                "(run it once per host)"
+            )
     wanted = _job_ids(args.job_ids)
     jobs, warnings = _on_host(
         args, lambda session, end: read_status(session, remaining(end), wanted)
     )
     for warning in warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
+    found = {job.id for job in jobs}
+    missing = [job_id for job_id in wanted if job_id not in found]
+    for job_id in missing:  # as cancel and logs say it; the jobs found are listed still
+        hint = (
+            " (status takes one HOST: the words after it are job ids)"
+            if job_id == wanted[0]
+            else ""
+        )
+        print(f"sp-deploy: error: no job {job_id} on {printable(args.host)}{hint}", file=sys.stderr)
     if args.json:
         print(json.dumps([job.as_json() for job in jobs], indent=2))
-        return 0
+        return 1 if missing else 0
+    if missing and not jobs:
+        return 1
     rows: list[tuple[str, ...]] = [
         ("ID", "STATUS", "EXIT", "SIGNAL", "STARTED_AT", "COMPLETED_AT", "CPU_S", "WALL_S", "TMUX")
     ]
@@ -268,7 +293,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         values = (job.id, status, job.exit_code, job.signal, job.started_at, job.completed_at)
         rows.append(tuple("-" if v is None else str(v) for v in (*values, cpu, wall, job.tmux)))
     _print_table(rows)
-    return 0
+    return 1 if missing else 0
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -306,7 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
     )
     for warning in started.warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
     if args.json:
         print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
     else:
@@ -331,13 +356,13 @@ def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
         ),
     )
     for warning in done.warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
     if args.json:
         print(
             json.dumps({"id": job_id, "slurm_job_id": done.slurm_job_id, "warnings": done.warnings})
         )
     else:
-        print(f"{job_id} {done.slurm_job_id}")
+        print(printable(f"{job_id} {done.slurm_job_id}"))
     return 0
 
 
@@ -357,7 +382,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         ),
     )
     for warning in done.warnings:
-        print(f"sp-deploy: {args.host}: warning: {warning}", file=sys.stderr)
+        _warn(args.host, warning)
     if args.json:
         print(
             json.dumps(
@@ -369,23 +394,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                 }
             )
         )
-    elif done.signalled and done.wrote:
-        named = ", ".join(done.signalled)
-        print(
-            f"{_describe(done.state)} (its wrapper was gone: sp-deploy signalled {named} and "
-            "wrote this record)"
-        )
+        return 0
+    said = printable(_describe(done.state))
+    named = ", ".join(done.signalled)
+    if done.signalled and done.wrote:
+        said += f" (its wrapper was gone: sp-deploy signalled {named} and wrote this record)"
     elif done.signalled:
-        named = ", ".join(done.signalled)
-        print(f"{_describe(done.state)} (it had ended; sp-deploy signalled what it left: {named})")
+        said += f" (it had ended; sp-deploy signalled what it left: {named})"
     elif done.never_started:
-        print(f"{_describe(done.state)} (it never started: sp-deploy wrote this record)")
+        said += " (it never started: sp-deploy wrote this record)"
     elif done.wrote:
-        print(f"{_describe(done.state)} (its wrapper could not record it: sp-deploy did)")
+        said += " (its wrapper could not record it: sp-deploy did)"
     elif done.was is not None:
-        print(f"{_describe(done.state)} (it had already ended: nothing changed)")
-    else:
-        print(_describe(done.state))
+        said += " (it had already ended: nothing changed)"
+    print(said)
     return 0
 
 
@@ -659,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DeployError as exc:
-        print(f"sp-deploy: error: {exc}", file=sys.stderr)
+        print(f"sp-deploy: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sp-deploy: interrupted", file=sys.stderr)
@@ -667,5 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # an unknown failure: a short report, not a traceback
-        print(f"sp-deploy: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"sp-deploy: internal error: {printable(f'{type(exc).__name__}: {exc}')}",
+            file=sys.stderr,
+        )
         return 1

@@ -16,6 +16,7 @@ from typing import Any
 from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
 from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError
 from solverpilot_deploy.remote import run_step
+from solverpilot_deploy.safe import printable
 from solverpilot_deploy.status import JOB_ID
 from solverpilot_deploy.transport import Session
 
@@ -45,11 +46,6 @@ class Cancelled:
     warnings: tuple[str, ...] = ()
     signalled: tuple[str, ...] = ()  # --force: "PID COMM" of each process signalled
     never_started: bool = False  # wrote: the job (its attempt Slurm was at) never started
-
-
-def printable(text: str) -> str:
-    """Host text made safe for a terminal: each control character as \\xNN."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def new_job_id() -> str:
@@ -205,7 +201,7 @@ class LogChunk:
     lost: bool = False  # a Slurm job Slurm has ended while its record says running
     wrapper: bool | None = None  # a tmux job's wrapper runs (None: the state does not say)
     slurm: str = ""  # a Slurm job: "active" (Slurm has not ended it), "unknown" (no answer)
-    slurm_error: str = ""  # why Slurm could not answer (printable ASCII only)
+    slurm_error: str = ""  # why Slurm could not answer (made printable)
 
     @property
     def more_to_come(self) -> bool:
@@ -252,5 +248,5 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         found.get("lost") == "yes",
         {"alive": True, "gone": False}.get(found.get("wrapper", "")),
         found.get("slurm", ""),
-        "".join(c for c in found.get("slurm_error", "") if " " <= c <= "~")[:200],
+        printable(found.get("slurm_error", ""))[:200],
     )

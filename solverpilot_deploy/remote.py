@@ -112,8 +112,9 @@ def run_step(
     if payload is not None:
         script = with_payload(script, payload)
     status, out, err = session.run(
-        command_line(token, args), stdin=script.encode(), timeout=timeout
-    )
+        command_line(token, args), stdin=script.encode(), timeout=timeout,
+        framed=f"{token} ".encode(),
+    )  # fmt: skip
     framed = parse_framed(token, out)
     if framed is None:
         last = err.strip().splitlines()[-1:]

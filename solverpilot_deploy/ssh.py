@@ -20,7 +20,7 @@ from pathlib import Path
 
 from solverpilot_deploy.errors import AuthenticationError, HostKeyError, OutputError, UsageError
 
-MAX_ANSWER = 64 << 20  # bytes of stdout one command may send (status of 10,000 jobs: ~4 MiB)
+MAX_ANSWER = 64 << 20  # bytes of stdout besides the answer's lines (transport.Answer)
 MAX_STDERR = 64 << 10  # the end of stderr that is kept
 TRANSPORTS = ("paramiko", "openssh", "auto")
 _SPEC_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")

@@ -49,6 +49,7 @@ JOB_KEYS = (
     "slurm_attempt",
 )
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
+NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")  # shown as "?" (status.sh's safe())
 INTEGER = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only: "²".isdigit() is true
 REBOOTED = "host rebooted"
 LOCK_FREE = "wrapper gone, lock free"
@@ -226,8 +227,12 @@ def job_from_state(
 
 
 def job_from_db_row(fields: list[str], view: HostView) -> JobState:
-    """A DB row with no state file: a "running" one is judged by its lock alone."""
+    """A DB row with no state file: a "running" one is judged by its lock alone. Its id follows
+    the rule of every id (JOB_ID): one that does not is "unreadable", shown with each character
+    outside the rule as "?", as status.sh shows a state file's name."""
     job_id, status, exit_code, started, completed = fields
+    if not JOB_ID.match(job_id):
+        return JobState(NOT_ID_CHARS.sub("?", job_id), "unreadable")
     slurm_id = view.submitted.get(job_id)
     reason = None
     shown = status
@@ -262,6 +267,17 @@ def job_submitted(job_id: str, slurm_id: str, view: HostView) -> JobState:
     )
 
 
+_DB_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+_DB_ESCAPE = re.compile(r"\\(.)")
+
+
+def db_field(text: str) -> str:
+    """A DB column as status.sh writes it: backslash, newline, CR and tab as \\\\ \\n \\r \\t."""
+    if "\\" not in text:
+        return text
+    return _DB_ESCAPE.sub(lambda m: _DB_ESCAPES.get(m[1], m[0]), text)
+
+
 def parse_status_output(
     lines: tuple[str, ...] | list[str], wanted: tuple[str, ...] = ()
 ) -> list[JobState]:
@@ -272,7 +288,16 @@ def parse_status_output(
     db_rows: dict[str, list[str]] = {}
     section = ""
     for line in lines:
-        if line.startswith("@submitted "):
+        if line.startswith("|"):  # a state file's line (the most common line by far)
+            if section == "job":
+                text = found[-1][3]
+                if text is not None:
+                    text.append(line[1:])
+        elif line.startswith("="):  # a DB row (status.sh sends those of jobs without state)
+            if section == "db":
+                fields = ([db_field(f) for f in line[1:].split("\t")] + [""] * 5)[:5]
+                db_rows.setdefault(fields[0], fields)
+        elif line.startswith("@submitted "):
             parts = line.split(" ")
             if len(parts) == 3 and JOB_ID.match(parts[1]) and SLURM_DIGITS.match(parts[2]):
                 view.submitted[parts[1]] = parts[2]
@@ -304,20 +329,14 @@ def parse_status_output(
             found[-1] = (*found[-1][:3], None)
         elif line == "@db":
             section = "db"
-        elif section == "job" and line.startswith("|"):
-            text = found[-1][3]
-            if text is not None:
-                text.append(line[1:])
-        elif section == "db" and line:
-            fields = (line.split("\t") + [""] * 5)[:5]
-            db_rows[fields[0]] = fields
     jobs: dict[str, JobState] = {}
     for job_id, alive, ticks, text in found:
         body = None if text is None else "\n".join(text)
         jobs[job_id] = job_from_state(job_id, body, alive, ticks, view)
-    for job_id, fields in db_rows.items():
-        if job_id not in jobs:
-            jobs[job_id] = job_from_db_row(fields, view)
+    for fields in db_rows.values():
+        job = job_from_db_row(fields, view)
+        if job.id not in jobs:
+            jobs[job.id] = job
     for job_id, slurm_id in view.submitted.items():
         if job_id not in jobs and (not wanted or job_id in wanted):
             jobs[job_id] = job_submitted(job_id, slurm_id, view)

@@ -51,10 +51,10 @@ def test_parse_merges_state_files_db_only_rows_locks_and_tmux() -> None:
         '"start_ticks":42}\n'
         "@job c yes 1\n|{not json\n"
         "@db\n"
-        "a\tcompleted\t0\ts\tc\n"
-        "y\trunning\t\ts3\t\n"
-        "x\trunning\t\ts4\t\n"
-        "z\tfailed\t2\ts2\tc2\n"
+        "=a\tcompleted\t0\ts\tc\n"
+        "=y\trunning\t\ts3\t\n"
+        "=x\trunning\t\ts4\t\n"
+        "=z\tfailed\t2\ts2\tc2\n"
     )
     jobs = {job.id: job.as_json() for job in parse_status_output(text.splitlines())}
     assert jobs["a"] == {
@@ -148,7 +148,7 @@ def test_deep_nesting_and_odd_digits_are_unreadable_not_a_crash() -> None:
         "@job fine no -",
         '|{"status":"completed"}',
         "@db",
-        "odd\tfailed\t\u00b2\t\t",
+        "=odd\tfailed\t\u00b2\t\t",
     ]
     jobs = {job.id: job for job in parse_status_output(lines)}
     assert jobs["deep"].status == "unreadable"

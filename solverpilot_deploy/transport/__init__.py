@@ -19,12 +19,55 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.ssh import (
+    MAX_ANSWER,
     ConnectOptions,
     paramiko_cannot,
     paramiko_cannot_check,
     ssh_config,
 )
+
+
+class Answer:
+    """A command's stdout as it arrives (``data``). The lines that begin with ``framed`` (a
+    step's per-call token: remote.py) are its answer and are kept however many there are (status
+    of a million jobs); the others (a banner, what a start-up file prints) may not pass
+    MAX_ANSWER bytes in all, nor any one line, so a start-up file that prints without end
+    stops the command instead of filling the memory. Without ``framed`` every byte counts."""
+
+    def __init__(self, framed: bytes = b"") -> None:
+        self.data = bytearray()
+        self.framed = framed
+        self.other = 0  # bytes of the ended lines without the token
+        self.head = b""  # the start of the line not ended yet (as long as the token)
+        self.open = 0  # that line's length so far
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        framed, size = self.framed, len(self.framed)
+        first, *ended = chunk.split(b"\n")
+        head = (self.head + first[:size])[:size]
+        if ended:  # the open line ends in this chunk, and every line but the last
+            if not framed or head != framed:
+                self.other += self.open + len(first) + 1
+            for line in ended[:-1]:
+                if not framed or not line.startswith(framed):
+                    self.other += len(line) + 1
+            head, self.open = ended[-1][:size], len(ended[-1])
+        else:
+            self.open += len(first)
+        self.head = head
+        mine = bool(framed) and (framed.startswith(head) if len(head) < size else head == framed)
+        if mine and self.open > MAX_ANSWER:  # status sends a state file of 64 KiB at most
+            raise RemoteCommandError(
+                f"the host sent a line of more than {MAX_ANSWER >> 20} MiB in its answer"
+            )
+        if self.other + (0 if mine else self.open) > MAX_ANSWER:
+            raise RemoteCommandError(
+                f"the host sent more than {MAX_ANSWER >> 20} MiB for one command besides its "
+                "answer (does a start-up file of the login shell print without end?)"
+            )
 
 
 class Session(ABC):
@@ -37,8 +80,11 @@ class Session(ABC):
         self.changing = False  # set by an operation before its first step that may change the host
 
     @abstractmethod
-    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
-        """Run ``command`` on the host; returns (exit status, stdout, stderr)."""
+    def run(
+        self, command: str, stdin: bytes = b"", timeout: float = 60.0, framed: bytes = b""
+    ) -> tuple[int, str, str]:
+        """Run ``command`` on the host; returns (exit status, stdout, stderr). ``framed``: the
+        start of the answer's lines (see Answer)."""
 
     def abort(self) -> None:
         self.aborted.set()

@@ -35,13 +35,11 @@ from solverpilot_deploy.errors import (
     HostKeyError,
     HostTimeoutError,
     OutputError,
-    RemoteCommandError,
     UnreachableError,
     UsageError,
 )
 from solverpilot_deploy.localfiles import append_line
 from solverpilot_deploy.ssh import (
-    MAX_ANSWER,
     MAX_STDERR,
     ConnectOptions,
     SshConfig,
@@ -53,7 +51,7 @@ from solverpilot_deploy.ssh import (
     parse_spec,
     ssh_config,
 )
-from solverpilot_deploy.transport import Session, Started
+from solverpilot_deploy.transport import Answer, Session, Started
 
 BANNER_RETRIES = 2
 _NO_BANNER = "kex_exchange_identification"
@@ -387,11 +385,13 @@ class OpenSSHSession(Session):
         argv = [*self.argv, "-o", "LogLevel=ERROR", *self.through, "-o", "BatchMode=yes"]
         return [*argv, *_session(self.argv[0], "default")]
 
-    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
+    def run(
+        self, command: str, stdin: bytes = b"", timeout: float = 60.0, framed: bytes = b""
+    ) -> tuple[int, str, str]:
         argv = [*self.steps_argv(), "-T", "--", self.host, command]
         proc = self._start(argv)
         try:
-            out, err = _exchange(proc, stdin, time.monotonic() + timeout, timeout)
+            out, err = _exchange(proc, stdin, time.monotonic() + timeout, timeout, framed)
             status = proc.wait()
         finally:
             if proc.poll() is None:
@@ -434,11 +434,12 @@ class OpenSSHSession(Session):
 
 
 def _exchange(
-    proc: subprocess.Popen[bytes], data: bytes, deadline: float, timeout: float
+    proc: subprocess.Popen[bytes], data: bytes, deadline: float, timeout: float, framed: bytes
 ) -> tuple[bytes, bytes]:
     """Write ``data`` to the step's stdin while reading its stdout and stderr to their end."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    out, err = bytearray(), bytearray()
+    answer, err = Answer(framed), bytearray()
+    out = answer.data
     written = 0
     with selectors.DefaultSelector() as selector:
         if data:
@@ -471,12 +472,7 @@ def _exchange(
                 if not chunk:
                     selector.unregister(key.fileobj)
                 elif key.fileobj is proc.stdout:
-                    out += chunk
-                    if len(out) > MAX_ANSWER:
-                        raise RemoteCommandError(
-                            f"the host sent more than {MAX_ANSWER >> 20} MiB for one command "
-                            "(does a start-up file of the login shell print without end?)"
-                        )
+                    answer.add(chunk)
                 else:
                     err += chunk
                     del err[:-MAX_STDERR]  # only its end is ever shown

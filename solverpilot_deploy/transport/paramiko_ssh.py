@@ -24,12 +24,10 @@ from solverpilot_deploy.errors import (
     HostKeyError,
     HostTimeoutError,
     OutputError,
-    RemoteCommandError,
     UnreachableError,
 )
 from solverpilot_deploy.localfiles import append_line
 from solverpilot_deploy.ssh import (
-    MAX_ANSWER,
     MAX_STDERR,
     ConnectOptions,
     SshConfig,
@@ -40,7 +38,7 @@ from solverpilot_deploy.ssh import (
     known_hosts_name,
     resolve,
 )
-from solverpilot_deploy.transport import Session, Started
+from solverpilot_deploy.transport import Answer, Session, Started
 
 if TYPE_CHECKING:
     import paramiko
@@ -180,13 +178,16 @@ class ParamikoSession(Session):
         for client in reversed(self.clients):
             client.close()
 
-    def run(self, command: str, stdin: bytes = b"", timeout: float = 60.0) -> tuple[int, str, str]:
+    def run(
+        self, command: str, stdin: bytes = b"", timeout: float = 60.0, framed: bytes = b""
+    ) -> tuple[int, str, str]:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise UnreachableError("connection lost")
         channel = transport.open_session(timeout=timeout)
         end = time.monotonic() + timeout
-        out, err = bytearray(), bytearray()
+        answer, err = Answer(framed), bytearray()
+        out = answer.data
         try:
             channel.exec_command(command)
             try:
@@ -207,12 +208,7 @@ class ParamikoSession(Session):
                     error.partial = out.decode("utf-8", "replace")
                     raise error
                 if channel.recv_ready():
-                    out += channel.recv(65536)
-                    if len(out) > MAX_ANSWER:
-                        raise RemoteCommandError(
-                            f"the host sent more than {MAX_ANSWER >> 20} MiB for one command "
-                            "(does a start-up file of the login shell print without end?)"
-                        )
+                    answer.add(channel.recv(65536))
                 elif channel.recv_stderr_ready():
                     err += channel.recv_stderr(65536)
                     del err[:-MAX_STDERR]  # only its end is ever shown

@@ -66,7 +66,7 @@ sp_slurm_id() {
   [ -f "$sp_server/slurm/$1.sbatch" ] || return 0
   sp_s=$(sed -n 's/.*"slurm_job_id": *"\([0-9]*\)".*/\1/p' "$sp_server/jobs/$1.status" 2>/dev/null)
   [ -n "$sp_s" ] ||
-    sp_s=$(awk -v id="$1" '$1 == id { s = $2 } END { print s }' "$sp_server/slurm/jobids" 2>/dev/null)
+    sp_s=$(SP_ID=$1 awk '$1 == ENVIRON["SP_ID"] { s = $2 } END { print s }' "$sp_server/slurm/jobids" 2>/dev/null)
   printf '%s' "$sp_s"
 }
 

@@ -37,7 +37,7 @@ elif [ -f "$p" ] && [ ! -x "$p" ]; then
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 # one line, whatever the folder's name holds: a newline in it would forge a key
-echo "server=$(printf '%s' "$sp_server" | tr '\n\r' '??')"
+printf 'server=%s\n' "$(printf '%s' "$sp_server" | tr '\n\r' '??')"
 sp_server_safe report # server_unsafe= (push stops), server_open= (push makes them 0700)
 case ${SOLVERPILOT_SERVER_DIR:-/} in /*) ;; *) echo server_relative=yes ;; esac
 sp_logout_kills && echo logout_kills=yes

@@ -87,17 +87,21 @@ EOF
 # the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask
 : >>"$log" || exit 14
 # 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open; the
-# login's umask: a tmux server started here passes it to the job (and to later sessions)
-(umask "$sp_umask" && exec tmux new-session -d -s "$name" -c "$here" "/bin/sh ./launch $id") 3>&- || exit 14
+# login's umask: a tmux server started here passes it to the job (and to later sessions);
+# -c is expanded as a format too: "##" keeps a #
+start=$(printf '%s' "$here" | sed 's/#/##/g; s/##\[/#[/g')
+(umask "$sp_umask" && exec tmux new-session -d -s "$name" -c "$start" "/bin/sh ./launch $id") 3>&- || exit 14
 sp_tmpdir='' # the launcher removes it now
-quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g")
+# tmux expands the command as a format (#{...}, strftime's %): "##" and "%%" keep a # or a %
+quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g; s/%/%%/g; s/#/##/g; s/##\\[/#[/g")
 tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
 : >"$here/go"
 sp_deadline "$wait"
 while :; do
   if [ -f "$state" ]; then
-    printf 'state='
-    cat -- "$state"
+    printf 'state=' # one line of at most 64 KiB: a newline in the file cannot forge a key
+    head -c 65536 -- "$state" | tr '\n' ' '
+    echo
     # cancel's record of a job it stopped before the launcher ran it
     if grep -q -e '"recorded_by":"sp-deploy cancel: cancelled before it started"' "$state"; then
       rm -rf -- "$here"

@@ -1,6 +1,6 @@
 # status.sh [JOB_ID...]: the jobs' state files with what tells "running" from "lost", and the
 # DB rows; only the named jobs when some are named. A constant number of processes, however
-# many jobs: find (twice), ls, sed (four times), awk, sqlite3, tmux, id; for Slurm jobs awk, sed,
+# many jobs: find (twice), ls, sed (five times), awk, sqlite3, tmux, id; for Slurm jobs awk, sed,
 # squeue (and a sleep that bounds it).
 # Answer: "@submitted ID SLURM_JOB_ID" per job run --via slurm submitted; when one of them is
 #   among the jobs asked about, "@slurm" if squeue is here (else "@noslurm"), then
@@ -12,8 +12,11 @@
 #   it names, looked at for a running record and for a stop's, whose wrapper may be stopping
 #   the job, TICKS that process's start in clock ticks since boot, or -; ID with anything
 #   outside A-Z a-z 0-9 . _ - shown as ?) and its text, each line behind "|" ("@big" instead
-#   when over 64 KiB or not a regular file); then "@db" and one tab-separated row per job (id,
-#   status, exit code, started_at, completed_at), "@dberror" when the DB could not be read.
+#   when over 64 KiB or not a regular file); then "@db" and, per job that has no state file,
+#   one line "=" ID, status, exit code, started_at, completed_at (tab-separated, each with
+#   backslash, newline, carriage return and tab written \\ \n \r \t, so no value can start
+#   a line of the answer), "@dberror" when the DB could not be read.
+# Paths reach awk through its environment (ENVIRON), never -v, which rewrites backslashes.
 # Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe).
 sp_server_safe || exit 21
 dir=$sp_server
@@ -23,7 +26,7 @@ dir=$sp_server
 slurm=''
 if [ -f "$dir/slurm/jobids" ]; then
   sed -n 's/^\([A-Za-z0-9._-]*\) \([0-9][0-9]*\)$/@submitted \1 \2/p' "$dir/slurm/jobids"
-  slurm=$(awk -v want="$*" 'BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1 }
+  slurm=$(SP_WANT=$* awk 'BEGIN { want = ENVIRON["SP_WANT"]; n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1 }
     /^[A-Za-z0-9._-]+ [0-9]+$/ && (want == "" || ($1 in wanted)) { print "yes"; exit }' "$dir/slurm/jobids")
 fi
 if [ -z "$slurm" ]; then
@@ -48,22 +51,50 @@ if command -v tmux >/dev/null 2>&1; then
   tmux list-sessions -F '@session #{session_name}' 2>/dev/null
 fi
 # R: the state files read (regular, at most 64 KiB: find -size counts 512-byte blocks), J: every
-# entry named *.status (a fifo, a link or a huge file among them is shown as @big, never opened)
+# entry named *.status (a fifo, a link or a huge file among them is shown as @big, never opened),
+# D: the DB's rows (those of a job with a state file are left out here: the state file counts)
 # shellcheck disable=SC2012 # ls, not find: inode numbers portably; a name with a newline in it
 # splits into lines awk ignores, and no job id has one
 {
   (cd -- "$dir/jobs" 2>/dev/null && find . -type f -name '*.status' ! -size +128) | sed 's/^/R /'
   ls -i "$dir/locks" 2>/dev/null | sed 's/^ */L /'
   (cd -- "$dir/jobs" 2>/dev/null && find . -name '*.status') | sed 's/^/J /'
-} | awk -v dir="$dir/jobs" -v want="$*" '
+  if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then
+    echo 'D @db'
+    where=''
+    for id in "$@"; do where="$where${where:+,}'$id'"; done # plain words: no quote in them
+    # each column with backslash, newline, carriage return and tab written \\ \n \r \t
+    row="'='" sep=''
+    for col in id status exit_code started_at completed_at; do
+      e="ifnull($col, '')"
+      for c in '92 92' '10 110' '13 114' '9 116'; do
+        e="replace($e, char(${c% *}), char(92, ${c#* }))"
+      done
+      row="$row || $sep$e" sep='char(9) || '
+    done
+    # a writer holds the DB at most a few seconds: wait for it, and say when it could not be read
+    {
+      sqlite3 -init /dev/null -cmd '.timeout 3000' "$dir/server.db" "SELECT $row FROM jobs
+        ${where:+WHERE id IN ($where)}" 2>/dev/null || echo '@dberror'
+    } | sed 's/^/D /'
+  fi
+} | SP_JOBS=$dir/jobs SP_WANT=$* awk '
 function safe(s) { gsub(/[^A-Za-z0-9._-]/, "?", s); return s }
 BEGIN {
+  dir = ENVIRON["SP_JOBS"]; want = ENVIRON["SP_WANT"]
   n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1
   while ((getline line < "/proc/locks") > 0) {
     split(line, f, " ") # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE ..." ("N: -> ..." waits)
     if (f[2] != "->") { k = split(f[6], dev, ":"); held[dev[k]] = 1 }
   }
   close("/proc/locks")
+}
+/^D / {
+  row = substr($0, 3)
+  if (row !~ /^=/) { print row; next } # @db, @dberror
+  split(substr(row, 2), f, "\t")
+  if (!(f[1] in stated)) print row
+  next
 }
 /^R / { readable[substr($0, 3)] = 1; next }
 /^L / {
@@ -80,6 +111,7 @@ BEGIN {
   big = !(("./" name) in readable)
   id = substr(name, 1, length(name) - 7)
   if (want != "" && !(id in wanted)) next
+  stated[id] = 1
   file = dir "/" name; text = ""; pid = ""; lines = 0
   if (!big) {
     while ((r = (getline line < file)) > 0) {
@@ -102,14 +134,4 @@ BEGIN {
   print "@job " safe(id) " " alive " " ticks
   if (big) print "@big"; else printf "%s", text
 }'
-if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then
-  echo '@db'
-  where=''
-  for id in "$@"; do where="$where${where:+,}'$id'"; done # plain words: no quote in them
-  # a writer holds the DB at most a few seconds: wait for it, and say when it could not be read
-  sqlite3 -init /dev/null -cmd '.timeout 3000' "$dir/server.db" "SELECT replace(replace(id, char(10), '?'), char(9), '?')
-    || char(9) || ifnull(status, '') || char(9) || ifnull(exit_code, '') || char(9) ||
-    ifnull(started_at, '') || char(9) || ifnull(completed_at, '') FROM jobs
-    ${where:+WHERE id IN ($where)}" 2>/dev/null || echo '@dberror'
-fi
 exit 0

@@ -1,0 +1,420 @@
+"""What a host sends is data, never control: its text reaches no terminal raw, no value it
+holds forges a line of a step's answer, any byte of the server folder's path arrives as it is,
+and no job count makes status fail (issue 16, items 3, 8, 9, 10, 18)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Lab, poll, require, sp
+from sshlab import run_as
+from test_status_remote import boot_id, connect, finished, start_ticks, write_states
+
+from solverpilot_deploy.errors import RemoteCommandError
+from solverpilot_deploy.profiles import load_profile
+from solverpilot_deploy.remote import parse_framed, step_script
+from solverpilot_deploy.render import render_wrapper
+from solverpilot_deploy.safe import printable
+from solverpilot_deploy.ssh import MAX_ANSWER
+from solverpilot_deploy.status import JOB_ID, NOT_ID_CHARS
+from solverpilot_deploy.transport import Answer
+
+SERVER = ".solverpilot-server"
+# what a hostile host would print: a clipboard write (OSC 52), a title, a screen clear, a C1
+# CSI (one byte, U+009B), a bidi override that reorders what follows on the screen
+OSC52 = "\x1b]52;c;cHduZWQ=\x07"
+NASTY = f"{OSC52}\x1b]0;title\x07\x1b[2J\x9b31m\u202e"
+# a terminal acts on these; none may reach it from a host
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def no_raw_control(text: str) -> bool:
+    return RAW_CONTROL.search(text) is None
+
+
+@pytest.fixture
+def live(lab: Lab) -> Iterator[dict[str, object]]:
+    """The state of a job that runs: a live process of the user, its start ticks, this boot."""
+    user = lab.user
+    sleeper = subprocess.Popen(
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+         "sleep", "120"]
+    )  # fmt: skip
+    try:
+        yield {
+            "status": "running",
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "user": user.pw_name,
+            "pid": sleeper.pid,
+            "start_ticks": start_ticks(sleeper.pid),
+            "boot_id": boot_id(),
+        }
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ---- item 3: host text is made safe before a table or message prints it ----
+
+
+def test_printable_shows_every_control_as_a_visible_escape() -> None:
+    assert printable("plain text, é, 日本, a\u00a0b") == "plain text, é, 日本, a\u00a0b"
+    shown = printable(NASTY + "\t\n\x7f\x00\u2028\U000e0001")
+    assert no_raw_control(shown) and shown.isprintable()
+    assert shown == (
+        "\\x1b]52;c;cHduZWQ=\\x07\\x1b]0;title\\x07\\x1b[2J\\x9b31m\\u202e"
+        "\\x09\\x0a\\x7f\\x00\\u2028\\U000e0001"
+    )
+    # JSON output escapes them itself: C1 and DEL too (ensure_ascii, the default)
+    assert json.dumps(NASTY + "\x7f").isascii()
+    assert json.loads(json.dumps(NASTY)) == NASTY
+
+
+def test_status_prints_a_hostile_state_and_db_row_safely(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    server = home / SERVER
+    evil = {
+        **finished("evil", lab.user.pw_name),
+        "status": f"failed{NASTY}",
+        "signal": NASTY,
+        "started_at": NASTY,
+        "completed_at": NASTY,
+    }
+    write_states(server, {"evil": evil, "fine": finished("fine", lab.user.pw_name)}, None)
+    with sqlite3.connect(server / "server.db") as db:  # DB-only rows, every column hostile
+        db.execute(
+            "INSERT INTO jobs (id, status, started_at, completed_at, exit_code) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ("dbonly", f"failed{NASTY}", NASTY, NASTY, NASTY),
+        )
+        db.execute("INSERT INTO jobs (id, status) VALUES (?, 'completed')", (f"x{OSC52}",))
+    subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", server], check=True)
+
+    code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    assert code == 0, err
+    assert no_raw_control(out) and no_raw_control(err), repr(out)
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in out  # shown, visibly
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    # a DB id outside the id rule: "unreadable", like a state file's name, its bytes as "?"
+    assert rows["x??52?c?cHduZWQ??"].split()[1] == "unreadable"
+    assert rows["fine"].split()[1] == "completed"
+
+    code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
+    assert code == 0 and out.isascii() and no_raw_control(out)
+    jobs = {job["id"]: job for job in json.loads(out)}
+    assert (jobs["evil"]["signal"], jobs["evil"]["started_at"]) == (NASTY, NASTY)
+    assert jobs["dbonly"]["status"] == f"failed{NASTY}"
+    assert jobs["dbonly"]["started_at"] == NASTY
+    assert jobs["x??52?c?cHduZWQ??"]["status"] == "unreadable"
+
+
+def test_cancel_of_a_hostile_ended_job_prints_it_safely(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    state = {**finished("ended", lab.user.pw_name), "status": f"completed{NASTY}"}
+    state["signal"] = NASTY
+    write_states(home / SERVER, {"ended": state}, lab.user.pw_uid)
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "ended", *connect(lab, trusted))
+    assert code == 0, err
+    assert "had already ended" in out
+    assert no_raw_control(out) and no_raw_control(err), repr(out)
+    assert "signal \\x1b]52;c;" in out
+
+
+def test_a_hosts_words_in_an_error_reach_the_terminal_safely(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """run names the wrapper's last words when it refuses a job: here a wrapper that prints
+    escape sequences (the message carries what the host said)."""
+    require(bool(shutil.which("tmux")), "needs tmux")
+    wrapper = home / ".solverpilot/bin/job_wrapper.sh"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f"#!/bin/sh\nprintf '%s refused\\n' '{NASTY}'\nexit 3\n")
+    wrapper.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", wrapper.parent.parent],
+                   check=True)  # fmt: skip
+    try:
+        code, out, err = sp(capsys, "run", lab.a.spec, *connect(lab, trusted), "--", "true")
+    finally:
+        run_as(lab.user, "tmux", "kill-server")
+    assert code == 1
+    assert "refused" in err and "\\x1b]52;c;" in err, err
+    assert no_raw_control(out) and no_raw_control(err), repr(err)
+
+
+def test_the_job_id_rule_is_the_same_in_the_wrapper_status_sh_and_python() -> None:
+    """One rule: status.py's JOB_ID; the wrapper's valid_id and status.sh's safe() (and the
+    "?" of a DB-only row's id) must say the same."""
+    wrapper = render_wrapper(load_profile("debian"))
+    (rule,) = re.findall(r"valid_id\(\) \{ local LC_ALL=C; \[\[ \$1 =~ (\S+) \]\]", wrapper)
+    assert rule == JOB_ID.pattern
+    outside = NOT_ID_CHARS.pattern  # "[^A-Za-z0-9._-]"
+    assert f"/{outside}/" in step_script("status")
+    assert JOB_ID.pattern == f"^[A-Za-z0-9]{outside.replace('^', '', 1)}{{0,127}}$"
+
+
+# ---- item 9: no value, in any column or file, forges a line of the answer ----
+
+
+def test_db_values_and_state_lines_forging_answer_lines_leave_live_jobs_live(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, live: dict[str, object]
+) -> None:
+    server = home / SERVER
+    forged = '\n@boot 0000\n@held ghost\n@job ghost yes 1\n|{"status":"running"}\n@db\n=x'
+    write_states(server, {"alive": {**live, "id": "alive"}}, None)
+    with sqlite3.connect(server / "server.db") as db:
+        db.execute(  # a forged line in a column other than id
+            "INSERT INTO jobs (id, status, started_at) VALUES ('row1', 'completed', ?)", (forged,)
+        )
+        db.execute(  # and in every column
+            "INSERT INTO jobs (id, status, started_at, completed_at, exit_code) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (f"row2{forged}", f"failed{forged}", forged, forged, forged),
+        )
+    # a state file whose text holds such lines (not the wrapper's: it writes one line)
+    (server / "jobs" / "odd.status").write_text('{"status":"completed"}' + forged + "\n")
+    subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", server], check=True)
+    code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
+    assert code == 0, err
+    jobs = {job["id"]: job for job in json.loads(out)}
+    assert (jobs["alive"]["status"], jobs["alive"]["lost_reason"]) == ("running", None)
+    assert "ghost" not in jobs and "x" not in jobs
+    assert (jobs["row1"]["status"], jobs["row1"]["started_at"]) == ("completed", forged)
+    assert jobs["odd"]["status"] == "unreadable"  # not JSON: the forged lines are its text
+    (row2,) = [job for job in jobs.values() if job["id"].startswith("row2")]
+    assert row2["status"] == "unreadable"  # a newline is outside the id rule
+    assert set(jobs) == {"alive", "row1", "odd", row2["id"]}
+
+
+def test_a_state_file_forging_keys_of_cancels_answer_is_one_value(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """cancel's answer carries the state file as state=: a line of the file saying
+    "wrote=yes" must not make cancel say it wrote the record of a job that never started."""
+    write_states(home / SERVER, {"ended": finished("ended", lab.user.pw_name)}, lab.user.pw_uid)
+    path = home / SERVER / "jobs" / "ended.status"
+    path.write_text(path.read_text() + "wrote=yes\n")
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "ended", *connect(lab, trusted))
+    assert code == 0, err
+    assert "never started" not in out and "had already ended" in out, out
+
+
+def test_cancel_of_a_huge_state_file_answers_a_bounded_line(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The answer's own lines have no bound on their number, so a step that sends a file sends
+    a bounded part of it: a 70 MB state file is not a 70 MB answer line."""
+    write_states(home / SERVER, {"huge": finished("huge", lab.user.pw_name)}, lab.user.pw_uid)
+    (home / SERVER / "jobs" / "huge.status").write_bytes(b"x" * 70_000_000)
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "huge", *connect(lab, trusted))
+    assert code == 0 and "had already ended" in out, err
+    assert len(out) < 1000
+
+
+# ---- item 8: any byte a path may hold reaches every step unchanged ----
+
+# a backslash before letters awk -v and echo would rewrite, a newline, a tab, quotes, printf's,
+# a glob's and tmux's format specials, a leading "-", spaces
+ODD_FOLDER = "-srv \\n\\b\\\\ %s%n #{pane_id} *?[a] 'q\" \n\tend"
+
+
+def test_a_server_folder_with_any_byte_in_its_path_reads_right(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, live: dict[str, object]
+) -> None:
+    server = home / ODD_FOLDER
+    quoted = "".join(f"\\x{byte:02x}" for byte in ODD_FOLDER.encode())
+    bashrc = home / ".bashrc"
+    saved = bashrc.read_bytes() if bashrc.exists() else None
+    bashrc.write_text(f"export SOLVERPILOT_SERVER_DIR=\"$HOME/\"$'{quoted}'\n")
+    states = {f"done-{n}": finished(f"done-{n}", lab.user.pw_name) for n in range(3)}
+    write_states(server, {**states, "alive": {**live, "id": "alive"}}, None)
+    with sqlite3.connect(server / "server.db") as db:
+        db.execute("INSERT INTO jobs (id, status) VALUES ('dbonly', 'completed')")
+    (server / "logs").mkdir()
+    (server / "logs" / "done-0.log").write_bytes(b"the log\n")
+    subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", server], check=True)
+    server.chmod(0o700)
+    try:
+        code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
+        assert code == 0, err
+        assert {j["id"]: j["status"] for j in json.loads(out)} == {
+            **{job_id: "completed" for job_id in states},
+            "alive": "running",
+            "dbonly": "completed",
+        }
+        code, out, err = sp(capsys, "logs", lab.a.spec, "done-0", *connect(lab, trusted))
+        assert (code, out) == (0, "the log\n"), err
+        code, out, err = sp(capsys, "cancel", lab.a.spec, "done-1", *connect(lab, trusted))
+        assert code == 0 and "had already ended" in out, err
+        if shutil.which("tmux"):  # and a job run there: its state, DB row and log land there
+            code, out, err = sp(capsys, "push", lab.a.spec, *connect(lab, trusted))
+            assert code == 0, out + err
+            code, out, err = sp(capsys, "run", lab.a.spec, "--id", "new", *connect(lab, trusted),
+                                "--", "sh", "-c", "echo ran here")  # fmt: skip
+            assert code == 0, err
+            poll(lambda: json.loads((server / "jobs/new.status").read_text())["status"]
+                 == "completed", 30, "the job's end")  # fmt: skip
+            code, out, err = sp(capsys, "logs", lab.a.spec, "new", *connect(lab, trusted))
+            assert code == 0 and "ran here" in out, err
+            with sqlite3.connect(server / "server.db") as db:
+                assert db.execute("SELECT status FROM jobs WHERE id = 'new'").fetchone() == (
+                    "completed",
+                )
+    finally:
+        run_as(lab.user, "tmux", "kill-server")
+        if saved is None:
+            bashrc.unlink()
+        else:
+            bashrc.write_bytes(saved)
+        shutil.rmtree(server, ignore_errors=True)
+
+
+def test_probe_names_a_server_folder_with_backslashes_as_it_is(tmp_path: Path) -> None:
+    """dash's echo rewrites \\c (ends the line), \\n, \\b...: the probe's server= line is printed
+    with printf %s, so the warnings that name the folder name the right one."""
+    server = tmp_path / "a\\cb\\n\\x"
+    result = subprocess.run(
+        ["sh", "-s", "--", "TOKEN"], input=step_script("probe"), capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SOLVERPILOT_SERVER_DIR": str(server)},
+        check=True,
+    )  # fmt: skip
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[0] == 0
+    assert f"server={server}" in framed[1]
+
+
+# ---- item 18: status of a job that is not there, or of two hosts ----
+
+
+def test_status_of_a_missing_job_or_of_two_hosts_says_so(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    write_states(home / SERVER, {"here": finished("here", lab.user.pw_name)}, lab.user.pw_uid)
+    code, out, err = sp(capsys, "status", lab.a.spec, "nosuch", *connect(lab, trusted))
+    assert (code, out) == (1, "")
+    assert f"no job nosuch on {lab.a.spec}" in err
+    code, out, err = sp(capsys, "status", lab.a.spec, "here", "gone", *connect(lab, trusted))
+    assert code == 1 and f"no job gone on {lab.a.spec}" in err
+    assert [line.split()[0] for line in out.splitlines()] == ["ID", "here"]
+    code, out, err = sp(capsys, "status", lab.a.spec, "here", *connect(lab, trusted))
+    assert code == 0 and not err
+    # a second host where a job id goes: a usage error naming the mistake, before any connection
+    code, out, err = sp(capsys, "status", lab.a.spec, lab.b.spec, *connect(lab, trusted))
+    assert code == 2 and "looks like a host, and status takes one HOST" in err, err
+    code, out, err = sp(capsys, "status", lab.a.spec, "user@node2", *connect(lab, trusted))
+    assert code == 2 and "'user@node2' is not a job id" in err, err
+
+
+# ---- item 10: no job count makes status fail ----
+
+
+def write_many(server: Path, count: int, db_only: int) -> None:
+    """``count`` state files as the wrapper writes them and their DB rows, and ``db_only`` DB
+    rows without a state file; quicker than write_states for this many."""
+    (server / "jobs").mkdir(parents=True)
+    (server / "locks").mkdir()
+    base = {**finished("x"), "host": "node-01.example.org", "slurm_job_id": None}
+    for n in range(count):
+        job_id = f"{n:08d}-0000-4000-8000-000000000000"
+        text = json.dumps({**base, "id": job_id}, separators=(",", ":"))
+        fd = os.open(server / "jobs" / f"{job_id}.status", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, text.encode() + b"\n")
+        os.close(fd)
+    with sqlite3.connect(server / "server.db") as db:
+        db.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT, started_at TEXT,"
+            " completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO jobs VALUES (?, 'completed', ?, ?, 0, NULL)",
+            (
+                (f"{n:08d}-0000-4000-8000-000000000000", base["started_at"], base["completed_at"])
+                for n in range(count + db_only)
+            ),
+        )
+
+
+def test_status_of_200000_jobs_lists_them_all(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """200,000 state files (and their DB rows) plus 50,000 DB-only rows: more than the 64 MiB
+    that once capped any answer; listed whole, within a minute."""
+    server = home / SERVER
+    write_many(server, 200_000, 50_000)
+    subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", server], check=True)
+    start = time.monotonic()
+    code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
+    took = time.monotonic() - start
+    assert code == 0, err[-2000:]
+    jobs = json.loads(out)
+    assert len(jobs) == 250_000
+    assert all(job["status"] == "completed" and job["exit_code"] == 0 for job in jobs)
+    assert jobs[-1]["id"] == "00249999-0000-4000-8000-000000000000"
+    assert took < 60, took
+
+
+def test_an_answer_over_64_mib_arrives_whole_with_either_transport(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, transport: str
+) -> None:
+    """16,000 state files of 5 KB: 80 MiB of answer, which the transports once refused."""
+    states = {f"j{n:05d}": {**finished(f"j{n:05d}"), "pad": "x" * 5000} for n in range(16_000)}
+    write_states(home / SERVER, states, lab.user.pw_uid)
+    code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
+    assert code == 0, err[-2000:]
+    assert [(j["id"], j["status"]) for j in json.loads(out)] == [
+        (job_id, "completed") for job_id in sorted(states)
+    ]
+
+
+def feed(answer: Answer, data: bytes, size: int) -> None:
+    for at in range(0, len(data), size):
+        answer.add(data[at : at + size])
+
+
+@pytest.mark.parametrize("size", [1000, 65536, 7])
+def test_the_bound_counts_only_what_is_not_the_answer(size: int) -> None:
+    token = b"0123456789abcdef01234567 "
+    line = token + b"|" + b"x" * 400 + b"\n"
+    if size == 7:  # byte by byte is slow: a token split at every place, on a few lines
+        answer = Answer(token)
+        feed(answer, b"banner\n" + line * 30, size)
+        assert (answer.other, bytes(answer.data)) == (7, b"banner\n" + line * 30)
+        return
+    answer = Answer(token)
+    feed(answer, b"motd\n" * 1000 + line * (MAX_ANSWER // len(line) + 1000), size)
+    assert answer.other == 5000 and len(answer.data) > MAX_ANSWER
+    for noise in (b"y\n", b"no newline, ever "):  # a start-up file without end, either way
+        with pytest.raises(RemoteCommandError, match="besides its answer"):
+            feed(Answer(token), line + noise * (MAX_ANSWER // len(noise) + 2), size)
+    with pytest.raises(RemoteCommandError):  # without a token every byte counts, as before
+        feed(Answer(), line * (MAX_ANSWER // len(line) + 2), size)
+    with pytest.raises(RemoteCommandError):  # nor is one line of the answer without end
+        feed(Answer(token), token + b"x" * (MAX_ANSWER + 1), size)
+
+
+def test_a_start_up_file_that_prints_without_end_still_stops_the_command(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, transport: str
+) -> None:
+    """The bound on what is not the answer stays: ~/.bashrc running `yes` is stopped."""
+    bashrc = home / ".bashrc"
+    saved = bashrc.read_bytes() if bashrc.exists() else None
+    bashrc.write_text("yes 'start-up noise'\n")
+    try:
+        code, _, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    finally:
+        if saved is None:
+            bashrc.unlink()
+        else:
+            bashrc.write_bytes(saved)
+    assert code == 1
+    assert "more than 64 MiB for one command besides its answer" in err, err
