@@ -4,6 +4,8 @@ import json
 import os
 import pwd
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -194,3 +196,16 @@ def job_state(home: Path, job_id: str) -> dict[str, object]:
     path = home / ".solverpilot-server" / "jobs" / f"{job_id}.status"
     data: dict[str, object] = json.loads(path.read_text())
     return data
+
+
+def sp_deploy(*args: str) -> subprocess.Popen[str]:
+    """sp-deploy as its own process (for real signals), output piped. SIGINT is reset to its
+    default, as a terminal gives it: a test run started in the background of a script inherits
+    it ignored, and Python then never raises KeyboardInterrupt."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "solverpilot_deploy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

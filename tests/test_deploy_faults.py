@@ -17,7 +17,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, sp_json
+from conftest import Lab, poll, sp_deploy, sp_json
 from sshlab import TEST_USERS
 
 from solverpilot_deploy.profiles import load_profile
@@ -56,17 +55,6 @@ def place(home: Path, uid: int, gid: int, data: bytes = OLD_WRAPPER, mode: int =
 
 def temp_files(home: Path) -> list[str]:
     return sorted(p.name for p in (home / ".solverpilot/bin").glob(".job_wrapper.sh.*"))
-
-
-def sp_deploy(*args: str) -> subprocess.Popen[str]:
-    """sp-deploy as its own process (real signals), SIGINT at its default as on a terminal."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "solverpilot_deploy", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
 
 
 def user_processes(uid: int, name: str = "") -> list[int]:

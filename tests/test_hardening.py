@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, require, sp, sp_json
+from conftest import Lab, poll, require, sp, sp_deploy, sp_json
 from sshlab import TEST_USERS, Sshd, run_as
 
 from solverpilot_deploy.deploy import Probe, check_requirements
@@ -126,19 +126,6 @@ def kh(trusted: Path, slow_host: SlowHost) -> Path:
     with trusted.open("a") as handle:
         handle.write(slow_host.sshd.known_hosts_line)
     return trusted
-
-
-def sp_deploy(*args: str) -> subprocess.Popen[str]:
-    """sp-deploy as its own process (for real signals), output piped. SIGINT is reset to its
-    default, as a terminal gives it: a test run started in the background of a script inherits
-    it ignored, and Python then never raises KeyboardInterrupt."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "solverpilot_deploy", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
 
 
 def ssh_args(lab: Lab, kh: Path, timeout: str = "60") -> list[str]:
