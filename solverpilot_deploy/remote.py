@@ -1,10 +1,13 @@
 """Run the remote steps (templates/remote/*.sh) on a host, whatever its login shell.
 
 Each step is a POSIX sh script, sent on stdin to one command line that every login shell
-(sh, bash, dash, zsh, csh, tcsh, fish) parses the same way: ``exec /bin/sh -s -- TOKEN ARG...``
+(sh, bash, dash, zsh, csh, tcsh, fish) parses the same way: ``exec /bin/sh -s -- ARG...``
 with plain words only. ``lib.sh`` goes before every step and ``end.sh`` after it: every line of
 the answer then begins with the per-call TOKEN and the last says the step's exit status, so
-whatever a banner, a start-up file or a process it left behind prints is never read. Data a
+whatever a banner, a start-up file or a process it left behind prints is never read. The
+TOKEN travels in the script itself (its first line puts it before the arguments), never on
+the command line, where a start-up file (bash's BASH_EXECUTION_STRING) or another user (ps)
+could read it and forge lines of the answer. Data a
 step needs (the wrapper, the schema) travels inside the script, as the body of its
 here-document ending in a ``SP_PAYLOAD`` line, because ``sh -s`` may read stdin ahead.
 """
@@ -76,11 +79,16 @@ def with_payload(script: str, payload: str) -> str:
     return f"{head}\n{payload}{PAYLOAD_END}{tail}"
 
 
-def command_line(token: str, args: tuple[str, ...]) -> str:
+def command_line(args: tuple[str, ...]) -> str:
     for arg in args:
         if not _PLAIN_WORD.match(arg):
             raise ValueError(f"not a plain word for a remote command line: {arg!r}")
-    return " ".join(("exec", "/bin/sh", "-s", "--", token, *args))
+    return " ".join(("exec", "/bin/sh", "-s", "--", *args))
+
+
+def with_token(script: str, token: str) -> str:
+    """``script`` whose first line puts ``token`` before its arguments, as lib.sh reads it."""
+    return f'set -- {token} "$@"\n{script}'
 
 
 def parse_framed(token: str, stdout: str) -> tuple[int, tuple[str, ...]] | None:
@@ -112,7 +120,7 @@ def run_step(
     if payload is not None:
         script = with_payload(script, payload)
     status, out, err = session.run(
-        command_line(token, args), stdin=script.encode(), timeout=timeout,
+        command_line(args), stdin=with_token(script, token).encode(), timeout=timeout,
         framed=f"{token} ".encode(),
     )  # fmt: skip
     framed = parse_framed(token, out)

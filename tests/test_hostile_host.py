@@ -4,6 +4,7 @@ and no job count makes status fail (issue 16, items 3, 8, 9, 10, 18)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -225,7 +226,7 @@ def test_cancel_of_a_huge_state_file_answers_a_bounded_line(
 
 # a backslash before letters awk -v and echo would rewrite, a newline, a tab, quotes, printf's,
 # a glob's and tmux's format specials, a leading "-", spaces
-ODD_FOLDER = "-srv \\n\\b\\\\ %s%n #{pane_id} *?[a] 'q\" \n\tend"
+ODD_FOLDER = "-srv \\n\\b\\\\ %s%n #{pane_id} ##[x] #[y] *?[a] 'q\" \n\tend"
 
 
 def test_a_server_folder_with_any_byte_in_its_path_reads_right(
@@ -418,3 +419,35 @@ def test_a_start_up_file_that_prints_without_end_still_stops_the_command(
             bashrc.write_bytes(saved)
     assert code == 1
     assert "more than 64 MiB for one command besides its answer" in err, err
+
+
+def test_a_start_up_file_cannot_read_the_token_to_forge_an_answer(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The per-call token is not on the command line: a ~/.bashrc that takes it from bash's
+    BASH_EXECUTION_STRING (or from ps) and prints "TOKEN wrapper=<the right sha256>" cannot
+    make verify say ok for a wrapper that was replaced."""
+    code, _, err = sp(capsys, "push", lab.a.spec, "--no-smoke", *connect(lab, trusted))
+    assert code == 0, err
+    wrapper = home / ".solverpilot" / "bin" / "job_wrapper.sh"
+    good = hashlib.sha256(wrapper.read_bytes()).hexdigest()
+    wrapper.write_text("#!/bin/bash\necho tampered\n")
+    bashrc = home / ".bashrc"
+    saved = bashrc.read_bytes() if bashrc.exists() else None
+    forged = home / "forged"
+    # every word of the command line that could be the token, and every such word ps shows
+    bashrc.write_text(
+        f'for w in ${{BASH_EXECUTION_STRING-}} $(ps -o args= -u "$USER" 2>/dev/null); do\n'
+        f'  echo "$w wrapper={good}"; echo "$w @end 0"; echo "$w" >> {forged}\n'
+        "done\n"
+    )
+    try:
+        code, out, err = sp(capsys, "verify", lab.a.spec, "--json", *connect(lab, trusted))
+    finally:
+        if saved is None:
+            bashrc.unlink()
+        else:
+            bashrc.write_bytes(saved)
+    assert forged.exists() and "exec" in forged.read_text()  # the start-up file did run
+    (result,) = json.loads(out)
+    assert (code, result["status"]) == (1, "mismatch"), (out, err)

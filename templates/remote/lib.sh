@@ -1,5 +1,7 @@
 # lib.sh: the start of every remote step. sp-deploy sends lib.sh, the step's own lines, then
-# end.sh, as one script to `/bin/sh -s -- TOKEN ARG...` on stdin, whatever the login shell.
+# end.sh, as one script to `/bin/sh -s -- ARG...` on stdin, whatever the login shell; the
+# script's first line (remote.py's with_token) puts the per-call TOKEN before the arguments:
+# on the command line a start-up file or another user could read it.
 # lib.sh ends by opening the function sp_main, whose body is the step; end.sh closes it, runs
 # it and passes every line it prints through sed, which puts the per-call TOKEN before it, and
 # adds "TOKEN @end STATUS" last. So nothing a login banner, a start-up file or a process one

@@ -87,14 +87,14 @@ EOF
 # the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask
 : >>"$log" || exit 14
 # 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open; the
-# login's umask: a tmux server started here passes it to the job (and to later sessions);
-# -c is expanded as a format too: "##" keeps a #
-start=$(printf '%s' "$here" | sed 's/#/##/g; s/##\[/#[/g')
-(umask "$sp_umask" && exec tmux new-session -d -s "$name" -c "$start" "/bin/sh ./launch $id") 3>&- || exit 14
+# login's umask: a tmux server started here passes it to the job (and to later sessions).
+# tmux expands -c and pipe-pane's command as formats (#, %, #{...}), which no escaping keeps
+# exact for every path ("##[" stays "##["): neither names the folder. A command client with
+# no -c starts the session in its own folder, and pipe-pane runs its command there too, so
+# both run in the run folder, and the log is named from it (an id has no # or %)
+(cd -- "$here" && umask "$sp_umask" && exec tmux new-session -d -s "$name" "/bin/sh ./launch $id") 3>&- || exit 14
 sp_tmpdir='' # the launcher removes it now
-# tmux expands the command as a format (#{...}, strftime's %): "##" and "%%" keep a # or a %
-quoted=$(printf '%s' "$log" | sed "s/'/'\\\\''/g; s/%/%%/g; s/#/##/g; s/##\\[/#[/g")
-tmux pipe-pane -t "=$name:" -o "cat >>'$quoted'" 2>/dev/null 3>&-
+(cd -- "$here" && exec tmux pipe-pane -t "=$name:" -o "cat >>../../logs/$id.log") 2>/dev/null 3>&-
 : >"$here/go"
 sp_deadline "$wait"
 while :; do
