@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 import secrets
 import threading
@@ -30,6 +29,7 @@ from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import run_step, unsafe_server_dir
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql
+from solverpilot_deploy.safe import host_object
 from solverpilot_deploy.ssh import remaining
 from solverpilot_deploy.transport import Session
 
@@ -377,12 +377,7 @@ def smoke_run(session: Session, deadline: float) -> None:
     job_id = f"sp-smoke-{secrets.token_hex(4)}"
     result = run_step(session, "smoke", job_id, timeout=remaining(deadline))
     rc = result.values().get("rc", "?")
-    try:
-        state = json.loads(result.lines[-1]) if result.lines else {}
-    except ValueError:
-        state = {}
-    if not isinstance(state, dict):
-        state = {}
+    state = (host_object(result.lines[-1]) if result.lines else None) or {}
     if result.status != 0 or rc != "0" or state.get("status") != "completed":
         raise RemoteCommandError(
             f"smoke run failed (exit {rc}, state {state.get('status')!r}): {result.stderr.strip()}"

@@ -7,7 +7,6 @@ newlines, ``$`` and ``;`` arrive exactly as given; no shell on the way parses th
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
 from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError
 from solverpilot_deploy.remote import run_step
-from solverpilot_deploy.safe import printable
+from solverpilot_deploy.safe import host_object, printable
 from solverpilot_deploy.status import JOB_ID
 from solverpilot_deploy.transport import Session
 
@@ -73,12 +72,7 @@ def run_payload(cwd: str, argv: list[str]) -> str:
 def _state(lines: tuple[str, ...]) -> dict[str, Any]:
     for line in lines:
         if line.startswith("state="):
-            try:
-                value = json.loads(line[6:])
-            except ValueError:
-                break
-            if isinstance(value, dict):
-                return value
+            return host_object(line[6:]) or {}
     return {}
 
 

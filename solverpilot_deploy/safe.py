@@ -15,7 +15,9 @@ default ``ensure_ascii``) writes every control character and every non-ASCII one
 
 from __future__ import annotations
 
+import json
 import unicodedata
+from typing import Any
 
 
 def _shown(char: str) -> str:
@@ -32,3 +34,18 @@ def printable(text: str) -> str:
     if text.isprintable():  # the usual case, at C speed
         return text
     return "".join(_shown(char) for char in text)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def host_object(text: str) -> dict[str, Any] | None:
+    """A JSON object a host sent (a state file), or None when it is not one: not JSON, nested
+    too deep for the parser, or holding NaN or Infinity, which Python would read and print
+    back as no JSON reader takes them."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
+        return None
+    return value if isinstance(value, dict) else None

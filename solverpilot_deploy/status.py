@@ -23,13 +23,13 @@ run of the batch script is an attempt (slurm_attempt, 1 and up, Slurm's restart 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.remote import run_step
+from solverpilot_deploy.safe import host_object
 from solverpilot_deploy.transport import Session
 
 JOB_KEYS = (
@@ -178,11 +178,8 @@ def job_from_state(
     job_id: str, text: str | None, alive: bool, ticks: str, view: HostView
 ) -> JobState:
     """One state file's JobState; "unreadable" when it is not a JSON object."""
-    try:
-        state = json.loads(text) if text is not None else None
-    except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
-        state = None
-    status = state.get("status") if isinstance(state, dict) else None
+    state = host_object(text) if text is not None else None
+    status = state.get("status") if state is not None else None
     if not isinstance(status, str) or not status or not JOB_ID.match(job_id):
         return JobState(job_id, "unreadable")
     assert isinstance(state, dict)

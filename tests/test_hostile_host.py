@@ -132,6 +132,28 @@ def test_cancel_of_a_hostile_ended_job_prints_it_safely(
     assert "signal \\x1b]52;c;" in out
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"status":"completed","exit_code":NaN,"wall_s":1e999}', "[" * 30000, '{"status":-Infinity}'],
+    ids=["nan-and-huge", "nested-too-deep", "infinity"],
+)
+def test_cancel_of_a_state_file_python_cannot_print_as_json_is_unreadable_not_a_crash(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, text: str
+) -> None:
+    """NaN, 1e999 and -Infinity are no JSON (Python reads them and prints them back bare), and a
+    state nested 30,000 deep ends Python's parser: cancel --json prints valid JSON, never a
+    traceback, and status and cancel agree that such a state is no record."""
+    write_states(home / SERVER, {"odd": finished("odd", lab.user.pw_name)}, lab.user.pw_uid)
+    (home / SERVER / "jobs" / "odd.status").write_text(text + "\n")
+    _, out, err = sp(capsys, "cancel", lab.a.spec, "odd", "--json", *connect(lab, trusted))
+    assert "Traceback" not in err and "internal error" not in err, err
+    if out:
+        json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in {out!r}"))
+    _, out, _ = sp(capsys, "status", lab.a.spec, "odd", "--json", *connect(lab, trusted))
+    (job,) = json.loads(out)
+    assert job["status"] == "unreadable", out
+
+
 def test_a_hosts_words_in_an_error_reach_the_terminal_safely(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
