@@ -98,7 +98,9 @@ def _ssh_g(
         reason = proc.stderr.strip().splitlines()[-1:] or ["ssh -G failed"]
         raise UsageError(f"cannot read the ssh config for {host}: {reason[0]}")
     values: SshConfig = {}
-    for line in proc.stdout.splitlines():
+    for line in proc.stdout.split("\n"):  # ssh's own line ends only: \x1c, \f are no line ends
+        if not line:
+            continue
         key, _, value = line.partition(" ")
         values.setdefault(key.lower(), []).append(value)
     return values
@@ -459,8 +461,10 @@ def known_host_entries(files: tuple[Path, ...], name: str) -> list[KnownHost]:
             continue
         except OSError as exc:
             raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        for line in text.splitlines():
-            words = line.split()
+        # as ssh reads it: lines end at \n alone, words part at spaces and tabs alone
+        # (str.splitlines and str.split also break at \x1c-\x1f, \v, \f, U+0085, U+2028)
+        for line in text.split("\n"):
+            words = [word for word in re.split(r"[ \t]+", line.strip(" \t\r")) if word]
             if not words or words[0].startswith("#"):
                 continue
             marker = words.pop(0) if words[0].startswith("@") else ""

@@ -717,3 +717,24 @@ def test_the_users_master_is_not_used_when_its_config_skips_the_host_key_check(
     finally:
         subprocess.run([*base, "-O", "exit", "box"], check=False, capture_output=True)
         shutil.rmtree(control, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transport_name", ["paramiko", "openssh"])
+@pytest.mark.parametrize("separator", ["\x1c", "\x1e", "\f", "\v", "\x85", "\u2028"])
+def test_a_known_hosts_line_ends_where_ssh_ends_it(
+    capsys: pytest.CaptureFixture[str],
+    server: Sshd,
+    keys: Keys,
+    tmp_path: Path,
+    transport_name: str,
+    separator: str,
+) -> None:
+    """ssh ends a known_hosts line at a newline alone: a changed key recorded on a line that
+    holds the real key after a \\x1c (Python's splitlines ends a line there) is CHANGED."""
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        stale_line(server, keys).rstrip("\n") + f" note{separator}" + host_line(server)
+    )
+    client = str(keys.one)
+    argv = (f"{USER}@127.0.0.1:{server.port}", "-i", client, "--known-hosts", str(known))
+    assert sp_outcome(capsys, server, transport_name, *argv)[0] == "changed"
