@@ -397,17 +397,28 @@ def test_one_id_is_one_job_whether_tmux_or_slurm_runs_it(
     subprocess.run(["runuser", "-u", USER, "--", "tmux", "kill-server"], check=False)
 
 
+@pytest.mark.parametrize(
+    ("rc_line", "folder"),
+    [
+        ("export SOLVERPILOT_SERVER_DIR=$HOME/srv\\\\dir", "srv\\dir"),
+        # a name that ends in a newline: $(pwd) would drop it and name another folder
+        ("export SOLVERPILOT_SERVER_DIR=\"$HOME/srv\"$'\\n'", "srv\n"),
+    ],
+    ids=["backslash", "trailing-newline"],
+)
 def test_a_server_folder_slurm_cannot_log_into_is_refused(
-    capsys: pytest.CaptureFixture[str], deployed: Cluster
+    capsys: pytest.CaptureFixture[str], deployed: Cluster, rc_line: str, folder: str
 ) -> None:
-    """sbatch's --output drops a backslash: the job would run with no log and no record."""
+    """sbatch's --output drops a backslash: the job would run with no log and no record; a
+    newline ends its option line. Refused, and nothing is written beside the folder either."""
     rc = deployed.home / ".bashrc"
-    rc.write_text("export SOLVERPILOT_SERVER_DIR=$HOME/srv\\\\dir\n")
+    rc.write_text(rc_line + "\n")
     try:
         code, _, err = sp(
             capsys, "run", deployed.sshd.spec, "--via", "slurm", *deployed.auth, "--", "true"
         )
     finally:
         rc.unlink()
-    assert code == 1 and "has a backslash" in err, err
-    assert not list((deployed.home / "srv\\dir").glob("slurm/*.sbatch"))
+    assert code == 1 and "has a backslash or a newline" in err, err
+    assert not list((deployed.home / folder).glob("slurm/*.sbatch"))
+    assert not (deployed.home / "srv").exists()  # the name without its newline: untouched

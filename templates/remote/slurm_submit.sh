@@ -6,8 +6,8 @@
 # ("JOB_ID SLURM_JOB_ID" lines: status, logs and cancel read it).
 # Answer: slurm_job_id=N; error= (sbatch's last words) when it refused.
 # Exit: 0 submitted; 10 no wrapper; 11 no sbatch; 12 the id is already used; 14 cannot write
-#   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash; 21 an
-#   unsafe server folder (lib.sh's sp_server_safe).
+#   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash or a
+#   newline; 21 an unsafe server folder (lib.sh's sp_server_safe).
 id=$1
 shift
 [ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
@@ -16,9 +16,18 @@ command -v sbatch >/dev/null 2>&1 || exit 11
 sp_server_safe || exit 21
 mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
 sp_server_safe || exit 21 # again: what another made in between is refused too
-server=$(cd -- "$sp_server" && pwd) || exit 14
-# sbatch's --output drops a backslash (and stops reading %% then): no log, no record
-case $server in *\\*) echo "error=the server folder $server has a backslash, which Slurm cannot take in a log path"; exit 19 ;; esac
+# the folder's full name, a trailing newline kept ($( ) drops only pwd's own after "/slurm")
+server=$(cd -- "$sp_server/slurm" && pwd) || exit 14
+server=${server%/slurm}
+# sbatch's --output drops a backslash (and stops reading %% then): no log, no record; a newline
+# would end the batch script's option line
+case $server in *\\* | *"
+"*)
+  printf 'error=the server folder %s has a backslash or a newline, which Slurm cannot take in a log path\n' \
+    "$(printf '%s' "$server" | tr '\n\r' '??')"
+  exit 19
+  ;;
+esac
 script=$server/slurm/$id.sbatch
 # the id is claimed by creating its batch script (set -C: only if it does not exist)
 (set -C && : >"$script") 2>/dev/null || exit 12
