@@ -738,3 +738,46 @@ def test_a_known_hosts_line_ends_where_ssh_ends_it(
     client = str(keys.one)
     argv = (f"{USER}@127.0.0.1:{server.port}", "-i", client, "--known-hosts", str(known))
     assert sp_outcome(capsys, server, transport_name, *argv)[0] == "changed"
+
+
+@pytest.mark.transports("openssh")
+@pytest.mark.parametrize("planted", ["socket of another user", "folder others can write"])
+def test_a_master_socket_another_user_could_have_put_there_is_not_used(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    keys: Keys,
+    server: Sshd,
+    transport: str,
+    tmp_path: Path,
+    planted: str,
+) -> None:
+    """ssh talks to whatever master listens at the ControlPath: one that is another user's
+    (a ControlPath in /tmp is a common habit), or in a folder others can write, may be theirs,
+    logged in to their account or faking the host's answers. sp-deploy opens its own."""
+    control = Path(tempfile.mkdtemp(prefix="cm-"))  # a socket path must be short
+    known = tmp_path / "known_hosts"
+    known.write_text(host_line(server))
+    config = tmp_path / "config"
+    config.write_text(
+        base_config(server, keys.one)
+        + f"  UserKnownHostsFile {known}\n"
+        + f"  ControlMaster auto\n  ControlPath {control}/%C\n  ControlPersist 60\n"
+    )
+    base = ["ssh", "-F", str(config)]
+    other = lab.users[TEST_USERS[1]]
+    try:
+        subprocess.run([*base, "-M", "-N", "-f", "box"], check=True, timeout=30)
+        (socket_path,) = control.iterdir()
+        if planted == "socket of another user":
+            os.chown(socket_path, other.pw_uid, other.pw_gid)  # as if they had made it
+        else:
+            control.chmod(0o777)
+        code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
+        assert code == 0, results
+        warned = " ".join(results[0]["warnings"])  # type: ignore[arg-type]
+        assert "your ControlMaster for this host is not used" in warned, results
+        why = "is not a socket of yours" if "socket" in planted else "can be written by others"
+        assert why in warned, warned
+    finally:
+        subprocess.run([*base, "-O", "exit", "box"], check=False, capture_output=True)
+        shutil.rmtree(control, ignore_errors=True)

@@ -22,6 +22,7 @@ import re
 import selectors
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -242,6 +243,26 @@ def classify(stderr: str, name: str) -> HostError:
     return UnreachableError(f"{name}: {said}")
 
 
+def _socket_not_yours(path: str) -> str:
+    """Why the master socket at ``path`` may be another user's ("" when it is this user's):
+    ssh talks to whatever listens there. The socket must be this user's, in a folder no one
+    else can write, or a sticky one (where no one else can replace what the user owns)."""
+    if not path or path == "none":
+        return "it has no ControlPath"
+    try:
+        found = os.lstat(path)
+        folder = os.stat(os.path.dirname(path) or ".")
+    except OSError as exc:
+        return f"its ControlPath {path} cannot be read ({exc.strerror})"
+    if not stat.S_ISSOCK(found.st_mode) or found.st_uid != os.geteuid():
+        return f"its ControlPath {path} is not a socket of yours"
+    if folder.st_uid not in (os.geteuid(), 0) or (
+        folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX
+    ):
+        return f"the folder of its ControlPath {path} can be written by others"
+    return ""
+
+
 class OpenSSHSession(Session):
     """Steps through one master connection; ``abort`` kills what runs and the master."""
 
@@ -263,6 +284,11 @@ class OpenSSHSession(Session):
                 self.warnings.append(
                     f"openssh: your ControlMaster for this host is not used: {self.weakened}, "
                     "so it may be connected to a host whose key sp-deploy would refuse"
+                )
+            elif theirs := _socket_not_yours(self._control_path()):
+                self.warnings.append(
+                    f"openssh: your ControlMaster for this host is not used: {theirs}, so "
+                    "another user may have put their own master there"
                 )
             elif self._path_names_the_login():
                 return  # the user's own master is up: every step goes through it
@@ -316,18 +342,22 @@ class OpenSSHSession(Session):
         if self.master_pid is None:
             raise UnreachableError(f"{self.host}: the master connection did not come up")
 
+    def _control_path(self, *extra: str) -> str:
+        """The ControlPath ssh would use for this login (``extra``: other options)."""
+        argv = [*self.argv, *extra, "-G", "--", self.host]
+        said = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        found = re.search(r"^controlpath (.*)$", said, re.MULTILINE)
+        return found[1] if found else ""
+
     def _path_names_the_login(self) -> bool:
         """The user's ControlPath differs for another user and for another port: the master
         it names was logged in as this command would log in."""
-
-        def path(*extra: str) -> str:
-            argv = [*self.argv, *extra, "-G", "--", self.host]
-            said = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-            found = re.search(r"^controlpath (.*)$", said, re.MULTILINE)
-            return found[1] if found else ""
-
-        mine = path()
-        return bool(mine) and mine != path("-l", "sp-deploy-other") and mine != path("-p", "1")
+        mine = self._control_path()
+        return (
+            bool(mine)
+            and mine != self._control_path("-l", "sp-deploy-other")
+            and mine != self._control_path("-p", "1")
+        )
 
     def _check(self, argv: list[str], deadline: float) -> int | None:
         """The pid of the master ``argv`` reaches (ssh -O check), None when there is none."""
