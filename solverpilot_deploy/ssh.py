@@ -157,6 +157,11 @@ def paramiko_refuses(values: SshConfig) -> list[str]:
         if key in values and any(a not in accepted for a in _PARAMIKO_PUBKEYS):
             found.append("PubkeyAcceptedAlgorithms")
             break
+    # paramiko authenticates with keys alone: a config that has ssh try no key logs in as ssh
+    # would not (or is denied where ssh would not be)
+    preferred = ",".join(values.get("preferredauthentications", [])).split(",")
+    if "preferredauthentications" in values and "publickey" not in preferred:
+        found.append("PreferredAuthentications (without publickey)")
     for key, (name, rule) in _KEY_KEYWORDS.items():
         value = values.get(key)
         if value is None:
@@ -341,7 +346,8 @@ def check_known_hosts(files: tuple[Path, ...]) -> None:
 
 
 def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
-    """An IdentityFile path with OpenSSH's %-tokens and ``~`` expanded, as ssh does it.
+    """An IdentityFile path with OpenSSH's %-tokens, ``${NAME}`` (from the environment) and
+    ``~`` expanded, as ssh does it.
 
     ``remote`` gives h (HostName), n (the host as given), p (port), r (remote user), j
     (ProxyJump), k (HostKeyAlias, else n) and C (ssh's connection hash); the local ones
@@ -361,12 +367,16 @@ def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
     values = {**local, **remote}
 
     def token(match: re.Match[str]) -> str:
+        if match[2] is not None:  # ${NAME}: the environment's, as ssh expands it
+            if match[2] not in os.environ:
+                raise UsageError(f"IdentityFile {path}: the environment has no {match[2]}")
+            return os.environ[match[2]]
         key = match[1]
         if key not in values:
             raise UsageError(f"IdentityFile {path}: unknown token %{key}")
         return values[key]
 
-    return os.path.expanduser(re.sub(r"%(.)", token, path))
+    return os.path.expanduser(re.sub(r"%(.)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}", token, path))
 
 
 def check_identity(path: str) -> None:

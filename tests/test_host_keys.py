@@ -367,6 +367,9 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
         "  PubkeyAcceptedAlgorithms rsa-sha2-512\n",
         "HostKeyAlgorithms": f"  UserKnownHostsFile {good}\n  HostKeyAlgorithms ssh-ed25519\n",
         "PubkeyAuthentication no": f"  UserKnownHostsFile {good}\n  PubkeyAuthentication no\n",
+        "PreferredAuthentications password": f"  UserKnownHostsFile {good}\n"
+        "  PreferredAuthentications password\n",
+        "IdentityFile ${VAR}": f"  UserKnownHostsFile {good}\n",
     }[name]
     (folder / "alias_hosts").write_text(
         host_line(server, "myalias") + stale_line(server, keys, "stale-alias") + host_line(server)
@@ -388,6 +391,12 @@ def matrix_config(name: str, folder: Path, server: Sshd, keys: Keys) -> Path:
         config.write_text(plain.replace(f"  IdentityFile {keys.one}", first.rstrip()) + extra)
         with config.open("a") as handle:
             handle.write(f"  IdentityFile {keys.one}\n")
+        return config
+    if name == "IdentityFile ${VAR}":  # ssh expands the environment's SP_MATRIX_KEY
+        shutil.copy(keys.two, folder / "env.id")
+        os.environ["SP_MATRIX_KEY"] = str(folder / "env.id")
+        line = "  IdentityFile ${SP_MATRIX_KEY}\n"
+        config.write_text(plain.replace(f"  IdentityFile {keys.one}\n", line) + extra)
         return config
     if name.startswith("IdentityFile"):
         token = name.split()[-1]
@@ -428,9 +437,15 @@ MATRIX = (
     "PubkeyAcceptedAlgorithms",
     "HostKeyAlgorithms",
     "PubkeyAuthentication no",
+    "PreferredAuthentications password",
+    "IdentityFile ${VAR}",
 )
 # paramiko does not implement these: it refuses, naming the keyword; auto picks openssh
-PARAMIKO_REFUSES = {"IdentityAgent elsewhere", "PubkeyAcceptedAlgorithms"}
+PARAMIKO_REFUSES = {
+    "IdentityAgent elsewhere",
+    "PubkeyAcceptedAlgorithms",
+    "PreferredAuthentications password",
+}
 
 
 @pytest.mark.parametrize("name", MATRIX)
@@ -442,7 +457,9 @@ def test_both_transports_do_what_ssh_does(
     server: Sshd,
     tmp_path: Path,
     name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("SP_MATRIX_KEY", "")  # matrix_config may set it: undone after the test
     config = matrix_config(name, tmp_path, server, keys)
     expected = ssh_outcome(server, config)
     args = ("box", "-F", str(config))
@@ -473,7 +490,11 @@ def test_both_transports_do_what_ssh_does(
         assert expected[0] == "unknown"
     elif name == "a revoked key":
         assert expected[0] == "revoked"
-    elif name in ("PubkeyAcceptedAlgorithms", "PubkeyAuthentication no"):
+    elif name in (
+        "PubkeyAcceptedAlgorithms",
+        "PubkeyAuthentication no",
+        "PreferredAuthentications password",
+    ):
         assert expected[0] == "auth"
     elif name not in PARAMIKO_REFUSES:
         assert expected == ("login", USER, keys.fingerprint(keys.one))
