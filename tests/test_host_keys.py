@@ -802,3 +802,48 @@ def test_a_master_socket_another_user_could_have_put_there_is_not_used(
     finally:
         subprocess.run([*base, "-O", "exit", "box"], check=False, capture_output=True)
         shutil.rmtree(control, ignore_errors=True)
+
+
+@pytest.mark.transports("openssh")
+@pytest.mark.parametrize("opened_by", ["another alias", "options on ssh's command line"])
+def test_the_users_master_opened_under_other_options_cannot_let_a_changed_key_in(
+    capsys: pytest.CaptureFixture[str],
+    lab: Lab,
+    keys: Keys,
+    server: Sshd,
+    transport: str,
+    tmp_path: Path,
+    opened_by: str,
+) -> None:
+    """The config of the host asked for checks its key strictly, but the user's master for
+    it (the same ControlPath: same host, port and user) was opened by another alias, or with
+    -o StrictHostKeyChecking=no, against a known_hosts that records another key: sp-deploy
+    does not go through it and refuses the host."""
+    (Path(lab.users[USER].pw_dir) / WRAPPER).unlink(missing_ok=True)  # an earlier test's
+    control = Path(tempfile.mkdtemp(prefix="cm-"))  # a socket path must be short
+    known = tmp_path / "known_hosts"
+    known.write_text(stale_line(server, keys))
+    config = tmp_path / "config"
+    master = f"  ControlMaster auto\n  ControlPath {control}/%C\n  ControlPersist 60\n"
+    quick = base_config(server, keys.one).replace("Host box", "Host box-quick")
+    config.write_text(
+        base_config(server, keys.one)
+        + f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n{master}"
+        + quick
+        + f"  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n{master}"
+    )
+    base = ["ssh", "-F", str(config)]
+    opener = (
+        [*base, "box-quick"]
+        if opened_by == "another alias"
+        else [*base, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "box"]
+    )
+    try:
+        subprocess.run([*opener[:-1], "-M", "-N", "-f", opener[-1]], check=True, timeout=30)
+        assert subprocess.run([*base, "-O", "check", "box"], check=False).returncode == 0
+        code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
+        assert code == 1 and "has CHANGED" in str(results[0]["error"]), results
+        assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
+    finally:
+        subprocess.run([*base, "-O", "exit", "box"], check=False, capture_output=True)
+        shutil.rmtree(control, ignore_errors=True)

@@ -290,14 +290,16 @@ class OpenSSHSession(Session):
                     f"openssh: your ControlMaster for this host is not used: {theirs}, so "
                     "another user may have put their own master there"
                 )
-            elif self._path_names_the_login():
-                return  # the user's own master is up: every step goes through it
-            else:
+            elif not self._path_names_the_login():
                 self.warnings.append(
                     "openssh: your ControlMaster for this host is not used: its ControlPath "
                     "does not name the user and port (%r and %p, or %C), so it may be logged "
                     "in as someone else"
                 )
+            elif (changed := self._host_key_refused(deadline)) is None:
+                return  # the user's own master is up: every step goes through it
+            else:
+                raise changed  # the host shows a key sp-deploy refuses: no master of ours either
         base = tempfile.gettempdir()
         self.folder = tempfile.mkdtemp(  # 0700
             prefix="sp-ssh-", dir=base if len(base) < _SHORT_PATH else "/tmp"
@@ -341,6 +343,31 @@ class OpenSSHSession(Session):
         self.master_pid = self._check(self.steps_argv(), deadline)
         if self.master_pid is None:
             raise UnreachableError(f"{self.host}: the master connection did not come up")
+
+    def _host_key_refused(self, deadline: float) -> HostError | None:
+        """The user's own master may have been opened under other options than this config's
+        (another alias with the same ControlPath, -o on ssh's command line) that let a changed
+        key in: a fresh connection, checked as sp-deploy checks host keys, shows the key the
+        host has now. No authentication is tried (no key, password or Duo prompt): "Permission
+        denied" after the key exchange means the key was accepted. None: accepted."""
+        argv = [*self.argv, "-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        argv += ["-o", "BatchMode=yes", "-o", "PreferredAuthentications=none"]
+        wait = math.ceil(max(deadline - time.monotonic(), 1))
+        proc = self._start(
+            [*argv, "-o", f"ConnectTimeout={wait}", "--", self.host, "true"],
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return HostTimeoutError(f"{self.host}: no answer to a key exchange in time")
+        finally:
+            self._forget(proc)
+        said = err.decode("utf-8", "replace")
+        accepted = proc.returncode == 0 or "Permission denied" in said  # 0: "none" let it in
+        return None if accepted else classify(said, self.host)
 
     def _control_path(self, *extra: str) -> str:
         """The ControlPath ssh would use for this login (``extra``: other options)."""
