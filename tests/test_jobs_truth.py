@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -519,3 +519,67 @@ def test_names_a_host_sends_reach_no_terminal_raw(monkeypatch: pytest.MonkeyPatc
     assert "\x1b" not in str(error.value) and "\\x1b]52" in str(error.value)
     done = jobs.cancel_job(None, "j", 1, 10, force=True)  # type: ignore[arg-type]
     assert done.signalled == ("1 x\\x1b]52;c;cHduZWQ=\\x07",)
+
+
+def _pids(match: Callable[[list[str]], bool]) -> list[int]:
+    """The pids whose argv ``match`` accepts."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if raw and match([word.decode(errors="replace") for word in raw.split(b"\0") if word]):
+            found.append(int(entry))
+    return found
+
+
+def _delayed(pids: list[int], call: str, micros: int, nth: int) -> subprocess.Popen[bytes]:
+    """strace holding the ``nth`` ``call`` of ``pids`` (and their children) ``micros`` long."""
+    strace = shutil.which("strace")
+    assert strace, "strace is needed (tests/run_all.sh installs it)"
+    attach = [word for pid in pids for word in ("-p", str(pid))]
+    inject = f"inject={call}:delay_enter={micros}:when={nth}"
+    return subprocess.Popen([strace, "-qq", "-f", "-o", "/dev/null", *attach, "-e", inject])
+
+
+def test_a_cancel_that_wins_the_start_is_kept_whatever_order_the_run_step_cleans_up_in(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """The interleaving a busy host can give (forced with strace's delay injection, as a
+    process descheduled at the worst moment): the launcher is held just before it decides;
+    cancel decides first and writes its record; the run step, seeing that record, removes the
+    claim, its removal held half-way. The launcher then decides in what is left of the
+    claim: it must not run the job (it did: both commands said it never ran while it ran)."""
+    job_id = f"race{secrets.token_hex(3)}"
+    run = sp_process(lab, trusted, "run", lab.a.spec, "--id", job_id, "--", "sleep", "60")
+    launcher: list[int] = []
+
+    def found_launcher() -> bool:
+        launcher[:] = _pids(lambda argv: argv == ["/bin/sh", "./launch", job_id])
+        return bool(launcher)
+
+    poll(found_launcher, 30, "the launcher")
+    tracers = [_delayed(launcher, "mkdir", 4_000_000, 1)]
+    try:
+        steps = _pids(lambda argv: argv[:3] == ["/bin/sh", "-s", "--"] and job_id in argv[3:5])
+        assert steps, "the run step"
+        tracers.append(_delayed(steps, "unlinkat", 6_000_000, 2))
+        holding = ["mkdir", "decided"]
+        poll(lambda: bool(_pids(lambda argv: argv[:2] == holding)), 30, "the launcher's mkdir")
+        cancel = sp_process(lab, trusted, "cancel", lab.a.spec, job_id, "--wait", "5")
+        code, out, err = finish(cancel)
+        assert code == 0 and out.startswith(f"{job_id} failed exit 143 signal TERM"), (out, err)
+        run_code, _, run_err = finish(run, 90)
+        gone = ["/bin/sh", "./launch", job_id]
+        poll(lambda: not _pids(lambda argv: argv == gone), 30, "the launcher's end")
+    finally:
+        for tracer in tracers:
+            tracer.terminate()
+            tracer.wait()
+    final = state(deployed, job_id)
+    assert (final["status"], final["exit_code"], final["signal"]) == ("failed", 143, "TERM"), final
+    assert db_row(deployed, job_id) == ("failed", 143)
+    assert not user_processes_running(lab, "sleep 60"), "the job runs"
+    if "never started" in out:
+        assert run_code == 1 and "cancelled before it started" in run_err, run_err

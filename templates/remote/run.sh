@@ -65,9 +65,12 @@ while IFS= read -r line; do
 done <args
 here=$PWD
 rm -f -- args go launch
-# a cancel while the job starts may have decided first: then the job never runs
-if ! mkdir decided 2>/dev/null; then
-  cd / && rm -rf -- "$here"
+# a cancel while the job starts may have decided first, or the run step given the start up
+# (either renames this folder away before removing it: a "decided" removed with it cannot be
+# taken again here, this folder being no longer the claim), or a record of the id be there:
+# then the job never runs
+if ! mkdir decided 2>/dev/null || [ ! . -ef "$here" ] || [ -e "${here%/run/*}/jobs/$id.status" ]; then
+  if [ . -ef "$here" ]; then cd / && rm -rf -- "$here"; fi
   exit 0
 fi
 # the server folder this run step used, whatever the tmux server's environment says
@@ -94,6 +97,12 @@ EOF
 # both run in the run folder, and the log is named from it (an id has no # or %)
 (cd -- "$here" && umask "$sp_umask" && exec tmux new-session -d -s "$name" "/bin/sh ./launch $id") 3>&- || exit 14
 sp_tmpdir='' # the launcher removes it now
+# drop_claim: the run folder is renamed away, then removed: a launcher that has not decided yet
+# finds its folder no longer the claim (never a "decided" removed under it that it could take)
+drop_claim() {
+  gone=$runs/.gone.$id.$$
+  if mv -- "$here" "$gone" 2>/dev/null; then rm -rf -- "$gone"; else rm -rf -- "$here"; fi
+}
 (cd -- "$here" && exec tmux pipe-pane -t "=$name:" -o "cat >>../../logs/$id.log") 2>/dev/null 3>&-
 : >"$here/go"
 sp_deadline "$wait"
@@ -104,14 +113,14 @@ while :; do
     echo
     # cancel's record of a job it stopped before the launcher ran it
     if grep -q -e '"recorded_by":"sp-deploy cancel: cancelled before it started"' "$state"; then
-      rm -rf -- "$here"
+      drop_claim
       exit 18
     fi
     exit 0
   fi
   if [ -f "$here/rc" ]; then
     rc=$(cat -- "$here/rc")
-    rm -rf -- "$here"
+    drop_claim
     echo "rc=$rc"
     tail -n 5 -- "$log" 2>/dev/null | sed 's/^/log=/'
     [ "$rc" != cwd ] || exit 17
@@ -121,7 +130,7 @@ while :; do
   # unrecorded, with its pane); once it is sure that no launcher runs it, the id is freed
   if ! tmux has-session -t "=$name" 2>/dev/null && [ ! -f "$state" ] && [ ! -f "$here/rc" ] &&
     { mkdir -- "$here/decided" 2>/dev/null || ! sp_in_time; }; then
-    rm -rf -- "$here"
+    drop_claim
     echo "error=the tmux session $name ended before the wrapper started"
     exit 19
   fi
