@@ -171,6 +171,12 @@ def cancel_job(
             f"job {job_id} is lost: its wrapper is gone, but processes of it still run ({held}); "
             f"nothing was signalled: cancel --force {job_id} stops them"
         )
+    if result.status == 17 and found.get("stopped") == "yes":
+        raise JobError(
+            f"job {job_id} was stopped (TERM sent; its wrapper and the job are gone), but neither "
+            "its wrapper nor sp-deploy could write its end (disk full or folder not writable?): "
+            "its record still says running"
+        )
     if result.status == 17:
         raise JobError(f"job {job_id}: cannot write its record (disk full or folder not writable?)")
     if result.status == 18:

@@ -583,3 +583,33 @@ def test_a_cancel_that_wins_the_start_is_kept_whatever_order_the_run_step_cleans
     assert not user_processes_running(lab, "sleep 60"), "the job runs"
     if "never started" in out:
         assert run_code == 1 and "cancelled before it started" in run_err, run_err
+
+
+def test_cancel_on_a_full_disk_says_it_stopped_the_job_whose_end_nobody_could_write(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """The server folder's disk fills while a job runs: cancel's TERM stops it, and neither
+    the wrapper can write its end. cancel writes it, or says that nobody could (it said "lost:
+    nothing was signalled" of a job it had just stopped)."""
+    server = deployed / SERVER
+    user = lab.user
+    options = f"size=512k,mode=0700,uid={user.pw_uid},gid={user.pw_gid}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(server)], check=True)
+    try:
+        code, out, err = finish(
+            sp_process(lab, trusted, "run", lab.a.spec, "--id", "full-disk", "--", "sleep", "60")
+        )
+        assert code == 0, err
+        poll(lambda: bool(user_processes_running(lab, "sleep 60")), 30, "the job")
+        with contextlib.suppress(OSError), open(server / "filler", "wb") as filler:
+            while True:  # until the disk is full
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        code, out, err = finish(sp_process(lab, trusted, "cancel", lab.a.spec, "full-disk"))
+        # cancel writes the end when a block is left for it, else says that nobody could
+        wrote = code == 0 and "its wrapper could not record it: sp-deploy did" in out
+        assert wrote or (code == 1 and "was stopped (TERM sent" in err), (out, err)
+        assert "nothing was signalled" not in err
+        poll(lambda: not user_processes_running(lab, "sleep 60"), 20, "the job's end")
+    finally:
+        subprocess.run(["umount", "-l", str(server)], check=False)

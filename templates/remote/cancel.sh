@@ -22,7 +22,8 @@
 # stopping: waited for, never signalled twice. One that Slurm had already ended without a final
 # record is lost (11, slurm_state= says how Slurm ended it).
 # Answer: state= (the state file as it is at the end); was=STATUS when it was not running;
-#   wrote=yes|ended when this step wrote the record (yes: the job never started); error= with
+#   wrote=yes|ended when this step wrote the record (yes: the job never started); stopped=yes
+#   when the wrapper was stopped but wrote no end (with 17: nor could this step); error= with
 #   14 and 15; held=PID COMM per process holding the lock of a lost or ended job (16, 19);
 #   signalled=PID COMM per process force stopped (the holders and the rest of their process groups); warning= when the DB
 #   could not be updated.
@@ -277,5 +278,8 @@ if ! wrapper_is_there; then # lost: what is left of it is stopped only when forc
 fi
 kill -TERM "$pid" 2>/dev/null
 wait_for_the_wrapper
-[ "$(field status)" != running ] || show 11
+if [ "$(field status)" = running ]; then # stopped, but its wrapper could not record it (a full
+  echo stopped=yes # disk): this step tries, and says it stopped the job whatever comes of that
+  record_end 143 TERM "its wrapper was stopped and could not record it" ended
+fi
 show 0
