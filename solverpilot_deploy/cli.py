@@ -219,9 +219,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _run_fleet(args, operation, {"ok"})
 
 
-def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T:
+def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T], sent: str = "") -> T:
     """Connect to the one host of ``args``, run ``work(session, deadline)``, name the host in
-    its error. A malformed HOST is a usage error before any connection."""
+    its error. A malformed HOST is a usage error before any connection. ``sent``: what may
+    have happened on the host once ``work`` began (said with its error, or on Ctrl-C)."""
     import time
 
     from solverpilot_deploy.transport import connect
@@ -231,13 +232,22 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T]) -> T
         raise UsageError(f"{args.host} names {len(targets)} hosts of {args.inventory}; name one")
     (target,) = targets
     deadline = time.monotonic() + target.options.timeout
+    began = False
     try:
         with connect(target.spec, target.options, deadline) as session:
             for warning in session.warnings:
                 _warn(args.host, warning)
+            began = True
             return work(session, deadline)
     except DeployError as exc:
-        raise HostFailedError(f"{args.host}: {exc}") from exc
+        raise HostFailedError(f"{args.host}: {exc}{f'; {sent}' if began and sent else ''}") from exc
+    except KeyboardInterrupt:
+        if began and sent:
+            print(
+                f"sp-deploy: {printable(args.host)}: interrupted; {printable(sent)}",
+                file=sys.stderr,
+            )
+        raise
 
 
 def _job_ids(ids: Sequence[str]) -> tuple[str, ...]:
@@ -329,6 +339,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lambda session, end: run_job(
             session, job_id, args.cwd or "", args.command_argv, remaining(end)
         ),
+        f"job {job_id} may have started: see sp-deploy status {args.host} {job_id}",
     )
     for warning in started.warnings:
         _warn(args.host, warning)
@@ -380,6 +391,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         lambda session, end: cancel_job(
             session, job_id, int(args.wait), remaining(end) + 2 * int(args.wait) + 5, args.force
         ),
+        f"job {job_id} may have been stopped: see sp-deploy status {args.host} {job_id}",
     )
     for warning in done.warnings:
         _warn(args.host, warning)

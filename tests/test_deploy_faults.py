@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, sp_deploy, sp_json
+from conftest import Lab, poll, sp, sp_deploy, sp_json
 from sshlab import TEST_USERS
 
 from solverpilot_deploy.profiles import load_profile
@@ -570,3 +570,32 @@ def test_a_flood_of_term_always_exits_130_with_its_report(
             poll(lambda: not user_processes(lab.user.pw_uid), 30, "the host's steps to end")
     finally:
         rc.unlink()
+
+
+def test_a_cancel_whose_answer_stalls_says_the_job_may_have_been_stopped(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The connection stalls once cancel's step went out: the host may have stopped the job.
+    The error says so and how to look (it blamed a start-up file only)."""
+    args = ssh_args(lab, trusted, timeout="20")
+    assert sp_json(capsys, "push", lab.a.spec, "--no-smoke", *args)[0] == 0
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "stalled-cancel", *args, "--", "sleep", "60"
+    )
+    assert code == 0, err
+    # the whole step reaches the host (client to server is never held): only its answer stalls
+    proxy = StallingProxy(lab.a.port, len(step_script("cancel")))
+    with trusted.open("a") as handle:
+        handle.write(lab.a.known_hosts_line.replace(f":{lab.a.port} ", f":{proxy.port} "))
+    try:
+        spec = f"{lab.user.pw_name}@127.0.0.1:{proxy.port}"
+        proc = sp_deploy(
+            "cancel", spec, "stalled-cancel", "--wait", "1", *ssh_args(lab, trusted, timeout="4")
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proxy.close()
+    assert proxy.stalled.is_set()
+    assert proc.returncode == 1, (out, err)
+    assert "job stalled-cancel may have been stopped: see sp-deploy status" in err, err
+    sp_json(capsys, "cancel", lab.a.spec, "stalled-cancel", *args)

@@ -613,3 +613,24 @@ def test_cancel_on_a_full_disk_says_it_stopped_the_job_whose_end_nobody_could_wr
         poll(lambda: not user_processes_running(lab, "sleep 60"), 20, "the job's end")
     finally:
         subprocess.run(["umount", "-l", str(server)], check=False)
+
+
+def test_run_interrupted_once_the_job_may_have_started_names_it(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """TERM (as Ctrl-C) to run once the host launches the job: exit 130, and the job that
+    may have started is named, with how to look at it (it said only "interrupted", and the
+    job ran on under an id never shown)."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "solverpilot_deploy", "run", lab.a.spec, *connect(lab, trusted),
+         "--id", "interrupted-run", "--", "sleep", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    go = deployed / SERVER / "run" / "interrupted-run" / "go"
+    state_file = deployed / SERVER / "jobs" / "interrupted-run.status"
+    poll(lambda: go.exists() or state_file.exists(), 30, "the launch")
+    run.send_signal(signal.SIGTERM)
+    code, out, err = finish(run)
+    assert code == 130, (out, err)
+    assert "job interrupted-run may have started: see sp-deploy status" in err, err
+    finish(sp_process(lab, trusted, "cancel", lab.a.spec, "interrupted-run"))
