@@ -137,7 +137,6 @@ def _run_fleet(
 
     from solverpilot_deploy.fleet import all_skipped, run_fleet
 
-    targets = _targets(args, args.hosts)
     progress = sys.stderr.isatty() and not args.json
 
     def on_done(result: HostResult) -> None:
@@ -161,7 +160,10 @@ def _run_fleet(
     # (signals.py): the fleet acts on them, and none cuts the report short
     with signals.counted():
         before = signals.received()
+        targets = _targets(args, args.hosts)  # (ssh -G per host): an interrupt now is counted
         try:
+            if signals.received() != before:
+                raise KeyboardInterrupt
             fleet = run_fleet(
                 targets,
                 operation,
