@@ -128,6 +128,17 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
     raise RemoteCommandError(f"cannot start the job: {result.error()}")
 
 
+def _no_job(job_id: str, found: dict[str, str], what: str = "") -> str:
+    """The words for a job the host has no state file of: none at all, or only a DB row
+    (db_only=STATUS), which status lists too (a "running" one as lost)."""
+    if "db_only" in found:
+        return (
+            f"job {job_id} has no state file on this host, only a database row saying "
+            f"{found['db_only']!r}: nothing to signal or show"
+        )
+    return f"no job {job_id} on this host{what}"
+
+
 def cancel_job(
     session: Session, job_id: str, wait: int, timeout: float, force: bool = False
 ) -> Cancelled:
@@ -148,7 +159,7 @@ def cancel_job(
             never_started=wrote == "yes",
         )
     if result.status == 10:
-        raise JobError(f"no job {job_id} on this host")
+        raise JobError(_no_job(job_id, found))
     if result.status == 11 and "slurm_state" in found:
         raise JobError(
             f"job {job_id} is lost: Slurm ended it ({found['slurm_state']}) without its final "
@@ -230,7 +241,7 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         session, "logs", check_job_id(job_id), str(offset), str(most), timeout=timeout
     )
     if result.status == 10:
-        raise JobError(f"no job {job_id} on this host (no log, no state)")
+        raise JobError(_no_job(job_id, result.values(), " (no log, no state)"))
     if result.status != 0:
         raise RemoteCommandError(f"cannot read the log: {result.error()}")
     found = result.values()

@@ -473,3 +473,22 @@ def test_a_start_up_file_cannot_read_the_token_to_forge_an_answer(
     assert forged.exists() and "exec" in forged.read_text()  # the start-up file did run
     (result,) = json.loads(out)
     assert (code, result["status"]) == (1, "mismatch"), (out, err)
+
+
+def test_a_job_with_only_a_db_row_is_named_alike_by_status_cancel_and_logs(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """A DB row "running" whose state file is gone: status lists it (lost); cancel and logs
+    said "no job" of it. They now name it for what it is, and signal nothing."""
+    write_states(home / SERVER, {"dbonly1": finished("dbonly1", lab.user.pw_name)}, lab.user.pw_uid)
+    (home / SERVER / "jobs" / "dbonly1.status").unlink()
+    with sqlite3.connect(home / SERVER / "server.db") as db:
+        db.execute("UPDATE jobs SET status = 'running', exit_code = NULL WHERE id = 'dbonly1'")
+    shutil.chown(home / SERVER / "server.db", lab.user.pw_uid, lab.user.pw_gid)
+    code, out, _ = sp(capsys, "status", lab.a.spec, "dbonly1", "--json", *connect(lab, trusted))
+    (job,) = json.loads(out)
+    assert (code, job["status"]) == (0, "lost"), out
+    for command in ("cancel", "logs"):
+        code, _, err = sp(capsys, command, lab.a.spec, "dbonly1", *connect(lab, trusted))
+        assert code == 1, err
+        assert "has no state file on this host, only a database row saying 'running'" in err

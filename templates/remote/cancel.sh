@@ -28,7 +28,7 @@
 #   signalled=PID COMM per process force stopped (the holders and the rest of their process groups); warning= when the DB
 #   could not be updated.
 # Exit: 0 stopped, the wrapper and the job's tree gone (or already ended: was= says so); 10 no
-#   such job; 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
+#   such job (db_only=STATUS when the DB still has a row for it); 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
 #   running after WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing
 #   signalled (pid=); 14 a Slurm job, and Slurm cannot be asked here (no scancel or squeue, or
 #   squeue failed or did not answer within 5 s); 15 scancel refused (or did not answer within
@@ -162,7 +162,7 @@ fi
 # cancel either decides that it never runs, or waits for its wrapper's state
 not_started() {
   claim=$sp_server/run/$id
-  [ -d "$claim" ] || exit 10
+  [ -d "$claim" ] || sp_no_job "$id"
   if mkdir -- "$claim/decided" 2>/dev/null; then # the launcher will not run the wrapper
     record_end 143 TERM "cancelled before it started" yes
     show 0

@@ -159,6 +159,18 @@ sp_alive() {
   [ "${sp_a#* }" = "$2" ]
 }
 
+# sp_no_job ID: exit 10 (no such job), first saying db_only=STATUS when the DB still has a row
+# for ID (a job whose state file is gone: status lists it, so cancel and logs name it too)
+# shellcheck disable=SC2329 # not every step needs it
+sp_no_job() {
+  if [ -f "$sp_server/server.db" ] && sp_r=$(sqlite3 -init /dev/null -cmd '.timeout 3000' \
+    "$sp_server/server.db" "SELECT ifnull(status, '') FROM jobs WHERE id = '$1' LIMIT 1" \
+    2>/dev/null) && [ -n "$sp_r" ]; then
+    printf 'db_only=%s\n' "$(printf '%s' "$sp_r" | tr -c 'a-z' '?' | cut -c1-20)"
+  fi
+  exit 10
+}
+
 # sp_server_safe [report|tighten]: true when the server folder and those of its subfolders that
 # exist are the user's alone: owned by the user, not writable by group or others; the
 # subfolders are no symbolic links (the server folder may be the user's own link to such a
