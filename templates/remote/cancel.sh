@@ -21,20 +21,20 @@
 # no pid ("wrote=yes"). A wrapper that recorded its end while Slurm still runs that attempt is
 # stopping: waited for, never signalled twice. One that Slurm had already ended without a final
 # record is lost (11, slurm_state= says how Slurm ended it).
-# Answer: state= (the state file as it is at the end); was=STATUS when it was not running;
-#   wrote=yes|ended when this step wrote the record (yes: the job never started); stopped=yes
-#   when the wrapper was stopped but wrote no end (with 17: nor could this step); error= with
-#   14 and 15; held=PID COMM per process holding the lock of a lost or ended job (16, 19);
-#   signalled=PID COMM per process force stopped (the holders and the rest of their process groups); warning= when the DB
-#   could not be updated.
+# Answer: state= (the state file as it is at the end, one line); was=STATUS when it was not
+#   running; wrote=yes|ended when this step wrote the record (yes: the job never started);
+#   stopped=yes when the wrapper was stopped but wrote no end (with 17: nor could this step);
+#   error= with 14 and 15; held=PID COMM per process holding the lock of a lost or ended job
+#   (16, 19); signalled=PID COMM per process force stopped (the holders and the rest of their
+#   process groups); warning= when the DB could not be updated.
 # Exit: 0 stopped, the wrapper and the job's tree gone (or already ended: was= says so); 10 no
-#   such job (db_only=STATUS when the DB still has a row for it); 11 lost (its wrapper is gone, nothing of it runs, nothing signalled); 12 still
-#   running after WAIT_SECONDS; 13 the state has no start time (an older wrapper): nothing
-#   signalled (pid=); 14 a Slurm job, and Slurm cannot be asked here (no scancel or squeue, or
-#   squeue failed or did not answer within 5 s); 15 scancel refused (or did not answer within
-#   5 s); 16 lost, or ended (was=), and processes of it still
-#   hold its lock (held=): nothing signalled without force (with force, a final record is
-#   kept as it is); 17 cannot write the record; 18 still starting
+#   such job (db_only=STATUS when the DB still has a row for it); 11 lost (its wrapper is
+#   gone, nothing of it runs, nothing signalled); 12 still running after WAIT_SECONDS; 13 the
+#   state has no start time (an older wrapper): nothing signalled (pid=); 14 a Slurm job, and
+#   Slurm cannot be asked here (no scancel or squeue, or squeue failed or did not answer
+#   within 5 s); 15 scancel refused (or did not answer within 5 s); 16 lost, or ended (was=),
+#   and processes of it still hold its lock (held=): nothing signalled without force (with
+#   force, a final record is kept as it is); 17 cannot write the record; 18 still starting
 #   (its id claimed, no state) after WAIT_SECONDS; 19 force: processes still hold the lock
 #   after KILL (held=); 21 an unsafe server folder (lib.sh's sp_server_safe).
 sp_server_safe || exit 21
