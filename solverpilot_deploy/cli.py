@@ -160,7 +160,7 @@ def _run_fleet(
     # (signals.py): the fleet acts on them, and none cuts the report short
     with signals.counted():
         before = signals.received()
-        targets = _targets(args, args.hosts)  # (ssh -G per host): an interrupt now is counted
+        targets = _targets(args, args.hosts)  # (an inventory is read): an interrupt is counted
         try:
             if signals.received() != before:
                 raise KeyboardInterrupt
