@@ -166,7 +166,7 @@ sp_no_job() {
   if [ -f "$sp_server/server.db" ] && sp_r=$(sqlite3 -init /dev/null -cmd '.timeout 3000' \
     "$sp_server/server.db" "SELECT ifnull(status, '') FROM jobs WHERE id = '$1' LIMIT 1" \
     2>/dev/null) && [ -n "$sp_r" ]; then
-    printf 'db_only=%s\n' "$(printf '%s' "$sp_r" | tr -c 'a-z' '?' | cut -c1-20)"
+    printf 'db_only=%s\n' "$(printf '%s' "$sp_r" | sed 's/[^a-z]/?/g' | cut -c1-20)"
   fi
   exit 10
 }
