@@ -228,7 +228,8 @@ server_safe() { # the server folder, jobs/, locks/ (and logs/) are the user's al
   local d i got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
   [[ ! -e $BASE/logs && ! -L $BASE/logs ]] || paths+=("$BASE/logs")
   for d in "${paths[@]:2}"; do [[ ! -L $d ]] || { WHY="$d is a symbolic link" && return 1; }; done
-  shopt -s lastpipe; helper stat -c '%u %a' -- "${paths[@]}" | mapfile -t got; shopt -u lastpipe
+  # </dev/null: with stdin closed, bash < 5 runs a pipeline's last command in a subshell
+  shopt -s lastpipe; { helper stat -c '%u %a' -- "${paths[@]}" | mapfile -t got; } </dev/null; shopt -u lastpipe
   got=("${got[@]: -${#paths[@]}}") # a helper run again (killed by a signal) printed twice
   ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
   for i in "${!paths[@]}"; do
