@@ -224,12 +224,13 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
 }
 server_safe() { # the server folder, jobs/, locks/ (and logs/) are the user's alone: owned by the
   # user, not writable by group or others, the subfolders no links (the server folder may be
-  # the user's own link); one stat for all (in this shell: a $( ) is what bash 5.2 can break)
+  # the user's own link); one stat for all, read by a $( ) before main sets any trap
   local d i got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
   [[ ! -e $BASE/logs && ! -L $BASE/logs ]] || paths+=("$BASE/logs")
   for d in "${paths[@]:2}"; do [[ ! -L $d ]] || { WHY="$d is a symbolic link" && return 1; }; done
-  # </dev/null: with stdin closed, bash < 5 runs a pipeline's last command in a subshell
-  shopt -s lastpipe; { helper stat -c '%u %a' -- "${paths[@]}" | mapfile -t got; } </dev/null; shopt -u lastpipe
+  local IFS=$'\n' out # not piped to mapfile: bash < 5.2 runs that apart when stdin is closed
+  # shellcheck disable=SC2206 # "UID MODE" lines, split at newlines on purpose: no glob in them
+  out=$(helper stat -c '%u %a' -- "${paths[@]}") && got=($out)
   got=("${got[@]: -${#paths[@]}}") # a helper run again (killed by a signal) printed twice
   ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
   for i in "${!paths[@]}"; do
@@ -269,9 +270,6 @@ main() {
   { while read -r k v; do [[ $k != Umask: ]] || { UMASK0=$v && break; }; done </proc/self/status; } 2>/dev/null
   [[ -n $UMASK0 ]] || UMASK0=$(umask)
   umask 077 && set -C && { [[ -r /proc/$$/stat ]] || NO_PROC=1; } # no /proc: see running
-  # until the lock is taken, a stop signal is only noted
-  # shellcheck disable=SC2064 # each trap names its own signal, expanded now on purpose
-  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
   (($# >= 2)) || die 64 'usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
   JOB_ID=$1 GRACE=${SOLVERPILOT_KILL_GRACE:-10}
   shift
@@ -290,6 +288,8 @@ main() {
   [[ -d $BASE/jobs && -d $BASE/locks ]] || helper mkdir -p -- "$BASE/jobs" "$BASE/locks" ||
     die 73 "cannot create $BASE/jobs and $BASE/locks"
   server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
+  # shellcheck disable=SC2064 # until the lock is taken, a stop signal is only noted (after the $( ))
+  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
   [[ ! -L $LOCK && (! -e $LOCK || -f $LOCK) ]] || die 73 "lock file $LOCK is not a regular file"
   [[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
   { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
