@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, sp, sp_deploy, sp_json
+from conftest import Lab, poll, require, sp, sp_deploy, sp_json
 from sshlab import TEST_USERS
 
 from solverpilot_deploy.profiles import load_profile
@@ -258,8 +258,7 @@ def full_bin(lab: Lab, home: Path) -> Iterator[Path]:
 
 
 def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    require(os.geteuid() == 0, "mounting a tmpfs needs root")
 
 
 def test_a_full_disk_is_named_and_the_old_wrapper_stays(

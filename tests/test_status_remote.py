@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Lab, require, sp_json
+from conftest import Lab, poll, require, sp_json
 from sshlab import run_as
 
 from solverpilot_deploy.remote import parse_framed, step_script
@@ -225,6 +225,54 @@ def test_a_db_row_running_without_a_state_file_is_judged_by_its_lock(
     assert {j["id"]: (j["status"], j["lost_reason"]) for j in jobs} == {
         "db-held": ("running", None),
         "db-free": ("lost", "wrapper gone, lock free"),
+    }
+
+
+def test_a_lock_on_another_device_with_the_same_inode_number_is_not_the_jobs_lock(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    """Another user can flock a file of their own tmpfs whose inode number equals a job's lock
+    file's: /proc/locks lists it by device and inode, and status must not take it for the
+    job's lock (the job is lost, its lock free)."""
+    require(os.geteuid() == 0, "mounting a tmpfs needs root")
+    server = home / SERVER
+    write_states(server, {}, lab.user.pw_uid)
+    with sqlite3.connect(server / "server.db") as db:
+        db.execute("INSERT INTO jobs (id, status) VALUES ('db-lost', 'running')")
+    locks, other = server / "locks", tmp_path / "other"
+    other.mkdir()
+    uid, gid = lab.user.pw_uid, lab.user.pw_gid
+    mounted: list[Path] = []
+    holder = None
+    try:
+        for folder in (locks, other):  # fresh tmpfs each: inode numbers start from 1 on both
+            options = f"size=1m,mode=0700,uid={uid},gid={gid}"
+            subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+            mounted.append(folder)
+        lock = locks / "db-lost.lock"
+        lock.touch()
+        os.chown(lock, uid, gid)
+        target = lock.stat().st_ino
+        twin = None
+        for n in range(target + 10):
+            path = other / f"f{n}"
+            path.touch()
+            if path.stat().st_ino == target:
+                twin = path
+                break
+        assert twin is not None, f"no file on the second tmpfs got inode {target}"
+        holder = subprocess.Popen(["flock", str(twin), "sleep", "60"])
+        poll(lambda: f":{target} " in Path("/proc/locks").read_text(), 10, "the twin's flock")
+        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        for folder in reversed(mounted):
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+    assert code == 0
+    assert {j["id"]: (j["status"], j["lost_reason"]) for j in jobs} == {
+        "db-lost": ("lost", "wrapper gone, lock free"),
     }
 
 

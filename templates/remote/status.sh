@@ -1,6 +1,6 @@
 # status.sh [JOB_ID...]: the jobs' state files with what tells "running" from "lost", and the
 # DB rows; only the named jobs when some are named. A constant number of processes, however
-# many jobs: find (twice), ls, sed (five times), awk, sqlite3, tmux, id; for Slurm jobs awk, sed,
+# many jobs: find (twice), ls, stat, sed (five times), awk, sqlite3, tmux, id; for Slurm jobs awk, sed,
 # squeue (and a sleep that bounds it).
 # Answer: "@submitted ID SLURM_JOB_ID" per job run --via slurm submitted; when one of them is
 #   among the jobs asked about, "@slurm" if squeue is here (else "@noslurm"), then
@@ -57,6 +57,7 @@ fi
 # splits into lines awk ignores, and no job id has one
 {
   (cd -- "$dir/jobs" 2>/dev/null && find . -type f -name '*.status' ! -size +128) | sed 's/^/R /'
+  dev=$(stat -c %d -- "$dir/locks" 2>/dev/null) && echo "S $dev" # the device of locks/, a number
   ls -i "$dir/locks" 2>/dev/null | sed 's/^ */L /'
   (cd -- "$dir/jobs" 2>/dev/null && find . -name '*.status') | sed 's/^/J /'
   if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then
@@ -85,9 +86,13 @@ BEGIN {
   n = split(want, w, " "); for (i = 1; i <= n; i++) wanted[w[i]] = 1
   while ((getline line < "/proc/locks") > 0) {
     split(line, f, " ") # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE ..." ("N: -> ..." waits)
-    if (f[2] != "->") { k = split(f[6], dev, ":"); held[dev[k]] = 1 }
+    if (f[2] != "->") { k = split(f[6], d, ":"); held[tolower(f[6])] = 1; ino_held[d[k]] = 1 }
   }
   close("/proc/locks")
+}
+/^S [0-9]+$/ { # the device of the lock files, as /proc/locks writes it: major:minor in hex
+  dev = sprintf("%02x:%02x:", int($2 / 256) % 4096, $2 % 256 + (int($2 / 1048576) % 4096) * 256)
+  next
 }
 /^D / {
   row = substr($0, 3)
@@ -99,7 +104,8 @@ BEGIN {
 /^R / { readable[substr($0, 3)] = 1; next }
 /^L / {
   ino = $2; name = substr($0, length($1) + length($2) + 3)
-  if (name ~ /\.lock$/ && (ino in held)) {
+  # the same inode on another device (another mount) is not this lock; without stat, inode alone
+  if (name ~ /\.lock$/ && (dev == "" ? (ino in ino_held) : ((dev ino) in held))) {
     id = substr(name, 1, length(name) - 5)
     if (want == "" || (id in wanted)) print "@held " safe(id)
   }
