@@ -247,7 +247,9 @@ def test_a_lock_on_another_device_with_the_same_inode_number_is_not_the_jobs_loc
     try:
         for folder in (locks, other):  # fresh tmpfs each: inode numbers start from 1 on both
             options = f"size=1m,mode=0700,uid={uid},gid={gid}"
-            subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True
+            )
             mounted.append(folder)
         lock = locks / "db-lost.lock"
         lock.touch()
