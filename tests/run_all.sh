@@ -52,7 +52,7 @@ install_python_packages() {
 bats_suite() {
   local label=$1 tap
   tap=$OUT/$label.tap
-  echo "== bats: $label"
+  echo "== bats: $label (at ${SECONDS}s)"
   SP_WRAPPER=$2 SP_USERLAND=$3 SP_BASH=$4 SP_STRESS_RUNS=$5 \
     "$VENV/bin/bats_core_pkg" --formatter tap "$ROOT/bats" | tee "$tap" || true
   PASSED=$((PASSED + $(grep -c '^ok ' "$tap" || true)))
@@ -95,6 +95,20 @@ unmount_all() {
 }
 trap unmount_all EXIT
 
+# prebuild: the old bash releases and the Debian roots, built (when not cached) at the lowest
+# priority while lint and pytest run, so that their minutes overlap; wait_prebuild waits for it
+# (run_bats then finds both cached, or builds what failed, saying why)
+PREBUILD=''
+prebuild() {
+  (nice -n 19 bash "$ROOT/tests/build_bash.sh" && nice -n 19 bash "$ROOT/tests/build_rootfs.sh") \
+    >/dev/null 2>&1 &
+  PREBUILD=$!
+}
+wait_prebuild() {
+  [[ -z $PREBUILD ]] || wait "$PREBUILD" || true
+  PREBUILD=''
+}
+
 # run_bats: the bats suite once per profile, then under each old bash with the debian profile;
 # prints "bats: N passed, N failed".
 run_bats() {
@@ -112,6 +126,7 @@ run_bats() {
 from solverpilot_deploy.profiles import load_profiles
 for p in load_profiles():
     print(p.name, p.userland)')
+  wait_prebuild
   if ! bash "$ROOT/tests/build_bash.sh" >"$OUT/bashes"; then
     echo "run_all: the old bash releases did not build"
     FAILED=$((FAILED + 1))
@@ -136,16 +151,18 @@ main() {
   install_debian_packages
   install_python_packages
   export PATH="$VENV/bin:$PATH"
+  prebuild
   local status=0
-  echo "== ruff"
+  echo "== ruff (set-up done at ${SECONDS}s)"
   ruff check solverpilot_deploy tests bench && ruff format --check solverpilot_deploy tests bench || status=1
   echo "== mypy"
   mypy || status=1
-  echo "== pytest"
+  echo "== pytest (at ${SECONDS}s)"
   python -m pytest -q tests || status=1
   run_bats
   ((BATS_FAILED == 0)) || status=1
   if ((status == 0)); then echo "run_all: all checks passed"; else echo "run_all: FAILED"; fi
+  echo "run_all: ${SECONDS}s in all"
   echo "$BATS_SUMMARY"
   return "$status"
 }

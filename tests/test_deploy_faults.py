@@ -571,6 +571,48 @@ def test_a_flood_of_term_always_exits_130_with_its_report(
         rc.unlink()
 
 
+def test_a_ctrl_c_at_any_moment_of_a_json_push_prints_json_or_nothing(
+    lab: Lab, home: Path, trusted: Path
+) -> None:
+    """A Ctrl-C from the start of `push --json` (Python loading the CLI, the arguments,
+    the host's start-up file, the steps): exit 130 every time, one line on stderr at most and
+    no traceback; stdout is the whole report, or empty when the signal came before the command
+    had read its hosts, never a part of one."""
+    runs = max(10, int(os.environ.get("SP_STRESS_RUNS", "20")) // 5)
+    rc = home / ".bashrc"
+    rc.write_text("sleep 0.2\n")
+    argv = ("push", lab.a.spec, "--json", "--no-smoke", *ssh_args(lab, trusted))
+    try:
+        assert sp_deploy(*argv).wait(timeout=60) == 0  # the pushes below change nothing
+        started = time.monotonic()
+        assert sp_deploy(*argv).wait(timeout=60) == 0
+        length = time.monotonic() - started  # of a whole push: the moments span it
+        reports = empty = 0
+        for run in range(runs):
+            proc = sp_deploy(*argv)
+            # from Python's first lines (the README: not within its own ~20 ms start, where a
+            # signal ends it as the default says) to near the push's end
+            time.sleep(0.05 + run / runs * 0.8 * length)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+            assert "Traceback" not in err, err
+            if proc.returncode == 0:  # it ended just before the signal: its whole report
+                assert json.loads(out)[0]["status"] == "unchanged"
+                continue
+            assert proc.returncode == 130, f"run {run}: exit {proc.returncode}: {err}"
+            if out:
+                (result,) = json.loads(out)
+                assert result["status"] in ("skipped", "unchanged", "failed"), result
+                reports += 1
+            else:
+                assert err == "sp-deploy: interrupted\n", err
+                empty += 1
+            poll(lambda: not user_processes(lab.user.pw_uid), 30, "the host's steps to end")
+    finally:
+        rc.unlink()
+    assert reports and empty, f"{reports} reports, {empty} empty: the moments missed a phase"
+
+
 def test_a_cancel_whose_answer_stalls_says_the_job_may_have_been_stopped(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
