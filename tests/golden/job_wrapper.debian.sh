@@ -224,14 +224,15 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
 }
 server_safe() { # the server folder, jobs/, locks/ (and logs/) are the user's alone: owned by the
   # user, not writable by group or others, the subfolders no links (the server folder may be
-  # the user's own link); one stat for all, read by a $( ) before main sets any trap
-  local d i got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
+  # the user's own link); one stat for all, read by a $( ) while only the noting traps are set
+  local d i _ out got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
   [[ ! -e $BASE/logs && ! -L $BASE/logs ]] || paths+=("$BASE/logs")
   for d in "${paths[@]:2}"; do [[ ! -L $d ]] || { WHY="$d is a symbolic link" && return 1; }; done
-  local IFS=$'\n' out # not piped to mapfile: bash < 5.2 runs that apart when stdin is closed
+  local IFS=$'\n' # not piped to mapfile: bash < 5.2 runs that apart when stdin is closed
+  for _ in 1 2 3; do out=$(helper stat -c '%u %a' -- "${paths[@]}") && break; done # again when
+  # a stop signal to the whole group killed the $( ); a helper run again printed twice: the last
   # shellcheck disable=SC2206 # "UID MODE" lines, split at newlines on purpose: no glob in them
-  out=$(helper stat -c '%u %a' -- "${paths[@]}") && got=($out)
-  got=("${got[@]: -${#paths[@]}}") # a helper run again (killed by a signal) printed twice
+  got=($out) && got=("${got[@]: -${#paths[@]}}")
   ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
   for i in "${!paths[@]}"; do
     [[ ${got[i]%% *} == "$EUID" ]] || { WHY="${paths[i]} is owned by uid ${got[i]%% *}, not by $RUN_USER" && return 1; }
@@ -269,6 +270,8 @@ main() {
   # the job gets the caller's umask back; the wrapper creates 0700 and 0600, and only anew
   { while read -r k v; do [[ $k != Umask: ]] || { UMASK0=$v && break; }; done </proc/self/status; } 2>/dev/null
   [[ -n $UMASK0 ]] || UMASK0=$(umask)
+  # shellcheck disable=SC2064 # until the lock is taken, a stop signal is only noted (after the $( ))
+  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
   umask 077 && set -C && { [[ -r /proc/$$/stat ]] || NO_PROC=1; } # no /proc: see running
   (($# >= 2)) || die 64 'usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
   JOB_ID=$1 GRACE=${SOLVERPILOT_KILL_GRACE:-10}
@@ -288,8 +291,6 @@ main() {
   [[ -d $BASE/jobs && -d $BASE/locks ]] || helper mkdir -p -- "$BASE/jobs" "$BASE/locks" ||
     die 73 "cannot create $BASE/jobs and $BASE/locks"
   server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
-  # shellcheck disable=SC2064 # until the lock is taken, a stop signal is only noted (after the $( ))
-  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
   [[ ! -L $LOCK && (! -e $LOCK || -f $LOCK) ]] || die 73 "lock file $LOCK is not a regular file"
   [[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
   { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
