@@ -40,12 +40,15 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)  # one for all: status reads millions
+
+
 def host_object(text: str) -> dict[str, Any] | None:
     """A JSON object a host sent (a state file), or None when it is not one: not JSON, nested
     too deep for the parser, or holding NaN or Infinity, which Python would read and print
     back as no JSON reader takes them."""
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = _DECODER.decode(text)
     except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         return None
     return value if isinstance(value, dict) else None

@@ -141,9 +141,12 @@ class HostView:
         return f"Slurm ended job {slurm_job_id} ({state})"
 
 
+_TMUX_NAME = str.maketrans(".:", "__")
+
+
 def tmux_session_name(user: str, job_id: str) -> str:
     """The session `run` starts for a job; tmux turns "." and ":" in a name into "_"."""
-    return re.sub(r"[.:]", "_", f"solverpilot_{user}_{job_id[:8]}")
+    return f"solverpilot_{user}_{job_id[:8]}".translate(_TMUX_NAME)
 
 
 def lost_reason(

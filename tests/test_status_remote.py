@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, require, sp_json
+from conftest import Lab, poll, require, sp, sp_json
 from sshlab import run_as
 
 from solverpilot_deploy.remote import parse_framed, step_script
@@ -226,6 +226,43 @@ def test_a_db_row_running_without_a_state_file_is_judged_by_its_lock(
         "db-held": ("running", None),
         "db-free": ("lost", "wrapper gone, lock free"),
     }
+
+
+def test_an_answer_that_keeps_coming_is_never_cut_by_the_timeout_one_that_stalls_is(
+    capsys: pytest.CaptureFixture[str], transport: str, lab: Lab, home: Path, trusted: Path
+) -> None:
+    """status of a host with very many jobs answers for longer than --timeout: while its lines
+    keep coming it is not cut off; an answer that stops for --timeout seconds is a timeout that
+    says so. The host's awk is slowed to a line every 0.25 s (6 s for 24 lines, timeout 3);
+    each state file is 8 KiB, so that each line passes the host's stdio buffers at once."""
+    server = home / SERVER
+    states = {f"slow-{n:02d}": {**finished(f"slow-{n:02d}"), "pad": "x" * 8192} for n in range(12)}
+    write_states(server, states, lab.user.pw_uid)
+    shims = home / "shims"
+    shims.mkdir(exist_ok=True)
+    awk = shutil.which("awk")
+    (shims / "awk").write_text(
+        f'#!/bin/sh\nn=0\n"{awk}" "$@" | while IFS= read -r line; do\n'
+        '  printf "%s\\n" "$line"; n=$((n + 1))\n'
+        '  if [ "$n" -gt 6 ]; then sleep "${SP_LATER_PAUSE:-0.25}"; else sleep 0.25; fi\ndone\n'
+    )
+    (shims / "awk").chmod(0o755)
+    rc = home / ".bashrc"
+    args = ("-i", str(lab.client_key), "--known-hosts", str(trusted), "--timeout", "3")
+    try:
+        rc.write_text(f"export PATH={shims}:$PATH\n")
+        started = time.monotonic()
+        code, jobs = sp_json(capsys, "status", lab.a.spec, *args)
+        took = time.monotonic() - started
+        assert code == 0
+        assert sorted(j["id"] for j in jobs) == sorted(states)
+        assert took > 5, f"took {took:.1f} s: the slowed answer was not longer than the timeout"
+        rc.write_text(f"export PATH={shims}:$PATH SP_LATER_PAUSE=5\n")  # stalls after 6 lines
+        code, out, err = sp(capsys, "status", lab.a.spec, *args)
+    finally:
+        rc.unlink()
+    assert code == 1, (out, err)
+    assert "timeout: the host's answer stopped for 3 s" in err, err
 
 
 def test_a_lock_on_another_device_with_the_same_inode_number_is_not_the_jobs_lock(

@@ -15,11 +15,12 @@ never know which transport they use:
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from solverpilot_deploy.errors import RemoteCommandError
+from solverpilot_deploy.errors import HostTimeoutError, RemoteCommandError
 from solverpilot_deploy.ssh import (
     MAX_ANSWER,
     ConnectOptions,
@@ -34,14 +35,38 @@ class Answer:
     step's per-call token: remote.py) are its answer and are kept however many there are (status
     of a million jobs); the others (a banner, what a start-up file prints) may not pass
     MAX_ANSWER bytes in all, nor any one line, so a start-up file that prints without end
-    stops the command instead of filling the memory. Without ``framed`` every byte counts."""
+    stops the command instead of filling the memory. Without ``framed`` every byte counts.
 
-    def __init__(self, framed: bytes = b"") -> None:
+    The command has ``timeout`` seconds; once lines of its answer come, it has ``timeout``
+    seconds from the last of them (status of a million jobs answers for minutes): only a host
+    whose answer stalls (or never begins) that long times out."""
+
+    def __init__(self, framed: bytes = b"", timeout: float = 60.0) -> None:
         self.data = bytearray()
         self.framed = framed
         self.other = 0  # bytes of the ended lines without the token
         self.head = b""  # the start of the line not ended yet (as long as the token)
         self.open = 0  # that line's length so far
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.answering = False  # a line of the answer has come
+
+    def left(self) -> float:
+        """Seconds left before the command times out."""
+        return self.deadline - time.monotonic()
+
+    def timed_out(self) -> HostTimeoutError:
+        """The error of a command that timed out, with what it sent so far."""
+        if self.answering:
+            said = f"the host's answer stopped for {self.timeout:.0f} s (a stalled connection?)"
+        else:
+            said = (
+                f"no answer to a command within {self.timeout:.0f} s (is a start-up file of "
+                "the login shell stuck?)"
+            )
+        error = HostTimeoutError(said)
+        error.partial = self.data.decode("utf-8", "replace")
+        return error
 
     def add(self, chunk: bytes) -> None:
         self.data += chunk
@@ -49,11 +74,19 @@ class Answer:
         first, *ended = chunk.split(b"\n")
         head = (self.head + first[:size])[:size]
         if ended:  # the open line ends in this chunk, and every line but the last
+            answered = False
             if not framed or head != framed:
                 self.other += self.open + len(first) + 1
+            else:
+                answered = True
             for line in ended[:-1]:
                 if not framed or not line.startswith(framed):
                     self.other += len(line) + 1
+                else:
+                    answered = True
+            if answered and framed:
+                self.answering = True
+                self.deadline = time.monotonic() + self.timeout
             head, self.open = ended[-1][:size], len(ended[-1])
         else:
             self.open += len(first)

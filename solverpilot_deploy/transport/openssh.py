@@ -448,7 +448,7 @@ class OpenSSHSession(Session):
         argv = [*self.steps_argv(), "-T", "--", self.host, command]
         proc = self._start(argv)
         try:
-            out, err = _exchange(proc, stdin, time.monotonic() + timeout, timeout, framed)
+            out, err = _exchange(proc, stdin, Answer(framed, timeout))
             status = proc.wait()
         finally:
             if proc.poll() is None:
@@ -490,12 +490,11 @@ class OpenSSHSession(Session):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _exchange(
-    proc: subprocess.Popen[bytes], data: bytes, deadline: float, timeout: float, framed: bytes
-) -> tuple[bytes, bytes]:
-    """Write ``data`` to the step's stdin while reading its stdout and stderr to their end."""
+def _exchange(proc: subprocess.Popen[bytes], data: bytes, answer: Answer) -> tuple[bytes, bytes]:
+    """Write ``data`` to the step's stdin while reading its stdout (into ``answer``, which
+    keeps the time) and stderr to their end."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    answer, err = Answer(framed), bytearray()
+    err = bytearray()
     out = answer.data
     written = 0
     with selectors.DefaultSelector() as selector:
@@ -507,14 +506,9 @@ def _exchange(
         selector.register(proc.stdout, selectors.EVENT_READ)
         selector.register(proc.stderr, selectors.EVENT_READ)
         while selector.get_map():
-            left = deadline - time.monotonic()
+            left = answer.left()
             if left <= 0:
-                error = HostTimeoutError(
-                    f"no answer to a command within {timeout:.0f} s (is a start-up file of the "
-                    "login shell stuck?)"
-                )
-                error.partial = out.decode("utf-8", "replace")
-                raise error
+                raise answer.timed_out()
             for key, _ in selector.select(left):
                 if key.fileobj is proc.stdin:
                     try:

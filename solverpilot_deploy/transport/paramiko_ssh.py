@@ -185,8 +185,7 @@ class ParamikoSession(Session):
         if transport is None or not transport.is_active():
             raise UnreachableError("connection lost")
         channel = transport.open_session(timeout=timeout)
-        end = time.monotonic() + timeout
-        answer, err = Answer(framed), bytearray()
+        answer, err = Answer(framed, timeout), bytearray()
         out = answer.data
         try:
             channel.exec_command(command)
@@ -200,13 +199,8 @@ class ParamikoSession(Session):
             while not (channel.exit_status_ready() and channel.eof_received) and not (
                 channel.closed
             ):
-                if time.monotonic() > end:
-                    error = HostTimeoutError(
-                        f"no answer to a command within {timeout:.0f} s (is a start-up file "
-                        "of the login shell stuck?)"
-                    )
-                    error.partial = out.decode("utf-8", "replace")
-                    raise error
+                if answer.left() < 0:
+                    raise answer.timed_out()
                 if channel.recv_ready():
                     answer.add(channel.recv(65536))
                 elif channel.recv_stderr_ready():
