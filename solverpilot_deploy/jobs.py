@@ -20,7 +20,10 @@ from solverpilot_deploy.status import JOB_ID
 from solverpilot_deploy.transport import Session
 
 STATE_WAIT = 30  # seconds the run step waits for the wrapper's first state
-NO_WRAPPER = "no wrapper here (~/.solverpilot/bin/job_wrapper.sh): run sp-deploy push first"
+NO_WRAPPER = (
+    "no wrapper here (~/.solverpilot/bin/job_wrapper.sh is missing or not executable): run "
+    "sp-deploy push first (it also repairs one)"
+)
 
 
 class JobError(HostError):

@@ -192,6 +192,14 @@ def test_run_without_the_wrapper_or_without_tmux(
     code, out, err = sp(capsys, "run", lab.a.spec, *connect(lab, trusted), "--", "true")
     assert code == 1 and "no wrapper here" in err and "sp-deploy push" in err
     assert out == ""
+    # one that lost its x bit (a copy by hand, a umask): the same, and push repairs it
+    wrapper = home / ".solverpilot/bin/job_wrapper.sh"
+    assert sp(capsys, "push", lab.a.spec, "--no-smoke", *connect(lab, trusted))[0] == 0
+    wrapper.chmod(0o600)
+    code, out, err = sp(capsys, "run", lab.a.spec, *connect(lab, trusted), "--", "true")
+    assert code == 1 and "missing or not executable" in err and out == "", err
+    assert sp(capsys, "push", lab.a.spec, "--no-smoke", *connect(lab, trusted))[0] == 0
+    assert wrapper.stat().st_mode & 0o100
     # the limited host has no tmux on its PATH; give it a wrapper by hand
     target = Path(lab.users[TEST_USERS[2]].pw_dir) / ".solverpilot/bin/job_wrapper.sh"
     target.parent.mkdir(parents=True, exist_ok=True)
