@@ -152,6 +152,19 @@ def rows_of(samples: dict[str, list[float]], base: str, scale: float) -> list[Ro
     return rows
 
 
+def scale_rows(at_scale: dict[tuple[int, str], list[tuple[float, float]]]) -> list[str]:
+    """Table 4b's lines: per size and output, the median seconds, their range, the median MB."""
+    lines = []
+    for (n, mode), got in at_scale.items():
+        seconds = sorted(g[0] for g in got)
+        memory = statistics.median(g[1] for g in got)
+        median = statistics.median(seconds)
+        lines.append(
+            f"| {n:,} | {mode} | {median:.1f} | {seconds[0]:.1f}-{seconds[-1]:.1f} | {memory:.0f} |"
+        )
+    return lines
+
+
 def fleet_rows(rounds: int, sizes: list[int]) -> list[tuple[int, str, Row, Row]]:
     """Per size and tool: the first deploy's row and the repeat's, each with its ratio to
     sp-deploy (paramiko) in the same round and phase."""
@@ -325,6 +338,8 @@ def report(args: argparse.Namespace, started: float) -> str:
     if root:
         sizes = [10, 100, 1000] if quick else [10, 100, 1000, 10000]
         statuses = rows_of(status_bench.measure(status_rounds, sizes), "ssh true", 1000)
+    scale_rounds, scale_sizes = (1, [100_000]) if quick else (2, [100_000, 1_000_000])
+    at_scale = status_bench.scale(scale_rounds, scale_sizes) if root else {}
     starts = startup(5 if quick else 21)
     plot(Path(args.plots), fleet, statuses, bursts)
     fleet_table = [
@@ -418,6 +433,16 @@ def report(args: argparse.Namespace, started: float) -> str:
         "| --- | ---: | ---: | ---: |",
         *(f"| {n} | {m:.1f} | {a:.1f}-{b:.1f} | {r:.2f} |" for n, m, a, b, r in statuses),
         *([] if statuses else ["| (not measured: needs root) | | | |"]),
+        "",
+        f"## 4b. `sp-deploy status` at scale ({scale_rounds} rounds)",
+        "",
+        "As table 4, at the default `--timeout` (60 s, counted from the answer's last line "
+        "once it flows), printing the table and `--json`; after a first round that warms the "
+        "page cache. MB: the client's peak resident memory.",
+        "",
+        "| jobs | output | median s | min-max s | MB |",
+        "| ---: | --- | ---: | ---: | ---: |",
+        *(scale_rows(at_scale) or ["| (not measured: needs root) | | | | |"]),
         "",
         "## 5. Start-up of `sp-deploy render`",
         "",

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -68,8 +70,11 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
-def measure(runs: int, sizes: list[int]) -> dict[str, list[float]]:
-    """Seconds per round: "ssh true", then "status, N jobs" for each size."""
+@contextmanager
+def bench_host(sizes: list[int]) -> Iterator[tuple[list[str], list[str], Callable[[int], None]]]:
+    """A loopback sshd for the bench user with a server folder of each size: yields the argv
+    of `ssh HOST`, of `sp-deploy status HOST` (paramiko) and a function that points the login
+    shell's start-up file at a size's folder. Removes it all on exit."""
     user = ensure_test_user(USER)
     base = Path(tempfile.mkdtemp(prefix="sp-bench-status-"))
     base.chmod(0o755)
@@ -79,42 +84,86 @@ def measure(runs: int, sizes: list[int]) -> dict[str, list[float]]:
     known = base / "known_hosts"
     known.write_text(sshd.known_hosts_line)
     homes = {n: Path(user.pw_dir) / f"server-{n}" for n in sizes}
+    bashrc = Path(user.pw_dir) / ".bashrc"
+
+    def use(n: int) -> None:
+        bashrc.write_text(f"export SOLVERPILOT_SERVER_DIR={homes[n]}\n")
+
     try:
         for n, folder in homes.items():
             fill(folder, n, user.pw_uid)
         ssh = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes",
                "-p", str(sshd.port), f"{USER}@127.0.0.1"]  # fmt: skip
-        status = [*SP_DEPLOY, "status", sshd.spec, "--json", "-i", str(key), "--transport",
-                  "paramiko", "--known-hosts", str(known)]  # fmt: skip
-        # the login shell's start-up file picks the server folder of each size
-        bashrc = Path(user.pw_dir) / ".bashrc"
-        samples: dict[str, list[float]] = {"ssh true": []}
-        samples.update({f"status, {n} jobs": [] for n in sizes})
-        for round_ in range(runs + 1):  # the first round warms caches and is dropped
-            got = {"ssh true": timed([*ssh, "true"])}
-            for n in sizes:
-                bashrc.write_text(f"export SOLVERPILOT_SERVER_DIR={homes[n]}\n")
-                got[f"status, {n} jobs"] = timed(status)
-            if round_:
-                for name, seconds in got.items():
-                    samples[name].append(seconds)
-        return samples
+        status = [*SP_DEPLOY, "status", sshd.spec, "-i", str(key), "--transport", "paramiko",
+                  "--known-hosts", str(known)]  # fmt: skip
+        yield ssh, status, use
     finally:
         sshd.stop()
         clean_home(user)
         for folder in homes.values():
             shutil.rmtree(folder, ignore_errors=True)
-        (Path(user.pw_dir) / ".bashrc").unlink(missing_ok=True)
+        bashrc.unlink(missing_ok=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def measure(runs: int, sizes: list[int]) -> dict[str, list[float]]:
+    """Seconds per round: "ssh true", then "status, N jobs" for each size."""
+    with bench_host(sizes) as (ssh, status, use):
+        samples: dict[str, list[float]] = {"ssh true": []}
+        samples.update({f"status, {n} jobs": [] for n in sizes})
+        for round_ in range(runs + 1):  # the first round warms caches and is dropped
+            got = {"ssh true": timed([*ssh, "true"])}
+            for n in sizes:
+                use(n)
+                got[f"status, {n} jobs"] = timed([*status, "--json"])
+            if round_:
+                for name, seconds in got.items():
+                    samples[name].append(seconds)
+        return samples
+
+
+def timed_with_memory(argv: list[str]) -> tuple[float, float]:
+    """Seconds ``argv`` took, with its peak memory (MB, resident), run to its end."""
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *argv], check=True, capture_output=True)
+    seconds, kilobytes = done.stdout.split()
+    return float(seconds), int(kilobytes) / 1024
+
+
+def scale(runs: int, sizes: list[int]) -> dict[tuple[int, str], list[tuple[float, float]]]:
+    """Per size and output (table, --json): (seconds, peak MB) of each round of `status` at
+    its default --timeout, after a first round that warms the page cache and is dropped."""
+    out: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    with bench_host(sizes) as (_, status, use):
+        for round_ in range(runs + 1):
+            for n in sizes:
+                use(n)
+                for mode, extra in (("table", []), ("--json", ["--json"])):
+                    got = timed_with_memory([*status, *extra])
+                    if round_:
+                        out.setdefault((n, mode), []).append(got)
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--scale", action="store_true", help="time and memory, table and json")
     args = parser.parse_args()
     use_checkout()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.scale:
+        print(f"machine: {machine()}")
+        for (n, mode), got in scale(args.runs, sizes).items():
+            secs, mbs = sorted(g[0] for g in got), sorted(g[1] for g in got)
+            print(f"  {n} jobs, {mode}: {statistics.median(secs):.1f} s "
+                  f"({secs[0]:.1f}-{secs[-1]:.1f}), {statistics.median(mbs):.0f} MB")  # fmt: skip
+        return 0
     samples = measure(args.runs, sizes)
     print(f"machine: {machine()}")
     print(f"{args.runs} rounds; medians (p10-p90); ratio to status with {sizes[0]} jobs")
