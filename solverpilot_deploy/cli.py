@@ -425,6 +425,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+SLURM_UNANSWERED_READS = 5  # logs -f: reads of a final record Slurm cannot confirm, at most
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
@@ -437,6 +440,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     def follow(session: Session, _deadline: float) -> None:
         offset = 0
         unanswered = False  # Slurm could not answer at the last read: said once
+        ended_unanswered = 0  # reads in a row of a final record Slurm could not confirm
         while True:
             chunk = read_log(session, job_id, offset, chunk_most, args.timeout)
             if args.follow and chunk.slurm == "unknown" and not unanswered:
@@ -462,7 +466,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     f"job {job_id} is lost: its wrapper is gone (see status); the log ends here"
                 )
             if not chunk.more_to_come:
-                return
+                # a final record while Slurm cannot answer may be an attempt's end before a
+                # requeue: a few more reads (Slurm busy for a moment) before it counts as the end
+                if chunk.slurm != "unknown" or ended_unanswered >= SLURM_UNANSWERED_READS:
+                    return
+                ended_unanswered += 1
+            else:
+                ended_unanswered = 0
             time.sleep(0.5)
 
     _on_host(args, follow)

@@ -57,6 +57,19 @@ def temp_files(home: Path) -> list[str]:
     return sorted(p.name for p in (home / ".solverpilot/bin").glob(".job_wrapper.sh.*"))
 
 
+def catches(pid: int, number: int) -> bool:
+    """Process ``pid`` has a handler for signal ``number`` (/proc/PID/status SigCgt), or has
+    ended."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    if fields.get("State", "").strip().startswith("Z"):
+        return True
+    return bool(int(fields.get("SigCgt", "0").strip(), 16) >> (number - 1) & 1)
+
+
 def user_processes(uid: int, name: str = "") -> list[int]:
     """Pids of the processes of user ``uid`` (other than sshd), whose command has ``name``."""
     found = []
@@ -590,9 +603,11 @@ def test_a_ctrl_c_at_any_moment_of_a_json_push_prints_json_or_nothing(
         reports = empty = 0
         for run in range(runs):
             proc = sp_deploy(*argv)
-            # from Python's first lines (the README: not within its own ~20 ms start, where a
-            # signal ends it as the default says) to near the push's end
-            time.sleep(0.05 + run / runs * 0.8 * length)
+            # from sp-deploy's first lines (the README: not within Python's own start, where a
+            # signal ends it as its default says), which catch TERM, to near the push's end
+            pid = proc.pid
+            poll(lambda: catches(pid, signal.SIGTERM), 30, "sp-deploy's first lines")  # noqa: B023
+            time.sleep(run / runs * 0.8 * length)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)
             assert "Traceback" not in err, err
