@@ -9,9 +9,9 @@
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
 # Installs, when missing: Debian packages (sqlite3, busybox-static, util-linux, strace,
 # openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap, slurm-wlm,
-# munge) and, into
+# munge, btrfs-progs) and, into
 # .venv-test/, this package with its test extras. SP_STRESS_RUNS sets the stress loops' runs
-# for the first profile (default 300; the other suite runs use a fifth of it, a third of that
+# for the first profile (default 300, 150 with CI set; the other suite runs use a fifth of it, a third of that
 # fifth for a profile whose userland was already raced, half of it in the Debian roots).
 # Exit status: 0 when every check passed, 1 otherwise.
 set -euo pipefail
@@ -29,7 +29,7 @@ install_debian_packages() {
     [setsid]=util-linux [strace]=strace [sshd]=openssh-server [ssh-keygen]=openssh-client
     [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [dash]=dash [bindfs]=bindfs [tmux]=tmux
     [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm [sbatch]=slurm-wlm
-    [munged]=munge)
+    [munged]=munge [mkfs.btrfs]=btrfs-progs)
   local tool missing=()
   for tool in "${!wanted[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${wanted[$tool]}")
@@ -109,11 +109,17 @@ wait_prebuild() {
   PREBUILD=''
 }
 
+# the stress loops' runs for the first profile: 300, or 150 in CI (CI set), which must stay
+# within its time budget
+STRESS_DEFAULT=300
+[[ -z ${CI-} ]] || STRESS_DEFAULT=150
+
 # run_bats: the bats suite once per profile, then under each old bash with the debian profile;
 # prints "bats: N passed, N failed".
 run_bats() {
-  local profile userland runs=${SP_STRESS_RUNS:-300} version bash rest
-  rest=$(((${SP_STRESS_RUNS:-300} + 4) / 5))
+  local profile userland runs version bash rest
+  runs=${SP_STRESS_RUNS:-$STRESS_DEFAULT}
+  rest=$(((runs + 4) / 5))
   OUT=$(mktemp -d) PASSED=0 FAILED=0
   local seen=' '
   while read -r profile userland; do

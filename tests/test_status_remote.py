@@ -315,6 +315,49 @@ def test_a_lock_on_another_device_with_the_same_inode_number_is_not_the_jobs_loc
     }
 
 
+def test_a_held_lock_on_btrfs_is_seen_though_stat_names_the_subvolume_not_the_filesystem(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    """On btrfs (Fedora's and openSUSE's homes), stat gives a subvolume's own device while
+    /proc/locks names the filesystem's: a DB-only "running" job whose lock is held is running,
+    one whose lock is free is lost."""
+    require(os.geteuid() == 0, "mounting a btrfs image needs root")
+    require(shutil.which("mkfs.btrfs") is not None, "mkfs.btrfs (btrfs-progs) is missing")
+    server = home / SERVER
+    server.mkdir(mode=0o700)
+    image = tmp_path / "btrfs.img"
+    with image.open("wb") as handle:
+        handle.truncate(160 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(server)], check=True)
+    holder = None
+    try:
+        write_states(server, {}, lab.user.pw_uid)
+        with sqlite3.connect(server / "server.db") as db:
+            db.executemany(
+                "INSERT INTO jobs (id, status) VALUES (?, 'running')", [("held",), ("free",)]
+            )
+        for path in (server, *server.rglob("*")):
+            os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
+        for name in ("held", "free"):
+            (server / "locks" / f"{name}.lock").touch()
+        lock = server / "locks" / "held.lock"
+        assert os.stat(server / "locks").st_dev != os.stat(image).st_dev
+        holder = subprocess.Popen(["flock", str(lock), "sleep", "60"])
+        poll(lambda: f":{lock.stat().st_ino} " in Path("/proc/locks").read_text(), 10, "flock")
+        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        subprocess.run(["umount", "-l", str(server)], check=False)
+    assert code == 0
+    assert {j["id"]: (j["status"], j["lost_reason"]) for j in jobs} == {
+        "held": ("running", None),
+        "free": ("lost", "wrapper gone, lock free"),
+    }
+
+
 def test_a_fifo_or_a_link_named_like_a_state_file_is_unreadable_and_never_opened(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
 ) -> None:

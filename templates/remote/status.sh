@@ -79,7 +79,7 @@ fi
         ${where:+WHERE id IN ($where)}" 2>/dev/null || echo '@dberror'
     } | sed 's/^/D /'
   fi
-} | SP_JOBS=$dir/jobs SP_WANT=$* awk '
+} | SP_JOBS=$dir/jobs SP_WANT=$* SP_LOCKS=$(cd -- "$dir/locks" 2>/dev/null && pwd -P) awk '
 function safe(s) { gsub(/[^A-Za-z0-9._-]/, "?", s); return s }
 BEGIN {
   dir = ENVIRON["SP_JOBS"]; want = ENVIRON["SP_WANT"]
@@ -89,6 +89,17 @@ BEGIN {
     if (f[2] != "->") { k = split(f[6], d, ":"); held[tolower(f[6])] = 1; ino_held[d[k]] = 1 }
   }
   close("/proc/locks")
+  # /proc/locks names the filesystem (its superblock), which stat does not on btrfs (a
+  # subvolume has a device of its own): the mount that holds locks/, from mountinfo, counts too
+  path = ENVIRON["SP_LOCKS"]; best = -1
+  while (path != "" && (getline line < "/proc/self/mountinfo") > 0) {
+    split(line, f, " "); mp = f[5]
+    gsub(/\\040/, " ", mp); gsub(/\\011/, "\t", mp); gsub(/\\012/, "\n", mp); gsub(/\\134/, "\\", mp)
+    if ((mp == "/" || path == mp || substr(path, 1, length(mp) + 1) == mp "/") && length(mp) > best) {
+      best = length(mp); split(f[3], mm, ":"); mdev = sprintf("%02x:%02x:", mm[1], mm[2])
+    }
+  }
+  close("/proc/self/mountinfo")
 }
 /^S [0-9]+$/ { # the device of the lock files, as /proc/locks writes it: major:minor in hex
   dev = sprintf("%02x:%02x:", int($2 / 256) % 4096, $2 % 256 + (int($2 / 1048576) % 4096) * 256)
@@ -105,7 +116,7 @@ BEGIN {
 /^L / {
   ino = $2; name = substr($0, length($1) + length($2) + 3)
   # the same inode on another device (another mount) is not this lock; without stat, inode alone
-  if (name ~ /\.lock$/ && (dev == "" ? (ino in ino_held) : ((dev ino) in held))) {
+  if (name ~ /\.lock$/ && (dev == "" ? (ino in ino_held) : ((dev ino) in held || (mdev ino) in held))) {
     id = substr(name, 1, length(name) - 5)
     if (want == "" || (id in wanted)) print "@held " safe(id)
   }
