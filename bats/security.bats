@@ -29,7 +29,8 @@ evil_mkdir() {
 # refused ID: the wrapper exits 73 with one `job_wrapper: unsafe server folder: ...` line naming
 # WHY_PART, runs nothing and writes no file anywhere in the server folder
 refused() {
-  local why=$1
+  local why=$1 before
+  before=$(find "$SERVER" | sort)
   run -73 --separate-stderr wrapper job-evil touch "$WORK/ran"
   assert_equal "${#lines[@]}" 0
   [[ $stderr == "job_wrapper: unsafe server folder: "*"$why"* ]] || fail "stderr: $stderr"
@@ -37,6 +38,8 @@ refused() {
   [[ ! -e $WORK/ran ]] || fail "the job ran"
   run -0 find "$SERVER" -type f
   assert_output ''
+  # nothing created either: no jobs/ or locks/ made in a folder that is not the user's alone
+  assert_equal "$(find "$SERVER" | sort)" "$before"
 }
 
 @test "a server folder another user made first (mode 0777): exit 73, the job never runs" {
@@ -45,6 +48,14 @@ refused() {
   # and made first with the subfolders too, as the attack left it
   evil_mkdir 777 "$SERVER/jobs" "$SERVER/locks"
   refused "is owned by uid $(id -u "$EVIL")"
+}
+
+@test "a control character in the server folder's path: the refusal is still one line, shown as ?" {
+  SERVER=$WORK/$'srv\njob_wrapper: forged\e[2J'
+  export SOLVERPILOT_SERVER_DIR=$SERVER
+  mkdir -p "$SERVER"
+  chmod 777 "$SERVER"
+  refused "$WORK/srv?job_wrapper: forged?[2J can be written by group or others (mode 777)"
 }
 
 @test "a jobs, locks or logs folder another user owns inside the user's own server folder: exit 73" {

@@ -119,6 +119,41 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
   run -1 grep -E -e '^(job_wrapper:|WARNING:)' -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"
 }
 
+@test "a stop in the first milliseconds after the traps are set is recorded, never lost" {
+  # bash 5.2 once lost one that it ran while expanding a $( ) (the server folder's stat, then
+  # done with the traps set): the job ran to its end. The job ends 0 only long after the signal;
+  # 7, an end it never has, leaves the stop as the only sound record.
+  export SOLVERPILOT_KILL_GRACE=1 # under bash 4.2 the job ignores INT and QUIT: killed at the grace
+  local i sig
+  for ((i = 0; i < RUNS; i++)); do
+    sig=${STOP_SIGNALS[RANDOM % ${#STOP_SIGNALS[@]}]}
+    signal_run "early-$i" "$sig" 3 7 'sleep 2'
+  done
+  check_runs 0
+}
+
+@test "a burst of stop signals to the whole group just after the traps: each run recorded as the stop" {
+  # a few Ctrl-C's or hangups kill the helpers (flock) again and again: never a false "already
+  # running" or "cannot create", and nothing of bash's own on stderr
+  local i n pid rc runs=$(((RUNS + 1) / 2))
+  mkdir -p "$WORK/ran"
+  for ((i = 0; i < runs; i++)); do
+    setsid "${WRAPPER_CMD[@]}" "burst-$i" sh -c ': >"$0"; exec sleep 5' "$WORK/ran/burst-$i" \
+      </dev/null >/dev/null 2>>"$WORK/stderr" 3>&- &
+    pid=$!
+    traps_set "$pid"
+    for n in 1 2 3 4 5; do
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || : # gone: no matter
+      read -r -t "0.00$n" _ </dev/zero || : # n ms without a fork: /dev/zero sends no newline
+    done
+    rc=0
+    wait "$pid" || rc=$?
+    echo "burst-$i $rc 7 TERM" >>"$WORK/runs"
+  done
+  check_runs 0
+  run -1 grep -E -e '^(job_wrapper:|WARNING:)' -e '\.sh: (line [0-9]+: )?' -e 'Terminated' "$WORK/stderr"
+}
+
 @test "a stop signal at a random moment of the start: the job is stopped within the grace, never runs to its end" {
   export SOLVERPILOT_KILL_GRACE=1
   local i sig t0 ms slow=0 runs=$(((RUNS + 2) / 3)) FROM_FORK=1

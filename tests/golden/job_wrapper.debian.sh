@@ -55,7 +55,12 @@ SEEN=() SENT=0
 # trap is set: bash 5.2 can run a trap inside its parser and lose it while reading a $( ).
 
 warn() { (trap '' PIPE; printf '%s\n' "$1" >&2); } # stderr's reader may have gone: no SIGPIPE
-die() { trap - EXIT; warn "job_wrapper: $2"; exit "$1"; }
+shown() { local LC_ALL=C; printf -v "$1" '%s' "${2//[[:cntrl:]]/?}"; } # shown VAR TEXT: no controls
+die() { # die CODE MESSAGE: one line on stderr, its control characters shown as ?; no stop signal
+  trap - EXIT && trap '' "${SIGNALS[@]}" PIPE # can cut it short (nor kill a subshell of it)
+  shown MESSAGE "$2" && printf 'job_wrapper: %s\n' "$MESSAGE" >&2
+  exit "$1"
+}
 now() { # now VAR: ISO 8601 local time with offset, no fork
   printf -v "$1" '%(%Y-%m-%dT%H:%M:%S%z)T' -1
   printf -v "$1" '%s:%s' "${!1:0:-2}" "${!1: -2}"
@@ -73,9 +78,10 @@ json_str() { # json_str VAR TEXT: VAR becomes TEXT as a JSON string literal; tex
 }
 valid_id() { local LC_ALL=C; [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; }
 helper() { # helper COMMAND...: braced, bash's "Terminated" line goes to /dev/null too; again
-  # when a signal to the whole group killed it (the trap noted that signal for the record)
+  # when a signal to the whole group killed it (the trap noted that signal for the record), up
+  # to 10 times: a burst of stops to the group must not read as the command's own failure
   local _
-  for _ in 1 2 3; do { "$@"; } 2>/dev/null && return 0; (($? > 128)) || return 1; done
+  for _ in 1 2 3 4 5 6 7 8 9 10; do { "$@"; } 2>/dev/null && return 0; (($? > 128)) || return 1; done
   return 1
 }
 write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rename (the
@@ -213,26 +219,28 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   fi
   ((rc == 0)) && status=completed
   record "$status" "$rc" "$sig"
+  shown SHOWN "$STATE" # the messages below: one line each
   if [[ -n $ST_OK && -z $DB_OK ]]; then
     printf '%s\n' "$DB_WARNING" >&201
   elif [[ -z $ST_OK && -n $DB_OK ]]; then
-    printf 'job_wrapper: cannot write state file %s (it still says "%s"); the database has the final state\n' "$STATE" "$SAYS" >&201
+    printf 'job_wrapper: cannot write state file %s (it still says "%s"); the database has the final state\n' "$SHOWN" "$SAYS" >&201
   elif [[ -z $ST_OK ]]; then
-    printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$STATE" "$SAYS" >&201
+    printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$SHOWN" "$SAYS" >&201
   fi
   exit "$rc"
 }
-server_safe() { # the server folder, jobs/, locks/ (and logs/) are the user's alone: owned by the
-  # user, not writable by group or others, the subfolders no links (the server folder may be
-  # the user's own link); one stat for all, read by a $( ) while only the noting traps are set
-  local d i _ out got=() paths=("$BASE" "$BASE/" "$BASE/jobs" "$BASE/locks")
-  [[ ! -e $BASE/logs && ! -L $BASE/logs ]] || paths+=("$BASE/logs")
-  for d in "${paths[@]:2}"; do [[ ! -L $d ]] || { WHY="$d is a symbolic link" && return 1; }; done
+server_safe() { # the server folder and those of jobs/, locks/, logs/ that exist are the user's
+  # alone: owned by the user, not writable by group or others, the subfolders no links (the
+  # server folder may be the user's own link); one stat for all, read by a $( ) before any trap
+  local d i out got=() paths=("$BASE" "$BASE/")
+  for d in jobs locks logs; do
+    [[ ! -L $BASE/$d ]] || { WHY="$BASE/$d is a symbolic link" && return 1; }
+    [[ ! -e $BASE/$d ]] || paths+=("$BASE/$d")
+  done
   local IFS=$'\n' # not piped to mapfile: bash < 5.2 runs that apart when stdin is closed
-  for _ in 1 2 3; do out=$(helper stat -c '%u %a' -- "${paths[@]}") && break; done # again when
-  # a stop signal to the whole group killed the $( ); a helper run again printed twice: the last
   # shellcheck disable=SC2206 # "UID MODE" lines, split at newlines on purpose: no glob in them
-  got=($out) && got=("${got[@]: -${#paths[@]}}")
+  out=$(helper stat -c '%u %a' -- "${paths[@]}") && got=($out)
+  ((${#got[@]} < ${#paths[@]})) || got=("${got[@]: -${#paths[@]}}") # a helper run again printed twice
   ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
   for i in "${!paths[@]}"; do
     [[ ${got[i]%% *} == "$EUID" ]] || { WHY="${paths[i]} is owned by uid ${got[i]%% *}, not by $RUN_USER" && return 1; }
@@ -270,8 +278,6 @@ main() {
   # the job gets the caller's umask back; the wrapper creates 0700 and 0600, and only anew
   { while read -r k v; do [[ $k != Umask: ]] || { UMASK0=$v && break; }; done </proc/self/status; } 2>/dev/null
   [[ -n $UMASK0 ]] || UMASK0=$(umask)
-  # shellcheck disable=SC2064 # until the lock is taken, a stop signal is only noted (after the $( ))
-  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
   umask 077 && set -C && { [[ -r /proc/$$/stat ]] || NO_PROC=1; } # no /proc: see running
   (($# >= 2)) || die 64 'usage: job_wrapper.sh JOB_ID COMMAND [ARG...]'
   JOB_ID=$1 GRACE=${SOLVERPILOT_KILL_GRACE:-10}
@@ -288,9 +294,13 @@ main() {
   [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
   DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
   hash flock setsid mv sleep stat 2>/dev/null || die 73 "flock, setsid, mv, sleep or stat not found; install them: $INSTALL_HINT"
-  [[ -d $BASE/jobs && -d $BASE/locks ]] || helper mkdir -p -- "$BASE/jobs" "$BASE/locks" ||
-    die 73 "cannot create $BASE/jobs and $BASE/locks"
-  server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
+  [[ ! -e $BASE && ! -L $BASE ]] || server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
+  if [[ ! -d $BASE/jobs || ! -d $BASE/locks ]]; then # nothing is created in an unsafe folder
+    helper mkdir -p -- "$BASE/jobs" "$BASE/locks" || die 73 "cannot create $BASE/jobs and $BASE/locks"
+    server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
+  fi
+  # shellcheck disable=SC2064 # until the lock is taken, a stop signal is only noted (after the $( ))
+  for sig in "${SIGNALS[@]}"; do trap "PENDING=\${PENDING:-$sig}" "$sig"; done
   [[ ! -L $LOCK && (! -e $LOCK || -f $LOCK) ]] || die 73 "lock file $LOCK is not a regular file"
   [[ ! -d $STATE ]] || die 73 "state file $STATE is a folder"
   { exec 200>>"$LOCK"; } 2>/dev/null || die 73 "cannot open lock file $LOCK"
