@@ -92,13 +92,14 @@ WARNING='WARNING: Failed to update SQLite, state file written'
 
 @test "100 jobs finishing at once lose no DB update" {
   local i pids=()
-  # each job waits on a fifo that only this test holds open for writing (no polling: 100 jobs
-  # polling with sleep starved the wrappers' writes on a loaded 2-core machine); closing it
-  # ends all of them at once
-  mkfifo "$WORK/go"
-  exec 7<>"$WORK/go"
+  # each job waits for a shared lock on a gate this test holds exclusively (no polling: 100
+  # jobs polling with sleep starved the wrappers' writes on a loaded 2-core machine; and unlike
+  # a fifo's end, a lock released before a job reaches it lets that job pass at once); closing
+  # the test's descriptor ends all of them together
+  exec 7>"$WORK/gate"
+  flock -x 7
   for i in $(seq 100); do
-    start_wrapper "job-many-$i" sh -c 'read -r _ <"$0/go"; exit 0' "$WORK" 7>&-
+    start_wrapper "job-many-$i" flock -s "$WORK/gate" true 7>&-
     pids+=("$WPID")
   done
   all_running() { [[ $(sqlite3 "$DB" "SELECT count(*) FROM jobs WHERE status = 'running'" 2>/dev/null) == 100 ]]; }
