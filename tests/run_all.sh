@@ -53,7 +53,8 @@ bats_suite() {
   local label=$1 tap
   tap=$OUT/$label.tap
   echo "== bats: $label (at ${SECONDS}s)"
-  SP_WRAPPER=$2 SP_USERLAND=$3 SP_BASH=$4 SP_STRESS_RUNS=$5 \
+  # a test that hangs fails after 10 minutes (the longest takes about 2) instead of holding CI
+  SP_WRAPPER=$2 SP_USERLAND=$3 SP_BASH=$4 SP_STRESS_RUNS=$5 BATS_TEST_TIMEOUT=600 \
     "$VENV/bin/bats_core_pkg" --formatter tap "$ROOT/bats" | tee "$tap" || true
   PASSED=$((PASSED + $(grep -c '^ok ' "$tap" || true)))
   FAILED=$((FAILED + $(grep -c '^not ok ' "$tap" || true)))
