@@ -179,7 +179,7 @@ def test_cancel_at_random_moments_of_a_start_always_ends_in_one_final_record(
     rng = random.Random(os.environ.get("SP_SEED", secrets.token_hex(4)))
     outcomes: dict[str, int] = {}
     for n in range(runs):
-        job_id = f"stress{n:03d}"
+        job_id = f"s{n:03d}-stress"  # tmux names a session by the first 8 characters
         run = sp_process(lab, trusted, "run", lab.a.spec, "--id", job_id, "--",
                          "sh", "-c", f"touch {scratch}/{job_id}; exec sleep 300")  # fmt: skip
         time.sleep(rng.uniform(0, 1.5))  # a random moment, not a synchronisation
