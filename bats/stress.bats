@@ -31,17 +31,21 @@ random_delay() {
   sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
 }
 
-# traps_set PID: wait until PID catches USR1 (/proc/PID/status, SigCgt bit 10), which bash does
-# only once the wrapper has set its traps, or has ended. Polled with builtins only.
+# traps_set PID: wait until PID runs the wrapper (its command line names it: the fork of this
+# test's shell, before it execs, shows this shell's own caught signals, USR1 among them) and
+# catches USR1 (/proc/PID/status, SigCgt bit 10), which bash does only once the wrapper has set
+# its traps; or until PID has ended. Polled with builtins only.
 traps_set() {
-  local k v zombie
+  local k v a zombie mine
   while :; do
-    zombie='' v=0
+    mine='' zombie='' v=0
+    { while IFS= read -r -d '' a; do [[ $a != "$SP_WRAPPER" ]] || mine=1; done <"/proc/$1/cmdline"; } 2>/dev/null ||
+      return 0
     { while read -r k v; do
       case $k in State:) [[ $v != Z* ]] || zombie=1 ;; SigCgt:) break ;; esac
     done <"/proc/$1/status"; } 2>/dev/null || return 0
     [[ -z $zombie && $v =~ ^[0-9a-f]+$ ]] || return 0
-    (((16#$v >> 9) & 1)) && return 0
+    [[ -n $mine ]] && (((16#$v >> 9) & 1)) && return 0
   done
 }
 
@@ -74,7 +78,7 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
 @test "TERM just as the job ends on its own: exactly one final record, own end or the stop, in every run" {
   local i
   for ((i = 0; i < RUNS; i++)); do
-    signal_run "end-$i" TERM 80 3 'sleep 0.02; exit 3'
+    signal_run "end-$i" TERM 40 3 'sleep 0.02; exit 3'
   done
   check_runs
   assert_equal "$(grep -c . "$WORK/runs")" "$RUNS"

@@ -58,12 +58,15 @@ def temp_files(home: Path) -> list[str]:
 
 
 def catches(pid: int, number: int) -> bool:
-    """Process ``pid`` has a handler for signal ``number`` (/proc/PID/status SigCgt), or has
-    ended."""
+    """Process ``pid`` runs sp-deploy (before its exec, a fork shows this test's own handlers)
+    and has a handler for signal ``number`` (/proc/PID/status SigCgt), or has ended."""
     try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return True
+    if b"solverpilot_deploy" not in argv:
+        return False
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     if fields.get("State", "").strip().startswith("Z"):
         return True
