@@ -35,7 +35,7 @@ random_delay() {
 # test's shell, before it execs, shows this shell's own caught signals, USR1 among them) and
 # catches USR1 (/proc/PID/status, SigCgt bit 10), which bash does only once the wrapper has set
 # its traps; or until PID has ended. Polled with builtins only.
-traps_set() {
+traps_set() { # traps_set PID [exec]: with "exec", only until PID runs the wrapper
   local k v a zombie mine
   while :; do
     mine='' zombie='' v=0
@@ -45,13 +45,13 @@ traps_set() {
       case $k in State:) [[ $v != Z* ]] || zombie=1 ;; SigCgt:) break ;; esac
     done <"/proc/$1/status"; } 2>/dev/null || return 0
     [[ -z $zombie && $v =~ ^[0-9a-f]+$ ]] || return 0
-    [[ -n $mine ]] && (((16#$v >> 9) & 1)) && return 0
+    [[ -n $mine ]] && { [[ ${2-} == exec ]] || (((16#$v >> 9) & 1)); } && return 0
   done
 }
 
 # signal_run ID SIGNAL MAX_MS OWN SCRIPT: one run of `sh -c SCRIPT` with SIGNAL sent after a
-# random delay, counted from the moment the wrapper has set its traps (from its fork when
-# FROM_FORK is set: the signals then aim at its start too, which no trap covers in its first
+# random delay, counted from the moment the wrapper has set its traps (from the exec that names
+# it when FROM_FORK is set: the signals then aim at its start too, which no trap covers in its first
 # milliseconds, a documented limit); appends "ID WRAPPER_EXIT OWN SIGNAL" to $WORK/runs. The
 # job first creates $WORK/ran/ID, so that a run without a record can be told from one that
 # never started.
@@ -61,7 +61,7 @@ signal_run() {
   "${WRAPPER_CMD[@]}" "$id" sh -c ": >\"\$0\"; $5" "$WORK/ran/$id" </dev/null >/dev/null \
     2>>"$WORK/stderr" 3>&- &
   pid=$!
-  [[ -n ${FROM_FORK-} ]] || traps_set "$pid"
+  if [[ -n ${FROM_FORK-} ]]; then traps_set "$pid" exec; else traps_set "$pid"; fi
   random_delay "$max"
   kill -s "$sig" "$pid" 2>/dev/null || true
   wait "$pid" || rc=$?
