@@ -8,6 +8,8 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,19 @@ def boot_id() -> str:
 def start_ticks(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(") ", 1)[1].split()[19])
+
+
+@contextmanager
+def flock_held(path: Path) -> Iterator[None]:
+    """Another process holds a flock on ``path``, listed in /proc/locks, until the block ends."""
+    holder = subprocess.Popen(["flock", str(path), "sleep", "60"])
+    try:
+        ino = path.stat().st_ino
+        poll(lambda: f":{ino} " in Path("/proc/locks").read_text(), 10, f"a flock on {path.name}")
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def write_states(server: Path, states: dict[str, dict[str, object]], owner: int | None) -> None:
@@ -208,19 +223,8 @@ def test_a_db_row_running_without_a_state_file_is_judged_by_its_lock(
         )
     for name in ("db-held", "db-free"):
         (server / "locks" / f"{name}.lock").touch()
-    holder = subprocess.Popen(["flock", str(server / "locks" / "db-held.lock"), "sleep", "60"])
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            str((server / "locks" / "db-held.lock").stat().st_ino)
-            not in Path("/proc/locks").read_text()
-        ):
-            assert time.monotonic() < deadline, "flock never took the lock"
-            time.sleep(0.02)
+    with flock_held(server / "locks" / "db-held.lock"):
         code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
-    finally:
-        holder.kill()
-        holder.wait()
     assert code == 0
     assert {j["id"]: (j["status"], j["lost_reason"]) for j in jobs} == {
         "db-held": ("running", None),
@@ -280,7 +284,6 @@ def test_a_lock_on_another_device_with_the_same_inode_number_is_not_the_jobs_loc
     other.mkdir()
     uid, gid = lab.user.pw_uid, lab.user.pw_gid
     mounted: list[Path] = []
-    holder = None
     try:
         for folder in (locks, other):  # fresh tmpfs each: inode numbers start from 1 on both
             options = f"size=1m,mode=0700,uid={uid},gid={gid}"
@@ -300,13 +303,9 @@ def test_a_lock_on_another_device_with_the_same_inode_number_is_not_the_jobs_loc
                 twin = path
                 break
         assert twin is not None, f"no file on the second tmpfs got inode {target}"
-        holder = subprocess.Popen(["flock", str(twin), "sleep", "60"])
-        poll(lambda: f":{target} " in Path("/proc/locks").read_text(), 10, "the twin's flock")
-        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+        with flock_held(twin):
+            code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
     finally:
-        if holder is not None:
-            holder.kill()
-            holder.wait()
         for folder in reversed(mounted):
             subprocess.run(["umount", "-l", str(folder)], check=False)
     assert code == 0
@@ -330,7 +329,6 @@ def test_a_held_lock_on_btrfs_is_seen_though_stat_names_the_subvolume_not_the_fi
         handle.truncate(160 << 20)
     subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(server)], check=True)
-    holder = None
     try:
         write_states(server, {}, lab.user.pw_uid)
         with sqlite3.connect(server / "server.db") as db:
@@ -343,13 +341,9 @@ def test_a_held_lock_on_btrfs_is_seen_though_stat_names_the_subvolume_not_the_fi
             (server / "locks" / f"{name}.lock").touch()
         lock = server / "locks" / "held.lock"
         assert os.stat(server / "locks").st_dev != os.stat(image).st_dev
-        holder = subprocess.Popen(["flock", str(lock), "sleep", "60"])
-        poll(lambda: f":{lock.stat().st_ino} " in Path("/proc/locks").read_text(), 10, "flock")
-        code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
+        with flock_held(lock):
+            code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
     finally:
-        if holder is not None:
-            holder.kill()
-            holder.wait()
         subprocess.run(["umount", "-l", str(server)], check=False)
     assert code == 0
     assert {j["id"]: (j["status"], j["lost_reason"]) for j in jobs} == {
