@@ -308,3 +308,50 @@ except KeyboardInterrupt:
     done
   done
 }
+
+@test "a time limit: INT to the job's group SAVE s before it, then the stop, recorded with its reason" {
+  export SOLVERPILOT_TIME_LIMIT=3 SOLVERPILOT_SAVE_BEFORE=1 SOLVERPILOT_KILL_GRACE=5
+  local start=$SECONDS
+  # saves on INT (and goes on), ends on TERM only through the stop
+  start_wrapper job-limit sh -c 'trap "echo saved >>\"\$0/said\"" INT; echo $$ >"$0/child.pid"; while :; do sleep 0.1; done' "$WORK"
+  wait_rc "$WPID"
+  assert_equal "$RC" 143
+  ((SECONDS - start >= 2 && SECONDS - start < 6)) || fail "took $((SECONDS - start)) s"
+  # (under bash 4.2 the job ignores INT, a documented limit: only the stop reaches it)
+  if bash_is_42; then [[ ! -e $WORK/said ]]; else assert_equal "$(cat "$WORK/said")" saved; fi
+  assert_equal "$(state_field job-limit status)" '"failed"'
+  assert_equal "$(state_field job-limit signal)" '"TERM"'
+  assert_equal "$(state_field job-limit reason)" '"time limit (3 s)"'
+  assert_equal "$(db_row job-limit)" "failed|143|1"
+  # the timer is gone with the wrapper, and never held the job's lock
+  run -0 flock -n "$SERVER/locks/job-limit.lock" true
+}
+
+@test "a job that ends itself on the time limit's INT keeps its own end, with the reason" {
+  export SOLVERPILOT_TIME_LIMIT=2 SOLVERPILOT_SAVE_BEFORE=1
+  start_wrapper job-saves sh -c 'trap "exit 0" INT; while :; do sleep 0.1; done'
+  wait_rc "$WPID"
+  if bash_is_42; then # the job ignores INT (a documented limit): the stop at the limit ends it
+    assert_equal "$RC" 143
+    assert_equal "$(state_field job-saves status)" '"failed"'
+  else
+    assert_equal "$RC" 0
+    assert_equal "$(state_field job-saves status)" '"completed"'
+  fi
+  assert_equal "$(state_field job-saves reason)" '"time limit (2 s)"'
+}
+
+@test "a job that ends before its time limit: no reason, no timer left behind" {
+  export SOLVERPILOT_TIME_LIMIT=617
+  start_wrapper job-quick sh -c 'exit 4'
+  wait_rc "$WPID"
+  assert_equal "$RC" 4
+  assert_equal "$(state_field job-quick reason)" ''
+  # no process of this test's runs is still sleeping out the 617 s
+  run -1 pgrep -f "sleep 617"
+  for bad in 0x10 -5 1.5 ' 3'; do
+    SOLVERPILOT_TIME_LIMIT=$bad run -64 "${WRAPPER_CMD[@]}" job-bad true
+    [[ $output == *"whole numbers of seconds"* ]] || fail "$bad: $output"
+  done
+  [[ ! -e $SERVER/jobs/job-bad.status ]]
+}

@@ -241,6 +241,8 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T], sent
                 _warn(args.host, warning)
             began = True
             return work(session, deadline)
+    except UsageError as exc:  # the host said the command line named what is not there
+        raise UsageError(f"{args.host}: {exc}") from exc
     except DeployError as exc:
         raise HostFailedError(f"{args.host}: {exc}{f'; {sent}' if began and sent else ''}") from exc
     except KeyboardInterrupt:
@@ -293,19 +295,41 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1 if missing else 0
     if missing and not jobs:
         return 1
-    rows: list[tuple[str, ...]] = [
-        ("ID", "STATUS", "EXIT", "SIGNAL", "STARTED_AT", "COMPLETED_AT", "CPU_S", "WALL_S", "TMUX")
-    ]
+    head = "ID NAME STATUS EXIT SIGNAL STARTED_AT COMPLETED_AT CPU_S WALL_S TMUX COMMAND"
+    rows: list[tuple[str, ...]] = [tuple(head.split())]
     for job in jobs:
         cpu = None
         if job.cpu_user_s is not None and job.cpu_sys_s is not None:
             cpu = f"{job.cpu_user_s + job.cpu_sys_s:.2f}"
-        status = f"{job.status} ({job.lost_reason})" if job.lost_reason else job.status
         wall = None if job.wall_s is None else f"{job.wall_s:.2f}"
-        values = (job.id, status, job.exit_code, job.signal, job.started_at, job.completed_at)
-        rows.append(tuple("-" if v is None else str(v) for v in (*values, cpu, wall, job.tmux)))
+        values = (
+            *(job.id, _shorter(job.name, 24), _status_words(job), job.exit_code, job.signal),
+            *(job.started_at, job.completed_at, cpu, wall, job.tmux, _command(job.argv)),
+        )
+        rows.append(tuple("-" if v is None else str(v) for v in values))
     _print_table(rows)
     return 1 if missing else 0
+
+
+def _shorter(text: str | None, most: int) -> str | None:
+    return text if text is None or len(text) <= most else text[: most - 3] + "..."
+
+
+def _command(argv: tuple[str, ...] | None) -> str | None:
+    import shlex
+
+    return None if argv is None else _shorter(shlex.join(argv), 40)
+
+
+def _status_words(job: Any) -> str:
+    """A job's status for the table: why it is lost or ended so, where it waits in its queue."""
+    words = job.status
+    if job.status == "queued" and job.queue:
+        words += f" ({job.queue} #{job.position})" if job.position else f" ({job.queue})"
+    elif job.status == "queued" and job.after:
+        words += f" (after {','.join(job.after)})"
+    why = job.lost_reason or job.reason
+    return f"{words} ({why})" if why else words
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -318,7 +342,36 @@ def _describe(state: dict[str, Any]) -> str:
     return " ".join(words)
 
 
-SLURM_ONLY = ("partition", "time", "mem", "cpus", "save_before")
+SLURM_ONLY = ("partition", "mem", "cpus")
+
+
+def _time_limit(text: str) -> int:
+    """--time: MINUTES or MINUTES:SECONDS (as Slurm reads it), in seconds above 0."""
+    minutes, _, seconds = text.partition(":")
+    if not (minutes.isascii() and minutes.isdigit()) or (
+        seconds and not (seconds.isascii() and seconds.isdigit() and int(seconds) < 60)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"must be MINUTES or MINUTES:SECONDS, e.g. 90 or 0:30: {text!r}"
+        )
+    total = int(minutes) * 60 + int(seconds or 0)
+    if not 0 < total <= 10**7 * 60:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, at most {10**7}: {text!r}")
+    return total
+
+
+def _job_spec(args: argparse.Namespace) -> Any:
+    from solverpilot_deploy.jobs import JobSpec
+
+    after = tuple(word for part in args.after or () for word in part.split(",") if word)
+    _job_ids(after)
+    try:
+        return JobSpec(
+            tuple(args.command_argv), args.cwd or "", args.name, args.queue, after,
+            args.time, args.save_before,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -330,16 +383,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.command_argv:
         raise UsageError("no command: sp-deploy run HOST [--id ID] [--cwd DIR] -- COMMAND [ARG...]")
     (job_id,) = _job_ids([args.id or new_job_id()])
+    if args.name is not None and (len(args.name) > 200 or not args.name.isprintable()):
+        raise UsageError("--name: at most 200 printable characters")
     if args.via == "slurm":
         return _run_slurm(args, job_id)
     given = [name for name in SLURM_ONLY if getattr(args, name) is not None]
     if given:
         option = "--" + given[0].replace("_", "-")
         raise UsageError(f"{option} is for --via slurm")
+    spec = _job_spec(args)
     started = _on_host(
         args,
         lambda session, end: run_job(
-            session, job_id, args.cwd or "", args.command_argv, remaining(end)
+            session, job_id, spec.cwd, list(spec.argv), remaining(end), spec
         ),
         f"job {job_id} may have started: see sp-deploy status {args.host} {job_id}",
     )
@@ -358,8 +414,15 @@ def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
     from solverpilot_deploy.slurm import SlurmOptions, submit_job
     from solverpilot_deploy.ssh import remaining
 
+    if args.queue is not None:
+        raise UsageError("--queue is for tmux jobs: under --via slurm, Slurm queues the job")
+    if args.name is not None:
+        raise UsageError("--name is for tmux jobs; Slurm's job name is solverpilot_USER_ID")
     try:
-        options = SlurmOptions(args.partition, args.time, args.mem, args.cpus, args.save_before)
+        after = _job_ids([word for part in args.after or () for word in part.split(",") if word])
+        options = SlurmOptions(
+            args.partition, args.time, args.mem, args.cpus, args.save_before, after
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     done = _on_host(
@@ -425,6 +488,171 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.jobs import queues
+    from solverpilot_deploy.ssh import remaining
+
+    if args.slots is not None and args.name is None:
+        raise UsageError("--slots needs a queue NAME: sp-deploy queue HOST NAME --slots N")
+    found = _on_host(
+        args, lambda session, end: queues(session, remaining(end), args.name, args.slots)
+    )
+    if args.json:
+        print(json.dumps([queue.as_json() for queue in found], indent=2))
+        return 0
+    if args.name and not found:  # a queue never set nor used: its default
+        print(f"{args.name}: 1 slot (the default), nothing queued")
+        return 0
+    rows = [("QUEUE", "SLOTS", "RUNNING", "WAITING")]
+    rows += [(q.name, str(q.slots), str(q.running), str(q.waiting)) for q in found]
+    if len(rows) > 1:
+        _print_table(rows)
+    return 0
+
+
+ENDED = ("completed", "failed", "lost", "unreadable")  # wait: these will not change
+
+
+def exit_code_of(jobs: Sequence[Any]) -> int:
+    """wait's (and logs -f's) exit status: one job's own exit code (1 when it has none, e.g.
+    lost or never started); for several, 0 when all completed, else 1."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        if job.status == "completed":
+            return 0
+        code = job.exit_code
+        return code if isinstance(code, int) and 0 < code < 256 else 1
+    return 0 if all(job.status == "completed" for job in jobs) else 1
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from solverpilot_deploy.jobs import JobError
+    from solverpilot_deploy.status import read_status
+
+    wanted = _job_ids(args.job_ids)
+    end = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+
+    def watch(session: Session, _deadline: float) -> tuple[list[Any], bool]:
+        while True:
+            jobs, _ = read_status(session, STEP_TIMEOUT, wanted)
+            found = {job.id for job in jobs}
+            missing = [job_id for job_id in wanted if job_id not in found]
+            if missing:
+                raise JobError(f"no job {missing[0]} on this host")
+            if all(job.status in ENDED for job in jobs):
+                return jobs, True
+            if end is not None and time.monotonic() >= end:
+                return jobs, False
+            pause = 1.0 if end is None else max(0.0, min(1.0, end - time.monotonic()))
+            time.sleep(pause)
+
+    jobs, ended = _on_host(args, watch)
+    if args.json:
+        print(json.dumps({"ended": ended, "jobs": [job.as_json() for job in jobs]}, indent=2))
+    else:
+        for job in jobs:
+            words = f"{job.id} {_status_words(job)}"
+            if job.exit_code is not None:
+                words += f" exit {job.exit_code}"
+            print(printable(words))
+    if not ended:
+        print(
+            f"sp-deploy: {printable(args.host)}: timeout: not all ended after "
+            f"{args.wait_timeout:g} s",
+            file=sys.stderr,
+        )
+        return WAIT_TIMEOUT
+    return exit_code_of(jobs)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> int:
+    """--older-than: a whole number and a unit (s m h d w), e.g. 7d or 12h; in seconds."""
+    number, unit = text[:-1], text[-1:]
+    if not (number.isascii() and number.isdigit() and unit in DURATION_UNITS):
+        raise argparse.ArgumentTypeError(
+            f"must be a number and a unit (s m h d w), e.g. 7d: {text!r}"
+        )
+    return int(number) * DURATION_UNITS[unit]
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.jobs import CLEANABLE, clean_jobs
+    from solverpilot_deploy.ssh import remaining
+
+    wanted = _job_ids(args.job_ids)
+    statuses = tuple(dict.fromkeys(args.status or CLEANABLE))
+    done = _on_host(
+        args,
+        lambda session, end: clean_jobs(
+            session, remaining(end), wanted, args.older_than or 0, statuses
+        ),
+    )
+    for warning in done.warnings:
+        _warn(args.host, warning)
+    if args.json:
+        removed = [{"id": i, "status": s} for i, s in done.removed]
+        kept = [{"id": i, "why": why} for i, why in done.kept]
+        print(json.dumps({"removed": removed, "kept": kept}, indent=2))
+    else:
+        for job_id, status in done.removed:
+            print(f"removed {job_id} ({status})")
+    for job_id, why in done.kept:
+        print(f"sp-deploy: {printable(args.host)}: kept {job_id}: {why}", file=sys.stderr)
+    return 1 if done.kept else 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.jobs import JobError, JobSpec, new_job_id, run_job
+    from solverpilot_deploy.ssh import remaining
+    from solverpilot_deploy.status import read_status
+
+    (old,) = _job_ids([args.job_id])
+    (job_id,) = _job_ids([args.id or new_job_id()])
+
+    def restart(session: Session, end: float) -> Any:
+        jobs, _ = read_status(session, remaining(end), (old,))
+        if not jobs:
+            raise JobError(f"no job {old} on this host")
+        (job,) = jobs
+        if job.status not in ENDED or job.status == "unreadable":
+            raise JobError(f"job {old} is {job.status}: restart runs an ended job again")
+        if job.argv is None:
+            raise JobError(
+                f"job {old} has no recorded command (it was run before sp-deploy kept one, or "
+                "not through sp-deploy run)"
+            )
+        spec = JobSpec(
+            job.argv, job.cwd or "", job.name, job.queue, (), job.time_limit_s,
+            job.save_before_s, restart_of=old,
+        )  # fmt: skip
+        return run_job(session, job_id, spec.cwd, list(spec.argv), remaining(end), spec)
+
+    started = _on_host(
+        args, restart, f"job {job_id} may have started: see sp-deploy status {args.host} {job_id}"
+    )
+    for warning in started.warnings:
+        _warn(args.host, warning)
+    if args.json:
+        print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
+    else:
+        print(job_id)
+    return 0
+
+
+STEP_TIMEOUT = 60.0  # wait: the deadline of each look at the jobs
+WAIT_TIMEOUT = 124  # wait --timeout ran out (as timeout(1) says it)
 SLURM_UNANSWERED_READS = 5  # logs -f: reads of a final record Slurm cannot confirm, at most
 
 
@@ -475,8 +703,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 ended_unanswered = 0
             time.sleep(0.5)
 
-    _on_host(args, follow)
-    return 0
+    def follow_to_end(session: Session, deadline: float) -> int:
+        from solverpilot_deploy.status import read_status
+
+        follow(session, deadline)
+        if not args.follow:
+            return 0
+        jobs, _ = read_status(session, args.timeout, (job_id,))  # how it ended: the exit code
+        return exit_code_of(jobs) if jobs else 1
+
+    return _on_host(args, follow_to_end)
 
 
 def _positive(kind: type[int] | type[float], most: int) -> Callable[[str], int | float]:
@@ -502,7 +738,9 @@ def _require_profile(name: str) -> None:
         load_profile(name)
 
 
-def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -> None:
+def _add_ssh_options(
+    parser: argparse.ArgumentParser, accept_new: bool = True, timeout: bool = True
+) -> None:
     group = parser.add_argument_group("ssh")
     group.add_argument("-F", dest="config_file", metavar="FILE", help="ssh config file")
     group.add_argument("-i", dest="identity", metavar="KEY", help="identity (private key) file")
@@ -535,13 +773,14 @@ def _add_ssh_options(parser: argparse.ArgumentParser, accept_new: bool = True) -
             action="store_true",
             help="trust and record the key of a host not yet known (a changed key is refused)",
         )
-    group.add_argument(
-        "--timeout",
-        type=_positive(float, 86400),
-        default=60.0,
-        metavar="SECONDS",
-        help="deadline per host (default 60)",
-    )
+    if timeout:  # (wait's --timeout is how long to wait)
+        group.add_argument(
+            "--timeout",
+            type=_positive(float, 86400),
+            default=60.0,
+            metavar="SECONDS",
+            help="deadline per host (default 60)",
+        )
     parser.add_argument("--json", action="store_true", help="print only JSON on stdout")
 
 
@@ -636,19 +875,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="tmux",
         help="tmux (default): on HOST itself; slurm: sbatch on HOST, a login node",
     )
-    slurm = run.add_argument_group("slurm (with --via slurm; default: the cluster's)")
-    slurm.add_argument("--partition", metavar="NAME", help="the partition")
-    slurm.add_argument(
-        "--time", type=_positive(int, 10**7), metavar="MINUTES", help="the time limit"
+    run.add_argument("--name", metavar="LABEL", help="a label status shows")
+    run.add_argument(
+        "--queue",
+        metavar="NAME",
+        help="wait on the host for a free slot of queue NAME (sp-deploy queue), then start; "
+        "a queue's jobs start in the order they were submitted",
     )
-    slurm.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 4000M or 16G")
-    slurm.add_argument("--cpus", type=_positive(int, 100000), metavar="N", help="CPUs for the job")
-    slurm.add_argument(
+    run.add_argument(
+        "--after",
+        action="append",
+        metavar="ID[,ID...]",
+        help="start only once these jobs have completed (exit 0); if one ends otherwise, this "
+        "job never runs and is recorded failed (Slurm: --dependency=afterok)",
+    )
+    run.add_argument(
+        "--time",
+        type=_time_limit,
+        metavar="MINUTES[:SECONDS]",
+        help="the time limit: the job is stopped at it (TERM, then KILL after the grace)",
+    )
+    run.add_argument(
         "--save-before",
         type=_positive(int, 65535),
         metavar="SECONDS",
         help="INT to the job this long before the time limit, so it can save its work",
     )
+    slurm = run.add_argument_group("slurm (with --via slurm; default: the cluster's)")
+    slurm.add_argument("--partition", metavar="NAME", help="the partition")
+    slurm.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 4000M or 16G")
+    slurm.add_argument("--cpus", type=_positive(int, 100000), metavar="N", help="CPUs for the job")
     _add_ssh_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -671,6 +927,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ssh_options(cancel)
     cancel.set_defaults(func=cmd_cancel)
+
+    queue = sub.add_parser("queue", help="list a host's queues, or set the number of slots of one")
+    queue.add_argument("host", metavar="HOST")
+    queue.add_argument("name", nargs="?", metavar="NAME", help="only this queue")
+    queue.add_argument(
+        "--slots",
+        type=_positive(int, 100000),
+        metavar="N",
+        help="how many of NAME's jobs may run at once (default 1; kept on the host; lowering "
+        "it stops nothing that runs)",
+    )
+    _add_ssh_options(queue)
+    queue.set_defaults(func=cmd_queue)
+
+    wait = sub.add_parser(
+        "wait",
+        help="return once the jobs have ended: one job's own exit code; for several, 0 when "
+        "all completed, else 1",
+    )
+    wait.add_argument("host", metavar="HOST")
+    wait.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    wait.add_argument(
+        "--timeout",
+        dest="wait_timeout",
+        type=_positive(float, 10**9),
+        metavar="SECONDS",
+        help="give up after this long (exit 124); default: wait as long as it takes",
+    )
+    _add_ssh_options(wait, timeout=False)
+    wait.set_defaults(func=cmd_wait, more_positionals="job_ids", timeout=STEP_TIMEOUT)
+
+    restart = sub.add_parser(
+        "restart",
+        help="run an ended job's command again (same folder, name, queue, time limit) as a new job",
+    )
+    restart.add_argument("host", metavar="HOST")
+    restart.add_argument("job_id", metavar="JOB_ID")
+    restart.add_argument("--id", metavar="NEW", help="the new job's id (default: a new UUID)")
+    _add_ssh_options(restart)
+    restart.set_defaults(func=cmd_restart)
+
+    clean = sub.add_parser(
+        "clean",
+        help="remove ended jobs' records (state, lock, log, DB row); never a queued or "
+        "running one, nor one a waiting job waits for",
+    )
+    clean.add_argument("host", metavar="HOST")
+    clean.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs")
+    clean.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="only jobs that ended longer ago than this: 90s, 30m, 12h, 7d, 2w",
+    )
+    clean.add_argument(
+        "--status",
+        action="append",
+        choices=("completed", "failed"),
+        help="only jobs that ended so (repeatable; default both)",
+    )
+    _add_ssh_options(clean)
+    clean.set_defaults(func=cmd_clean, more_positionals="job_ids")
 
     logs = sub.add_parser("logs", help="print a job's output (its tmux pane)")
     logs.add_argument("host", metavar="HOST")

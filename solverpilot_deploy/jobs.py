@@ -7,13 +7,15 @@ newlines, ``$`` and ``;`` arrive exactly as given; no shell on the way parses th
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
-from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError
+from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError, UsageError
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.safe import host_object, printable
 from solverpilot_deploy.status import JOB_ID
@@ -72,6 +74,54 @@ def run_payload(cwd: str, argv: list[str]) -> str:
     return "".join(encode_line(value) + "\n" for value in (cwd, *argv))
 
 
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # the wrapper's QUEUE_NAME
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What run was asked: kept on the host as jobs/ID.spec (restart runs it again)."""
+
+    argv: tuple[str, ...]
+    cwd: str = ""
+    name: str | None = None
+    queue: str | None = None
+    after: tuple[str, ...] = ()
+    time_limit_s: int | None = None
+    save_before_s: int | None = None
+    restart_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise ValueError("no command to run")
+        if self.queue is not None and not QUEUE_NAME.match(self.queue):
+            raise ValueError(f"not a queue name: {self.queue!r} (1-64 of A-Z a-z 0-9 . _ -)")
+        for job_id in self.after:
+            check_job_id(job_id)
+        if self.save_before_s is not None and self.time_limit_s is None:
+            raise ValueError("--save-before needs --time")
+        if self.save_before_s is not None and self.save_before_s >= (self.time_limit_s or 0):
+            raise ValueError("--save-before must be shorter than --time")
+
+    def json_head(self) -> str:
+        """The spec as one line of ASCII JSON without its closing brace (the host adds
+        submitted_at): argv bytes that are not UTF-8 travel as JSON's \\udcXX escapes."""
+        text = json.dumps(
+            {
+                "argv": list(self.argv),
+                "cwd": self.cwd,
+                "name": self.name,
+                "queue": self.queue,
+                "after": list(self.after),
+                "time_limit_s": self.time_limit_s,
+                "save_before_s": self.save_before_s,
+                "restart_of": self.restart_of,
+            },
+            ensure_ascii=True,
+            separators=(",", ":"),
+        )
+        return text[:-1]
+
+
 def _state(lines: tuple[str, ...]) -> dict[str, Any]:
     for line in lines:
         if line.startswith("state="):
@@ -79,14 +129,23 @@ def _state(lines: tuple[str, ...]) -> dict[str, Any]:
     return {}
 
 
-def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: float) -> Started:
-    """Start ``argv`` under the wrapper in a detached tmux session; return its first state."""
-    if not argv:
-        raise ValueError("no command to run")
+def run_job(
+    session: Session, job_id: str, cwd: str, argv: list[str], timeout: float,
+    spec: JobSpec | None = None,
+) -> Started:  # fmt: skip
+    """Start ``argv`` under the wrapper in a detached tmux session; return its first state.
+    With a queue or jobs to wait for (``spec``), submit it: its first state is "queued"."""
+    spec = spec or JobSpec(tuple(argv), cwd)
     wait = max(1, min(STATE_WAIT, int(timeout) - 2))
+    words = (
+        spec.queue or "-",
+        ",".join(spec.after) or "-",
+        "-" if spec.time_limit_s is None else str(spec.time_limit_s),
+        "-" if spec.save_before_s is None else str(spec.save_before_s),
+    )
     result = run_step(
-        session, "run", check_job_id(job_id), str(wait), timeout=timeout,
-        payload=run_payload(cwd, argv),
+        session, "run", check_job_id(job_id), str(wait), *words, timeout=timeout,
+        payload=spec.json_head() + "\n" + run_payload(spec.cwd, list(spec.argv)),
     )  # fmt: skip
     found = result.values()
     warnings = (LOGOUT_WARNING,) if found.get("logout_kills") == "yes" else ()
@@ -127,6 +186,13 @@ def run_job(session: Session, job_id: str, cwd: str, argv: list[str], timeout: f
             f"the job never started: {printable(found.get('error', 'its tmux session ended'))} (a "
             "tmux.conf with exit-unattached on, or a tmux server that died); the id is free"
         )
+    if result.status == 22:
+        raise UsageError(
+            f"--after {printable(found.get('unknown', '?'))}: no such job on this host; "
+            "nothing was submitted"
+        )
+    if result.status == 23:
+        raise JobError("the queues are busy (their lock was held over 60 s); nothing was submitted")
 
     raise RemoteCommandError(f"cannot start the job: {result.error()}")
 
@@ -156,10 +222,10 @@ def cancel_job(
         return Cancelled(
             state,
             found.get("was"),
-            wrote in ("yes", "ended"),
+            wrote in ("yes", "ended", "queued"),
             result.all_of("warning"),
             tuple(printable(text) for text in result.all_of("signalled")),
-            never_started=wrote == "yes",
+            never_started=wrote in ("yes", "queued"),
         )
     if result.status == 10:
         raise JobError(_no_job(job_id, found))
@@ -226,6 +292,8 @@ class LogChunk:
         says running, until its session has ended (then it is lost)."""
         if self.lost:
             return False
+        if self.status == "queued":  # its queue starts it
+            return True
         if self.slurm == "active" or (self.slurm == "unknown" and self.status in ("", "running")):
             return True
         if self.wrapper is not None:
@@ -264,3 +332,75 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         found.get("slurm", ""),
         printable(found.get("slurm_error", ""))[:200],
     )
+
+
+@dataclass(frozen=True)
+class Queue:
+    name: str
+    slots: int
+    running: int  # jobs the queue has started that have not ended
+    waiting: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "slots": self.slots, "running": self.running,
+                "waiting": self.waiting}  # fmt: skip
+
+
+def queues(
+    session: Session, timeout: float, name: str | None = None, slots: int | None = None
+) -> list[Queue]:
+    """The host's queues (``name``'s only when given), after setting its ``slots``."""
+    if name is not None and not QUEUE_NAME.match(name):
+        raise UsageError(f"not a queue name: {name!r} (1-64 of A-Z a-z 0-9 . _ -)")
+    args = (*((name,) if name else ()), *((str(slots),) if slots is not None else ()))
+    result = run_step(session, "queue", *args, timeout=timeout)
+    if result.status == 10:
+        raise JobError(NO_WRAPPER)
+    if result.status == 12:
+        raise JobError(f"the wrapper refused: {printable(result.error())}")
+    if result.status != 0:
+        raise RemoteCommandError(f"cannot read the queues: {result.error()}")
+    found = []
+    for line in result.all_of("queue"):
+        parts = line.split(" ")
+        if len(parts) == 4 and QUEUE_NAME.match(parts[0]) and all(p.isdigit() for p in parts[1:]):
+            found.append(Queue(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+    return found
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    removed: tuple[tuple[str, str], ...]  # (id, status) of each job whose records went
+    kept: tuple[tuple[str, str], ...]  # (id, why) of each named job that stays
+    warnings: tuple[str, ...]
+
+
+CLEANABLE = ("completed", "failed")
+
+
+def clean_jobs(
+    session: Session,
+    timeout: float,
+    job_ids: tuple[str, ...] = (),
+    older_than_s: int = 0,
+    statuses: tuple[str, ...] = CLEANABLE,
+) -> Cleaned:
+    """Remove ended jobs' records (templates/remote/clean.sh says which, and never what)."""
+    for status in statuses:
+        if status not in CLEANABLE:
+            raise UsageError(f"--status {status!r}: clean removes {' and '.join(CLEANABLE)} jobs")
+    ids = tuple(check_job_id(job_id) for job_id in job_ids)
+    result = run_step(
+        session, "clean", str(older_than_s), ",".join(statuses), *ids, timeout=timeout
+    )
+    if result.status != 0:
+        raise RemoteCommandError(f"cannot clean: {result.error()}")
+
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        found = (line.partition(" ") for line in result.all_of(key))
+        return tuple((NOT_ID.sub("?", i), printable(why)) for i, _, why in found)
+
+    return Cleaned(pairs("removed"), pairs("kept"), result.all_of("warning"))
+
+
+NOT_ID = re.compile(r"[^A-Za-z0-9._-]")

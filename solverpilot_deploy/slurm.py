@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from solverpilot_deploy.errors import RemoteCommandError, RequirementError
+from solverpilot_deploy.errors import RemoteCommandError, RequirementError, UsageError
 from solverpilot_deploy.jobs import NO_WRAPPER, JobError, check_job_id, run_payload
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.resources import templates_dir
+from solverpilot_deploy.safe import printable
 from solverpilot_deploy.status import SLURM_DIGITS
 from solverpilot_deploy.transport import Session
 
@@ -28,10 +29,11 @@ class SlurmOptions:
     """sbatch's options for one job; None: the cluster's default."""
 
     partition: str | None = None
-    time_minutes: int | None = None
+    time_s: int | None = None  # the time limit, in seconds (Slurm's MINUTES:SECONDS)
     mem: str | None = None
     cpus: int | None = None
     save_before: int | None = None  # seconds before the time limit: INT to the wrapper
+    after: tuple[str, ...] = ()  # jobs (ours, run --via slurm) that must complete first
 
     def __post_init__(self) -> None:
         if self.partition is not None and not PARTITION.match(self.partition):
@@ -43,10 +45,11 @@ class SlurmOptions:
         """The submit step's arguments: plain key=value words."""
         pairs = (
             ("partition", self.partition),
-            ("time", self.time_minutes),
+            ("time", None if self.time_s is None else f"{self.time_s // 60}:{self.time_s % 60:02}"),
             ("mem", self.mem),
             ("cpus", self.cpus),
             ("save", self.save_before),
+            ("after", ",".join(self.after) or None),
         )
         return [f"{key}={value}" for key, value in pairs if value is not None]
 
@@ -95,4 +98,9 @@ def submit_job(
         raise JobError(f"sbatch refused the job: {found.get('error', '?')}")
     if result.status == 19:
         raise JobError(found.get("error", "the server folder cannot hold Slurm's log"))
+    if result.status == 22:
+        raise UsageError(
+            f"--after {printable(found.get('unknown', '?'))}: no job run --via slurm of that id "
+            "on this host (Slurm's afterok needs a Slurm job); nothing was submitted"
+        )
     raise RemoteCommandError(f"cannot submit the job: {result.error()}")

@@ -47,6 +47,17 @@ JOB_KEYS = (
     "slurm_job_id",
     "slurm_state",
     "slurm_attempt",
+    "name",
+    "argv",
+    "cwd",
+    "queue",
+    "position",
+    "after",
+    "time_limit_s",
+    "save_before_s",
+    "submitted_at",
+    "reason",
+    "restart_of",
 )
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # the wrapper's rule
 NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")  # shown as "?" (status.sh's safe())
@@ -86,9 +97,29 @@ class JobState:
     slurm_job_id: str | None = None
     slurm_state: str | None = None  # Slurm's word for the job when it was asked
     slurm_attempt: int | None = None  # the attempt the record is about (a requeue: 2, ...)
+    # what run was asked (jobs/ID.spec), and where the job is in its queue
+    name: str | None = None
+    argv: tuple[str, ...] | None = None
+    cwd: str | None = None
+    queue: str | None = None
+    position: int | None = None  # 1 = next to start, among the queue's waiting jobs
+    after: tuple[str, ...] = ()
+    time_limit_s: int | None = None
+    save_before_s: int | None = None
+    submitted_at: str | None = None
+    reason: str | None = None  # why it ended so: "time limit (...)", a job it waited for...
+    restart_of: str | None = None
+    seq: int | None = None  # the queue's submission number: the order of submission
 
     def as_json(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in JOB_KEYS}
+        found = {key: getattr(self, key) for key in JOB_KEYS}
+        found["argv"] = None if self.argv is None else list(self.argv)
+        found["after"] = list(self.after)
+        return found
+
+    def order(self) -> tuple[str, int, str]:
+        """Submission order: the time it was submitted (else started), then the queue's number."""
+        return (self.submitted_at or self.started_at or "", self.seq or 0, self.id)
 
 
 @dataclass
@@ -103,6 +134,8 @@ class HostView:
     slurm: dict[str, str] | None = None  # Slurm's job id -> state; None: Slurm not asked
     restarts: dict[str, int] = field(default_factory=dict)  # Slurm's job id -> requeues
     slurm_error: bool = False  # squeue was there but could not answer (in time)
+    waiting: dict[str, int] = field(default_factory=dict)  # job id -> place in its queue, from 1
+    active: set[str] = field(default_factory=set)  # jobs a queue has started
 
     def slurm_state(self, slurm_job_id: str) -> str | None:
         """Slurm's state of the job, or None when Slurm was not asked or could not answer."""
@@ -177,9 +210,33 @@ def _seconds(value: Any) -> float | None:
     return float(value) if ok and 0 <= value < 1e12 else None
 
 
+def _spec_fields(spec: dict[str, Any] | None, state: dict[str, Any]) -> dict[str, Any]:
+    """The JobState fields of what run was asked (jobs/ID.spec) and of the queue."""
+    spec = spec or {}
+    argv = spec.get("argv")
+    after = spec.get("after")
+    queue = _text(state.get("queue")) or _text(spec.get("queue"))
+    return {
+        "name": _text(spec.get("name")),
+        "argv": tuple(argv) if isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+        else None,
+        "cwd": _text(spec.get("cwd")),
+        "queue": None if queue == "_now" else queue,
+        "after": tuple(a for a in after if isinstance(a, str) and JOB_ID.match(a))
+        if isinstance(after, list) else (),
+        "time_limit_s": _code(spec.get("time_limit_s")),
+        "save_before_s": _code(spec.get("save_before_s")),
+        "submitted_at": _text(state.get("submitted_at")) or _text(spec.get("submitted_at")),
+        "reason": _text(state.get("reason")),
+        "restart_of": _text(spec.get("restart_of")),
+        "seq": _code(state.get("seq")),
+    }  # fmt: skip
+
+
 def job_from_state(
-    job_id: str, text: str | None, alive: bool, ticks: str, view: HostView
-) -> JobState:
+    job_id: str, text: str | None, alive: bool, ticks: str, view: HostView,
+    spec: str | None = None,
+) -> JobState:  # fmt: skip
     """One state file's JobState; "unreadable" when it is not a JSON object."""
     state = host_object(text) if text is not None else None
     status = state.get("status") if state is not None else None
@@ -208,6 +265,12 @@ def job_from_state(
     tmux = None
     if view.has_tmux and isinstance(user, str) and not slurm_id:  # Slurm's jobs have none
         tmux = "present" if tmux_session_name(user, job_id) in view.sessions else "absent"
+    extra = _spec_fields(host_object(spec) if spec is not None else None, state)
+    position = None
+    if status == "queued":
+        position = view.waiting.get(job_id)
+        if job_id in view.active:  # its queue has started it: its wrapper starts any moment
+            shown = "starting"
     return JobState(
         id=job_id,
         status=shown,
@@ -223,6 +286,8 @@ def job_from_state(
         slurm_job_id=slurm_id,
         slurm_state=(view.slurm_state(slurm_id) or None) if slurm_id else None,
         slurm_attempt=(attempt or 1) if slurm_id else None,
+        position=position,
+        **extra,
     )
 
 
@@ -281,10 +346,12 @@ def db_field(text: str) -> str:
 def parse_status_output(
     lines: tuple[str, ...] | list[str], wanted: tuple[str, ...] = ()
 ) -> list[JobState]:
-    """The answer of templates/remote/status.sh, as one JobState per job, sorted by id (only
+    """The answer of templates/remote/status.sh, as one JobState per job, in submission order (only
     ``wanted`` of the submitted jobs that have no record yet, when given)."""
     view = HostView()
     found: list[tuple[str, bool, str, list[str] | None]] = []  # id, alive, ticks, text lines
+    specs: dict[str, list[str]] = {}
+    waits: dict[str, list[tuple[int, str]]] = {}  # queue -> (seq, id) of its waiting jobs
     db_rows: dict[str, list[str]] = {}
     section = ""
     for line in lines:
@@ -293,6 +360,18 @@ def parse_status_output(
                 text = found[-1][3]
                 if text is not None:
                     text.append(line[1:])
+            elif section == "spec":
+                specs[found[-1][0]].append(line[1:])
+        elif line == "@spec" and section == "job":
+            specs[found[-1][0]] = []
+            section = "spec"
+        elif line.startswith(("@wait ", "@active ")):
+            parts = line.split(" ")
+            if len(parts) == 4 and INTEGER.match(parts[2]) and JOB_ID.match(parts[3]):
+                if parts[0] == "@wait":
+                    waits.setdefault(parts[1], []).append((int(parts[2]), parts[3]))
+                else:
+                    view.active.add(parts[3])
         elif line.startswith("="):  # a DB row (status.sh sends those of jobs without state)
             if section == "db":
                 fields = ([db_field(f) for f in line[1:].split("\t")] + [""] * 5)[:5]
@@ -329,10 +408,14 @@ def parse_status_output(
             found[-1] = (*found[-1][:3], None)
         elif line == "@db":
             section = "db"
+    for entries in waits.values():
+        for place, (_, job_id) in enumerate(sorted(entries), 1):
+            view.waiting[job_id] = place
     jobs: dict[str, JobState] = {}
     for job_id, alive, ticks, text in found:
         body = None if text is None else "\n".join(text)
-        jobs[job_id] = job_from_state(job_id, body, alive, ticks, view)
+        spec = "\n".join(specs[job_id]) if job_id in specs else None
+        jobs[job_id] = job_from_state(job_id, body, alive, ticks, view, spec)
     for fields in db_rows.values():
         job = job_from_db_row(fields, view)
         if job.id not in jobs:
@@ -340,7 +423,7 @@ def parse_status_output(
     for job_id, slurm_id in view.submitted.items():
         if job_id not in jobs and (not wanted or job_id in wanted):
             jobs[job_id] = job_submitted(job_id, slurm_id, view)
-    return [jobs[key] for key in sorted(jobs)]
+    return sorted(jobs.values(), key=JobState.order)
 
 
 DB_UNREADABLE = (

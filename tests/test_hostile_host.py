@@ -107,8 +107,8 @@ def test_status_prints_a_hostile_state_and_db_row_safely(
     assert "\\x1b]52;c;cHduZWQ=\\x07" in out  # shown, visibly
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     # a DB id outside the id rule: "unreadable", like a state file's name, its bytes as "?"
-    assert rows["x??52?c?cHduZWQ??"].split()[1] == "unreadable"
-    assert rows["fine"].split()[1] == "completed"
+    assert rows["x??52?c?cHduZWQ??"].split()[2] == "unreadable"  # (ID NAME STATUS...)
+    assert rows["fine"].split()[2] == "completed"
 
     code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
     assert code == 0 and out.isascii() and no_raw_control(out)

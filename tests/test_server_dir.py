@@ -164,6 +164,7 @@ def test_what_push_and_a_run_create_is_the_users_alone_and_the_job_keeps_the_log
         "server.db": oct(0o600),
         "jobs": oct(0o700),
         "jobs/job-modes.status": oct(0o600),
+        "jobs/job-modes.spec": oct(0o600),
         "locks": oct(0o700),
         "locks/job-modes.lock": oct(0o600),
         "logs": oct(0o700),

@@ -313,7 +313,7 @@ def test_logs_follow_of_a_pending_job_keeps_following_when_squeue_fails_once(
         _out, err = follow.communicate(timeout=60)
     finally:
         follow.kill()
-    assert follow.returncode == 0, err
+    assert follow.returncode == 143, err  # cancelled before it started: its record's code
     assert "Slurm could not answer" in err and "still following" in err
     code, _out, err = sp(capsys, "cancel", c.sshd.spec, blocker, *c.auth)
     assert code == 0, err

@@ -72,6 +72,18 @@ def test_parse_merges_state_files_db_only_rows_locks_and_tmux() -> None:
         "slurm_job_id": None,
         "slurm_state": None,
         "slurm_attempt": None,
+        # what run was asked (none: no spec), and the queue
+        "name": None,
+        "argv": None,
+        "cwd": None,
+        "queue": None,
+        "position": None,
+        "after": [],
+        "time_limit_s": None,
+        "save_before_s": None,
+        "submitted_at": None,
+        "reason": None,
+        "restart_of": None,
     }
     assert (jobs["b"]["status"], jobs["b"]["tmux"]) == ("running", "present")
     assert jobs["c"]["status"] == "unreadable"

@@ -6,6 +6,11 @@
 # cancel, the first to create run/JOB_ID/decided decides. When cancel does, the job never runs
 # and cancel writes its record (failed, 143, TERM, no pid, recorded_by, wrote=yes); else the
 # wrapper is starting, and cancel waits for its state (WAIT_SECONDS) and stops it as usual.
+# A queued job (README "Queues") never starts: of the launcher the queue started and cancel, the
+# first to create run/JOB_ID/decided decides, as above; cancel's record keeps the queued one's
+# fields (wrote=queued), its queue entry goes, and the queues are advanced (a job waiting for
+# this one is recorded failed then). When the launcher decided first, cancel waits for the
+# wrapper's state and stops it as usual.
 # A lost job (its wrapper gone, SIGKILLed) whose processes still hold its lock is stopped only
 # with "force": TERM to the process group of each process holding locks/JOB_ID.lock (and to
 # each of them; only this user's), KILL for what is left after WAIT_SECONDS; cancel then
@@ -22,7 +27,8 @@
 # stopping: waited for, never signalled twice. One that Slurm had already ended without a final
 # record is lost (11, slurm_state= says how Slurm ended it).
 # Answer: state= (the state file as it is at the end, one line); was=STATUS when it was not
-#   running; wrote=yes|ended when this step wrote the record (yes: the job never started);
+#   running; wrote=yes|ended|queued when this step wrote the record (yes, queued: the job
+#   never started);
 #   stopped=yes when the wrapper was stopped but wrote no end (with 17: nor could this step);
 #   error= with 14 and 15; held=PID COMM per process holding the lock of a lost or ended job
 #   (16, 19); signalled=PID COMM per process force stopped (the holders and the rest of their
@@ -50,16 +56,18 @@ keep_end() {
     (umask 077 && printf '%s\n' "$last" >>"$ends") || exit 17
   fi
 }
-# record_end RC SIGNAL WHY WROTE: the final record the wrapper could not write (failed, RC,
+# record_end RC SIGNAL WHY WROTE [REASON]: the final record the wrapper could not write (failed, RC,
 # SIGNAL, recorded_by "sp-deploy cancel: WHY"), in the state file and the DB row when the DB is
 # there (warning= when it cannot be written); answers wrote=WROTE. WROTE "ended": from the
 # running state, its pid, start and the rest kept (exit 17 when the state no longer says
-# running); "yes": a job that never started (no pid; a Slurm job's id and the attempt Slurm is
-# at). Exit 17 when the state file cannot be written.
+# running); "queued": the same from a queued record; "yes": a job that never started (no pid;
+# a Slurm job's id and the attempt Slurm is at). Exit 17 when the state file cannot be written.
 record_end() {
   at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
-  if [ "$4" = ended ]; then # the wrapper's one line, status running
-    was=$(sed -n '1s/"status": *"running"/"status":"failed"/p' "$state" 2>/dev/null | sed 's/}[[:space:]]*$//')
+  if [ "$4" = ended ] || [ "$4" = queued ]; then # one line, status running (queued)
+    from=running
+    [ "$4" = ended ] || from=queued
+    was=$(sed -n "1s/\"status\": *\"$from\"/\"status\":\"failed\"/p" "$state" 2>/dev/null | sed 's/}[[:space:]]*$//')
     [ -n "$was" ] || exit 17
   else
     who=$(printf '%s' "${USER:-$(id -un)}" | tr -c 'A-Za-z0-9._-' '?')
@@ -70,6 +78,7 @@ record_end() {
   mkdir -p -- "$sp_server/jobs" || exit 17
   tmp=$state.$$.tmp
   rm -f -- "$tmp"
+  [ -z "${5-}" ] || was="$was,\"reason\":\"$5\""
   if ! (umask 077 && set -C && printf '%s,"exit_code":%s,"completed_at":"%s","signal":"%s","recorded_by":"sp-deploy cancel: %s"}\n' \
     "$was" "$1" "$at" "$2" "$3" >"$tmp") 2>/dev/null || ! mv -f -- "$tmp" "$state"; then
     rm -f -- "$tmp"
@@ -178,6 +187,36 @@ not_started() {
   done
 }
 [ -f "$state" ] || not_started
+# advance: the queues go on (a slot, or a job others wait for, has ended)
+advance() {
+  "$HOME/.solverpilot/bin/job_wrapper.sh" --advance >/dev/null 2>&1 </dev/null 3>&-
+}
+# cancel_queued: a queued job never starts (cancel decides first), or is starting: waited for
+cancel_queued() {
+  claim=$sp_server/run/$id
+  if mkdir -- "$claim/decided" 2>/dev/null || [ ! -d "$claim" ]; then
+    record_end 143 TERM "cancelled while queued: it never started" queued "cancelled while queued"
+    for e in "$sp_server"/queues/*/wait/*.* "$sp_server"/queues/*/active/*.*; do
+      n=${e##*/} # SEQ.ID
+      case ${n%%.*} in '' | *[!0-9]*) continue ;; esac
+      [ "${n#*.}" != "$id" ] || rm -f -- "$e"
+    done
+    rm -rf -- "$claim"
+    advance
+    show 0
+  fi
+  sp_deadline "$wait"
+  while [ "$(field status)" = queued ]; do # its launcher decided first: the wrapper is starting
+    if [ -f "$claim/rc" ] || [ ! -d "$claim" ]; then # it refused: the queue records that
+      advance
+      echo "was=$(field status)"
+      show 0
+    fi
+    sp_in_time || exit 18
+    sleep 0.1
+  done
+}
+[ "$(field status)" != queued ] || cancel_queued
 status=$(field status) pid=$(field pid) ticks=$(field start_ticks)
 wrapper_is_there() { sp_alive "$pid" "$ticks"; }
 wait_for_the_wrapper() { # the job's whole tree is gone once the wrapper has exited

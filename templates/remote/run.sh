@@ -1,8 +1,14 @@
-# run.sh JOB_ID WAIT_SECONDS: start ~/.solverpilot/bin/job_wrapper.sh JOB_ID COMMAND... in a
-# detached tmux session named solverpilot_<USER>_<first 8 chars of JOB_ID> (tmux makes "." "_"),
-# its pane appended to logs/JOB_ID.log, then wait until the wrapper's state exists.
-# The payload: the working folder ("" = home), then COMMAND and each ARG, one per line, every
-# byte written as a \NNN octal escape, so any byte but NUL travels as it is.
+# run.sh JOB_ID WAIT_SECONDS [QUEUE AFTER LIMIT SAVE]: start ~/.solverpilot/bin/job_wrapper.sh
+# JOB_ID COMMAND... in a detached tmux session named solverpilot_<USER>_<first 8 chars of JOB_ID>
+# (tmux makes "." "_"), its pane appended to logs/JOB_ID.log, then wait until the wrapper's
+# state exists. With a QUEUE or AFTER (ids, comma-separated; "-" for none of either), the job
+# is submitted instead (the wrapper's --submit: README "Queues"): recorded queued, started by
+# the queue when a slot is free and the jobs it waits for have completed; the answer is its
+# state then. LIMIT and SAVE: the time limit and the INT before it, in seconds ("-": none).
+# The payload: the job's description (one line of JSON without its closing brace, kept with
+# submitted_at added as jobs/JOB_ID.spec), then the working folder ("" = home), then COMMAND
+# and each ARG, one per line, every byte written as a \NNN octal escape, so any byte but NUL
+# travels as it is.
 # Answer: os_id=, os_like=, logout_kills=yes (see lib.sh), then state= (the state file) once
 #   it exists, or rc= and log= lines (the wrapper's last words) when it ended without one.
 # Start: the launcher runs the wrapper only if it is first to create run/JOB_ID/decided (a
@@ -16,8 +22,9 @@
 #   starts with the same 8 characters; 17 the working folder cannot be entered; 18 a cancel
 #   came first: the job never ran (state= is cancel's record); 19 the tmux session ended
 #   before the wrapper started (the id is free again); 21 an unsafe server folder
-#   (lib.sh's sp_server_safe: error= says which and why).
-id=$1 wait=$2
+#   (lib.sh's sp_server_safe: error= says which and why); 22 a job AFTER names has no record
+#   (unknown= names it); 23 the queues' lock was held too long.
+id=$1 wait=$2 queue=${3:--} after=${4:--} limit=${5:--} save=${6:--}
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
@@ -30,7 +37,7 @@ jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
 [ ! -e "$state" ] || exit 12
 sp_server_safe || exit 21
-mkdir -p -- "$runs" "$logs" || exit 14
+mkdir -p -- "$runs" "$logs" "$jobs" || exit 14
 sp_server_safe || exit 21 # again: what another made in between is refused too
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
 mkdir -- "$runs/$id" 2>/dev/null || exit 12
@@ -41,20 +48,32 @@ if [ -e "$sp_server/slurm/$id.sbatch" ] || [ -e "$state" ]; then
   exit 12
 fi
 sp_tmpdir=$runs/$id # removed at exit until the tmux session owns it
-if tmux has-session -t "=$name" 2>/dev/null; then
+# (a queued job starts when its queue says: another session of that name may have ended then)
+if [ "$queue$after" = -- ] && tmux has-session -t "=$name" 2>/dev/null; then
   echo "session=$name"
   exit 16
 fi
 here=$(cd -- "$runs/$id" && pwd) || exit 14
 log=$(cd -- "$logs" && pwd)/$id.log || exit 14
-cat >"$here/args" <<'SP_PAYLOAD' || exit 14
+cat >"$here/payload" <<'SP_PAYLOAD' || exit 14
 SP_PAYLOAD
+{ tail -n +2 -- "$here/payload" >"$here/args" && echo "$sp_umask" >"$here/umask"; } || exit 14
+if [ "$limit" != - ]; then echo "$limit ${save#-}" >"$here/limits" || exit 14; fi
+at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
+{ head -n 1 -- "$here/payload" | tr -d '\n' && printf ',"submitted_at":"%s"}\n' "$at"; } >"$here/spec" || exit 14
+rm -f -- "$here/payload"
 # the launcher: tmux starts it in the run folder; it waits for the pipe to the log, decodes the
 # arguments, runs the wrapper, notes how it ended when the wrapper wrote no state, and removes
 # the run folder once it is no longer needed
 cat >"$here/launch" <<'EOF' || exit 14
 id=$1 n=0
-while [ ! -e go ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+# a stop of the session reaches the wrapper (it records it); this launcher goes on to the queue
+trap : HUP INT TERM
+if [ -e queued ]; then # started by the queue: its pane's output to the log, from here
+  tmux pipe-pane -o -t "$TMUX_PANE" "cat >>../../logs/$id.log" 2>/dev/null
+else # started by the run step, which pipes it and says go
+  while [ ! -e go ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+fi
 set --
 first=1
 while IFS= read -r line; do
@@ -63,32 +82,68 @@ while IFS= read -r line; do
   arg=${arg%x}
   if [ -n "$first" ]; then cwd=$arg first=''; else set -- "$@" "$arg"; fi
 done <args
-here=$PWD
-rm -f -- args go launch
+here=$PWD queued=''
+read -r mask <umask && umask "$mask" # the login's umask, whoever started the session
+limits=''
+if [ -f limits ]; then read -r limits <limits; fi
+if [ -e queued ]; then queued=1; fi
 # a cancel while the job starts may have decided first, or the run step given the start up
 # (either renames this folder away before removing it: a "decided" removed with it cannot be
 # taken again here, this folder being no longer the claim), or a record of the id be there:
 # then the job never runs
-if ! mkdir decided 2>/dev/null || [ ! . -ef "$here" ] || [ -e "${here%/run/*}/jobs/$id.status" ]; then
-  if [ . -ef "$here" ]; then cd / && rm -rf -- "$here"; fi
+# (a queued job's record says queued until its wrapper runs)
+if ! mkdir decided 2>/dev/null || [ ! . -ef "$here" ] ||
+  { [ -e "${here%/run/*}/jobs/$id.status" ] && ! grep -q '"status":"queued"' "${here%/run/*}/jobs/$id.status"; }; then
+  if [ . -ef "$here" ] && [ -z "$queued" ]; then cd / && rm -rf -- "$here"; fi
   exit 0
 fi
+rm -f -- args go launch # (a queued job's stay until here: the queue may start it again)
 # the server folder this run step used, whatever the tmux server's environment says
 SOLVERPILOT_SERVER_DIR=${here%/run/*}
 export SOLVERPILOT_SERVER_DIR
 case $cwd in /*) ;; *) cwd=$HOME/$cwd ;; esac # relative to the home, as --cwd says
 if ! cd -- "$cwd"; then
   echo "sp-deploy run: cannot enter $cwd"
-  echo cwd >"$here/rc"
-  exit 1
+  rc=cwd
+else
+  if [ -n "$limits" ]; then
+    SOLVERPILOT_TIME_LIMIT=${limits% *} SOLVERPILOT_SAVE_BEFORE=${limits#* }
+    export SOLVERPILOT_TIME_LIMIT SOLVERPILOT_SAVE_BEFORE
+  fi
+  "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@"
+  rc=$?
 fi
-"$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@"
-rc=$?
-# the run step reads this only when the wrapper wrote no state (it refused the job)
-if [ -e "$SOLVERPILOT_SERVER_DIR/jobs/$id.status" ]; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
+# the run step (or, for a queued job, the queue) reads this only when the wrapper wrote no
+# state of its own (it refused the job)
+st=$SOLVERPILOT_SERVER_DIR/jobs/$id.status
+if [ -e "$st" ] && ! grep -q '"status":"queued"' "$st"; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
+# the next queued jobs: a slot, or a job they wait for, may be free now
+set -- "$SOLVERPILOT_SERVER_DIR"/queues/*/wait/*
+if [ -e "$1" ] || [ -n "$queued" ]; then
+  cd / && "$HOME/.solverpilot/bin/job_wrapper.sh" --advance "$id" >/dev/null 2>&1 </dev/null
+fi
 EOF
 # the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask
 : >>"$log" || exit 14
+mv -f -- "$here/spec" "$jobs/$id.spec" || exit 14
+if [ "$queue" != - ] || [ "$after" != - ]; then # the queue starts it (README "Queues")
+  [ "$queue" != - ] || queue=_now
+  : >"$here/queued" || exit 14
+  sp_tmpdir=''
+  # shellcheck disable=SC2046 # the ids, split at commas on purpose: plain words
+  out=$("$wrapper" --submit "$id" "$queue" $(printf '%s' "${after#-}" | tr ',' ' ') 2>&1 </dev/null 3>&-)
+  rc=$?
+  case $rc in
+    0) ;;
+    76) rm -rf -- "$here" "$jobs/$id.spec"; printf '%s\n' "$out" | sed -n 's/.*job \([A-Za-z0-9._-]*\) (--after).*/unknown=\1/p' | head -n 1; exit 22 ;;
+    75) rm -rf -- "$here" "$jobs/$id.spec"; exit 23 ;;
+    *) rm -rf -- "$here" "$jobs/$id.spec"; echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1)"; exit 14 ;;
+  esac
+  printf 'state='
+  head -c 65536 -- "$state" | tr '\n' ' '
+  echo
+  exit 0
+fi
 # 3>&-: the tmux server outlives this step and must not hold the channel (end.sh) open; the
 # login's umask: a tmux server started here passes it to the job (and to later sessions).
 # tmux expands -c and pipe-pane's command as formats (#, %, #{...}), which no escaping keeps

@@ -1,4 +1,5 @@
-# slurm_submit.sh JOB_ID [partition=NAME] [time=MINUTES] [mem=SIZE] [cpus=N] [save=SECONDS]:
+# slurm_submit.sh JOB_ID [partition=NAME] [time=MINUTES:SECONDS] [mem=SIZE] [cpus=N]
+# [save=SECONDS] [after=ID,ID...]: after= maps to --dependency=afterok on those jobs' Slurm ids:
 # submit the batch script of the payload (templates/slurm/batch.sh with the job's lines) with
 # sbatch, kept as slurm/JOB_ID.sbatch; the job's name is solverpilot_<USER>_<first 8 chars of
 # JOB_ID>, its output appended to logs/JOB_ID.log; save=S asks Slurm for INT to the wrapper S
@@ -7,7 +8,8 @@
 # Answer: slurm_job_id=N; error= (sbatch's last words) when it refused.
 # Exit: 0 submitted; 10 no wrapper; 11 no sbatch; 12 the id is already used; 14 cannot write
 #   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash or a
-#   newline; 21 an unsafe server folder (lib.sh's sp_server_safe).
+#   newline; 21 an unsafe server folder (lib.sh's sp_server_safe); 22 a job after= names is
+#   no job run --via slurm here (unknown= names it).
 id=$1
 shift
 [ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
@@ -46,6 +48,14 @@ for opt; do
     mem=*) set -- "$@" "--mem=${opt#*=}" ;;
     cpus=*) set -- "$@" "--cpus-per-task=${opt#*=}" ;;
     save=*) set -- "$@" "--signal=B:INT@${opt#*=}" ;;
+    after=*)
+      deps=''
+      for dep in $(printf '%s' "${opt#*=}" | tr ',' ' '); do
+        sid=$(sp_slurm_id "$dep")
+        [ -n "$sid" ] || { echo "unknown=$dep"; exit 22; }
+        deps="$deps:$sid"
+      done
+      set -- "$@" "--dependency=afterok$deps" ;;
     *) set -- "$@" "$opt" ;;
   esac
 done

@@ -15,11 +15,22 @@
 #   when over 64 KiB or not a regular file); then "@db" and, per job that has no state file,
 #   one line "=" ID, status, exit code, started_at, completed_at (tab-separated, each with
 #   backslash, newline, carriage return and tab written \\ \n \r \t, so no value can start
-#   a line of the answer), "@dberror" when the DB could not be read.
+#   a line of the answer), "@dberror" when the DB could not be read. After a state file's text,
+#   "@spec" and the text of jobs/ID.spec (what run was asked: name, argv...; at most 64 KiB,
+#   each line behind "|"). "@wait QUEUE SEQ ID" per job waiting in a queue, "@active QUEUE SEQ
+#   ID" per job a queue has started (README "Queues"); the queues are advanced first.
 # Paths reach awk through its environment (ENVIRON), never -v, which rewrites backslashes.
 # Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe).
 sp_server_safe || exit 21
 dir=$sp_server
+# what has ended frees its slot, and the next waiting jobs start: at the latest now
+for q in "$dir"/queues/*/wait/* "$dir"/queues/*/active/*; do
+  [ -e "$q" ] || continue
+  if [ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ]; then
+    "$HOME/.solverpilot/bin/job_wrapper.sh" --advance >/dev/null 2>&1 </dev/null 3>&-
+  fi
+  break
+done
 # Slurm first: the jobs submitted here, then Slurm's view of this user's jobs, asked once and
 # before any state file is read, so a job Slurm has ended has its final state written by then;
 # asked only when a job asked about is a Slurm job, and for sp_slurm_bound seconds at most
@@ -60,6 +71,7 @@ fi
   dev=$(stat -c %d -- "$dir/locks" 2>/dev/null) && echo "S $dev" # the device of locks/, a number
   ls -i "$dir/locks" 2>/dev/null | sed 's/^ */L /'
   (cd -- "$dir/jobs" 2>/dev/null && find . -name '*.status') | sed 's/^/J /'
+  (cd -- "$dir/queues" 2>/dev/null && find . -path './*/*/*' -type f) | sed 's/^/Q /'
   if [ -f "$dir/server.db" ] && command -v sqlite3 >/dev/null 2>&1; then
     echo 'D @db'
     where=''
@@ -113,6 +125,12 @@ BEGIN {
   next
 }
 /^R / { readable[substr($0, 3)] = 1; next }
+/^Q \.\/[A-Za-z0-9_][A-Za-z0-9._-]*\/(wait|active)\/[0-9]+\.[A-Za-z0-9][A-Za-z0-9._-]*$/ {
+  split(substr($0, 5), f, "/"); dot = index(f[3], ".")
+  id = substr(f[3], dot + 1)
+  if (want == "" || (id in wanted)) print "@" f[2] " " f[1] " " substr(f[3], 1, dot - 1) " " id
+  next
+}
 /^L / {
   ino = $2; name = substr($0, length($1) + length($2) + 3)
   # the same inode on another device (another mount) is not this lock; without stat, inode alone
@@ -150,5 +168,11 @@ BEGIN {
   if (pid != "") close("/proc/" pid "/stat")
   print "@job " safe(id) " " alive " " ticks
   if (big) print "@big"; else printf "%s", text
+  file = dir "/" id ".spec"; size = 0
+  if (!big && (getline line < file) > 0) { # (what run wrote: one line)
+    print "@spec"
+    do { size += length(line); if (size <= 65536) print "|" line } while ((getline line < file) > 0)
+    close(file)
+  }
 }'
 exit 0

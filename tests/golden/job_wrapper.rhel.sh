@@ -2,6 +2,11 @@
 # job_wrapper.sh: run one SolverPilot job and record how it ended.
 # Rendered by sp-deploy 0.1.0 for profile rhel (RHEL 8, 9, 10 and rebuilds).
 # Usage: job_wrapper.sh JOB_ID COMMAND [ARG...]    JOB_ID: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
+#   (and --submit, --advance, --slots: the queues, at the end of this file)
+# Time limit: SOLVERPILOT_TIME_LIMIT=SECONDS ends the job at that limit as a stop does (TERM,
+#   recorded with "reason":"time limit"), INT going to its group SOLVERPILOT_SAVE_BEFORE
+#   seconds before (a solver saves its best solution); a job that then ends itself keeps the
+#   reason too.
 #   Files under ${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}: server.db (table jobs),
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
 #   The state names pid, host, boot_id and slurm_job_id (SOLVERPILOT_SLURM_JOB_ID, which only
@@ -50,6 +55,7 @@ readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status T
 readonly UTF8=$'^([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
 SIGNAL='' LATE='' FINAL='' SAYS='' PENDING='' CHILD='' QUIET='' STOPPING='' NO_PROC=''
+TIMER='' REASON='' LIMIT_INT=''
 SEEN=() SENT=0
 # Everything is in functions and main runs last, so bash has parsed the whole script before any
 # trap is set: bash 5.2 can run a trap inside its parser and lose it while reading a $( ).
@@ -151,7 +157,7 @@ on_signal() { # on_signal NAME: the trap of every stop signal
   STOPPING=1
   local pid
   set +u
-  pid=$! # unset until the job is forked (bash 4 fails on ${!-})
+  pid=${CHILD:-$!} # $! unset until the job is forked (bash 4 fails on ${!-}); the timer's after
   set -u
   if [[ -n $pid ]] && ! running "$pid"; then # the job ended on its own
     LATE=$1 STOPPING='' SEEN=()
@@ -181,7 +187,7 @@ record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state, with the j
   seconds cu $((10#$PROC_CU - CU0)); seconds cs $((10#$PROC_CS - CS0))
   seconds wall $((10#$PROC_UP - UP0))
   ST_OK='' DB_OK=''
-  write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3,\"cpu_user_s\":$cu,\"cpu_sys_s\":$cs,\"wall_s\":$wall" && ST_OK=1
+  write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3,\"cpu_user_s\":$cu,\"cpu_sys_s\":$cs,\"wall_s\":$wall${REASON:+,\"reason\":\"$REASON\"}" && ST_OK=1
   db_write "$1" "'$end'" "$2" "${4-}" && DB_OK=1
 }
 stop_job() { # the signals go to the job and the stop is recorded at once (the DB waits at
@@ -210,7 +216,8 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   FINAL=1
   local rc=$1 status=failed sig=null
   quiet # first: a signal pending when the next line ignores it makes bash warn on stderr
-  trap '' "${SIGNALS[@]}" PIPE
+  trap '' "${SIGNALS[@]}" PIPE XCPU
+  [[ -z $TIMER ]] || kill "$TIMER" 2>/dev/null
   if [[ -n $SIGNAL ]]; then
     signum "$SIGNAL"
     rc=$((128 + SIGNUM)) sig="\"$SIGNAL\""
@@ -228,6 +235,37 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
     printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$SHOWN" "$SAYS" >&201
   fi
   exit "$rc"
+}
+# shellcheck disable=SC2329 # invoked by the XCPU trap
+on_limit() { # the timer's XCPU: INT to the job's group SAVE s before the limit, then the stop
+  REASON="time limit ($LIMIT s)"
+  if ((SAVE > 0)) && [[ -z $LIMIT_INT ]]; then
+    LIMIT_INT=1
+    kill -s INT -- "-$CHILD" 2>/dev/null
+    return 0
+  fi
+  on_signal TERM
+}
+timer() { # XCPU to the wrapper at LIMIT-SAVE s and at LIMIT s, while it is still the parent
+  local s p w=$((LIMIT - SAVE))
+  trap - EXIT "${SIGNALS[@]}" && trap 'kill "$p" 2>/dev/null; exit 0' TERM
+  exec 200>&- 201>&- >/dev/null 2>&1 # the lock is the job's alone
+  for w in "$((w > 0 ? w : 0))" "$((SAVE < LIMIT ? SAVE : LIMIT))"; do
+    sleep "$w" & p=$!
+    wait "$p"
+    { read -r s <"/proc/$BASHPID/stat"; } 2>/dev/null && s=${s##*) } && s=${s#* } && [[ ${s%% *} != "$$" ]] && exit 0
+    kill -s XCPU "$$" || exit 0
+  done
+}
+server_dir() { # BASE: the server folder, absolute
+  if [[ -n ${SOLVERPILOT_SERVER_DIR-} ]]; then
+    BASE=$SOLVERPILOT_SERVER_DIR
+  elif [[ -n ${HOME-} ]]; then
+    BASE=$HOME/.solverpilot-server
+  else
+    die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
+  fi
+  [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
 }
 server_safe() { # the server folder and those of jobs/, locks/, logs/ that exist are the user's
   # alone: owned by the user, not writable by group or others, the subfolders no links (the
@@ -284,14 +322,10 @@ main() {
   shift
   valid_id "$JOB_ID" || die 64 'invalid JOB_ID: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit'
   [[ $GRACE =~ ^[0-9]{1,6}$ ]] || die 64 'SOLVERPILOT_KILL_GRACE must be a whole number of seconds'
-  if [[ -n ${SOLVERPILOT_SERVER_DIR-} ]]; then
-    BASE=$SOLVERPILOT_SERVER_DIR
-  elif [[ -n ${HOME-} ]]; then
-    BASE=$HOME/.solverpilot-server
-  else
-    die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
-  fi
-  [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
+  LIMIT=${SOLVERPILOT_TIME_LIMIT-} SAVE=${SOLVERPILOT_SAVE_BEFORE:-0}
+  [[ $LIMIT =~ ^([1-9][0-9]{0,9})?$ && $SAVE =~ ^[0-9]{1,6}$ ]] || die 64 'SOLVERPILOT_TIME_LIMIT and SOLVERPILOT_SAVE_BEFORE must be whole numbers of seconds'
+  unset SOLVERPILOT_TIME_LIMIT SOLVERPILOT_SAVE_BEFORE
+  server_dir
   DB=$BASE/server.db STATE=$BASE/jobs/$JOB_ID.status LOCK=$BASE/locks/$JOB_ID.lock
   hash flock setsid mv sleep stat 2>/dev/null || die 73 "flock, setsid, mv, sleep or stat not found; install them: $INSTALL_HINT"
   [[ ! -e $BASE && ! -L $BASE ]] || server_safe || die 73 "unsafe server folder: $WHY; the job was not run"
@@ -335,9 +369,21 @@ main() {
   fi
   CHILD=$!
   trap '' PIPE # from here on, a stderr whose reader has gone cannot end the wrapper
+  if [[ -n $LIMIT ]]; then
+    trap on_limit XCPU
+    timer &
+    TIMER=$!
+  fi
   wait "$CHILD" 2>/dev/null # bash's own "Killed" line would add to the job's stderr
   rc=$?
   rearm_int
+  while [[ $LIMIT_INT == 1 ]]; do # the time limit's INT cut the wait short: the job goes on
+    LIMIT_INT=2
+    jobs %1 >/dev/null 2>&1 || break
+    wait "$CHILD" 2>/dev/null
+    rc=$?
+    rearm_int
+  done
   while [[ -n $LATE ]]; do # a signal came after the job ended: keep its own status
     wait "$CHILD" 2>/dev/null
     rc=$?
@@ -353,4 +399,191 @@ main() {
   exit "$rc"
 }
 
+# ---- queues (job_wrapper.sh --submit | --advance | --slots; README "Queues") ----------------
+# Under SERVER/queues: seq (the last submission number), NAME/slots (how many of NAME's jobs may
+# run at once; 1 when missing), NAME/wait/SEQ.ID (a waiting job; its text: the ids it waits
+# for), NAME/active/SEQ.ID (a job the queue started; gone once it has ended). _now holds the
+# jobs that wait only for others (run --after without --queue): no slot limit. A job is
+# started in a detached tmux session running run/ID/launch (run.sh wrote it), which reruns
+# --advance once the job has ended. Exit codes: 0; 64 usage; 73 unsafe server folder; 75 the
+# queues' lock was held over 60 s; 76 (--submit) a job named in --after has no record.
+readonly QUEUE_NAME='^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
+q_lock() { # the queues' lock on fd 199, for the rest of this process (and not its children)
+  local LC_ALL=C
+  RUN_USER=${USER-}
+  [[ -n $RUN_USER ]] || RUN_USER=$(id -un 2>/dev/null)
+  umask 077
+  server_dir
+  [[ ! -e $BASE && ! -L $BASE ]] || server_safe || die 73 "unsafe server folder: $WHY"
+  Q=$BASE/queues
+  helper mkdir -p -- "$Q" "$BASE/jobs" "$BASE/locks" || die 73 "cannot create $Q"
+  server_safe || die 73 "unsafe server folder: $WHY"
+  [[ ! -L $Q && -O $Q ]] || die 73 "unsafe queues folder $Q"
+  { exec 199>>"$BASE/locks/queues.lock"; } 2>/dev/null || die 73 "cannot open $BASE/locks/queues.lock"
+  helper flock -w 60 199 || die 75 'the queues are busy: locks/queues.lock was held over 60 s'
+}
+q_session() { Q_SESSION="solverpilot_${RUN_USER}_${1:0:8}" && Q_SESSION=${Q_SESSION//[.:]/_}; }
+q_state() { # q_state ID: Q_ST the state's status ("" without a state file), Q_LINE its text
+  Q_LINE='' Q_ST=''
+  { read -r Q_LINE <"$BASE/jobs/$1.status"; } 2>/dev/null
+  [[ $Q_LINE =~ \"status\":\"([a-z]+)\" ]] && Q_ST=${BASH_REMATCH[1]}
+  return 0
+}
+q_alive() { # q_alive: the wrapper Q_LINE names (pid and start ticks) runs
+  local s
+  [[ $Q_LINE =~ \"pid\":([0-9]+),\"start_ticks\":([0-9]+) ]] || return 1
+  { read -r s <"/proc/${BASH_REMATCH[1]}/stat"; } 2>/dev/null || return 1
+  s=${s##*) }
+  # shellcheck disable=SC2206 # the fields after "pid (comm) ", split on spaces on purpose
+  s=($s)
+  [[ ${s[0]} != [ZX] && ${s[19]} == "${BASH_REMATCH[2]}" ]]
+}
+q_record() { # q_record ID REASON: a job that never ran ends failed, in both stores, keeping
+  # what its queued record said (only while it still says queued)
+  local at tmp=$BASE/jobs/$1.status.$$.tmp line
+  q_state "$1"
+  [[ $Q_ST == queued ]] || return 0
+  line=${Q_LINE/\"status\":\"queued\"/\"status\":\"failed\"}
+  now at
+  [[ ! -e $tmp && ! -L $tmp ]] || rm -f -- "$tmp"
+  if ! { (set -C && printf '%s,"exit_code":null,"completed_at":"%s","signal":null,"reason":"%s","recorded_by":"sp-deploy queue"}\n' \
+    "${line%\}}" "$at" "$2" >"$tmp") 2>/dev/null && mv -f -- "$tmp" "$BASE/jobs/$1.status"; }; then
+    rm -f -- "$tmp"
+    return 1
+  fi
+  helper sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$BASE/server.db" "BEGIN IMMEDIATE; $SCHEMA
+UPDATE jobs SET status = 'failed', completed_at = '$at' WHERE id = '$1' AND status = 'queued'; COMMIT;" >/dev/null
+}
+q_dep() { # q_dep ID: Q_WHY says why a job waiting for ID never runs; false while ID may end well
+  Q_WHY=''
+  q_state "$1"
+  case $Q_ST in
+    completed) return 0 ;;
+    queued) return 1 ;;
+    running) q_alive && return 1; Q_WHY="job $1, which it waits for, was lost" ;;
+    '') Q_WHY="job $1, which it waits for, has no record" ;;
+    *) Q_WHY="job $1, which it waits for, ended $Q_ST" ;;
+  esac
+  [[ $Q_LINE =~ \"exit_code\":([0-9]+) ]] && Q_WHY+=" (exit ${BASH_REMATCH[1]})"
+  return 0
+}
+q_start() { # q_start ID: its tmux session, running its launcher (which pipes its pane to the log)
+  local here=$BASE/run/$1
+  q_session "$1"
+  [[ -f $here/launch ]] || { q_record "$1" 'its run folder is gone: it never ran' && return 0; }
+  # 199>&-: a tmux server started here must not hold the queues' lock (nor fd 3, a step's channel)
+  (cd -- "$here" && exec tmux new-session -d -s "$Q_SESSION" "/bin/sh ./launch $1") 2>/dev/null 3>&- 199>&-
+}
+q_release() { # q_release ENTRY ID: an active job with neither its session nor its wrapper
+  q_state "$2"
+  if [[ $Q_ST == queued && ! -d $BASE/run/$2/decided ]]; then # never started: waits again
+    mv -f -- "$1" "${1%/active/*}/wait/${1##*/}"
+    return
+  fi
+  if [[ $Q_ST == queued ]]; then # its launcher decided to run it and ended before its wrapper did
+    local rc=''
+    { read -r rc <"$BASE/run/$2/rc"; } 2>/dev/null
+    if [[ $rc == cwd ]]; then
+      q_record "$2" 'its working folder (--cwd) cannot be entered'
+    elif [[ $rc =~ ^[0-9]+$ ]]; then
+      q_record "$2" "the wrapper refused it (exit $rc)"
+    else
+      q_record "$2" 'its launcher ended before the job started'
+    fi
+    rm -rf -- "$BASE/run/$2"
+  fi
+  rm -f -- "$1"
+}
+advance() { # advance [ENDED_ID]: start, queue by queue, what its free slots allow, in
+  # submission order (ENDED_ID: a job whose launcher runs this, its session still there)
+  local d e id name slots busy sessions ended=${1-}
+  sessions=$'\n'$(tmux list-sessions -F '#{session_name}' 2>/dev/null)$'\n'
+  for d in "$Q"/*/; do
+    name=${d%/} name=${name##*/}
+    [[ $name =~ $QUEUE_NAME || $name == _now ]] && [[ -d $d/wait && ! -L ${d%/} ]] || continue
+    slots=1
+    { read -r slots <"$d/slots"; } 2>/dev/null
+    [[ $slots =~ ^[0-9]{1,6}$ ]] || slots=1
+    [[ $name != _now ]] || slots=0 # no limit
+    busy=0
+    for e in "$d"active/*.*; do
+      [[ -f $e ]] || continue
+      id=${e##*/} id=${id#*.}
+      q_session "$id"
+      q_state "$id"
+      if [[ $id != "$ended" && $sessions == *$'\n'"$Q_SESSION"$'\n'* ]] || q_alive; then busy=$((busy + 1)); else q_release "$e" "$id"; fi
+    done
+    for e in "$d"wait/*.*; do
+      [[ -f $e ]] || continue
+      id=${e##*/} id=${id#*.}
+      q_state "$id"
+      [[ $Q_ST == queued ]] || { rm -f -- "$e" && continue; } # cancelled (or removed) meanwhile
+      local deps='' dep blocked=''
+      { read -r deps <"$e"; } 2>/dev/null
+      for dep in $deps; do
+        q_dep "$dep" && [[ -z $Q_WHY ]] && continue
+        [[ -z $Q_WHY ]] && blocked=1 && continue
+        q_record "$id" "$Q_WHY" && rm -f -- "$e"
+        continue 2
+      done
+      [[ -z $blocked ]] || continue
+      ((slots == 0 || busy < slots)) || break
+      mv -f -- "$e" "$d/active/${e##*/}" || break
+      if ! q_start "$id"; then # its session name is taken (an id with the same first 8
+        mv -f -- "$d/active/${e##*/}" "$e" # characters runs): it waits, and so do the others
+        break
+      fi
+      busy=$((busy + 1))
+    done
+  done
+}
+submit() { # --submit ID QUEUE [AFTER_ID...]: record job ID queued (both stores), then advance
+  local id=$1 queue=$2 seq=0 at dep deps='' user_json
+  valid_id "$id" && [[ $queue =~ $QUEUE_NAME || $queue == _now ]] || die 64 'usage: job_wrapper.sh --submit ID QUEUE [AFTER_ID...]'
+  shift 2
+  q_lock
+  for dep; do
+    valid_id "$dep" || die 64 "not a job id: $dep"
+    [[ -f $BASE/jobs/$dep.status ]] || die 76 "job $dep (--after) has no record on this host"
+    deps+=" $dep"
+  done
+  { read -r seq <"$Q/seq"; } 2>/dev/null
+  [[ $seq =~ ^[0-9]{1,12}$ ]] || seq=0
+  seq=$((10#$seq + 1))
+  helper mkdir -p -- "$Q/$queue/wait" "$Q/$queue/active" || die 73 "cannot create $Q/$queue"
+  printf -v seq '%012d' "$seq"
+  { printf '%s\n' "$seq" >|"$Q/seq.tmp" && mv -f -- "$Q/seq.tmp" "$Q/seq"; } || die 73 "cannot write $Q/seq"
+  now at
+  json_str user_json "$RUN_USER"
+  JOB_ID=$id STATE=$BASE/jobs/$id.status COMMON="\"submitted_at\":\"$at\",\"started_at\":null,\"user\":$user_json,\"pid\":null,\"queue\":\"$queue\",\"seq\":$((10#$seq))"
+  [[ ! -e $STATE ]] || die 64 "job $id has a record already"
+  set -C
+  write_state queued || die 73 "cannot write state file $STATE"
+  set +C
+  helper sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$BASE/server.db" "BEGIN IMMEDIATE; $SCHEMA
+INSERT OR IGNORE INTO jobs (id, status) VALUES ('$id', 'queued'); COMMIT;" >/dev/null || warn "$DB_WARNING"
+  printf '%s\n' "${deps# }" >|"$Q/$queue/wait/$seq.$id" || die 73 "cannot write $Q/$queue/wait/$seq.$id"
+  advance
+}
+set_slots() { # --slots QUEUE N: QUEUE's number of slots (what runs goes on), then advance
+  { [[ $1 =~ $QUEUE_NAME && $2 =~ ^[0-9]{1,6}$ ]] && ((10#$2 > 0)); } || die 64 'usage: job_wrapper.sh --slots QUEUE N (N >= 1)'
+  q_lock
+  helper mkdir -p -- "$Q/$1/wait" "$Q/$1/active" || die 73 "cannot create $Q/$1"
+  { printf '%s\n' "$((10#$2))" >|"$Q/$1/slots.tmp" && mv -f -- "$Q/$1/slots.tmp" "$Q/$1/slots"; } || die 73 "cannot write $Q/$1/slots"
+  advance
+}
+queue_main() { # the modes of the queues: --submit, --advance, --slots
+  local mode=$1
+  shift
+  case $mode in
+    --submit) (($# >= 2)) || die 64 'usage: job_wrapper.sh --submit ID QUEUE [AFTER_ID...]'; submit "$@" ;;
+    --slots) (($# == 2)) || die 64 'usage: job_wrapper.sh --slots QUEUE N'; set_slots "$@" ;;
+    *) { (($# < 2)) && valid_id "${1:-x}"; } || die 64 'usage: job_wrapper.sh --advance [ENDED_ID]'; q_lock; advance "$@" ;;
+  esac
+  exit 0
+}
+
+case ${1-} in
+  --submit | --advance | --slots) queue_main "$@" ;;
+esac
 main "$@"

@@ -1,0 +1,29 @@
+# queue.sh [NAME [SLOTS]]: the queues (README "Queues"); with SLOTS, NAME's number of slots is
+# set first (the wrapper's --slots: what runs goes on; a raise starts waiting jobs at once).
+# The queues are advanced first (what has ended frees its slot), then listed.
+# Answer: "queue=NAME SLOTS RUNNING WAITING" per queue (NAME given: that one only; a queue
+#   never set has 1 slot), sorted by name; error= with 12.
+# Exit: 0; 10 no wrapper; 12 the wrapper refused (error= says why); 21 an unsafe server folder.
+name=${1-} slots=${2-}
+wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
+[ -x "$wrapper" ] || exit 10
+sp_server_safe || exit 21
+if [ -n "$slots" ]; then
+  out=$("$wrapper" --slots "$name" "$slots" 2>&1 </dev/null 3>&-) ||
+    { echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1 | sed 's/^job_wrapper: //')"; exit 12; }
+elif [ -d "$sp_server/queues" ]; then
+  out=$("$wrapper" --advance 2>&1 </dev/null 3>&-) ||
+    { echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1 | sed 's/^job_wrapper: //')"; exit 12; }
+fi
+[ -d "$sp_server/queues" ] || exit 0
+for d in "$sp_server"/queues/*/; do
+  q=${d%/} q=${q##*/}
+  case $q in _now | *[!A-Za-z0-9._-]*) continue ;; esac
+  [ -z "$name" ] || [ "$q" = "$name" ] || continue
+  n=1
+  if [ -f "$d/slots" ]; then read -r n <"$d/slots"; fi
+  case $n in '' | *[!0-9]*) n=1 ;; esac
+  running=$(find "$d/active" -type f 2>/dev/null | wc -l)
+  waiting=$(find "$d/wait" -type f 2>/dev/null | wc -l)
+  echo "queue=$q $n $((running + 0)) $((waiting + 0))"
+done

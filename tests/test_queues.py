@@ -1,0 +1,485 @@
+"""Queues, dependencies, time limits, wait, restart and clean, against a real sshd with real
+tmux and the deployed wrapper (README "Queues"); and the queue under stress (the last test)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Lab, poll, require, sp, sp_json
+from conftest import job_state as state
+from sshlab import run_as
+
+SERVER = ".solverpilot-server"
+
+
+def connect(lab: Lab, trusted: Path) -> tuple[str, ...]:
+    return ("-i", str(lab.client_key), "--known-hosts", str(trusted), "--timeout", "60")
+
+
+@pytest.fixture
+def deployed(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> Iterator[Path]:
+    """Host a with the wrapper pushed and a scratch folder the jobs write to."""
+    require(bool(shutil.which("tmux")), "needs tmux (Debian package tmux)")
+    code, results = sp_json(capsys, "push", lab.a.spec, *connect(lab, trusted))
+    assert code == 0, results
+    scratch = home / SERVER / "scratch"
+    scratch.mkdir()
+    shutil.chown(scratch, lab.user.pw_uid, lab.user.pw_gid)
+    yield home
+    run_as(lab.user, "tmux", "kill-server")
+
+
+def marks(scratch: Path) -> list[tuple[str, str, float]]:
+    """The (S|E, id, time) lines the jobs wrote: when each started and ended."""
+    path = scratch / "marks"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        kind, job_id, at = line.split()
+        found.append((kind, job_id, float(at)))
+    return found
+
+
+def most_at_once(found: list[tuple[str, str, float]]) -> int:
+    now = most = 0
+    for kind, _, _ in sorted(found, key=lambda m: (m[2], m[0] == "S")):
+        now += 1 if kind == "S" else -1
+        most = max(most, now)
+    return most
+
+
+def marking(
+    scratch: Path, job_id: str, seconds: float, code: int = 0, gate: str = ""
+) -> tuple[str, ...]:
+    """A job that notes its start and end (in scratch/marks) around a sleep (after waiting
+    for the file ``gate``, when given)."""
+    note = f"echo KIND {job_id} $(date +%s.%N) >> {scratch}/marks"
+    start, end = note.replace("KIND", "S"), note.replace("KIND", "E")
+    wait = f"until [ -e {gate} ]; do sleep 0.05; done; " if gate else ""
+    return ("--", "sh", "-c", f"{wait}{start}; sleep {seconds}; {end}; exit {code}")
+
+
+def db_status(home: Path, job_id: str) -> str | None:
+    with sqlite3.connect(home / SERVER / "server.db") as db:
+        row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_a_two_slot_queue_runs_its_jobs_two_at_a_time_in_order_with_no_client(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    code, out, err = sp(capsys, "queue", lab.a.spec, "q2", "--slots", "2", *c)
+    assert code == 0, err
+    ids = [f"q2-job{n:02}" for n in range(6)]
+    for job_id in ids:
+        code, out, err = sp(
+            capsys, "run", lab.a.spec, "--id", job_id, "--queue", "q2", "--name", f"n {job_id}",
+            *c, *marking(scratch, job_id, 0.6),
+        )  # fmt: skip
+        assert (code, out) == (0, f"{job_id}\n"), err
+    # every sp-deploy call has ended: the host alone goes on
+    poll(lambda: len(marks(scratch)) == 12, 60, "all six jobs ran")
+    found = marks(scratch)
+    assert most_at_once(found) == 2
+    assert [m[1] for m in found if m[0] == "S"] == ids  # in the order of submission
+    poll(lambda: all(state(deployed, i)["status"] == "completed" for i in ids), 20, "final")
+    assert all(db_status(deployed, i) == "completed" for i in ids)
+    code, jobs = sp_json(capsys, "status", lab.a.spec, *c)
+    assert [j["id"] for j in jobs] == ids
+    assert jobs[0]["name"] == "n q2-job00" and jobs[0]["queue"] == "q2"
+    assert jobs[0]["argv"][:2] == ["sh", "-c"]
+    code, queues = sp_json(capsys, "queue", lab.a.spec, *c)
+    assert queues == [{"name": "q2", "slots": 2, "running": 0, "waiting": 0}]
+
+
+def test_queued_jobs_show_queued_in_both_stores_with_their_place_and_cancel_stops_one(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    gate = scratch / "gate"
+    # the first holds the one slot until the gate file exists
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "hold", "--queue", "one", *c,
+        "--", "sh", "-c", f"until [ -e {gate} ]; do sleep 0.05; done",
+    )  # fmt: skip
+    assert code == 0, err
+    for job_id in ("w1", "w2", "w3"):
+        code, out, err = sp(
+            capsys, "run", lab.a.spec, "--id", job_id, "--queue", "one", *c,
+            *marking(scratch, job_id, 0),
+        )  # fmt: skip
+        assert code == 0, err
+    poll(lambda: state(deployed, "hold")["status"] == "running", 20, "hold runs")
+    for job_id in ("w1", "w2", "w3"):
+        assert state(deployed, job_id)["status"] == "queued"
+        assert state(deployed, job_id)["pid"] is None
+        assert db_status(deployed, job_id) == "queued"
+    code, jobs = sp_json(capsys, "status", lab.a.spec, *c)
+    assert [(j["id"], j["status"], j["position"]) for j in jobs] == [
+        ("hold", "running", None), ("w1", "queued", 1), ("w2", "queued", 2), ("w3", "queued", 3)
+    ]  # fmt: skip
+    code, out, err = sp(capsys, "status", lab.a.spec, *c)
+    assert "queued (one #2)" in out
+    # cancel of a queued job: it never starts, and its record says so
+    code, out, err = sp(capsys, "cancel", lab.a.spec, "w2", *c)
+    assert code == 0, err
+    assert "never started" in out
+    final = state(deployed, "w2")
+    assert (final["status"], final["pid"], final["reason"]) == (
+        "failed",
+        None,
+        "cancelled while queued",
+    )
+    assert db_status(deployed, "w2") == "failed"
+    gate.touch()
+    poll(lambda: state(deployed, "w3")["status"] == "completed", 30, "w3 ran")
+    assert [m[1] for m in marks(scratch) if m[0] == "S"] == ["w1", "w3"]
+    assert state(deployed, "w2")["status"] == "failed"  # never replaced
+
+
+def test_after_runs_a_job_once_its_dependencies_completed_and_fails_it_when_one_failed(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    gate = scratch / "gate"  # d-ok runs until the test has seen "then" wait
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "d-ok", *c, *marking(scratch, "d-ok", 0, gate=str(gate))
+    )
+    assert code == 0, err
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "d-bad", *c, *marking(scratch, "d-bad", 1, code=4)
+    )
+    assert code == 0, err
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "then", "--after", "d-ok", *c,
+        *marking(scratch, "then", 0),
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "never", "--after", "d-ok,d-bad", "--queue", "qa", *c,
+        *marking(scratch, "never", 0),
+    )  # fmt: skip
+    assert code == 0, err
+    assert state(deployed, "then")["status"] == "queued"
+    gate.touch()
+    code, out, err = sp(capsys, "wait", lab.a.spec, "then", "never", *c)
+    assert code == 1, (out, err)
+    assert state(deployed, "then")["status"] == "completed"
+    never = state(deployed, "never")
+    assert never["status"] == "failed" and never["pid"] is None
+    assert never["reason"] == "job d-bad, which it waits for, ended failed (exit 4)"
+    assert db_status(deployed, "never") == "failed"
+    started = [m[1] for m in marks(scratch) if m[0] == "S"]
+    assert "never" not in started and started.index("then") > started.index("d-ok")
+    ends = {m[1]: m[2] for m in marks(scratch) if m[0] == "E"}
+    starts = {m[1]: m[2] for m in marks(scratch) if m[0] == "S"}
+    assert starts["then"] >= ends["d-ok"]
+    # an unknown id is a usage error, and nothing is submitted
+    code, out, err = sp(
+        capsys, "run", lab.a.spec, "--id", "orphan", "--after", "nosuch", *c, "--", "true"
+    )
+    assert code == 2 and "--after nosuch: no such job" in err, err
+    assert not (deployed / SERVER / "jobs" / "orphan.status").exists()
+    assert not (deployed / SERVER / "run" / "orphan").exists()
+
+
+def test_wait_exits_with_the_jobs_own_code_and_logs_f_too(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "seven", *c, "--", "sh", "-c", "sleep 1; exit 7"
+    )
+    assert code == 0, err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "seven", *c, "--timeout", "0.5")
+    assert code == 124 and "not all ended" in err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "seven", *c)
+    assert code == 7 and out == "seven failed exit 7\n", (out, err)
+    code, out, err = sp(capsys, "logs", lab.a.spec, "seven", "-f", *c)
+    assert code == 7, err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "seven", "nosuch", *c)
+    assert code == 1 and "no job nosuch" in err
+
+
+def test_a_time_limit_sends_int_before_it_then_stops_the_job_and_says_so(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    solver = (
+        f"trap 'echo saved >> {scratch}/said' INT; "
+        "while :; do sleep 0.1; done"  # saves on INT, goes on until stopped
+    )
+    began = time.monotonic()
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "limited", "--time", "0:04", "--save-before", "2", *c,
+        "--", "sh", "-c", solver,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "limited", *c)
+    took = time.monotonic() - began
+    assert code == 143, (out, err)
+    final = state(deployed, "limited")
+    assert (final["status"], final["signal"], final["reason"]) == (
+        "failed", "TERM", "time limit (4 s)"
+    )  # fmt: skip
+    assert (scratch / "said").read_text() == "saved\n"
+    assert 3.5 < took < 12, took
+    assert 3.9 <= float(final["wall_s"]) < 6  # type: ignore[arg-type]
+
+
+def test_run_refuses_what_cannot_work_before_any_connection(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for options, said in (
+        (("--queue", "a/b"), "not a queue name"),
+        (("--save-before", "5"), "--save-before needs --time"),
+        (("--time", "0:05", "--save-before", "5"), "shorter than --time"),
+        (("--time", "1:75"), "MINUTES or MINUTES:SECONDS"),
+        (("--after", "bad id"), "not a job id"),
+        (("--via", "slurm", "--queue", "q"), "Slurm queues the job"),
+    ):
+        try:
+            code, _out, err = sp(capsys, "run", "nohost.invalid", *options, "--", "true")
+        except SystemExit as exc:  # argparse's own: its usage, then the error
+            code, (_out, err) = exc.code, capsys.readouterr()  # type: ignore[assignment]
+        assert code == 2 and said in err.strip().splitlines()[-1], (options, err)
+
+
+def test_restart_runs_an_ended_jobs_command_again_and_clean_removes_ended_records(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    odd = 'it\'s a "word" $HOME; \\ \t end'  # travels as it is, through the spec too
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "first", "--name", "the first", "--cwd", str(scratch),
+        *c, "--", "sh", "-c", 'printf "%s\\n" "$1" >> said; pwd >> said; exit 5', "sh", odd,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "first", *c)
+    assert code == 5, err
+    code, out, err = sp(capsys, "restart", lab.a.spec, "first", "--id", "again", *c)
+    assert (code, out) == (0, "again\n"), err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "again", *c)
+    assert code == 5, err
+    assert (scratch / "said").read_text() == f"{odd}\n{scratch}\n" * 2
+    code, jobs = sp_json(capsys, "status", lab.a.spec, "again", *c)
+    assert (jobs[0]["restart_of"], jobs[0]["name"], jobs[0]["cwd"]) == (
+        "first", "the first", str(scratch)
+    )  # fmt: skip
+    # a job that has not ended is not restarted; a job a waiting one names is not cleaned
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "ok", *c, "--", "true")
+    assert code == 0, err
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "gate", *c, "--", "sh", "-c",
+        f"until [ -e {scratch}/open ]; do sleep 0.05; done",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = sp(capsys, "restart", lab.a.spec, "gate", *c)
+    assert code == 1 and "restart runs an ended job again" in err, err
+    assert sp(capsys, "wait", lab.a.spec, "ok", *c)[0] == 0
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "waiter", "--after", "gate,ok", *c, "--", "true"
+    )
+    assert code == 0, err
+    code, out, err = sp(capsys, "clean", lab.a.spec, "first", "ok", "gate", "waiter", *c)
+    assert code == 1
+    assert out == "removed first (failed)\n"
+    assert "kept ok: a waiting job names it in --after" in err
+    assert "kept gate: running" in err and "kept waiter: queued" in err
+    server = deployed / SERVER
+    for path in ("jobs/first.status", "jobs/first.spec", "locks/first.lock", "logs/first.log"):
+        assert not (server / path).exists(), path
+    assert db_status(deployed, "first") is None
+    assert (server / "jobs" / "ok.status").exists() and db_status(deployed, "ok") == "completed"
+    # the id is free again
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "first", *c, "--", "false")
+    assert code == 0, err
+    (scratch / "open").touch()
+    code, out, err = sp(capsys, "wait", lab.a.spec, "waiter", "first", *c)
+    assert code == 1, (out, err)  # waiter completed, first failed
+    assert state(deployed, "waiter")["status"] == "completed"
+    code, out, err = sp(capsys, "clean", lab.a.spec, "--status", "completed", *c)
+    removed = sorted(out.splitlines())
+    assert code == 0 and removed == [f"removed {i} (completed)" for i in ("gate", "ok", "waiter")]
+    code, out, err = sp(capsys, "clean", lab.a.spec, "--older-than", "1h", *c)
+    assert (code, out) == (0, "")
+    code, out, err = sp(capsys, "clean", lab.a.spec, *c)
+    assert code == 0 and sorted(out.splitlines()) == [
+        "removed again (failed)",
+        "removed first (failed)",
+    ]
+    code, jobs = sp_json(capsys, "status", lab.a.spec, *c)
+    assert jobs == []
+
+
+# The queue under stress, through a real sshd and tmux: jobs submitted at once from 4 clients
+# into one 3-slot queue, cancels at random moments (queued, starting, running), and the queue's
+# own process (the wrapper's --advance) killed at random. What must hold: never more than 3 jobs
+# running at any sampled moment, every job ran at most once and only if not cancelled before it
+# started, each client's jobs started in the order it submitted them, every record final in both
+# stores. SP_QUEUE_STRESS_JOBS sets the number of jobs (200; 120 with CI set); SP_STRESS_SEED the
+# random seed.
+CLIENTS = 4
+SLOTS = 3
+
+
+def sp_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "solverpilot_deploy", *args],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def processes_of(uid: int) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of each process of ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found.append((int(entry), [a.decode(errors="replace") for a in argv if a]))
+    return found
+
+
+def test_two_hundred_jobs_from_four_clients_cancels_and_killed_advances(
+    lab: Lab,
+    deployed: Path,
+    trusted: Path,
+) -> None:
+    total = int(os.environ.get("SP_QUEUE_STRESS_JOBS") or (120 if os.environ.get("CI") else 200))
+    rng = random.Random(os.environ.get("SP_STRESS_SEED"))
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    host = lab.a.spec
+    done = sp_run("queue", host, "stress", "--slots", str(SLOTS), *c)
+    assert done.returncode == 0, done.stderr
+    uid = lab.user.pw_uid
+    per_client = total // CLIENTS
+    ids = {n: [f"c{n}-{k:03}" for k in range(per_client)] for n in range(CLIENTS)}
+    submitted: dict[str, subprocess.CompletedProcess[str]] = {}
+    cancelled: dict[str, subprocess.CompletedProcess[str]] = {}
+    stop = threading.Event()
+    stop_killing = threading.Event()
+    most = [0]
+    killed = [0]
+
+    gate = scratch / "gate"  # closed for the first half of the submissions: the queue fills
+    # and cancels find jobs waiting in it; then open, they find them starting and running too
+
+    def client(n: int) -> None:
+        for k, job_id in enumerate(ids[n]):
+            if k == per_client // 2:
+                gate.touch()
+            job = marking(scratch, job_id, round(rng.uniform(0.05, 0.5), 2), gate=str(gate))
+            submitted[job_id] = sp_run("run", host, "--id", job_id, "--queue", "stress", *c, *job)
+
+    def canceller() -> None:
+        every = [i for n in ids for i in ids[n]]
+        while not stop.is_set() and len(cancelled) < total // 8:
+            # the newest submitted (likely still queued), or any (starting, running, ended)
+            newest = list(submitted)[-1:] if rng.random() < 0.5 else []
+            job_id = newest[0] if newest else rng.choice(every)
+            if job_id in submitted and job_id not in cancelled:
+                cancelled[job_id] = sp_run("cancel", host, job_id, *c)
+            time.sleep(rng.uniform(0, 0.3))
+
+    def sampler() -> None:  # wrappers running jobs (not --advance), by job id
+        while not stop.is_set():
+            running = set()
+            for _, argv in processes_of(uid):  # bash -p PATH/job_wrapper.sh ID COMMAND...
+                at = [k for k, a in enumerate(argv[:4]) if a.endswith("/job_wrapper.sh")]
+                if at and len(argv) > at[0] + 1 and not argv[at[0] + 1].startswith("-"):
+                    running.add(argv[at[0] + 1])
+            most[0] = max(most[0], len(running))
+            time.sleep(0.01)
+
+    def killer() -> None:  # the queue's own process, at random moments
+        while not stop_killing.is_set():
+            for pid, argv in processes_of(uid):
+                if "--advance" in argv and rng.random() < 0.3:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed[0] += 1
+                    except ProcessLookupError:
+                        pass
+            time.sleep(rng.uniform(0, 0.05))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    helpers = [threading.Thread(target=f) for f in (canceller, sampler, killer)]
+    for thread in threads + helpers:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for n in ids for i in ids[n]]
+    refused = {i: p.stderr for i, p in submitted.items() if p.returncode != 0}
+    assert not refused, refused
+    # the jobs run on while advances are still killed, then the killer stops: what a killed
+    # advance left undone, the next one does (a job's end, or any command on the host)
+    poll(lambda: len(marks(scratch)) >= total, 120, "most jobs to run while advances die")
+    stop_killing.set()
+    helpers[2].join()
+    try:
+        poll(
+            lambda: (
+                sp_run("status", host, *c).returncode == 0
+                and all(state(deployed, i)["status"] in ("completed", "failed") for i in every)
+            ),
+            240,
+            "every record final",
+        )
+    finally:
+        stop.set()
+        for thread in helpers:
+            thread.join()
+    found = marks(scratch)
+    starts: dict[str, list[float]] = {}
+    for kind, job_id, at in found:
+        if kind == "S":
+            starts.setdefault(job_id, []).append(at)
+    assert 0 < most[0] <= SLOTS, most[0]
+    assert max(len(v) for v in starts.values()) == 1  # each job ran at most once
+    never = {i for i, p in cancelled.items() if p.returncode == 0 and "never started" in p.stdout}
+    said = {i: p.stdout + p.stderr for i, p in cancelled.items()}
+    assert never, ("no cancel came while a job was queued", said)
+    assert not never & set(starts), never & set(starts)
+    for job_id in never:
+        record = state(deployed, job_id)
+        assert (record["status"], record["pid"]) == ("failed", None)
+    for job_id in set(every) - set(cancelled):
+        assert job_id in starts, f"{job_id} never ran"
+        assert state(deployed, job_id)["status"] == "completed"
+    for n in range(CLIENTS):  # each client's jobs started in the order it submitted them
+        ran = [starts[i][0] for i in ids[n] if i in starts]
+        late = [(a, b) for a, b in itertools.pairwise(ran) if b < a - 0.25]
+        assert not late, late
+    with sqlite3.connect(deployed / SERVER / "server.db") as db:
+        rows = dict(db.execute("SELECT id, status FROM jobs"))
+    assert {i: rows.get(i) for i in every} == {i: state(deployed, i)["status"] for i in every}
+    print(f"stress: {total} jobs, {len(never)} cancelled queued, {killed[0]} advances killed, "
+          f"most running at once {most[0]}")  # fmt: skip
