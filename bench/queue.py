@@ -133,6 +133,7 @@ def main() -> int:
         print("run as root: it makes a test user", file=sys.stderr)
         return 2
     user = ensure_test_user(USER)
+    subprocess.run(["pkill", "-KILL", "-u", USER], check=False)  # an earlier run's leftovers
     clean_home(user)
     home = Path(user.pw_dir)
     bin_dir = home / ".solverpilot" / "bin"
@@ -142,12 +143,16 @@ def main() -> int:
     shutil.chown(home / ".solverpilot", user.pw_uid, user.pw_gid)
     shutil.chown(bin_dir, user.pw_uid, user.pw_gid)
     shutil.chown(bin_dir / "job_wrapper.sh", user.pw_uid, user.pw_gid)
-    marks = home / "marks"
+    work = home / "bench-queue"  # the gates and marks (clean_home leaves the home's own files)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    shutil.chown(work, user.pw_uid, user.pw_gid)
+    marks = work / "marks"
     try:
         print(f"machine: {machine()}")
         # 1. waiting jobs
         step(user, "queue", "wait2", "2")
-        gate = home / "gate"
+        gate = work / "gate"
         for n in range(2):
             submit(
                 user, f"hold{n}", "wait2", ["sh", "-c", f"until [ -e {gate} ]; do sleep 1; done"]
@@ -161,7 +166,7 @@ def main() -> int:
         took = time.monotonic() - began
         loaded = watch(user.pw_uid, args.quiet_seconds)
         each = took / args.waiting * 1000
-        print(f"submitting {args.waiting} queued jobs: {took:.1f} s ({each:.1f} ms each)")
+        print(f"Submitting {args.waiting} queued jobs: {took:.1f} s ({each:.1f} ms each).\n")
         print("| | processes | RSS (MiB) | CPU over the span (s) |")
         print("| --- | --- | --- | --- |")
         for label, (count, rss, cpu) in (
@@ -180,7 +185,7 @@ def main() -> int:
         # 2. hand-offs
         gaps = []
         for n in range(args.handoffs):
-            first_gate = home / f"go{n}"
+            first_gate = work / f"go{n}"
             first = (
                 f"until [ -e {first_gate} ]; do sleep 0.05; done; "
                 f"echo E $(date +%s.%N) >> {marks}.{n}"
@@ -202,11 +207,11 @@ def main() -> int:
         deciles = statistics.quantiles(gaps, n=10)
         low, high = deciles[0] * 1000, deciles[-1] * 1000
         print(
-            f"hand-off, a job's last act to the next one's first ({args.handoffs} times): median "
+            f"\nHand-off, a job's last act to the next one's first ({args.handoffs} times): median "
             f"{statistics.median(gaps) * 1000:.0f} ms, p10-p90 {low:.0f}-{high:.0f} ms"
         )
     finally:
-        as_user(user, "tmux", "kill-server")
+        subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
         clean_home(user)
     return 0
 

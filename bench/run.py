@@ -322,6 +322,19 @@ def behind_notes(
     return notes
 
 
+def queue_table(quick: bool) -> list[str]:
+    """bench/queue.py's table and hand-off line (its machine line left out: the header has it)."""
+    sizes = ("200", "10", "10") if quick else ("1000", "20", "30")
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("queue.py")), "--waiting", sizes[0],
+         "--handoffs", sizes[1], "--quiet-seconds", sizes[2]],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return [f"(failed: {done.stderr.strip().splitlines()[-1:]})"]
+    return [line for line in done.stdout.splitlines() if not line.startswith("machine:")]
+
+
 def report(args: argparse.Namespace, started: float) -> str:
     described = machine()  # before the run rewrites its own plots, which would read as changes
     quick = args.quick
@@ -341,6 +354,7 @@ def report(args: argparse.Namespace, started: float) -> str:
     scale_rounds, scale_sizes = (1, [100_000]) if quick else (2, [100_000, 1_000_000])
     at_scale = status_bench.scale(scale_rounds, scale_sizes) if root else {}
     starts = startup(5 if quick else 21)
+    queue_lines = queue_table(quick) if root else ["(not measured: needs root)"]
     plot(Path(args.plots), fleet, statuses, bursts)
     fleet_table = [
         f"| {n} | {tool} | {f[1]:.2f} | {f[2]:.2f}-{f[3]:.2f} | {f[4]:.2f} | "
@@ -452,6 +466,13 @@ def report(args: argparse.Namespace, started: float) -> str:
         "| command | median ms | p10-p90 ms | x `python -c pass` |",
         "| --- | ---: | ---: | ---: |",
         *(f"| {n} | {m:.1f} | {a:.1f}-{b:.1f} | {r:.2f} |" for n, m, a, b, r in starts),
+        "",
+        "## 6. Queues: waiting jobs on the host, and a freed slot's hand-off",
+        "",
+        "bench/queue.py: the host side as sp-deploy runs it (the run step as the test user, "
+        "the deployed wrapper's --advance, tmux); no sshd needed for what is measured here.",
+        "",
+        *queue_lines,
         "",
         "## Where we are behind",
         "",

@@ -392,18 +392,9 @@ def test_status_completed_failed_running_and_lost(
     assert [job["id"] for job in jobs] == ["job-bad"]
     code, out, _ = sp(capsys, *status, "job-bad")
     header, row = out.splitlines()
-    assert header.split() == [
-        "ID",
-        "STATUS",
-        "EXIT",
-        "SIGNAL",
-        "STARTED_AT",
-        "COMPLETED_AT",
-        "CPU_S",
-        "WALL_S",
-        "TMUX",
-    ]
-    assert row.split()[:4] == ["job-bad", "failed", "3", "-"]
+    head = "ID NAME STATUS EXIT SIGNAL STARTED_AT COMPLETED_AT CPU_S WALL_S TMUX COMMAND"
+    assert header.split() == head.split()
+    assert row.split()[:5] == ["job-bad", "-", "failed", "3", "-"]  # (no name)
 
 
 def test_json_output_is_only_json(

@@ -247,6 +247,48 @@ def test_a_time_limit_sends_int_before_it_then_stops_the_job_and_says_so(
     assert 3.9 <= float(final["wall_s"]) < 6  # type: ignore[arg-type]
 
 
+def test_when_every_process_of_the_user_dies_as_in_a_reboot_the_next_status_starts_the_queue(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """SIGKILL of the tmux server, the launchers, the wrappers and the jobs at once (what a
+    reboot leaves, but for the boot id): no job end will come to advance the queue. The
+    queued jobs are still queued, the running one is lost, and the next status starts them."""
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    gate = scratch / "gate"
+    for job_id in ("r-a", "r-b", "r-c"):
+        code, _, err = sp(
+            capsys, "run", lab.a.spec, "--id", job_id, "--queue", "reboot", *c,
+            *marking(scratch, job_id, 0, gate=str(gate)),
+        )  # fmt: skip
+        assert code == 0, err
+    poll(lambda: state(deployed, "r-a")["status"] == "running", 20, "r-a runs")
+    subprocess.run(["pkill", "-KILL", "-u", lab.user.pw_name], check=False)
+    poll(lambda: not alive_of(lab.user.pw_uid), 20, "every process of the user gone")
+    gate.touch()
+    assert [state(deployed, i)["status"] for i in ("r-b", "r-c")] == ["queued", "queued"]
+    code, jobs = sp_json(capsys, "status", lab.a.spec, *c)
+    # lost; or, when the tmux server died first, its wrapper got the pane's HUP and recorded it
+    assert (jobs[0]["id"], jobs[0]["status"], jobs[0]["signal"]) in (
+        ("r-a", "lost", None), ("r-a", "failed", "HUP")
+    )  # fmt: skip
+    poll(lambda: state(deployed, "r-c")["status"] == "completed", 30, "the queue went on")
+    assert state(deployed, "r-b")["status"] == "completed"
+    assert [m[1] for m in marks(scratch) if m[0] == "S"] == ["r-b", "r-c"]
+
+
+def alive_of(uid: int) -> bool:
+    """A process of ``uid`` is alive (a zombie does not count)."""
+    for entry in os.listdir("/proc"):
+        try:
+            mine = entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
+            if mine and Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_run_refuses_what_cannot_work_before_any_connection(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -299,10 +299,12 @@ def test_status_of_a_job_slurm_killed_is_lost(
 def test_usage_errors_of_run_via_slurm() -> None:
     """Each is one line on stderr and exit 2, before any connection (the host does not exist)."""
     for argv, said in (
-        (("--time", "5"), "--time is for --via slurm"),
+        (("--mem", "4G"), "--mem is for --via slurm"),
+        (("--via", "slurm", "--queue", "q"), "Slurm queues the job"),
+        (("--via", "slurm", "--name", "n"), "--name is for tmux jobs"),
         (("--via", "slurm", "--mem", "lots"), "not a memory size"),
         (("--via", "slurm", "--partition=-x"), "not a partition name"),
-        (("--via", "slurm", "--time", "inf"), "must be a number above 0"),
+        (("--via", "slurm", "--time", "inf"), "must be MINUTES or MINUTES:SECONDS"),
         (("--via", "slurm", "--save-before", "0"), "must be a number above 0"),
         (("--via", "slurm", "--cpus", "nan"), "must be a number above 0"),
         (("--via", "cron"), "invalid choice: 'cron'"),
@@ -422,3 +424,32 @@ def test_a_server_folder_slurm_cannot_log_into_is_refused(
     assert code == 1 and "has a backslash or a newline" in err, err
     assert not list((deployed.home / folder).glob("slurm/*.sbatch"))
     assert not (deployed.home / "srv").exists()  # the name without its newline: untouched
+
+
+def test_after_maps_to_slurms_afterok_on_the_named_jobs(
+    capsys: pytest.CaptureFixture[str], deployed: Cluster
+) -> None:
+    """--after A with --via slurm: Slurm holds the job until A completed; when A failed, Slurm
+    never runs it (DependencyNeverSatisfied), and a tmux job is no dependency Slurm can see."""
+    c = deployed
+    gate = c.home / SERVER / "gate"
+    first, first_slurm = submit(
+        capsys, c, "sh", "-c", f"until [ -e {gate} ]; do sleep 0.1; done", options=("--time", "2")
+    )
+    then, then_slurm = submit(capsys, c, "true", options=("--after", first))
+    poll(lambda: c.slurm.squeue_state(first_slurm) == "RUNNING", 30, "the first to run")
+    reason = subprocess.run(
+        ["squeue", "-h", "-j", then_slurm, "-O", "Dependency:0 ,Reason:0"],
+        env=c.slurm.env, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert reason == [f"afterok:{first_slurm}(unfulfilled)", "Dependency"], reason
+    assert c.slurm.squeue_state(then_slurm) == "PENDING"
+    gate.touch()
+    assert final(c, first, first_slurm)["status"] == "completed"
+    assert final(c, then, then_slurm)["status"] == "completed"
+    # an unknown id, or one that is no Slurm job here: a usage error, nothing submitted
+    code, _out, err = sp(
+        capsys, "run", c.sshd.spec, "--via", "slurm", "--after", "nosuch", *c.auth, "--", "true"
+    )
+    assert code == 2 and "no job run --via slurm of that id" in err, err
+    assert len(list((c.home / SERVER / "slurm").glob("*.sbatch"))) == 2  # the first two only

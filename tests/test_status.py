@@ -282,3 +282,36 @@ def test_a_slurm_that_did_not_answer_in_time_leaves_the_records_word() -> None:
     text = "@slurm\n@squeueslow 5\n" + _attempt("r", "running", "1", 1)
     (job,) = parse_status_output(text.splitlines())
     assert (job.status, job.slurm_state, job.lost_reason) == ("running", None, None)
+
+
+def test_parse_reads_specs_queue_places_and_orders_by_submission() -> None:
+    lines = [
+        "@wait q 000000000007 late",
+        "@wait q 000000000003 early",
+        "@active q 000000000002 starting1",
+        "@job late no -",
+        '|{"id":"late","status":"queued","submitted_at":"2026-01-02T00:00:00+00:00","seq":7,'
+        '"queue":"q","pid":null}',
+        "@spec",
+        '|{"argv":["sh","-c","x"],"cwd":"","name":"n1","queue":"q","after":["a","b c"],'
+        '"time_limit_s":60,"save_before_s":5,"restart_of":null,"submitted_at":"x"}',
+        "@job early no -",
+        '|{"id":"early","status":"queued","submitted_at":"2026-01-01T00:00:00+00:00","seq":3,'
+        '"queue":"q","pid":null}',
+        "@job starting1 no -",
+        '|{"id":"starting1","status":"queued","submitted_at":"2026-01-01T00:00:00+00:00",'
+        '"seq":2,"queue":"q","pid":null}',
+        "@job old no -",
+        '|{"id":"old","status":"completed","started_at":"2025-12-31T00:00:00+00:00"}',
+    ]
+    jobs = parse_status_output(lines)
+    assert [j.id for j in jobs] == ["old", "starting1", "early", "late"]
+    by_id = {j.id: j for j in jobs}
+    assert (by_id["early"].status, by_id["early"].position) == ("queued", 1)
+    assert (by_id["late"].status, by_id["late"].position) == ("queued", 2)
+    assert by_id["starting1"].status == "starting"
+    late = by_id["late"].as_json()
+    assert (late["argv"], late["name"], late["after"], late["time_limit_s"]) == (
+        ["sh", "-c", "x"], "n1", ["a"], 60
+    )  # fmt: skip
+    assert by_id["old"].argv is None and by_id["old"].as_json()["after"] == []

@@ -116,7 +116,12 @@ fi
 # the run step (or, for a queued job, the queue) reads this only when the wrapper wrote no
 # state of its own (it refused the job)
 st=$SOLVERPILOT_SERVER_DIR/jobs/$id.status
-if [ -e "$st" ] && ! grep -q '"status":"queued"' "$st"; then rm -rf -- "$here"; else echo "$rc" >"$here/rc"; fi
+# (whole or not at all: the run step may read it the moment it exists)
+if [ -e "$st" ] && ! grep -q '"status":"queued"' "$st"; then
+  rm -rf -- "$here"
+else
+  echo "$rc" >"$here/rc.new" && mv -f -- "$here/rc.new" "$here/rc"
+fi
 # the next queued jobs: a slot, or a job they wait for, may be free now
 set -- "$SOLVERPILOT_SERVER_DIR"/queues/*/wait/*
 if [ -e "$1" ] || [ -n "$queued" ]; then
@@ -176,6 +181,7 @@ while :; do
   if [ -f "$here/rc" ]; then
     rc=$(cat -- "$here/rc")
     drop_claim
+    rm -f -- "$jobs/$id.spec" # no job: what it was asked goes too
     echo "rc=$rc"
     tail -n 5 -- "$log" 2>/dev/null | sed 's/^/log=/'
     [ "$rc" != cwd ] || exit 17
@@ -186,6 +192,7 @@ while :; do
   if ! tmux has-session -t "=$name" 2>/dev/null && [ ! -f "$state" ] && [ ! -f "$here/rc" ] &&
     { mkdir -- "$here/decided" 2>/dev/null || ! sp_in_time; }; then
     drop_claim
+    rm -f -- "$jobs/$id.spec"
     echo "error=the tmux session $name ended before the wrapper started"
     exit 19
   fi
