@@ -393,6 +393,8 @@ def clean_jobs(
     result = run_step(
         session, "clean", str(older_than_s), ",".join(statuses), *ids, timeout=timeout
     )
+    if result.status == 23:
+        raise JobError("the queues are busy (their lock was held over 60 s); nothing was removed")
     if result.status != 0:
         raise RemoteCommandError(f"cannot clean: {result.error()}")
 

@@ -525,3 +525,120 @@ def test_two_hundred_jobs_from_four_clients_cancels_and_killed_advances(
     assert {i: rows.get(i) for i in every} == {i: state(deployed, i)["status"] for i in every}
     print(f"stress: {total} jobs, {len(never)} cancelled queued, {killed[0]} advances killed, "
           f"most running at once {most[0]}")  # fmt: skip
+
+
+def test_found_by_an_adversary_limits_prefixes_places_and_lost_jobs(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """Each fixed: --time without --save-before sent INT at the start; a next job whose id
+    shared its first 8 characters with the ended one stalled the queue; status ID numbered the
+    places among the asked ids; a lost job's process that held its lock lost its slot."""
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    # --time alone: no INT before the limit; the stop at it
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "plain-limit", "--time", "0:03", *c,
+        "--", "sh", "-c", "while :; do sleep 0.1; done",
+    )  # fmt: skip
+    assert code == 0, err
+    # ids sharing their first 8 characters, one slot: the host alone runs them all
+    for n in range(3):
+        code, _, err = sp(
+            capsys, "run", lab.a.spec, "--id", f"campaign-{n}", "--queue", "pfx", *c,
+            *marking(scratch, f"campaign-{n}", 0.2),
+        )  # fmt: skip
+        assert code == 0, err
+    poll(
+        lambda: all(state(deployed, f"campaign-{n}")["status"] == "completed" for n in range(3)),
+        30,
+        "the three prefixed jobs, with no client",
+    )
+    assert sp(capsys, "wait", lab.a.spec, "plain-limit", *c)[0] == 143
+    limited = state(deployed, "plain-limit")
+    assert (limited["signal"], limited["reason"]) == ("TERM", "time limit (3 s)")
+    assert 2.9 <= float(limited["wall_s"]) < 6  # type: ignore[arg-type]
+    # a lost job whose own process holds its lock keeps its slot; status ID gives true places
+    pids = scratch / "lost.pid"
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "lost-one", "--queue", "keep", *c,
+        "--", "sh", "-c", f"echo $$ > {pids}; exec sleep 300",
+    )  # fmt: skip
+    assert code == 0, err
+    for job_id in ("k1", "k2", "k3"):
+        code, _, err = sp(
+            capsys, "run", lab.a.spec, "--id", job_id, "--queue", "keep", *c,
+            *marking(scratch, job_id, 0),
+        )  # fmt: skip
+        assert code == 0, err
+    poll(lambda: pids.exists() and pids.read_text().strip(), 20, "lost-one runs")
+    code, jobs = sp_json(capsys, "status", lab.a.spec, "k3", *c)
+    assert [(j["id"], j["position"]) for j in jobs] == [("k3", 3)]
+    wrapper = state(deployed, "lost-one")["pid"]
+    assert isinstance(wrapper, int)
+    os.kill(wrapper, signal.SIGKILL)
+    code, jobs = sp_json(capsys, "status", lab.a.spec, "lost-one", "k1", *c)
+    assert (jobs[0]["status"], jobs[0]["lost_reason"]) == (
+        "lost", "wrapper gone, its job still holds the lock"
+    )  # fmt: skip
+    assert jobs[1]["status"] == "queued"  # its slot is still the lost job's
+    os.kill(int(pids.read_text()), signal.SIGKILL)
+    code, _ = sp_json(capsys, "status", lab.a.spec, *c)  # (the next command advances)
+    poll(lambda: state(deployed, "k3")["status"] == "completed", 30, "the queue went on")
+
+
+def test_clean_waits_for_the_queues_lock_and_frees_the_id_of_a_job_that_never_ran(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "dep", *c, "--", "false")
+    assert code == 0, err
+    assert sp(capsys, "wait", lab.a.spec, "dep", *c)[0] == 1
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "child", "--after", "dep", *c, "--", "true"
+    )
+    assert code == 0, err
+    assert state(deployed, "child")["status"] == "failed"  # dep failed: it never runs
+    # clean waits while another holds the queues' lock (a submission checking its --after)
+    lock = deployed / SERVER / "locks" / "queues.lock"
+    holder = subprocess.Popen(
+        ["runuser", "-u", lab.user.pw_name, "--", "flock", str(lock), "sleep", "300"],
+        start_new_session=True,
+    )
+    try:
+        poll(lambda: f" {lock.stat().st_ino} " in locks_held(), 20, "the lock held")
+        clean = subprocess.Popen(
+            [sys.executable, "-m", "solverpilot_deploy", "clean", lab.a.spec, *c],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        poll(lambda: flock_waits(lab.user.pw_uid), 20, "clean waiting on the host")
+        assert clean.poll() is None and (deployed / SERVER / "jobs" / "child.status").exists()
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # runuser, flock and its sleep
+        holder.wait()
+    out, err = clean.communicate(timeout=60)
+    assert clean.returncode == 0, err
+    assert sorted(out.splitlines()) == ["removed child (failed)", "removed dep (failed)"]
+    assert not (deployed / SERVER / "run" / "child").exists()
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "child", *c, "--", "true")
+    assert code == 0, err  # the id is free again
+
+
+def locks_held() -> str:
+    """/proc/locks, each line's inode between spaces (" INODE ")."""
+    return " ".join(
+        line.split()[5].rsplit(":", 1)[1] for line in Path("/proc/locks").read_text().splitlines()
+        if len(line.split()) > 5 and line.split()[1] != "->"
+    ).join("  ")  # fmt: skip
+
+
+def flock_waits(uid: int) -> bool:
+    """A process of ``uid`` is a `flock -w` (the clean step's, waiting for the queues' lock)."""
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if argv[0] == b"flock" and b"-w" in argv:
+                    return True
+        except OSError:
+            continue
+    return False

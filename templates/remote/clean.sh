@@ -8,12 +8,18 @@
 # its files go), nor one a waiting job names in --after (README "Queues").
 # Answer: "removed=ID STATUS" per job removed, "kept=ID WHY" per named job that was not;
 #   warning= when the DB rows could not be deleted (the files are gone).
-# Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe).
+# All under the queues' lock (locks/queues.lock, as the wrapper's --submit takes it): a job
+# submitted meanwhile --after one of them either came first (then it is kept) or finds it gone.
+# Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe); 23 the queues' lock was held
+#   over 60 s.
 sp_server_safe || exit 21
 age=$1 wanted=,$2,
 shift 2
 dir=$sp_server
 [ -d "$dir/jobs" ] || exit 0
+if [ -d "$dir/locks" ]; then
+  exec 9>>"$dir/locks/queues.lock" && flock -w 60 9 || exit 23
+fi
 now=$(date +%s)
 # the ids waiting jobs name (one list, space-separated, each between spaces)
 needed=' '
@@ -56,19 +62,15 @@ for id; do
   fi
   lock=$dir/locks/$id.lock
   # the lock taken while the files go: held, a process of the job still lives
-  if [ -f "$lock" ] && ! (exec 9<"$lock" && flock -n 9 && rm -f -- "$lock") 2>/dev/null; then
+  if [ -f "$lock" ] && ! (exec 8<"$lock" && flock -n 8 && rm -f -- "$lock") 2>/dev/null; then
     keep 'a process of it still holds its lock'
     continue
   fi
-  rm -f -- "$dir/jobs/$id.spec" "$dir/logs/$id.log" "$dir/slurm/$id.sbatch" "$dir/slurm/$id.ends" "$state"
   removed="$removed $id"
-  echo "removed=$id $st"
 done
 [ -n "$removed" ] || exit 0
-if [ -f "$dir/slurm/jobids" ]; then # their "ID SLURM_ID" lines go too
-  SP_GONE=$removed awk 'BEGIN { n = split(ENVIRON["SP_GONE"], g, " "); for (i = 1; i <= n; i++) gone[g[i]] = 1 }
-    !($1 in gone)' "$dir/slurm/jobids" >"$dir/slurm/jobids.$$" && mv -f -- "$dir/slurm/jobids.$$" "$dir/slurm/jobids"
-fi
+# the DB rows first, while the state files still claim the ids (no run can take one yet), then
+# the files: a run of a freed id never has its new row deleted
 if [ -f "$dir/server.db" ]; then
   where=''
   for id in $removed; do where="$where${where:+,}'$id'"; done # plain words: no quote in them
@@ -76,4 +78,15 @@ if [ -f "$dir/server.db" ]; then
     "DELETE FROM jobs WHERE id IN ($where) AND status IN ('completed', 'failed');" >/dev/null 2>&1 ||
     echo 'warning=the database rows could not be deleted (locked or damaged); the files are gone'
 fi
+if [ -f "$dir/slurm/jobids" ]; then # their "ID SLURM_ID" lines go too
+  SP_GONE=$removed awk 'BEGIN { n = split(ENVIRON["SP_GONE"], g, " "); for (i = 1; i <= n; i++) gone[g[i]] = 1 }
+    !($1 in gone)' "$dir/slurm/jobids" >"$dir/slurm/jobids.$$" && mv -f -- "$dir/slurm/jobids.$$" "$dir/slurm/jobids"
+fi
+for id in $removed; do
+  st=$(sed -n 's/^{"id":"[^"]*","status":"\([a-z]*\)".*/\1/p' "$dir/jobs/$id.status" | head -n 1)
+  # (a lost launcher's run folder too: the id is free after this)
+  rm -rf -- "$dir/jobs/$id.spec" "$dir/logs/$id.log" "$dir/slurm/$id.sbatch" "$dir/slurm/$id.ends" \
+    "$dir/run/$id" "$dir/jobs/$id.status"
+  echo "removed=$id $st"
+done
 exit 0

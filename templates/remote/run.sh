@@ -58,7 +58,8 @@ log=$(cd -- "$logs" && pwd)/$id.log || exit 14
 cat >"$here/payload" <<'SP_PAYLOAD' || exit 14
 SP_PAYLOAD
 { tail -n +2 -- "$here/payload" >"$here/args" && echo "$sp_umask" >"$here/umask"; } || exit 14
-if [ "$limit" != - ]; then echo "$limit ${save#-}" >"$here/limits" || exit 14; fi
+# "LIMIT SAVE" (no --save-before: 0, never an empty word that read would drop)
+if [ "$limit" != - ]; then echo "$limit $(echo "${save#-}" | sed 's/^$/0/')" >"$here/limits" || exit 14; fi
 at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
 { head -n 1 -- "$here/payload" | tr -d '\n' && printf ',"submitted_at":"%s"}\n' "$at"; } >"$here/spec" || exit 14
 rm -f -- "$here/payload"
@@ -125,7 +126,9 @@ fi
 # the next queued jobs: a slot, or a job they wait for, may be free now
 set -- "$SOLVERPILOT_SERVER_DIR"/queues/*/wait/*
 if [ -e "$1" ] || [ -n "$queued" ]; then
-  cd / && "$HOME/.solverpilot/bin/job_wrapper.sh" --advance "$id" >/dev/null 2>&1 </dev/null
+  # apart (setsid, not waited for): this session must end first, or a next job whose id starts
+  # with the same 8 characters would find the session name taken (the queue waits for it)
+  cd / && setsid "$HOME/.solverpilot/bin/job_wrapper.sh" --advance "$id" >/dev/null 2>&1 </dev/null &
 fi
 EOF
 # the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask

@@ -18,7 +18,8 @@
 #   a line of the answer), "@dberror" when the DB could not be read. After a state file's text,
 #   "@spec" and the text of jobs/ID.spec (what run was asked: name, argv...; at most 64 KiB,
 #   each line behind "|"). "@wait QUEUE SEQ ID" per job waiting in a queue, "@active QUEUE SEQ
-#   ID" per job a queue has started (README "Queues"); the queues are advanced first.
+#   ID" per job a queue has started, whichever jobs are asked about (README "Queues"); the
+#   queues are advanced first.
 # Paths reach awk through its environment (ENVIRON), never -v, which rewrites backslashes.
 # Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe).
 sp_server_safe || exit 21
@@ -128,7 +129,7 @@ BEGIN {
 /^Q \.\/[A-Za-z0-9_][A-Za-z0-9._-]*\/(wait|active)\/[0-9]+\.[A-Za-z0-9][A-Za-z0-9._-]*$/ {
   split(substr($0, 5), f, "/"); dot = index(f[3], ".")
   id = substr(f[3], dot + 1)
-  if (want == "" || (id in wanted)) print "@" f[2] " " f[1] " " substr(f[3], 1, dot - 1) " " id
+  print "@" f[2] " " f[1] " " substr(f[3], 1, dot - 1) " " id # every one: the places count them all
   next
 }
 /^L / {

@@ -408,6 +408,7 @@ main() {
 # --advance once the job has ended. Exit codes: 0; 64 usage; 73 unsafe server folder; 75 the
 # queues' lock was held over 60 s; 76 (--submit) a job named in --after has no record.
 readonly QUEUE_NAME='^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
+ENDED=''
 q_lock() { # the queues' lock on fd 199, for the rest of this process (and not its children)
   local LC_ALL=C
   RUN_USER=${USER-}
@@ -438,6 +439,11 @@ q_alive() { # q_alive: the wrapper Q_LINE names (pid and start ticks) runs
   s=($s)
   [[ ${s[0]} != [ZX] && ${s[19]} == "${BASH_REMATCH[2]}" ]]
 }
+q_held() { # q_held ID: a process (a lost job's, its wrapper gone) still holds the job's lock;
+  # tried, not waited for: no wrapper of that id can be starting (its record is there)
+  [[ -f $BASE/locks/$1.lock && ! -L $BASE/locks/$1.lock ]] || return 1
+  ! (exec 198<"$BASE/locks/$1.lock" && flock -n 198) 2>/dev/null
+}
 q_record() { # q_record ID REASON: a job that never ran ends failed, in both stores, keeping
   # what its queued record said (only while it still says queued)
   local at tmp=$BASE/jobs/$1.status.$$.tmp line
@@ -453,6 +459,7 @@ q_record() { # q_record ID REASON: a job that never ran ends failed, in both sto
   fi
   helper sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$BASE/server.db" "BEGIN IMMEDIATE; $SCHEMA
 UPDATE jobs SET status = 'failed', completed_at = '$at' WHERE id = '$1' AND status = 'queued'; COMMIT;" >/dev/null
+  rm -rf -- "$BASE/run/$1" # its launcher never runs now: the id is the record's alone
 }
 q_dep() { # q_dep ID: Q_WHY says why a job waiting for ID never runs; false while ID may end well
   Q_WHY=''
@@ -472,7 +479,13 @@ q_start() { # q_start ID: its tmux session, running its launcher (which pipes it
   q_session "$1"
   [[ -f $here/launch ]] || { q_record "$1" 'its run folder is gone: it never ran' && return 0; }
   # 199>&-: a tmux server started here must not hold the queues' lock (nor fd 3, a step's channel)
-  (cd -- "$here" && exec tmux new-session -d -s "$Q_SESSION" "/bin/sh ./launch $1") 2>/dev/null 3>&- 199>&-
+  local n=0 ended_session=''
+  [[ -z $ENDED ]] || { q_session "$ENDED" && ended_session=$Q_SESSION && q_session "$1"; }
+  until (cd -- "$here" && exec tmux new-session -d -s "$Q_SESSION" "/bin/sh ./launch $1") 2>/dev/null 3>&- 199>&-; do
+    # the name is the ended job's (the same first 8 characters), whose session is closing
+    [[ $Q_SESSION == "$ended_session" ]] && ((n++ < 50)) || return 1
+    sleep 0.1
+  done
 }
 q_release() { # q_release ENTRY ID: an active job with neither its session nor its wrapper
   q_state "$2"
@@ -497,6 +510,7 @@ q_release() { # q_release ENTRY ID: an active job with neither its session nor i
 advance() { # advance [ENDED_ID]: start, queue by queue, what its free slots allow, in
   # submission order (ENDED_ID: a job whose launcher runs this, its session still there)
   local d e id name slots busy sessions ended=${1-}
+  ENDED=$ended
   sessions=$'\n'$(tmux list-sessions -F '#{session_name}' 2>/dev/null)$'\n'
   for d in "$Q"/*/; do
     name=${d%/} name=${name##*/}
@@ -511,7 +525,11 @@ advance() { # advance [ENDED_ID]: start, queue by queue, what its free slots all
       id=${e##*/} id=${id#*.}
       q_session "$id"
       q_state "$id"
-      if [[ $id != "$ended" && $sessions == *$'\n'"$Q_SESSION"$'\n'* ]] || q_alive; then busy=$((busy + 1)); else q_release "$e" "$id"; fi
+      if [[ $id != "$ended" && $sessions == *$'\n'"$Q_SESSION"$'\n'* ]] || q_alive || q_held "$id"; then
+        busy=$((busy + 1))
+      else
+        q_release "$e" "$id"
+      fi
     done
     for e in "$d"wait/*.*; do
       [[ -f $e ]] || continue
