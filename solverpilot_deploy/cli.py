@@ -580,7 +580,13 @@ def _duration(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be a number and a unit (s m h d w), e.g. 7d: {text!r}"
         )
-    return int(number) * DURATION_UNITS[unit]
+    seconds = int(number) * DURATION_UNITS[unit]
+    if seconds > MAX_AGE:  # the host's sh counts in 64 bits; no job is older than this
+        raise argparse.ArgumentTypeError(f"at most 520w (10 years): {text!r}")
+    return seconds
+
+
+MAX_AGE = 520 * 604800
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -633,15 +639,23 @@ def cmd_restart(args: argparse.Namespace) -> int:
                 f"job {old} has no recorded command (it was run before sp-deploy kept one, or "
                 "not through sp-deploy run)"
             )
-        spec = JobSpec(
-            job.argv, job.cwd or "", job.name, job.queue, (), job.time_limit_s,
-            job.save_before_s, restart_of=old,
-        )  # fmt: skip
-        return run_job(session, job_id, spec.cwd, list(spec.argv), remaining(end), spec)
+        try:
+            spec = JobSpec(
+                job.argv, job.cwd or "", job.name, job.queue, (), job.time_limit_s,
+                job.save_before_s, restart_of=old,
+            )  # fmt: skip
+        except ValueError as exc:  # a spec another version, or a full disk, wrote
+            raise JobError(f"job {old}'s recorded command cannot be run again: {exc}") from exc
+        try:
+            return run_job(session, job_id, spec.cwd, list(spec.argv), remaining(end), spec)
+        except (DeployError, KeyboardInterrupt) as exc:
+            said = f"job {job_id} may have started: see sp-deploy status {args.host} {job_id}"
+            if isinstance(exc, KeyboardInterrupt):
+                print(f"sp-deploy: {printable(args.host)}: interrupted; {said}", file=sys.stderr)
+                raise
+            raise type(exc)(f"{exc.args[0] if exc.args else exc}; {said}") from exc
 
-    started = _on_host(
-        args, restart, f"job {job_id} may have started: see sp-deploy status {args.host} {job_id}"
-    )
+    started = _on_host(args, restart)
     for warning in started.warnings:
         _warn(args.host, warning)
     if args.json:

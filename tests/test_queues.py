@@ -514,7 +514,7 @@ def test_two_hundred_jobs_from_four_clients_cancels_and_killed_advances(
         record = state(deployed, job_id)
         assert (record["status"], record["pid"]) == ("failed", None)
     for job_id in set(every) - set(cancelled):
-        assert job_id in starts, f"{job_id} never ran"
+        assert job_id in starts, f"{job_id} never ran: {state(deployed, job_id)}"
         assert state(deployed, job_id)["status"] == "completed"
     for n in range(CLIENTS):  # each client's jobs started in the order it submitted them
         ran = [starts[i][0] for i in ids[n] if i in starts]
@@ -642,3 +642,94 @@ def flock_waits(uid: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_found_by_an_adversary_stops_limits_decided_dependencies_and_bad_specs(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """Each fixed: tmux kill-session no longer stopped a job (the launcher kept the pane's
+    hangup); a job's --time leaked through a tmux server a launcher started to later jobs; a
+    job whose dependency failed stayed queued while its queue was full; a refused --after
+    left a log; restart of an odd spec was an internal error; run/ID/decided was 0755."""
+    scratch = deployed / SERVER / "scratch"
+    c = connect(lab, trusted)
+    # kill-session: the wrapper gets the hangup and records it
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "hangup", "--queue", "hq", "--time", "0:20", *c,
+        "--", "sh", "-c", f"touch {scratch}/hup-runs; while :; do sleep 0.1; done",
+    )  # fmt: skip
+    assert code == 0, err
+    poll((scratch / "hup-runs").exists, 20, "the job runs")
+    assert (deployed / SERVER / "run" / "hangup" / "decided").stat().st_mode & 0o777 == 0o700
+    run_as(lab.user, "tmux", "kill-session", "-t", "=solverpilot_" + lab.user.pw_name + "_hangup")
+    poll(lambda: state(deployed, "hangup")["status"] == "failed", 20, "the hangup recorded")
+    assert (state(deployed, "hangup")["signal"], db_status(deployed, "hangup")) == ("HUP", "failed")
+    # the tmux server is gone with its last session: a later job with no --time has no limit
+    run_as(lab.user, "tmux", "kill-server")
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "nolimit", "--queue", "hq", *c, "--", "true"
+    )
+    assert code == 0, err
+    assert sp(capsys, "wait", lab.a.spec, "nolimit", *c)[0] == 0
+    assert "reason" not in state(deployed, "nolimit")
+    # a full queue: a job whose dependency failed is recorded at once, not when a slot frees
+    gate = scratch / "gate"
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "holder", "--queue", "full", *c,
+        "--", "sh", "-c", f"until [ -e {gate} ]; do sleep 0.05; done",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = sp(capsys, "run", lab.a.spec, "--id", "bad-dep", *c, "--", "false")
+    assert code == 0, err
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "doomed", "--queue", "full", "--after", "bad-dep",
+        *c, "--", "true",
+    )  # fmt: skip
+    assert code == 0, err
+    assert sp(capsys, "wait", lab.a.spec, "doomed", *c, "--timeout", "30")[0] == 1
+    assert state(deployed, "holder")["status"] == "running"  # the queue is still full
+    assert state(deployed, "doomed")["reason"].startswith("job bad-dep, which it waits for")  # type: ignore[union-attr]
+    gate.touch()
+    # a refused --after leaves nothing, its log neither
+    code, _, err = sp(
+        capsys, "run", lab.a.spec, "--id", "nolog", "--after", "nosuch", *c, "--", "true"
+    )
+    assert code == 2, err
+    assert not (deployed / SERVER / "logs" / "nolog.log").exists()
+    # restart of a spec that cannot be run again: one line, exit 1, nothing started
+    spec = deployed / SERVER / "jobs" / "bad-dep.spec"
+    spec.write_text(
+        spec.read_text()
+        .replace('"time_limit_s":null', '"time_limit_s":5')
+        .replace('"save_before_s":null', '"save_before_s":9')
+    )
+    code, _out, err = sp(capsys, "restart", lab.a.spec, "bad-dep", "--id", "again", *c)
+    assert code == 1 and "cannot be run again: --save-before must be shorter" in err, err
+    assert "may have started" not in err and len(err.strip().splitlines()) == 1
+    assert not (deployed / SERVER / "jobs" / "again.status").exists()
+
+
+def test_tmux_that_cannot_start_a_session_is_a_recorded_reason_not_a_silent_wait(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """A tmux that refuses to start (its socket folder, /tmp/tmux-UID, planted by another user
+    with a mode tmux refuses): the queued job ends failed, its reason tmux's words; it is
+    never left queued for ever."""
+    c = connect(lab, trusted)
+    run_as(lab.user, "tmux", "kill-server")
+    sockets = Path(f"/tmp/tmux-{lab.user.pw_uid}")
+    shutil.rmtree(sockets, ignore_errors=True)
+    sockets.mkdir(mode=0o777)
+    sockets.chmod(0o777)  # root's, open to all: tmux refuses it
+    try:
+        code, _, err = sp(
+            capsys, "run", lab.a.spec, "--id", "notmux", "--queue", "t", *c, "--", "true"
+        )
+        assert code == 0, err
+        final = state(deployed, "notmux")
+        assert final["status"] == "failed", final
+        assert str(final["reason"]).startswith("tmux could not start its session: ")
+        assert "unsafe permissions" in str(final["reason"]), final
+        assert db_status(deployed, "notmux") == "failed"
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)

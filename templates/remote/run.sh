@@ -68,8 +68,10 @@ rm -f -- "$here/payload"
 # the run folder once it is no longer needed
 cat >"$here/launch" <<'EOF' || exit 14
 id=$1 n=0
-# a stop of the session reaches the wrapper (it records it); this launcher goes on to the queue
-trap : HUP INT TERM
+# no trap here: a stop of the session (its hangup ends this launcher first, and the kernel then
+# hangs up the wrapper) reaches the wrapper, which records it and advances the queues itself
+unset SOLVERPILOT_TIME_LIMIT SOLVERPILOT_SAVE_BEFORE # another job's, from a tmux server's env
+umask 077 # what this launcher creates (decided, rc); the wrapper gets the login's (below)
 if [ -e queued ]; then # started by the queue: its pane's output to the log, from here
   tmux pipe-pane -o -t "$TMUX_PANE" "cat >>../../logs/$id.log" 2>/dev/null
 else # started by the run step, which pipes it and says go
@@ -83,8 +85,8 @@ while IFS= read -r line; do
   arg=${arg%x}
   if [ -n "$first" ]; then cwd=$arg first=''; else set -- "$@" "$arg"; fi
 done <args
-here=$PWD queued=''
-read -r mask <umask && umask "$mask" # the login's umask, whoever started the session
+here=$PWD queued='' mask=''
+read -r mask <umask # the login's umask, whoever started the session: the wrapper's alone
 limits=''
 if [ -f limits ]; then read -r limits <limits; fi
 if [ -e queued ]; then queued=1; fi
@@ -107,11 +109,12 @@ if ! cd -- "$cwd"; then
   echo "sp-deploy run: cannot enter $cwd"
   rc=cwd
 else
-  if [ -n "$limits" ]; then
-    SOLVERPILOT_TIME_LIMIT=${limits% *} SOLVERPILOT_SAVE_BEFORE=${limits#* }
-    export SOLVERPILOT_TIME_LIMIT SOLVERPILOT_SAVE_BEFORE
+  if [ -n "$limits" ]; then # for the wrapper only (it unsets them before the job starts)
+    (umask "$mask" && SOLVERPILOT_TIME_LIMIT=${limits% *} SOLVERPILOT_SAVE_BEFORE=${limits#* } \
+      exec "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@")
+  else
+    (umask "$mask" && exec "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@")
   fi
-  "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@"
   rc=$?
 fi
 # the run step (or, for a queued job, the queue) reads this only when the wrapper wrote no
@@ -123,9 +126,9 @@ if [ -e "$st" ] && ! grep -q '"status":"queued"' "$st"; then
 else
   echo "$rc" >"$here/rc.new" && mv -f -- "$here/rc.new" "$here/rc"
 fi
-# the next queued jobs: a slot, or a job they wait for, may be free now
-set -- "$SOLVERPILOT_SERVER_DIR"/queues/*/wait/*
-if [ -e "$1" ] || [ -n "$queued" ]; then
+# a queued job the wrapper refused: the queue records it and goes on (a wrapper that ran
+# advances the queues itself at its end)
+if [ -n "$queued" ] && [ -f "$here/rc" ]; then
   # apart (setsid, not waited for): this session must end first, or a next job whose id starts
   # with the same 8 characters would find the session name taken (the queue waits for it)
   cd / && setsid "$HOME/.solverpilot/bin/job_wrapper.sh" --advance "$id" >/dev/null 2>&1 </dev/null &
@@ -143,9 +146,16 @@ if [ "$queue" != - ] || [ "$after" != - ]; then # the queue starts it (README "Q
   rc=$?
   case $rc in
     0) ;;
-    76) rm -rf -- "$here" "$jobs/$id.spec"; printf '%s\n' "$out" | sed -n 's/.*job \([A-Za-z0-9._-]*\) (--after).*/unknown=\1/p' | head -n 1; exit 22 ;;
-    75) rm -rf -- "$here" "$jobs/$id.spec"; exit 23 ;;
-    *) rm -rf -- "$here" "$jobs/$id.spec"; echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1)"; exit 14 ;;
+    76) rm -rf -- "$here" "$jobs/$id.spec" "$log"; printf '%s\n' "$out" | sed -n 's/.*job \([A-Za-z0-9._-]*\) (--after).*/unknown=\1/p' | head -n 1; exit 22 ;;
+    75) rm -rf -- "$here" "$jobs/$id.spec" "$log"; exit 23 ;;
+    *)
+      # (killed after its record and queue entry were written: submitted all the same)
+      if ! grep -q '"status":"queued"' "$state" 2>/dev/null; then
+        rm -rf -- "$here" "$jobs/$id.spec" "$log"
+        echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1)"
+        exit 14
+      fi
+      ;;
   esac
   printf 'state='
   head -c 65536 -- "$state" | tr '\n' ' '

@@ -234,6 +234,11 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   elif [[ -z $ST_OK ]]; then
     printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$SHOWN" "$SAYS" >&201
   fi
+  # the queues go on: a slot, or a job others wait for, is free now (apart, not waited for;
+  # not on a Slurm node, whose tmux is not the login node's); with the signals this exit
+  # ignores back to their defaults: a tmux server it starts passes them on to every pane
+  [[ ! -d $BASE/queues || $SLURM_ID != null ]] ||
+    (trap - "${SIGNALS[@]}" PIPE XCPU && exec setsid -- "$0" --advance "$JOB_ID" </dev/null >/dev/null 2>&1 200>&- 201>&- &)
   exit "$rc"
 }
 # shellcheck disable=SC2329 # invoked by the XCPU trap
@@ -451,14 +456,15 @@ q_record() { # q_record ID REASON: a job that never ran ends failed, in both sto
   [[ $Q_ST == queued ]] || return 0
   line=${Q_LINE/\"status\":\"queued\"/\"status\":\"failed\"}
   now at
+  # the DB first: killed before the state file is written, the next advance records it again
+  helper sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$BASE/server.db" "BEGIN IMMEDIATE; $SCHEMA
+UPDATE jobs SET status = 'failed', completed_at = '$at' WHERE id = '$1' AND status = 'queued'; COMMIT;" >/dev/null
   [[ ! -e $tmp && ! -L $tmp ]] || rm -f -- "$tmp"
   if ! { (set -C && printf '%s,"exit_code":null,"completed_at":"%s","signal":null,"reason":"%s","recorded_by":"sp-deploy queue"}\n' \
     "${line%\}}" "$at" "$2" >"$tmp") 2>/dev/null && mv -f -- "$tmp" "$BASE/jobs/$1.status"; }; then
     rm -f -- "$tmp"
     return 1
   fi
-  helper sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$BASE/server.db" "BEGIN IMMEDIATE; $SCHEMA
-UPDATE jobs SET status = 'failed', completed_at = '$at' WHERE id = '$1' AND status = 'queued'; COMMIT;" >/dev/null
   rm -rf -- "$BASE/run/$1" # its launcher never runs now: the id is the record's alone
 }
 q_dep() { # q_dep ID: Q_WHY says why a job waiting for ID never runs; false while ID may end well
@@ -474,14 +480,24 @@ q_dep() { # q_dep ID: Q_WHY says why a job waiting for ID never runs; false whil
   [[ $Q_LINE =~ \"exit_code\":([0-9]+) ]] && Q_WHY+=" (exit ${BASH_REMATCH[1]})"
   return 0
 }
-q_start() { # q_start ID: its tmux session, running its launcher (which pipes its pane to the log)
-  local here=$BASE/run/$1
+q_start() { # q_start ID: its tmux session, running its launcher (which pipes its pane to the
+  # log). 0 started; 1 its session name is taken (it waits); 2 it never can start: recorded
+  local here=$BASE/run/$1 n=0 tries=0 ended_session='' err
+  [[ -f $here/launch ]] || { q_record "$1" 'its run folder is gone: it never ran'; return 2; }
+  [[ -z $ENDED ]] || { q_session "$ENDED" && ended_session=$Q_SESSION; }
   q_session "$1"
-  [[ -f $here/launch ]] || { q_record "$1" 'its run folder is gone: it never ran' && return 0; }
   # 199>&-: a tmux server started here must not hold the queues' lock (nor fd 3, a step's channel)
-  local n=0 ended_session=''
-  [[ -z $ENDED ]] || { q_session "$ENDED" && ended_session=$Q_SESSION && q_session "$1"; }
-  until (cd -- "$here" && exec tmux new-session -d -s "$Q_SESSION" "/bin/sh ./launch $1") 2>/dev/null 3>&- 199>&-; do
+  until err=$(cd -- "$here" && exec tmux new-session -d -s "$Q_SESSION" "/bin/sh ./launch $1" 2>&1 3>&- 199>&-); do
+    if ! tmux has-session -t "=$Q_SESSION" 2>/dev/null; then # not the name (a session that
+      # just ended, looked at again): tmux cannot start it
+      if ((++tries >= 3)); then
+        shown err "${err//[\"\\]/?}"
+        q_record "$1" "tmux could not start its session: ${err:0:200}"
+        return 2
+      fi
+      sleep 0.1
+      continue
+    fi
     # the name is the ended job's (the same first 8 characters), whose session is closing
     [[ $Q_SESSION == "$ended_session" ]] && ((n++ < 50)) || return 1
     sleep 0.1
@@ -525,33 +541,41 @@ advance() { # advance [ENDED_ID]: start, queue by queue, what its free slots all
       id=${e##*/} id=${id#*.}
       q_session "$id"
       q_state "$id"
-      if [[ $id != "$ended" && $sessions == *$'\n'"$Q_SESSION"$'\n'* ]] || q_alive || q_held "$id"; then
+      # (the ended job's wrapper, which runs this, is still exiting: its slot is free)
+      if [[ $id != "$ended" ]] && { [[ $sessions == *$'\n'"$Q_SESSION"$'\n'* ]] || q_alive || q_held "$id"; }; then
         busy=$((busy + 1))
       else
         q_release "$e" "$id"
       fi
     done
+    local full='' deps dep blocked
     for e in "$d"wait/*.*; do
       [[ -f $e ]] || continue
-      id=${e##*/} id=${id#*.}
+      id=${e##*/} id=${id#*.} deps='' blocked=''
+      { read -r deps <"$e"; } 2>/dev/null
+      # once the slots are taken, only a job that waits for others may change: it never runs
+      # when one of them ended otherwise
+      [[ -z $full || -n $deps ]] || continue
       q_state "$id"
       [[ $Q_ST == queued ]] || { rm -f -- "$e" && continue; } # cancelled (or removed) meanwhile
-      local deps='' dep blocked=''
-      { read -r deps <"$e"; } 2>/dev/null
       for dep in $deps; do
         q_dep "$dep" && [[ -z $Q_WHY ]] && continue
         [[ -z $Q_WHY ]] && blocked=1 && continue
         q_record "$id" "$Q_WHY" && rm -f -- "$e"
         continue 2
       done
-      [[ -z $blocked ]] || continue
-      ((slots == 0 || busy < slots)) || break
-      mv -f -- "$e" "$d/active/${e##*/}" || break
-      if ! q_start "$id"; then # its session name is taken (an id with the same first 8
-        mv -f -- "$d/active/${e##*/}" "$e" # characters runs): it waits, and so do the others
-        break
-      fi
-      busy=$((busy + 1))
+      [[ -z $blocked && -z $full ]] || continue
+      if ((slots > 0 && busy >= slots)); then full=1 && continue; fi
+      mv -f -- "$e" "$d/active/${e##*/}" || { full=1 && continue; }
+      q_start "$id"
+      case $? in
+        0) busy=$((busy + 1)) ;;
+        2) rm -f -- "$d/active/${e##*/}" ;;
+        *) # its session name is taken (an id with the same first 8 characters runs): it
+          mv -f -- "$d/active/${e##*/}" "$e" # waits, and so do the later ones
+          full=1
+          ;;
+      esac
     done
   done
 }
@@ -575,12 +599,14 @@ submit() { # --submit ID QUEUE [AFTER_ID...]: record job ID queued (both stores)
   json_str user_json "$RUN_USER"
   JOB_ID=$id STATE=$BASE/jobs/$id.status COMMON="\"submitted_at\":\"$at\",\"started_at\":null,\"user\":$user_json,\"pid\":null,\"queue\":\"$queue\",\"seq\":$((10#$seq))"
   [[ ! -e $STATE ]] || die 64 "job $id has a record already"
+  # the queue entry first: killed before the record, the next advance drops an entry with no
+  # record; killed after it, the job is queued all the same
+  printf '%s\n' "${deps# }" >|"$Q/$queue/wait/$seq.$id" || die 73 "cannot write $Q/$queue/wait/$seq.$id"
   set -C
-  write_state queued || die 73 "cannot write state file $STATE"
+  write_state queued || { rm -f -- "$Q/$queue/wait/$seq.$id"; die 73 "cannot write state file $STATE"; }
   set +C
   helper sqlite3 -init /dev/null -bail -cmd '.timeout 5000' "$BASE/server.db" "BEGIN IMMEDIATE; $SCHEMA
 INSERT OR IGNORE INTO jobs (id, status) VALUES ('$id', 'queued'); COMMIT;" >/dev/null || warn "$DB_WARNING"
-  printf '%s\n' "${deps# }" >|"$Q/$queue/wait/$seq.$id" || die 73 "cannot write $Q/$queue/wait/$seq.$id"
   advance
 }
 set_slots() { # --slots QUEUE N: QUEUE's number of slots (what runs goes on), then advance
