@@ -131,7 +131,8 @@ fi
 if [ -n "$queued" ] && [ -f "$here/rc" ]; then
   # apart (setsid, not waited for): this session must end first, or a next job whose id starts
   # with the same 8 characters would find the session name taken (the queue waits for it)
-  cd / && setsid "$HOME/.solverpilot/bin/job_wrapper.sh" --advance "$id" >/dev/null 2>&1 </dev/null &
+  # (HUP ignored: the pane's hangup as this launcher exits must not end it before its setsid)
+  cd / && (trap '' HUP && exec setsid "$HOME/.solverpilot/bin/job_wrapper.sh" --advance "$id") >/dev/null 2>&1 </dev/null &
 fi
 EOF
 # the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask

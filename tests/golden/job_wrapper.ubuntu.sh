@@ -236,9 +236,11 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   fi
   # the queues go on: a slot, or a job others wait for, is free now (apart, not waited for;
   # not on a Slurm node, whose tmux is not the login node's); with the signals this exit
-  # ignores back to their defaults: a tmux server it starts passes them on to every pane
+  # ignores back to their defaults (a tmux server it starts passes them on to every pane), but
+  # HUP: the pane's hangup, once its launcher has exited, must not end it before its setsid
+  # (tmux gives its panes HUP back)
   [[ ! -d $BASE/queues || $SLURM_ID != null ]] ||
-    (trap - "${SIGNALS[@]}" PIPE XCPU && exec setsid -- "$0" --advance "$JOB_ID" </dev/null >/dev/null 2>&1 200>&- 201>&- &)
+    (trap - INT QUIT TERM USR1 USR2 ALRM PIPE XCPU && exec setsid -- "$0" --advance "$JOB_ID" </dev/null >/dev/null 2>&1 200>&- 201>&- &)
   exit "$rc"
 }
 # shellcheck disable=SC2329 # invoked by the XCPU trap
