@@ -411,8 +411,8 @@ main() {
 # run at once; 1 when missing), NAME/wait/SEQ.ID (a waiting job; its text: the ids it waits
 # for), NAME/active/SEQ.ID (a job the queue started; gone once it has ended). _now holds the
 # jobs that wait only for others (run --after without --queue): no slot limit. A job is
-# started in a detached tmux session running run/ID/launch (run.sh wrote it), which reruns
-# --advance once the job has ended. Exit codes: 0; 64 usage; 73 unsafe server folder; 75 the
+# started in a detached tmux session running run/ID/launch (run.sh wrote it); every wrapper
+# reruns --advance as it ends (finish), a launcher for a job its wrapper refused. Exit codes: 0; 64 usage; 73 unsafe server folder; 75 the
 # queues' lock was held over 60 s; 76 (--submit) a job named in --after has no record.
 readonly QUEUE_NAME='^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'
 ENDED=''
@@ -526,7 +526,8 @@ q_release() { # q_release ENTRY ID: an active job with neither its session nor i
   rm -f -- "$1"
 }
 advance() { # advance [ENDED_ID]: start, queue by queue, what its free slots allow, in
-  # submission order (ENDED_ID: a job whose launcher runs this, its session still there)
+  # submission order (ENDED_ID: the job whose wrapper, or launcher, ran this as it ended: its
+  # session and wrapper may still be there)
   local d e id name slots busy sessions ended=${1-}
   ENDED=$ended
   sessions=$'\n'$(tmux list-sessions -F '#{session_name}' 2>/dev/null)$'\n'
