@@ -234,11 +234,9 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   elif [[ -z $ST_OK ]]; then
     printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$SHOWN" "$SAYS" >&201
   fi
-  # the queues go on: a slot, or a job others wait for, is free now (apart, not waited for;
-  # not on a Slurm node, whose tmux is not the login node's); with the signals this exit
-  # ignores back to their defaults (a tmux server it starts passes them on to every pane), but
-  # HUP: the pane's hangup, once its launcher has exited, must not end it before its setsid
-  # (tmux gives its panes HUP back)
+  # the queues go on (apart; not on a Slurm node, whose tmux is not the login node's), with the
+  # signals this exit ignores back to their defaults, which a tmux server it starts would pass
+  # to every pane; but HUP (tmux resets it): the pane's hangup must not end it before setsid
   [[ ! -d $BASE/queues || $SLURM_ID != null ]] ||
     (trap - INT QUIT TERM USR1 USR2 ALRM PIPE XCPU && exec setsid -- "$0" --advance "$JOB_ID" </dev/null >/dev/null 2>&1 200>&- 201>&- &)
   exit "$rc"
