@@ -384,7 +384,7 @@ def test_restart_runs_an_ended_jobs_command_again_and_clean_removes_ended_record
 # own process (the wrapper's --advance) killed at random. What must hold: never more than 3 jobs
 # running at any sampled moment, every job ran at most once and only if not cancelled before it
 # started, each client's jobs started in the order it submitted them, every record final in both
-# stores. SP_QUEUE_STRESS_JOBS sets the number of jobs (200; 120 with CI set); SP_STRESS_SEED the
+# stores. SP_QUEUE_STRESS_JOBS sets the number of jobs (200; 80 with CI set); SP_STRESS_SEED the
 # random seed.
 CLIENTS = 4
 SLOTS = 3
@@ -418,7 +418,7 @@ def test_two_hundred_jobs_from_four_clients_cancels_and_killed_advances(
     deployed: Path,
     trusted: Path,
 ) -> None:
-    total = int(os.environ.get("SP_QUEUE_STRESS_JOBS") or (120 if os.environ.get("CI") else 200))
+    total = int(os.environ.get("SP_QUEUE_STRESS_JOBS") or (80 if os.environ.get("CI") else 200))
     rng = random.Random(os.environ.get("SP_STRESS_SEED"))
     scratch = deployed / SERVER / "scratch"
     c = connect(lab, trusted)
