@@ -38,7 +38,7 @@ if [ "$#" -eq 0 ]; then
 else
   named=1
 fi
-removed=''
+removed='' said=''
 # keep WHY: a named job stays, and the answer says why
 keep() { [ -z "$named" ] || echo "kept=$id $1"; }
 for id; do
@@ -66,7 +66,8 @@ for id; do
     keep 'a process of it still holds its lock'
     continue
   fi
-  removed="$removed $id"
+  removed="$removed $id" said="${said}removed=$id $st
+"
 done
 [ -n "$removed" ] || exit 0
 # the DB rows first, while the state files still claim the ids (no run can take one yet), then
@@ -83,10 +84,9 @@ if [ -f "$dir/slurm/jobids" ]; then # their "ID SLURM_ID" lines go too
     !($1 in gone)' "$dir/slurm/jobids" >"$dir/slurm/jobids.$$" && mv -f -- "$dir/slurm/jobids.$$" "$dir/slurm/jobids"
 fi
 for id in $removed; do
-  st=$(sed -n 's/^{"id":"[^"]*","status":"\([a-z]*\)".*/\1/p' "$dir/jobs/$id.status" | head -n 1)
   # (a lost launcher's run folder too: the id is free after this)
   rm -rf -- "$dir/jobs/$id.spec" "$dir/logs/$id.log" "$dir/slurm/$id.sbatch" "$dir/slurm/$id.ends" \
     "$dir/run/$id" "$dir/jobs/$id.status"
-  echo "removed=$id $st"
 done
+printf '%s' "$said" # each status as pass one read it, not read again
 exit 0

@@ -236,6 +236,13 @@ sp_others_write() {
   return 1
 }
 
+# sp_wrapper_said TEXT: the last line of what the wrapper printed (one of its --submit,
+# --advance or --slots refusals), without its "job_wrapper: " and carriage returns
+# shellcheck disable=SC2329 # not every step needs it
+sp_wrapper_said() {
+  printf '%s' "$1" | tr -d '\r' | tail -n 1 | sed 's/^job_wrapper: //'
+}
+
 # sp_unsafe PATH: why another user could change PATH, one reason a line (a symbolic link, not
 # owned by this user, writable by its group or others), or nothing
 # shellcheck disable=SC2329 # not every step needs it

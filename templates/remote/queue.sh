@@ -10,10 +10,10 @@ wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
 sp_server_safe || exit 21
 if [ -n "$slots" ]; then
   out=$("$wrapper" --slots "$name" "$slots" 2>&1 </dev/null 3>&-) ||
-    { echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1 | sed 's/^job_wrapper: //')"; exit 12; }
+    { echo "error=$(sp_wrapper_said "$out")"; exit 12; }
 elif [ -d "$sp_server/queues" ]; then
   out=$("$wrapper" --advance 2>&1 </dev/null 3>&-) ||
-    { echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1 | sed 's/^job_wrapper: //')"; exit 12; }
+    { echo "error=$(sp_wrapper_said "$out")"; exit 12; }
 fi
 [ -d "$sp_server/queues" ] || exit 0
 for d in "$sp_server"/queues/*/; do

@@ -153,7 +153,7 @@ if [ "$queue" != - ] || [ "$after" != - ]; then # the queue starts it (README "Q
       # (killed after its record and queue entry were written: submitted all the same)
       if ! grep -q '"status":"queued"' "$state" 2>/dev/null; then
         rm -rf -- "$here" "$jobs/$id.spec" "$log"
-        echo "error=$(printf '%s' "$out" | tr -d '\r' | tail -n 1)"
+        echo "error=$(sp_wrapper_said "$out")"
         exit 14
       fi
       ;;
