@@ -570,6 +570,92 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return exit_code_of(jobs)
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    import json
+
+    from solverpilot_deploy.reconcile import reconcile
+    from solverpilot_deploy.ssh import remaining
+
+    changes = _on_host(
+        args,
+        lambda session, end: reconcile(session, remaining(end), args.db_wait),
+        "the host may have changed rows already: run reconcile again to see the rest",
+    )
+    for change in changes:
+        if args.json:
+            print(json.dumps({"host": args.host, **change.as_json()}))
+        else:
+            print(change.words())
+    if not args.json and not changes:
+        print(f"{printable(args.host)}: the DB already agrees with the jobs' records")
+    return 0
+
+
+def _event_words(event: Any) -> str:
+    """One event as a line for people: time, host, id, what happened, the job's status."""
+    clock = event.time[11:19]
+    if event.job is None:
+        said = f": {event.error}" if event.error else ""
+        return printable(f"{clock} {event.host} {event.event}{said}")
+    words = _status_words(event.job)
+    if event.job.exit_code is not None:
+        words += f" exit {event.job.exit_code}"
+    if event.job.signal:
+        words += f" {event.job.signal}"
+    if event.job.reason or event.job.lost_reason:
+        words += f" ({event.job.reason or event.job.lost_reason})"
+    return printable(f"{clock} {event.host} {event.job.id} {event.event}: {words}")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import json
+    import threading
+    import time
+
+    from solverpilot_deploy.watch import ENDS, HostWatch, OnEnd
+
+    targets = _targets(args, args.hosts)
+    said = threading.Lock()
+    stop = threading.Event()
+
+    def report(text: str) -> None:
+        with said:
+            print(f"sp-deploy: watch: {printable(text)}", file=sys.stderr, flush=True)
+
+    on_end = OnEnd(args.on_end, report, args.json) if args.on_end else None
+
+    def emit(event: Any) -> None:
+        with said:
+            if args.json:
+                print(json.dumps(event.as_json()), flush=True)
+            else:
+                print(_event_words(event), flush=True)
+        if event.event in ("disconnected", "reconnected", "failed") and args.json:
+            report(f"{event.host}: {event.event}" + (f": {event.error}" if event.error else ""))
+        if on_end is not None and event.event in ENDS and event.job is not None:
+            on_end(event.host, event.job)
+
+    watches = [HostWatch(target, emit, stop) for target in targets]
+    threads = [threading.Thread(target=w.run, name=w.target.name, daemon=True) for w in watches]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for watch in watches:
+            watch.abort()
+        for thread in threads:
+            thread.join(5)
+        if on_end is not None:
+            on_end.close(wait=False)
+        return 130
+    if on_end is not None:
+        on_end.close(wait=True)
+    return 1  # every host's watch failed for good (a server folder refused)
+
+
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -1003,6 +1089,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ssh_options(clean)
     clean.set_defaults(func=cmd_clean, more_positionals="job_ids")
+
+    watch = sub.add_parser(
+        "watch",
+        help="print the jobs of hosts, then one line per change, until Ctrl-C (one connection "
+        "per host, kept; a lost one is made again)",
+    )
+    watch.add_argument("hosts", nargs="*", metavar="HOST")
+    watch.add_argument(
+        "--on-end",
+        metavar="CMD",
+        help="run CMD (with /bin/sh) for each job that ends or is lost, SP_HOST, SP_JOB_ID, "
+        "SP_STATUS, SP_EXIT_CODE, SP_SIGNAL in its environment",
+    )
+    _add_ssh_options(watch)
+    watch.set_defaults(func=cmd_watch, more_positionals="hosts")
+
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="bring the host's DB in line with the jobs' records and with what status knows "
+        "(lost jobs recorded lost); prints each change",
+    )
+    reconcile.add_argument("host", metavar="HOST")
+    reconcile.add_argument(
+        "--db-wait",
+        type=_positive(int, 3600),
+        default=30,
+        metavar="SECONDS",
+        help="how long to wait for another process holding the DB (default 30)",
+    )
+    _add_ssh_options(reconcile)
+    reconcile.set_defaults(func=cmd_reconcile)
 
     logs = sub.add_parser("logs", help="print a job's output (its tmux pane)")
     logs.add_argument("host", metavar="HOST")

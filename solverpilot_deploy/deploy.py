@@ -28,7 +28,7 @@ from solverpilot_deploy.filesystems import server_dir_warning
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import run_step, unsafe_server_dir
 from solverpilot_deploy.render import render_wrapper
-from solverpilot_deploy.resources import schema_sql
+from solverpilot_deploy.resources import schema_sql, schema_version
 from solverpilot_deploy.safe import host_object
 from solverpilot_deploy.ssh import remaining
 from solverpilot_deploy.transport import Session
@@ -273,7 +273,12 @@ def push_host(
     skipped = []
     try:
         for wanted, step in (
-            ((not found.has_db and bool(found.sqlite3)) or bool(found.server_open), init_database),
+            # a new wrapper may bring new columns: the DB gets them (migration) at once
+            (
+                (bool(found.sqlite3) and (not found.has_db or found.wrapper_sha256 != digest))
+                or bool(found.server_open),
+                init_database,
+            ),
             (smoke and found.wrapper_sha256 != digest, smoke_run),
         ):
             if not wanted:
@@ -362,10 +367,12 @@ def install(session: Session, text: str, digest: str, deadline: float) -> tuple[
 def init_database(session: Session, deadline: float) -> tuple[str, ...]:
     """Create the DB when absent, after making the user's own server folders 0700; the
     warnings say which folders were made so."""
-    result = run_step(session, "init_db", timeout=remaining(deadline), payload=schema_sql() + "\n")
+    payload = f"{schema_sql()}\nPRAGMA user_version = {schema_version()};\n"
+    result = run_step(session, "init_db", timeout=remaining(deadline), payload=payload)
     if result.status != 0:
         raise RemoteCommandError(f"cannot create the server database: {result.error()}")
-    return tuple(
+    migrated = tuple(f"the database keeps its columns: {w}" for w in result.all_of("warning"))
+    return migrated + tuple(
         f"made {found.rpartition(' ')[0]} 0700 (it was {found.rpartition(' ')[2]}: other users "
         "could reach its files)"
         for found in result.all_of("tightened")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from solverpilot_deploy.errors import RemoteCommandError, UnsafeServerDirError
@@ -56,17 +57,24 @@ class StepResult:
         return self.values().get("error") or self.stderr.strip() or f"exit {self.status}"
 
 
+# the functions a step needs besides lib.sh's (a file of templates/remote that is no step)
+STEP_NEEDS = {"status": ("scan",), "watch": ("scan",)}
+NOT_STEPS = ("lib", "end", "scan")
+
+
 @functools.cache
 def step_script(name: str) -> str:
-    """lib.sh, the step's own lines, end.sh: the whole script as the host runs it."""
+    """lib.sh, the functions it needs, the step's own lines, end.sh: the whole script as the
+    host runs it."""
     folder = templates_dir() / "remote"
-    parts = ("lib.sh", f"{name}.sh", "end.sh")
+    needs = tuple(f"{part}.sh" for part in STEP_NEEDS.get(name, ()))
+    parts = ("lib.sh", *needs, f"{name}.sh", "end.sh")
     return "".join((folder / part).read_text(encoding="utf-8") for part in parts)
 
 
 def step_names() -> list[str]:
     steps = (templates_dir() / "remote").glob("*.sh")
-    return sorted(p.stem for p in steps if p.stem not in ("lib", "end"))
+    return sorted(p.stem for p in steps if p.stem not in NOT_STEPS)
 
 
 def with_payload(script: str, payload: str) -> str:
@@ -134,6 +142,39 @@ def run_step(
     if framed[0] == UNSAFE_SERVER_DIR:
         raise unsafe_server_dir(StepResult(framed[0], framed[1], err).error())
     return StepResult(framed[0], framed[1], err)
+
+
+def stream_step(
+    session: Session, name: str, *args: str, on_line: Callable[[str], None], quiet: float
+) -> int:
+    """Run step ``name``, a step without end (watch), telling ``on_line`` each line of its
+    answer as it comes; its exit status once it ends. HostTimeoutError when no line came for
+    ``quiet`` seconds (the step sends one at least that often: a stalled connection)."""
+    token = secrets.token_hex(12)
+    ended: list[int] = []
+    said: list[str] = []
+
+    def line(text: str) -> None:
+        found = re.match(r"^@end (\d+)$", text)
+        if found:
+            ended.append(int(found[1]))
+        elif text.startswith("error="):
+            said.append(text[6:])
+        elif text:  # (end.sh's empty line before @end)
+            on_line(text)
+
+    _, _, err = session.run(
+        command_line(args), stdin=with_token(step_script(name), token).encode(), timeout=quiet,
+        framed=f"{token} ".encode(), on_line=line,
+    )  # fmt: skip
+    if not ended:
+        last = err.strip().splitlines()[-1:]
+        raise RemoteCommandError(
+            f"{name}: the connection ended" + (f"; its last words: {last[0][:200]}" if last else "")
+        )
+    if ended[0] == UNSAFE_SERVER_DIR:
+        raise unsafe_server_dir(said[0] if said else "the server folder")
+    return ended[0]
 
 
 def unsafe_server_dir(said: str) -> UnsafeServerDirError:

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 from solverpilot_deploy import __version__
 from solverpilot_deploy.localfiles import write_file
-from solverpilot_deploy.resources import schema_sql, templates_dir
+from solverpilot_deploy.resources import (
+    schema_columns,
+    schema_sql,
+    schema_version,
+    sync_sql,
+    templates_dir,
+)
 
 if TYPE_CHECKING:
     import jinja2
@@ -42,7 +48,14 @@ def make_environment() -> jinja2.Environment:
 
 def render_wrapper(profile: Profile) -> str:
     template = make_environment().get_template(WRAPPER_TEMPLATE)
-    return template.render(version=__version__, profile=profile, schema=schema_sql())
+    return template.render(
+        version=__version__,
+        profile=profile,
+        schema=schema_sql(),
+        columns=schema_columns(),
+        schema_version=schema_version(),
+        sync_sql=sync_sql(),
+    )
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o777) -> None:

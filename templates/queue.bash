@@ -219,7 +219,12 @@ queue_main() { # the modes of the queues: --submit, --advance, --slots
   case $mode in
     --submit) (($# >= 2)) || die 64 'usage: job_wrapper.sh --submit ID QUEUE [AFTER_ID...]'; submit "$@" ;;
     --slots) (($# == 2)) || die 64 'usage: job_wrapper.sh --slots QUEUE N'; set_slots "$@" ;;
-    *) { (($# < 2)) && valid_id "${1:-x}"; } || die 64 'usage: job_wrapper.sh --advance [ENDED_ID]'; q_lock; advance "$@" ;;
+    *) # (an ended job's row gets what the state file has: its own write may have failed)
+      { (($# < 2)) && valid_id "${1:-x}"; } || die 64 'usage: job_wrapper.sh --advance [ENDED_ID]'
+      q_lock
+      advance "$@"
+      (($# == 0)) || sync_later "$1"
+      ;;
   esac
   exit 0
 }

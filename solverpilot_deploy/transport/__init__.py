@@ -41,7 +41,15 @@ class Answer:
     seconds from the last of them (status of a million jobs answers for minutes): only a host
     whose answer stalls (or never begins) that long times out."""
 
-    def __init__(self, framed: bytes = b"", timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        framed: bytes = b"",
+        timeout: float = 60.0,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
+        # on_line (a step that runs without end: watch): each line of the answer, without its
+        # token, as it comes; nothing is kept (data stays empty)
+        self.on_line = on_line
         self.data = bytearray()
         self.framed = framed
         self.other = 0  # bytes of the ended lines without the token
@@ -69,6 +77,9 @@ class Answer:
         return error
 
     def add(self, chunk: bytes) -> None:
+        if self.on_line is not None:
+            self._deliver(chunk)
+            return
         self.data += chunk
         framed, size = self.framed, len(self.framed)
         first, *ended = chunk.split(b"\n")
@@ -102,6 +113,23 @@ class Answer:
                 "answer (does a start-up file of the login shell print without end?)"
             )
 
+    def _deliver(self, chunk: bytes) -> None:
+        """on_line's share of ``add``: the ended lines of the answer go to on_line at once."""
+        self.head += chunk  # (here: the line not ended yet, whole)
+        *ended, self.head = self.head.split(b"\n")
+        for line in ended:
+            if line.startswith(self.framed):
+                self.answering = True
+                self.deadline = time.monotonic() + self.timeout
+                assert self.on_line is not None
+                self.on_line(line[len(self.framed) :].decode("utf-8", "replace"))
+            else:
+                self.other += len(line) + 1
+        if len(self.head) > MAX_ANSWER or self.other > MAX_ANSWER:
+            raise RemoteCommandError(
+                f"the host sent more than {MAX_ANSWER >> 20} MiB in one line, or besides its answer"
+            )
+
 
 class Session(ABC):
     """One live connection to a host; ``abort`` ends it from another thread."""
@@ -114,10 +142,16 @@ class Session(ABC):
 
     @abstractmethod
     def run(
-        self, command: str, stdin: bytes = b"", timeout: float = 60.0, framed: bytes = b""
+        self,
+        command: str,
+        stdin: bytes = b"",
+        timeout: float = 60.0,
+        framed: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
     ) -> tuple[int, str, str]:
         """Run ``command`` on the host; returns (exit status, stdout, stderr). ``framed``: the
-        start of the answer's lines (see Answer)."""
+        start of the answer's lines; ``on_line``: told each of them as it comes, and then
+        stdout is not kept (see Answer)."""
 
     def abort(self) -> None:
         self.aborted.set()

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from solverpilot_deploy.errors import (
@@ -443,12 +443,17 @@ class OpenSSHSession(Session):
         return [*argv, *_session(self.argv[0], "default")]
 
     def run(
-        self, command: str, stdin: bytes = b"", timeout: float = 60.0, framed: bytes = b""
+        self,
+        command: str,
+        stdin: bytes = b"",
+        timeout: float = 60.0,
+        framed: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
     ) -> tuple[int, str, str]:
         argv = [*self.steps_argv(), "-T", "--", self.host, command]
         proc = self._start(argv)
         try:
-            out, err = _exchange(proc, stdin, Answer(framed, timeout))
+            out, err = _exchange(proc, stdin, Answer(framed, timeout, on_line))
             status = proc.wait()
         finally:
             if proc.poll() is None:

@@ -179,14 +179,20 @@ class ParamikoSession(Session):
             client.close()
 
     def run(
-        self, command: str, stdin: bytes = b"", timeout: float = 60.0, framed: bytes = b""
+        self,
+        command: str,
+        stdin: bytes = b"",
+        timeout: float = 60.0,
+        framed: bytes = b"",
+        on_line: Callable[[str], None] | None = None,
     ) -> tuple[int, str, str]:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise UnreachableError("connection lost")
         channel = transport.open_session(timeout=timeout)
-        answer, err = Answer(framed, timeout), bytearray()
+        answer, err = Answer(framed, timeout, on_line), bytearray()
         out = answer.data
+        idle = 0.002 if on_line is None else 0.05  # a step without end: fewer wake-ups
         try:
             channel.exec_command(command)
             try:
@@ -207,9 +213,9 @@ class ParamikoSession(Session):
                     err += channel.recv_stderr(65536)
                     del err[:-MAX_STDERR]  # only its end is ever shown
                 else:
-                    time.sleep(0.002)
+                    time.sleep(idle)
             while channel.recv_ready():  # what came with the end
-                out += channel.recv(65536)
+                answer.add(channel.recv(65536))
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
             status = channel.recv_exit_status()

@@ -2,11 +2,10 @@
 # job_wrapper.sh: run one SolverPilot job and record how it ended.
 # Rendered by sp-deploy 0.1.0 for profile debian (Debian 11, 12, 13).
 # Usage: job_wrapper.sh JOB_ID COMMAND [ARG...]    JOB_ID: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
-#   (and --submit, --advance, --slots: the queues, at the end of this file)
+#   (and --submit, --advance, --slots: the queues; --sync: the DB; at the end of this file)
 # Time limit: SOLVERPILOT_TIME_LIMIT=SECONDS ends the job at that limit as a stop does (TERM,
-#   recorded with "reason":"time limit"), INT going to its group SOLVERPILOT_SAVE_BEFORE
-#   seconds before (a solver saves its best solution); a job that then ends itself keeps the
-#   reason too.
+#   recorded with "reason":"time limit"), INT going to its group SOLVERPILOT_SAVE_BEFORE s
+#   before (a solver saves its best solution); a job that then ends itself keeps the reason.
 #   Files under ${SOLVERPILOT_SERVER_DIR:-$HOME/.solverpilot-server}: server.db (table jobs),
 #   jobs/JOB_ID.status (JSON, replaced by rename), locks/JOB_ID.lock (flock, held by the job).
 #   The state names pid, host, boot_id and slurm_job_id (SOLVERPILOT_SLURM_JOB_ID, which only
@@ -50,7 +49,7 @@ set +aefkmtvxCET +o pipefail +o posix -hBu
 
 readonly INSTALL_HINT='sudo apt-get install bash sqlite3 util-linux coreutils'
 readonly DB_WARNING='WARNING: Failed to update SQLite, state file written'
-readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT );'
+readonly SCHEMA='CREATE TABLE IF NOT EXISTS jobs ( id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT, completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT, signal TEXT, reason TEXT, name TEXT, queue TEXT, submitted_at TEXT );'
 # valid UTF-8, byte by byte: JSON strings must be UTF-8
 readonly UTF8=$'^([\x01-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})*$'
 SIGNALS=(HUP INT QUIT TERM USR1 USR2 ALRM)
@@ -99,11 +98,12 @@ write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rena
   rm -f -- "$tmp" 2>/dev/null
   return 1
 }
-db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE [BUSY_MS] (SQL literals): one transaction
-  helper sqlite3 -init /dev/null -bail -cmd ".timeout ${4:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
+db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE SIGNAL REASON [BUSY_MS] (SQL literals): one
+  # transaction (a DB not yet migrated refuses it: finish's --advance migrates it, then copies)
+  helper sqlite3 -init /dev/null -bail -cmd ".timeout ${6:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
 INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$JOB_ID');
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
-  tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
+  tmux_session_name = '$SQL_TMUX_NAME', signal = $4, reason = $5 WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
 }
 running() { # running PID: the process exists and is not a zombie; without /proc, kill -0
   # reaches it (bash reaps its child at once). No bare `return`: in a trap, the earlier status
@@ -188,7 +188,7 @@ record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state, with the j
   seconds wall $((10#$PROC_UP - UP0))
   ST_OK='' DB_OK=''
   write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3,\"cpu_user_s\":$cu,\"cpu_sys_s\":$cs,\"wall_s\":$wall${REASON:+,\"reason\":\"$REASON\"}" && ST_OK=1
-  db_write "$1" "'$end'" "$2" "${4-}" && DB_OK=1
+  db_write "$1" "'$end'" "$2" "${3//\"/$SQ}" "${REASON:+$SQ$REASON$SQ}${REASON:-NULL}" "${4-}" && DB_OK=1
 }
 stop_job() { # the signals go to the job and the stop is recorded at once (the DB waits at
   # most 1 s for a lock here: the final write waits longer); then the job's answer, TERM to
@@ -234,10 +234,10 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   elif [[ -z $ST_OK ]]; then
     printf 'job_wrapper: final state NOT recorded: cannot write state file %s (it still says "%s") nor update the database\n' "$SHOWN" "$SAYS" >&201
   fi
-  # the queues go on (apart; not on a Slurm node, whose tmux is not the login node's), with the
-  # signals this exit ignores back to their defaults, which a tmux server it starts would pass
-  # to every pane; but HUP (tmux resets it): the pane's hangup must not end it before setsid
-  [[ ! -d $BASE/queues || $SLURM_ID != null ]] ||
+  # the queues go on, the DB row gets what it lacks (apart; not on a Slurm node, whose tmux is
+  # not the login node's), with the signals ignored here back to their defaults, which a tmux
+  # server it starts would pass to every pane; but HUP: the pane's hangup must not end it early
+  [[ $SLURM_ID == null ]] && [[ -d $BASE/queues || -z $DB_OK || -f $BASE/jobs/$JOB_ID.spec ]] &&
     (trap - INT QUIT TERM USR1 USR2 ALRM PIPE XCPU && exec setsid -- "$0" --advance "$JOB_ID" </dev/null >/dev/null 2>&1 200>&- 201>&- &)
   exit "$rc"
 }
@@ -362,7 +362,7 @@ main() {
   for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
   [[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
   write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
-  db_write running NULL NULL || warn "$DB_WARNING"
+  db_write running NULL NULL NULL NULL || warn "$DB_WARNING"
   proc_clock # the job's CPU and wall time count from here
   CU0=$((10#$PROC_CU)) CS0=$((10#$PROC_CS)) UP0=$((10#$PROC_UP))
   # The job: its own session and process group, so a stop reaches grandchildren; the caller's
@@ -623,12 +623,175 @@ queue_main() { # the modes of the queues: --submit, --advance, --slots
   case $mode in
     --submit) (($# >= 2)) || die 64 'usage: job_wrapper.sh --submit ID QUEUE [AFTER_ID...]'; submit "$@" ;;
     --slots) (($# == 2)) || die 64 'usage: job_wrapper.sh --slots QUEUE N'; set_slots "$@" ;;
-    *) { (($# < 2)) && valid_id "${1:-x}"; } || die 64 'usage: job_wrapper.sh --advance [ENDED_ID]'; q_lock; advance "$@" ;;
+    *) # (an ended job's row gets what the state file has: its own write may have failed)
+      { (($# < 2)) && valid_id "${1:-x}"; } || die 64 'usage: job_wrapper.sh --advance [ENDED_ID]'
+      q_lock
+      advance "$@"
+      (($# == 0)) || sync_later "$1"
+      ;;
   esac
   exit 0
 }
 
+# ---- the DB's sync (job_wrapper.sh --sync [ID...]; README "Reconcile") ------------------------
+# The DB's table gets the columns of schema.sql it lacks (then PRAGMA user_version), and the row
+# of each named job (every job with a state file or a running row, when none is named) what its
+# state file says, by the rule of sync.sql; a running record whose wrapper is gone is recorded
+# "lost" with status's reason (lost_why: status.py's lost_reason; a test holds them equal). Slurm
+# jobs' records are copied, never judged (Slurm's word is status's). Under the queues' lock,
+# so that clean never loses a row to it. Prints sync.sql's lines. Exit codes: 0; 64 usage; 73
+# unsafe server folder; 74 the DB could not be read or written (its last words; it is waited
+# for SOLVERPILOT_DB_WAIT seconds, default 30); 75 the queues' lock was held over 60 s.
+readonly COLUMNS=('id TEXT' 'status TEXT' 'started_at TEXT' 'completed_at TEXT' 'exit_code INTEGER' 'tmux_session_name TEXT' 'signal TEXT' 'reason TEXT' 'name TEXT' 'queue TEXT' 'submitted_at TEXT' ) SCHEMA_VERSION=1
+readonly SYNC_SQL='DELETE FROM s WHERE st IS NOT NULL AND NOT json_valid(st);
+UPDATE s SET spec = NULL WHERE spec IS NOT NULL AND NOT json_valid(spec);
+CREATE TEMP TABLE n AS SELECT id,
+  CASE WHEN lost <> '\'''\'' THEN '\''lost'\'' WHEN json_type(st, '\''$.status'\'') = '\''text'\''
+    THEN json_extract(st, '\''$.status'\'') END AS status,
+  CASE json_type(st, '\''$.started_at'\'') WHEN '\''text'\'' THEN json_extract(st, '\''$.started_at'\'') END AS started_at,
+  CASE WHEN lost = '\'''\'' AND json_type(st, '\''$.completed_at'\'') = '\''text'\''
+    THEN json_extract(st, '\''$.completed_at'\'') END AS completed_at,
+  CASE WHEN lost = '\'''\'' AND json_type(st, '\''$.exit_code'\'') = '\''integer'\''
+    THEN json_extract(st, '\''$.exit_code'\'') END AS exit_code,
+  CASE WHEN lost = '\'''\'' AND json_type(st, '\''$.signal'\'') = '\''text'\'' THEN json_extract(st, '\''$.signal'\'') END AS signal,
+  CASE WHEN lost <> '\'''\'' THEN lost WHEN json_type(st, '\''$.reason'\'') = '\''text'\''
+    THEN json_extract(st, '\''$.reason'\'') END AS reason,
+  CASE json_type(spec, '\''$.name'\'') WHEN '\''text'\'' THEN json_extract(spec, '\''$.name'\'') END AS name,
+  nullif(coalesce(CASE json_type(st, '\''$.queue'\'') WHEN '\''text'\'' THEN json_extract(st, '\''$.queue'\'') END,
+    CASE json_type(spec, '\''$.queue'\'') WHEN '\''text'\'' THEN json_extract(spec, '\''$.queue'\'') END), '\''_now'\'') AS queue,
+  coalesce(CASE json_type(st, '\''$.submitted_at'\'') WHEN '\''text'\'' THEN json_extract(st, '\''$.submitted_at'\'') END,
+    CASE json_type(spec, '\''$.submitted_at'\'') WHEN '\''text'\'' THEN json_extract(spec, '\''$.submitted_at'\'') END)
+    AS submitted_at
+FROM s;
+CREATE TEMP TABLE c AS SELECT n.id AS id, j.status AS was, n.status AS status,
+  coalesce(n.started_at, j.started_at) AS started_at, n.completed_at AS completed_at,
+  n.exit_code AS exit_code, n.signal AS signal, n.reason AS reason,
+  (j.id IS NULL) AS new
+FROM n LEFT JOIN jobs AS j ON j.id = n.id
+WHERE n.status IN ('\''queued'\'', '\''running'\'', '\''lost'\'', '\''completed'\'', '\''failed'\'') AND (
+  j.id IS NULL
+  OR (j.status IN ('\''completed'\'', '\''failed'\'') AND n.status = j.status AND n.exit_code IS j.exit_code
+    AND (n.completed_at > j.completed_at OR (j.completed_at IS NULL AND n.completed_at IS NOT NULL)
+      OR (j.signal IS NULL AND n.signal IS NOT NULL) OR (j.reason IS NULL AND n.reason IS NOT NULL)))
+  OR (j.status NOT IN ('\''completed'\'', '\''failed'\'') AND (
+    n.status IN ('\''completed'\'', '\''failed'\'')
+    OR (n.status = '\''lost'\'' AND j.status IN ('\''queued'\'', '\''running'\''))
+    OR (n.status = '\''running'\'' AND j.status IN ('\''queued'\'', '\''lost'\''))
+    OR (n.status = j.status AND n.status <> '\''queued'\'' AND (n.started_at IS NOT j.started_at OR n.reason IS NOT j.reason))
+    OR j.status NOT IN ('\''queued'\'', '\''running'\'', '\''lost'\''))));
+SELECT '\''changed|'\'' || id || '\''|'\'' || ifnull(was, '\''-'\'') || '\''|'\'' || status || '\''|'\'' || ifnull(reason, '\'''\'') FROM c;
+INSERT INTO jobs (id, status) SELECT id, status FROM c WHERE new;
+UPDATE jobs SET (status, started_at, completed_at, exit_code, signal, reason) =
+  (SELECT status, started_at, completed_at, exit_code, signal, reason FROM c WHERE c.id = jobs.id)
+  WHERE id IN (SELECT id FROM c);
+CREATE TEMP TABLE d AS SELECT n.id AS id, n.name AS name, n.queue AS queue, n.submitted_at AS submitted_at
+FROM n JOIN jobs AS j ON j.id = n.id
+WHERE (j.name IS NULL AND n.name IS NOT NULL) OR (j.queue IS NULL AND n.queue IS NOT NULL)
+  OR (j.submitted_at IS NULL AND n.submitted_at IS NOT NULL);
+SELECT '\''filled|'\'' || id FROM d WHERE id NOT IN (SELECT id FROM c);
+UPDATE jobs SET name = coalesce(name, (SELECT name FROM d WHERE d.id = jobs.id)),
+  queue = coalesce(queue, (SELECT queue FROM d WHERE d.id = jobs.id)),
+  submitted_at = coalesce(submitted_at, (SELECT submitted_at FROM d WHERE d.id = jobs.id))
+  WHERE id IN (SELECT id FROM d);'
+sql() { # sql SQL: run on the DB in one sqlite3; SQL_OUT its answer, or its last words
+  SQL_OUT=$(printf '%s\n' "PRAGMA temp_store = MEMORY; $1" |
+    sqlite3 -init /dev/null -bail -cmd ".timeout $((WAIT_S * 1000))" "$DB" 2>&1) && return 0
+  SQL_OUT=${SQL_OUT##*$'\n'} && return 1
+}
+migrate() { # the columns the table lacks, then user_version; RUNNING: the ids of running rows
+  local v line name have add col
+  for _ in 1 2; do # twice: another migrator may add a column between the look and the change
+    sql "$SCHEMA PRAGMA user_version; PRAGMA table_info(jobs); SELECT 'r|' || id FROM jobs WHERE status = 'running';" || return 1
+    v='' have='|' add='' RUNNING=()
+    while IFS='|' read -r line name _; do
+      if [[ -z $v ]]; then v=$line; elif [[ $line == r ]]; then RUNNING+=("$name"); else have+="$name|"; fi
+    done < <(printf '%s\n' "$SQL_OUT")
+    for col in "${COLUMNS[@]}"; do [[ $have == *"|${col%% *}|"* ]] || add+="ALTER TABLE jobs ADD COLUMN $col; "; done
+    [[ $v =~ ^[0-9]+$ ]] || v=0
+    [[ -z $add ]] && ((v >= SCHEMA_VERSION)) && return 0
+    sql "BEGIN IMMEDIATE; $add PRAGMA user_version = $((v > SCHEMA_VERSION ? v : SCHEMA_VERSION)); COMMIT;" && return 0
+  done
+  return 1
+}
+lost_why() { # lost_why ID: WHY, why its running record (Q_LINE) is lost, or '' while it runs
+  local s pid=''
+  WHY=''
+  [[ $Q_LINE =~ \"boot_id\":\"([^\"]+)\" && -n $BOOT && ${BASH_REMATCH[1]} != "$BOOT" ]] && WHY='host rebooted' && return
+  [[ $Q_LINE =~ \"pid\":([0-9]+) ]] && pid=${BASH_REMATCH[1]}
+  { [[ -n $pid ]] && read -r s <"/proc/$pid/stat" && s=${s##*) } && [[ ${s:0:1} != [ZX] ]]; } 2>/dev/null || {
+    q_held "$1" && WHY='wrapper gone, its job still holds the lock' || WHY='wrapper gone, lock free'
+    return
+  }
+  # shellcheck disable=SC2206 # the fields after "pid (comm) ", split on spaces on purpose
+  s=($s)
+  if [[ $Q_LINE =~ \"start_ticks\":([0-9]+) ]]; then
+    [[ ${BASH_REMATCH[1]} == "${s[19]}" ]] || WHY='pid reused'
+  else # a wrapper too old to record its start
+    q_held "$1" || WHY='wrapper gone, lock free'
+  fi
+}
+sync_db() { # sync_db [ID...]: one transaction of sync.sql over the named jobs (or all)
+  local id f st spec rows='' LC_ALL=C
+  BOOT=''
+  { read -r BOOT </proc/sys/kernel/random/boot_id; } 2>/dev/null
+  migrate || return 1
+  local ids=("$@") seen='|'
+  if (($# == 0)); then
+    for f in "$BASE"/jobs/*.status; do id=${f##*/} && ids+=("${id%.status}"); done
+    ids+=("${RUNNING[@]}")
+  fi
+  for id in "${ids[@]}"; do
+    valid_id "$id" && [[ $seen != *"|$id|"* ]] || continue
+    seen+="$id|" f=$BASE/jobs/$id.status st='' spec='' WHY=''
+    if [[ -f $f && ! -L $f ]]; then
+      { read -r -d '' st <"$f"; read -r -d '' spec <"$BASE/jobs/$id.spec"; } 2>/dev/null
+      ((${#st} <= 65536)) || continue
+      ((${#spec} <= 65536)) || spec=''
+      Q_LINE=$st
+      [[ ! $st =~ \"status\":\"running\" || -f $BASE/slurm/$id.sbatch ]] || lost_why "$id"
+      st="'${st//\'/\'\'}'"
+    elif [[ ! -e $f && ! -L $f && " ${RUNNING[*]} " == *" $id "* ]]; then # a running row alone
+      [[ ! -f $BASE/slurm/$id.sbatch ]] && ! q_held "$id" && WHY='wrapper gone, lock free'
+      st=NULL
+    else
+      continue
+    fi
+    [[ -n $spec ]] && spec="'${spec//\'/\'\'}'" || spec=NULL
+    rows+="INSERT INTO s VALUES ('$id', $st, $spec, '$WHY');"$'\n'
+  done
+  [[ -n $rows ]] || return 0
+  sql "BEGIN IMMEDIATE; $SCHEMA
+CREATE TEMP TABLE s (id TEXT PRIMARY KEY, st TEXT, spec TEXT, lost TEXT NOT NULL);
+$rows$SYNC_SQL
+COMMIT;" || return 1
+  [[ -z $SQL_OUT ]] || printf '%s\n' "$SQL_OUT"
+}
+sync_main() { # --sync [ID...]
+  local id
+  for id; do valid_id "$id" || die 64 "usage: job_wrapper.sh --sync [ID...]: not a job id: $id"; done
+  WAIT_S=${SOLVERPILOT_DB_WAIT:-30}
+  [[ $WAIT_S =~ ^[0-9]{1,5}$ ]] || die 64 'SOLVERPILOT_DB_WAIT must be a whole number of seconds'
+  q_lock
+  DB=$BASE/server.db
+  hash sqlite3 2>/dev/null || die 74 "sqlite3 not found; install it: $INSTALL_HINT"
+  sync_db "$@" || die 74 "cannot bring $DB up to date: $SQL_OUT"
+  exit 0
+}
+sync_later() { # sync_later ID: its row from its state file, now (under the queues' lock, which
+  # advance holds) or, while the DB is busy, again and again for about 10 minutes without the lock
+  local d
+  WAIT_S=5 DB=$BASE/server.db
+  for d in 1 2 4 8 16 30 60 60 60 60 60 60 60 60 60 60; do
+    sync_db "$1" >/dev/null 2>&1 && return 0
+    flock -u 199
+    sleep "$d"
+    helper flock -w 60 199 || return 1
+  done
+  return 1
+}
+
 case ${1-} in
   --submit | --advance | --slots) queue_main "$@" ;;
+  --sync) shift && sync_main "$@" ;;
 esac
 main "$@"
