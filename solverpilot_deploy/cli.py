@@ -536,6 +536,18 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
     wanted = _job_ids(args.job_ids)
     end = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+    told: set[str] = set()
+
+    def on_end(jobs: list[Any]) -> None:  # each job's end once, as soon as it is seen
+        from solverpilot_deploy.watch import run_on_end
+
+        for job in jobs:
+            if not args.on_end or job.status not in ENDED or job.id in told:
+                continue
+            told.add(job.id)
+            failure = run_on_end(args.on_end, args.host, job, args.json)
+            if failure:
+                print(f"sp-deploy: wait: {printable(failure)}", file=sys.stderr)
 
     def watch(session: Session, _deadline: float) -> tuple[list[Any], bool]:
         while True:
@@ -544,6 +556,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
             missing = [job_id for job_id in wanted if job_id not in found]
             if missing:
                 raise JobError(f"no job {missing[0]} on this host")
+            on_end(jobs)
             if all(job.status in ENDED for job in jobs):
                 return jobs, True
             if end is not None and time.monotonic() >= end:
@@ -602,8 +615,6 @@ def _event_words(event: Any) -> str:
         words += f" exit {event.job.exit_code}"
     if event.job.signal:
         words += f" {event.job.signal}"
-    if event.job.reason or event.job.lost_reason:
-        words += f" ({event.job.reason or event.job.lost_reason})"
     return printable(f"{clock} {event.host} {event.job.id} {event.event}: {words}")
 
 
@@ -635,7 +646,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if on_end is not None and event.event in ENDS and event.job is not None:
             on_end(event.host, event.job)
 
-    watches = [HostWatch(target, emit, stop) for target in targets]
+    watches = [HostWatch(target, emit, stop, beat=args.beat) for target in targets]
     threads = [threading.Thread(target=w.run, name=w.target.name, daemon=True) for w in watches]
     for thread in threads:
         thread.start()
@@ -1055,6 +1066,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up after this long (exit 124); default: wait as long as it takes",
     )
+    wait.add_argument(
+        "--on-end",
+        metavar="CMD",
+        help="run CMD (with /bin/sh) once for each job as soon as it is seen ended (already "
+        "ended ones too): SP_HOST, SP_JOB_ID, SP_STATUS, SP_EXIT_CODE, SP_SIGNAL",
+    )
     _add_ssh_options(wait, timeout=False)
     wait.set_defaults(func=cmd_wait, more_positionals="job_ids", timeout=STEP_TIMEOUT)
 
@@ -1101,6 +1118,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="run CMD (with /bin/sh) for each job that ends or is lost, SP_HOST, SP_JOB_ID, "
         "SP_STATUS, SP_EXIT_CODE, SP_SIGNAL in its environment",
+    )
+    watch.add_argument(
+        "--beat",
+        type=_positive(int, 300),
+        default=5,
+        metavar="SECONDS",
+        help="how often a quiet host says it is there (default 5); a connection silent for 3 "
+        "beats and 5 s is made again",
     )
     _add_ssh_options(watch)
     watch.set_defaults(func=cmd_watch, more_positionals="hosts")

@@ -11,8 +11,9 @@ record was removed by ``clean`` meanwhile).
 
 An event names the job's status as ``status`` shows it: "submitted" (a job seen for the first
 time; its status event follows when it is not waiting), "queued", "starting", "pending",
-"started" (running), "ended" (its final record: completed, failed, or stopping while its
-wrapper stops it; only once per end), "lost", "requeued", "suspended", "unreadable",
+"started" (running), "stopping" (a stop is recorded, its wrapper still stops the job), "ended"
+(completed or failed, its wrapper gone: once per end), "lost", "requeued", "suspended",
+"unreadable",
 "removed" (its records are gone); and "now" for each job at the first look. Connection events:
 "disconnected" (with the error; the watch tries again after 1, 2, 4... up to 60 s) and
 "reconnected".
@@ -35,7 +36,7 @@ from solverpilot_deploy.remote import stream_step
 from solverpilot_deploy.status import JobState, parse_status_output
 from solverpilot_deploy.transport import Session, connect
 
-FINAL = ("completed", "failed", "stopping")  # a final record (stopping: its wrapper still stops it)
+FINAL = ("completed", "failed")
 EVENTS = {
     "queued": "queued",
     "starting": "starting",
@@ -44,7 +45,7 @@ EVENTS = {
     "running": "started",
     "completed": "ended",
     "failed": "ended",
-    "stopping": "ended",
+    "stopping": "stopping",
     "lost": "lost",
     "requeued": "requeued",
     "suspended": "suspended",
@@ -84,7 +85,7 @@ def event_for(old: JobState | None, new: JobState) -> list[str]:
     if new.started_at != old.started_at and new.started_at and old.started_at:
         # another run of the same id (a Slurm requeue's attempt, an id used again)
         return ["started"] + (["ended"] if new.status in FINAL else [])
-    if new.status == old.status or (new.status in FINAL and old.status in FINAL):
+    if new.status == old.status:
         return []
     return [EVENTS.get(new.status, "changed")]
 
@@ -160,7 +161,7 @@ class HostWatch:
                     self.block = None
                     stream_step(
                         session, "watch", str(self.beat), on_line=self.feed,
-                        quiet=3 * self.beat + 10,
+                        quiet=3 * self.beat + 5,
                     )  # fmt: skip
                     raise DeployError("the watch ended on the host")
             except UnsafeServerDirError as exc:
@@ -204,20 +205,26 @@ class OnEnd:
             self.thread.join()
 
     def _run(self) -> None:
-        import os
-        import sys
-
         while (item := self.work.get()) is not None:
-            host, job = item
-            env = dict(os.environ, SP_HOST=host, SP_JOB_ID=job.id, SP_STATUS=job.status,
-                       SP_EXIT_CODE="" if job.exit_code is None else str(job.exit_code),
-                       SP_SIGNAL=job.signal or "")  # fmt: skip
-            try:
-                done = subprocess.run(
-                    ["/bin/sh", "-c", self.command], env=env, stdin=subprocess.DEVNULL,
-                    stdout=sys.stderr if self.to_stderr else None, check=False,
-                )  # fmt: skip
-                if done.returncode != 0:
-                    self.report(f"--on-end for {host} {job.id} exited {done.returncode}")
-            except OSError as exc:
-                self.report(f"--on-end for {host} {job.id} could not run: {exc}")
+            failure = run_on_end(self.command, *item, self.to_stderr)
+            if failure:
+                self.report(failure)
+
+
+def run_on_end(command: str, host: str, job: JobState, to_stderr: bool) -> str | None:
+    """Run --on-end's ``command`` for ``job``'s end (watch and wait); why it failed, or None.
+    ``to_stderr``: its output goes to stderr (stdout holds JSON)."""
+    import os
+    import sys
+
+    env = dict(os.environ, SP_HOST=host, SP_JOB_ID=job.id, SP_STATUS=job.status,
+               SP_EXIT_CODE="" if job.exit_code is None else str(job.exit_code),
+               SP_SIGNAL=job.signal or "")  # fmt: skip
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
+            stdout=sys.stderr if to_stderr else None, check=False,
+        )  # fmt: skip
+    except OSError as exc:
+        return f"--on-end for {host} {job.id} could not run: {exc}"
+    return f"--on-end for {host} {job.id} exited {done.returncode}" if done.returncode else None
