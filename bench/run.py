@@ -335,6 +335,19 @@ def queue_table(quick: bool) -> list[str]:
     return [line for line in done.stdout.splitlines() if not line.startswith("machine:")]
 
 
+def watch_table(quick: bool) -> list[str]:
+    """bench/watch.py's latency line and table (its machine line left out)."""
+    sizes = ("3", "200", "5", "10") if quick else ("10", "1000", "20", "30")
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("watch.py")), "--hosts", sizes[0],
+         "--jobs", sizes[1], "--ends", sizes[2], "--seconds", sizes[3]],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return [f"(failed: {done.stderr.strip().splitlines()[-1:]})"]
+    return [line for line in done.stdout.splitlines() if not line.startswith("machine:")]
+
+
 def report(args: argparse.Namespace, started: float) -> str:
     described = machine()  # before the run rewrites its own plots, which would read as changes
     quick = args.quick
@@ -355,6 +368,7 @@ def report(args: argparse.Namespace, started: float) -> str:
     at_scale = status_bench.scale(scale_rounds, scale_sizes) if root else {}
     starts = startup(5 if quick else 21)
     queue_lines = queue_table(quick) if root else ["(not measured: needs root)"]
+    watch_lines = watch_table(quick) if root else ["(not measured: needs root)"]
     plot(Path(args.plots), fleet, statuses, bursts)
     fleet_table = [
         f"| {n} | {tool} | {f[1]:.2f} | {f[2]:.2f}-{f[3]:.2f} | {f[4]:.2f} | "
@@ -473,6 +487,14 @@ def report(args: argparse.Namespace, started: float) -> str:
         "the deployed wrapper's --advance, tmux); no sshd needed for what is measured here.",
         "",
         *queue_lines,
+        "",
+        "## 7. Events against polling: watch and status once a second",
+        "",
+        "bench/watch.py: hosts are sshd servers on 127.0.0.1, each its own test user with the "
+        "wrapper pushed and recorded jobs; one `sp-deploy watch --json` of all; host CPU: the "
+        "processes sshd runs for the connection (children they reaped included).",
+        "",
+        *watch_lines,
         "",
         "## Where we are behind",
         "",

@@ -9,7 +9,7 @@
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
 # Installs, when missing: Debian packages (sqlite3, busybox-static, util-linux, strace,
 # openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap, slurm-wlm,
-# munge, btrfs-progs) and, into
+# munge, btrfs-progs, procps, inotify-tools) and, into
 # .venv-test/, this package with its test extras. SP_STRESS_RUNS sets the stress loops' runs
 # for the first profile (default 300, 100 with CI set; the other suite runs use a fifth of it, a third of that
 # fifth for a profile whose userland was already raced, half of it in the Debian roots).
@@ -29,7 +29,7 @@ install_debian_packages() {
     [setsid]=util-linux [strace]=strace [sshd]=openssh-server [ssh-keygen]=openssh-client
     [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [dash]=dash [bindfs]=bindfs [tmux]=tmux
     [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm [sbatch]=slurm-wlm
-    [munged]=munge [mkfs.btrfs]=btrfs-progs [pkill]=procps)
+    [munged]=munge [mkfs.btrfs]=btrfs-progs [pkill]=procps [inotifywait]=inotify-tools)
   local tool missing=()
   for tool in "${!wanted[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${wanted[$tool]}")

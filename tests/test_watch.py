@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lab, poll, sp, sp_deploy, sp_json
+from conftest import Lab, poll, require, sp, sp_deploy, sp_json
 from sshlab import Sshd, run_as
 
 from solverpilot_deploy.remote import step_script, with_token
@@ -129,6 +129,7 @@ def test_watch_prints_each_change_once_across_a_restarted_sshd_and_runs_on_end_o
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, own_sshd: Sshd,
     transport: str, tmp_path: Path,
 ) -> None:  # fmt: skip
+    require(bool(shutil.which("inotifywait")), "needs inotifywait (Debian package inotify-tools)")
     c = options(lab, trusted, own_sshd)
     code, results = sp_json(capsys, "push", own_sshd.spec, *c)
     assert code == 0, results
@@ -323,3 +324,30 @@ def test_without_inotifywait_the_host_looks_every_half_second(
         step.wait()
         shutil.rmtree(bin_dir.parent, ignore_errors=True)
     assert sys.platform.startswith("linux")
+
+
+def test_a_wrapper_killed_without_a_word_is_told_lost_within_seconds(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    c = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, results = sp_json(capsys, "push", lab.a.spec, *c)
+    assert code == 0, results
+    wrapper(lab, "k0", "true").wait(30)
+    with watching(lab.a.spec, *c, "--on-end", "exit 9") as w:
+        w.wait_for("k0", "now", 30)
+        job = wrapper(lab, "k1", "sleep", "60")
+        w.wait_for("k1", "started", 20)
+        os.kill(job.pid, signal.SIGKILL)  # the wrapper: nothing is written
+        killed = time.monotonic()
+        lost = w.wait_for("k1", "lost", 10)
+        assert time.monotonic() - killed < 3
+        assert lost["job"]["lost_reason"] == "wrapper gone, its job still holds the lock"
+        # the failing --on-end is reported, and the watch goes on
+        run_as(lab.user, "pkill", "-u", lab.user.pw_name, "-x", "sleep")
+        wrapper(lab, "k2", "true").wait(30)
+        w.wait_for("k2", "ended", 20)
+        w.proc.send_signal(signal.SIGINT)
+        assert w.proc.wait(20) == 130
+        assert w.proc.stderr is not None
+        said = w.proc.stderr.read()
+        assert "--on-end for" in said and "k1 exited 9" in said and "k2 exited 9" in said, said

@@ -98,12 +98,12 @@ write_state() { # write_state STATUS [MORE_JSON]: replace the state file by rena
   rm -f -- "$tmp" 2>/dev/null
   return 1
 }
-db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE SIGNAL REASON [BUSY_MS] (SQL literals): one
-  # transaction (a DB not yet migrated refuses it: finish's --advance migrates it, then copies)
-  helper sqlite3 -init /dev/null -bail -cmd ".timeout ${6:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
+db_write() { # db_write STATUS COMPLETED_AT EXIT_CODE [BUSY_MS] (SQL literals): one transaction, of
+  # the first version's columns (any table of them works; --sync, kicked by finish, does the rest)
+  helper sqlite3 -init /dev/null -bail -cmd ".timeout ${4:-5000}" "$DB" "BEGIN IMMEDIATE; $SCHEMA
 INSERT INTO jobs (id, status) SELECT '$JOB_ID', '$1' WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = '$JOB_ID');
 UPDATE jobs SET status = '$1', started_at = '$STARTED_AT', completed_at = $2, exit_code = $3,
-  tmux_session_name = '$SQL_TMUX_NAME', signal = $4, reason = $5 WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
+  tmux_session_name = '$SQL_TMUX_NAME' WHERE id = '$JOB_ID'; COMMIT;" >/dev/null 2>&1
 }
 running() { # running PID: the process exists and is not a zombie; without /proc, kill -0
   # reaches it (bash reaps its child at once). No bare `return`: in a trap, the earlier status
@@ -188,7 +188,7 @@ record() { # record STATUS RC SIGNAL_JSON [BUSY_MS]: the final state, with the j
   seconds wall $((10#$PROC_UP - UP0))
   ST_OK='' DB_OK=''
   write_state "$1" ",\"exit_code\":$2,\"completed_at\":\"$end\",\"signal\":$3,\"cpu_user_s\":$cu,\"cpu_sys_s\":$cs,\"wall_s\":$wall${REASON:+,\"reason\":\"$REASON\"}" && ST_OK=1
-  db_write "$1" "'$end'" "$2" "${3//\"/$SQ}" "${REASON:+$SQ$REASON$SQ}${REASON:-NULL}" "${4-}" && DB_OK=1
+  db_write "$1" "'$end'" "$2" "${4-}" && DB_OK=1
 }
 stop_job() { # the signals go to the job and the stop is recorded at once (the DB waits at
   # most 1 s for a lock here: the final write waits longer); then the job's answer, TERM to
@@ -237,7 +237,7 @@ finish() { # EXIT trap: the final record, and exactly what could not be written
   # the queues go on, the DB row gets what it lacks (apart; not on a Slurm node, whose tmux is
   # not the login node's), with the signals ignored here back to their defaults, which a tmux
   # server it starts would pass to every pane; but HUP: the pane's hangup must not end it early
-  [[ $SLURM_ID == null ]] && [[ -d $BASE/queues || -z $DB_OK || -f $BASE/jobs/$JOB_ID.spec ]] &&
+  [[ $SLURM_ID == null ]] && [[ -d $BASE/queues || -f $BASE/jobs/$JOB_ID.spec || (-z $DB_OK && -f $DB) ]] &&
     (trap - INT QUIT TERM USR1 USR2 ALRM PIPE XCPU && exec setsid -- "$0" --advance "$JOB_ID" </dev/null >/dev/null 2>&1 200>&- 201>&- &)
   exit "$rc"
 }
@@ -362,7 +362,7 @@ main() {
   for sig in "${SIGNALS[@]}"; do trap "on_signal $sig" "$sig"; done
   [[ -z $PENDING ]] || on_signal "$PENDING" # a stop before the lock: recorded, the job never runs
   write_state running || die 73 "cannot write state file $STATE (disk full or folder not writable?)"
-  db_write running NULL NULL NULL NULL || warn "$DB_WARNING"
+  db_write running NULL NULL || warn "$DB_WARNING"
   proc_clock # the job's CPU and wall time count from here
   CU0=$((10#$PROC_CU)) CS0=$((10#$PROC_CS)) UP0=$((10#$PROC_UP))
   # The job: its own session and process group, so a stop reaches grandchildren; the caller's
@@ -633,7 +633,7 @@ queue_main() { # the modes of the queues: --submit, --advance, --slots
   exit 0
 }
 
-# ---- the DB's sync (job_wrapper.sh --sync [ID...]; README "Reconcile") ------------------------
+# ---- the DB's sync (job_wrapper.sh --sync [ID...] | --migrate; README "Reconcile") ------------
 # The DB's table gets the columns of schema.sql it lacks (then PRAGMA user_version), and the row
 # of each named job (every job with a state file or a running row, when none is named) what its
 # state file says, by the rule of sync.sql; a running record whose wrapper is gone is recorded
@@ -719,7 +719,8 @@ lost_why() { # lost_why ID: WHY, why its running record (Q_LINE) is lost, or '' 
   [[ $Q_LINE =~ \"boot_id\":\"([^\"]+)\" && -n $BOOT && ${BASH_REMATCH[1]} != "$BOOT" ]] && WHY='host rebooted' && return
   [[ $Q_LINE =~ \"pid\":([0-9]+) ]] && pid=${BASH_REMATCH[1]}
   { [[ -n $pid ]] && read -r s <"/proc/$pid/stat" && s=${s##*) } && [[ ${s:0:1} != [ZX] ]]; } 2>/dev/null || {
-    q_held "$1" && WHY='wrapper gone, its job still holds the lock' || WHY='wrapper gone, lock free'
+    WHY='wrapper gone, lock free'
+    if q_held "$1"; then WHY='wrapper gone, its job still holds the lock'; fi
     return
   }
   # shellcheck disable=SC2206 # the fields after "pid (comm) ", split on spaces on purpose
@@ -766,23 +767,29 @@ $rows$SYNC_SQL
 COMMIT;" || return 1
   [[ -z $SQL_OUT ]] || printf '%s\n' "$SQL_OUT"
 }
-sync_main() { # --sync [ID...]
-  local id
-  for id; do valid_id "$id" || die 64 "usage: job_wrapper.sh --sync [ID...]: not a job id: $id"; done
+sync_main() { # --sync [ID...] | --migrate (the table's columns only)
+  local id mode=$1
+  shift
+  for id; do
+    if [[ $mode != --sync ]] || ! valid_id "$id"; then die 64 'usage: job_wrapper.sh --sync [ID...] | --migrate'; fi
+  done
   WAIT_S=${SOLVERPILOT_DB_WAIT:-30}
   [[ $WAIT_S =~ ^[0-9]{1,5}$ ]] || die 64 'SOLVERPILOT_DB_WAIT must be a whole number of seconds'
   q_lock
   DB=$BASE/server.db
   hash sqlite3 2>/dev/null || die 74 "sqlite3 not found; install it: $INSTALL_HINT"
-  sync_db "$@" || die 74 "cannot bring $DB up to date: $SQL_OUT"
+  if [[ $mode == --migrate ]]; then BOOT='' && migrate; else sync_db "$@"; fi || die 74 "cannot bring $DB up to date: $SQL_OUT"
   exit 0
 }
 sync_later() { # sync_later ID: its row from its state file, now (under the queues' lock, which
   # advance holds) or, while the DB is busy, again and again for about 10 minutes without the lock
   local d
   WAIT_S=5 DB=$BASE/server.db
+  hash sqlite3 2>/dev/null || return 0
   for d in 1 2 4 8 16 30 60 60 60 60 60 60 60 60 60 60; do
+    [[ -f $DB ]] || return 0 # (never a DB of its own: the server folder may be going)
     sync_db "$1" >/dev/null 2>&1 && return 0
+    [[ $SQL_OUT == *locked* || $SQL_OUT == *busy* ]] || return 1 # (a damaged DB stays as it is)
     flock -u 199
     sleep "$d"
     helper flock -w 60 199 || return 1
@@ -792,6 +799,6 @@ sync_later() { # sync_later ID: its row from its state file, now (under the queu
 
 case ${1-} in
   --submit | --advance | --slots) queue_main "$@" ;;
-  --sync) shift && sync_main "$@" ;;
+  --sync | --migrate) sync_main "$@" ;;
 esac
 main "$@"
