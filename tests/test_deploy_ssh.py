@@ -21,6 +21,7 @@ from sshlab import TEST_USERS, free_port, run_as
 
 from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.render import render_wrapper
+from solverpilot_deploy.resources import schema_columns, schema_version
 from solverpilot_deploy.status import JOB_KEYS
 
 # every test here runs once per transport (see conftest.transport)
@@ -75,14 +76,16 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
     db = home / ".solverpilot-server/server.db"
     with sqlite3.connect(db) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
-        assert columns == [
+        assert columns == [column.split()[0] for column in schema_columns()]
+        assert columns[:6] == [
             "id",
             "status",
             "started_at",
             "completed_at",
             "exit_code",
             "tmux_session_name",
-        ]
+        ]  # the first version's, in order
+        assert conn.execute("PRAGMA user_version").fetchone() == (schema_version(),)
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)  # smoke: no trace
     assert not (home / ".solverpilot-server/jobs").exists()
     assert not (home / ".solverpilot-server/locks").exists()

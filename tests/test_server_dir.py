@@ -153,6 +153,13 @@ def test_what_push_and_a_run_create_is_the_users_alone_and_the_job_keeps_the_log
     state = server / "jobs" / "job-modes.status"
     poll(lambda: '"completed"' in state.read_text(), 20, "the job's end")
     poll(lambda: not (server / "run" / "job-modes").exists(), 20, "the run folder's removal")
+    # the wrapper's last act (--advance ID: its row's name and queue, from the spec) is done
+    done = ("pgrep", "-u", lab.user.pw_name, "-f", "job_wrapper.sh --advance")
+    poll(
+        lambda: (server / "locks/queues.lock").exists() and run_as(lab.user, *done).returncode == 1,
+        20,
+        "--advance",
+    )
     log = server / "logs" / "job-modes.log"
     found = {
         p.relative_to(server).as_posix(): oct(mode(p))
@@ -167,6 +174,7 @@ def test_what_push_and_a_run_create_is_the_users_alone_and_the_job_keeps_the_log
         "jobs/job-modes.spec": oct(0o600),
         "locks": oct(0o700),
         "locks/job-modes.lock": oct(0o600),
+        "locks/queues.lock": oct(0o600),
         "logs": oct(0o700),
         "logs/job-modes.log": oct(0o600),
         "run": oct(0o700),

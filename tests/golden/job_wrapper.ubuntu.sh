@@ -421,10 +421,10 @@ q_lock() { # the queues' lock on fd 199, for the rest of this process (and not i
   umask 077
   server_dir
   [[ ! -e $BASE && ! -L $BASE ]] || server_safe || die 73 "unsafe server folder: $WHY"
-  Q=$BASE/queues
-  helper mkdir -p -- "$Q" "$BASE/jobs" "$BASE/locks" || die 73 "cannot create $Q"
+  Q=$BASE/queues # (created by the first submission or --slots: --sync needs only the lock)
+  helper mkdir -p -- "$BASE/jobs" "$BASE/locks" || die 73 "cannot create $BASE/locks"
   server_safe || die 73 "unsafe server folder: $WHY"
-  [[ ! -L $Q && -O $Q ]] || die 73 "unsafe queues folder $Q"
+  [[ ! -e $Q && ! -L $Q ]] || [[ ! -L $Q && -O $Q ]] || die 73 "unsafe queues folder $Q"
   { exec 199>>"$BASE/locks/queues.lock"; } 2>/dev/null || die 73 "cannot open $BASE/locks/queues.lock"
   helper flock -w 60 199 || die 75 'the queues are busy: locks/queues.lock was held over 60 s'
 }
