@@ -113,3 +113,27 @@ WARNING='WARNING: Failed to update SQLite, state file written'
   run -0 cat "$WORK"/job-many-*.err
   assert_output ''
 }
+
+@test "--migrate adds the new columns to an old table; --sync copies ends, judges lost, changes nothing twice" {
+  mkdir -p "$SERVER"
+  sqlite3 "$DB" "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, started_at TEXT,
+    completed_at TEXT, exit_code INTEGER, tmux_session_name TEXT, app TEXT);
+    INSERT INTO jobs (id, status, app) VALUES ('old', 'completed', 'keep');"
+  run -0 wrapper --migrate
+  assert_equal "$(sqlite3 "$DB" 'PRAGMA user_version')" 1
+  assert_equal "$(sqlite3 "$DB" "SELECT count(*) FROM pragma_table_info('jobs')")" 12
+  assert_equal "$(sqlite3 "$DB" "SELECT status, app FROM jobs")" 'completed|keep'
+  # a stopped job whose rows went missing, and a running record whose wrapper is gone
+  run -143 wrapper job-stop sh -c 'kill -TERM $PPID; sleep 5'
+  sqlite3 "$DB" "DELETE FROM jobs WHERE id = 'job-stop'"
+  sed 's/"id":"job-stop","status":"failed"/"id":"job-gone","status":"running"/; s/"pid":[0-9]*/"pid":999999999/' \
+    "$SERVER/jobs/job-stop.status" >"$SERVER/jobs/job-gone.status"
+  run -0 wrapper --sync
+  assert_line 'changed|job-stop|-|failed|'
+  assert_line 'changed|job-gone|-|lost|wrapper gone, lock free'
+  assert_equal "$(sqlite3 "$DB" "SELECT status, exit_code, signal FROM jobs WHERE id = 'job-stop'")" 'failed|143|TERM'
+  assert_equal "$(sqlite3 "$DB" "SELECT completed_at FROM jobs WHERE id = 'job-stop'")" \
+    "$(state_field job-stop completed_at | tr -d '"')"
+  run -0 wrapper --sync
+  assert_output ''
+}

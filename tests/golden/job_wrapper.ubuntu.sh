@@ -739,7 +739,7 @@ sync_db() { # sync_db [ID...]: one transaction of sync.sql over the named jobs (
   local ids=("$@") seen='|'
   if (($# == 0)); then
     for f in "$BASE"/jobs/*.status; do id=${f##*/} && ids+=("${id%.status}"); done
-    ids+=("${RUNNING[@]}")
+    ids+=(${RUNNING[@]+"${RUNNING[@]}"}) # (bash < 4.4: an empty array is unset under -u)
   fi
   for id in "${ids[@]}"; do
     valid_id "$id" && [[ $seen != *"|$id|"* ]] || continue
@@ -751,7 +751,7 @@ sync_db() { # sync_db [ID...]: one transaction of sync.sql over the named jobs (
       Q_LINE=$st
       [[ ! $st =~ \"status\":\"running\" || -f $BASE/slurm/$id.sbatch ]] || lost_why "$id"
       st="'${st//\'/\'\'}'"
-    elif [[ ! -e $f && ! -L $f && " ${RUNNING[*]} " == *" $id "* ]]; then # a running row alone
+    elif [[ ! -e $f && ! -L $f && " ${RUNNING[*]-} " == *" $id "* ]]; then # a running row alone
       [[ ! -f $BASE/slurm/$id.sbatch ]] && ! q_held "$id" && WHY='wrapper gone, lock free'
       st=NULL
     else
