@@ -292,3 +292,34 @@ def test_reconcile_needs_a_wrapper_with_sync(
     target.unlink()
     code, _, err = sp(capsys, "reconcile", lab.a.spec, *connect(lab, trusted))
     assert code == 1 and "push first" in err, err
+
+
+def test_reconcile_waits_for_a_db_held_by_another_process_or_says_it_could_not(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    job = wrapper(lab, "held", "true")
+    job.wait(30)
+    with sqlite3.connect(deployed / SERVER / "server.db") as db:
+        db.execute("DELETE FROM jobs WHERE id = 'held'")
+    db = sqlite3.connect(
+        deployed / SERVER / "server.db", isolation_level=None, check_same_thread=False
+    )
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        code, out, err = sp(
+            capsys, "reconcile", lab.a.spec, *connect(lab, trusted), "--db-wait", "2"
+        )
+        assert code == 1 and "locked" in err and len(err.strip().splitlines()) == 1, err
+        assert 2 <= time.monotonic() - began < 30
+        # released while reconcile waits: it goes on and makes its change
+        threading.Timer(2, lambda: db.execute("COMMIT")).start()
+        code, out, err = sp(
+            capsys, "reconcile", lab.a.spec, *connect(lab, trusted), "--db-wait", "20"
+        )
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
+        db.close()
+    assert code == 0, err
+    assert out == "held: no row -> completed\n"
