@@ -637,10 +637,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     def emit(event: Any) -> None:
         with said:
-            if args.json:
-                print(json.dumps(event.as_json()), flush=True)
-            else:
-                print(_event_words(event), flush=True)
+            if stop.is_set():
+                return
+            try:
+                print(json.dumps(event.as_json()) if args.json else _event_words(event), flush=True)
+            except OSError:  # the reader has gone (watch | head): the watch ends, quietly
+                stop.set()
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return
         if event.event in ("disconnected", "reconnected", "failed") and args.json:
             report(f"{event.host}: {event.event}" + (f": {event.error}" if event.error else ""))
         if on_end is not None and event.event in ENDS and event.job is not None:
@@ -651,8 +655,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     for thread in threads:
         thread.start()
     try:
-        while any(thread.is_alive() for thread in threads):
+        while any(thread.is_alive() for thread in threads) and not stop.is_set():
             time.sleep(0.2)
+        if stop.is_set():  # stdout was closed
+            for watch in watches:
+                watch.abort()
+            return 1
     except KeyboardInterrupt:
         stop.set()
         for watch in watches:

@@ -15,8 +15,10 @@ time; its status event follows when it is not waiting), "queued", "starting", "p
 (completed or failed, its wrapper gone: once per end), "lost", "requeued", "suspended",
 "unreadable",
 "removed" (its records are gone); and "now" for each job at the first look. Connection events:
-"disconnected" (with the error; the watch tries again after 1, 2, 4... up to 60 s) and
-"reconnected".
+"disconnected" (with the error; the watch tries again after 1, 2, 4... up to 60 s),
+"reconnected", and "failed" (a host key refused, authentication failed, a server folder
+refused: trying again would not help; that host's watch ends, and once every host's has,
+watch exits 1).
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from solverpilot_deploy.errors import DeployError, UnsafeServerDirError
+from solverpilot_deploy.errors import (
+    AuthenticationError,
+    DeployError,
+    HostKeyError,
+    UnsafeServerDirError,
+)
 from solverpilot_deploy.inventory import HostTarget
 from solverpilot_deploy.remote import stream_step
 from solverpilot_deploy.status import JobState, parse_status_output
@@ -164,7 +171,8 @@ class HostWatch:
                         quiet=3 * self.beat + 5,
                     )  # fmt: skip
                     raise DeployError("the watch ended on the host")
-            except UnsafeServerDirError as exc:
+            except (UnsafeServerDirError, HostKeyError, AuthenticationError) as exc:
+                # what trying again cannot change: this host's watch ends ("failed")
                 self.tell("failed", error=str(exc))
                 return
             except DeployError as exc:
