@@ -539,13 +539,23 @@ def cmd_wait(args: argparse.Namespace) -> int:
     told: set[str] = set()
 
     def on_end(jobs: list[Any]) -> None:  # each job's end once, as soon as it is seen
+        import contextlib
+        import signal
+
         from solverpilot_deploy.watch import run_on_end
 
         for job in jobs:
             if not args.on_end or job.status not in ENDED or job.id in told:
                 continue
             told.add(job.id)
-            failure = run_on_end(args.on_end, args.host, job, args.json)
+            running: list[Any] = []
+            try:
+                failure = run_on_end(args.on_end, args.host, job, args.json, running.append)
+            except KeyboardInterrupt:  # the command, in a session of its own, ends too
+                for proc in running:
+                    with contextlib.suppress(OSError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+                raise
             if failure:
                 print(f"sp-deploy: wait: {printable(failure)}", file=sys.stderr)
 

@@ -23,8 +23,12 @@ watch exits 1).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -200,6 +204,9 @@ class OnEnd:
         self.report = report
         self.to_stderr = to_stderr
         self.work: queue.Queue[tuple[str, JobState] | None] = queue.Queue()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.running: subprocess.Popen[bytes] | None = None
         self.thread = threading.Thread(target=self._run, name="on-end", daemon=True)
         self.thread.start()
 
@@ -207,32 +214,52 @@ class OnEnd:
         self.work.put((host, job))
 
     def close(self, wait: bool) -> None:
-        """No more ends; ``wait``: until those given have run."""
+        """No more ends; ``wait``: until those given have run, else the one running is ended
+        (TERM to its process group) and the others never start."""
         self.work.put(None)
         if wait:
             self.thread.join()
+            return
+        self.stopped.set()
+        with self.lock:
+            if self.running is not None and self.running.poll() is None:
+                self.report(f"interrupted: TERM to the --on-end command (pid {self.running.pid})")
+                with contextlib.suppress(OSError):
+                    os.killpg(self.running.pid, signal.SIGTERM)
+        self.thread.join(5)
 
     def _run(self) -> None:
-        while (item := self.work.get()) is not None:
-            failure = run_on_end(self.command, *item, self.to_stderr)
-            if failure:
+        while (item := self.work.get()) is not None and not self.stopped.is_set():
+            failure = run_on_end(self.command, *item, self.to_stderr, self._started)
+            if failure and not self.stopped.is_set():
                 self.report(failure)
 
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        with self.lock:
+            self.running = proc
+            if self.stopped.is_set():
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGTERM)
 
-def run_on_end(command: str, host: str, job: JobState, to_stderr: bool) -> str | None:
-    """Run --on-end's ``command`` for ``job``'s end (watch and wait); why it failed, or None.
-    ``to_stderr``: its output goes to stderr (stdout holds JSON)."""
-    import os
-    import sys
 
+def run_on_end(
+    command: str, host: str, job: JobState, to_stderr: bool,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> str | None:  # fmt: skip
+    """Run --on-end's ``command`` for ``job``'s end (watch and wait), in a session of its own
+    (``started`` is told of it, to end it); why it failed, or None. ``to_stderr``: its output
+    goes to stderr (stdout holds JSON)."""
     env = dict(os.environ, SP_HOST=host, SP_JOB_ID=job.id, SP_STATUS=job.status,
                SP_EXIT_CODE="" if job.exit_code is None else str(job.exit_code),
                SP_SIGNAL=job.signal or "")  # fmt: skip
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             ["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
-            stdout=sys.stderr if to_stderr else None, check=False,
+            stdout=sys.stderr if to_stderr else None, start_new_session=True,
         )  # fmt: skip
     except OSError as exc:
         return f"--on-end for {host} {job.id} could not run: {exc}"
-    return f"--on-end for {host} {job.id} exited {done.returncode}" if done.returncode else None
+    if started is not None:
+        started(proc)
+    code = proc.wait()
+    return f"--on-end for {host} {job.id} exited {code}" if code else None

@@ -62,8 +62,9 @@ sync_db() { # sync_db [ID...]: one transaction of sync.sql over the named jobs (
   for id in "${ids[@]}"; do
     valid_id "$id" && [[ $seen != *"|$id|"* ]] || continue
     seen+="$id|" f=$BASE/jobs/$id.status st='' spec='' WHY=''
-    if [[ -f $f && ! -L $f ]]; then
-      { read -r -d '' st <"$f"; read -r -d '' spec <"$BASE/jobs/$id.spec"; } 2>/dev/null
+    if [[ -f $f && ! -L $f ]]; then # (never a link, a fifo: only a regular file is opened)
+      { read -r -d '' -n 65537 st <"$f"; } 2>/dev/null # (at most 64 KiB is read, as by status)
+      [[ ! -f ${f%.status}.spec || -L ${f%.status}.spec ]] || { read -r -d '' -n 65537 spec <"${f%.status}.spec"; } 2>/dev/null
       ((${#st} <= 65536)) || continue
       ((${#spec} <= 65536)) || spec=''
       Q_LINE=$st

@@ -43,7 +43,9 @@ WHERE n.status IN ('queued', 'running', 'lost', 'completed', 'failed') AND (
     OR (n.status = 'running' AND j.status IN ('queued', 'lost'))
     OR (n.status = j.status AND n.status <> 'queued' AND (n.started_at IS NOT j.started_at OR n.reason IS NOT j.reason))
     OR j.status NOT IN ('queued', 'running', 'lost'))));
-SELECT 'changed|' || id || '|' || ifnull(was, '-') || '|' || status || '|' || ifnull(reason, '') FROM c;
+-- (a line each: a line end in a row's words, which the host's files may hold, is shown as ?)
+SELECT 'changed|' || id || '|' || replace(replace(ifnull(was, '-') || '|' || status || '|' ||
+  ifnull(reason, ''), char(10), '?'), char(13), '?') FROM c;
 INSERT INTO jobs (id, status) SELECT id, status FROM c WHERE new;
 UPDATE jobs SET (status, started_at, completed_at, exit_code, signal, reason) =
   (SELECT status, started_at, completed_at, exit_code, signal, reason FROM c WHERE c.id = jobs.id)

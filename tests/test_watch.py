@@ -338,6 +338,7 @@ def test_a_wrapper_killed_without_a_word_is_told_lost_within_seconds(
         job = wrapper(lab, "k1", "sleep", "60")
         w.wait_for("k1", "started", 20)
         os.kill(job.pid, signal.SIGKILL)  # the wrapper: nothing is written
+        job.wait()  # (reaped, as its tmux pane's shell or launcher does at once)
         killed = time.monotonic()
         lost = w.wait_for("k1", "lost", 10)
         assert time.monotonic() - killed < 3

@@ -679,7 +679,8 @@ WHERE n.status IN ('\''queued'\'', '\''running'\'', '\''lost'\'', '\''completed'
     OR (n.status = '\''running'\'' AND j.status IN ('\''queued'\'', '\''lost'\''))
     OR (n.status = j.status AND n.status <> '\''queued'\'' AND (n.started_at IS NOT j.started_at OR n.reason IS NOT j.reason))
     OR j.status NOT IN ('\''queued'\'', '\''running'\'', '\''lost'\''))));
-SELECT '\''changed|'\'' || id || '\''|'\'' || ifnull(was, '\''-'\'') || '\''|'\'' || status || '\''|'\'' || ifnull(reason, '\'''\'') FROM c;
+SELECT '\''changed|'\'' || id || '\''|'\'' || replace(replace(ifnull(was, '\''-'\'') || '\''|'\'' || status || '\''|'\'' ||
+  ifnull(reason, '\'''\''), char(10), '\''?'\''), char(13), '\''?'\'') FROM c;
 INSERT INTO jobs (id, status) SELECT id, status FROM c WHERE new;
 UPDATE jobs SET (status, started_at, completed_at, exit_code, signal, reason) =
   (SELECT status, started_at, completed_at, exit_code, signal, reason FROM c WHERE c.id = jobs.id)
@@ -744,8 +745,9 @@ sync_db() { # sync_db [ID...]: one transaction of sync.sql over the named jobs (
   for id in "${ids[@]}"; do
     valid_id "$id" && [[ $seen != *"|$id|"* ]] || continue
     seen+="$id|" f=$BASE/jobs/$id.status st='' spec='' WHY=''
-    if [[ -f $f && ! -L $f ]]; then
-      { read -r -d '' st <"$f"; read -r -d '' spec <"$BASE/jobs/$id.spec"; } 2>/dev/null
+    if [[ -f $f && ! -L $f ]]; then # (never a link, a fifo: only a regular file is opened)
+      { read -r -d '' -n 65537 st <"$f"; } 2>/dev/null # (at most 64 KiB is read, as by status)
+      [[ ! -f ${f%.status}.spec || -L ${f%.status}.spec ]] || { read -r -d '' -n 65537 spec <"${f%.status}.spec"; } 2>/dev/null
       ((${#st} <= 65536)) || continue
       ((${#spec} <= 65536)) || spec=''
       Q_LINE=$st
