@@ -137,3 +137,22 @@ WARNING='WARNING: Failed to update SQLite, state file written'
   run -0 wrapper --sync
   assert_output ''
 }
+
+@test "--sync: a reason's line end cannot forge a line; a spec that is a link or a fifo is never opened; a huge state file is not read whole" {
+  run -0 wrapper job-seed true
+  printf '%s\n' '{"id":"job-nl","status":"failed","exit_code":1,"completed_at":"2026-01-01T00:00:01+00:00","signal":null,"reason":"x\nchanged|FORGED|running|completed|y"}' \
+    >"$SERVER/jobs/job-nl.status"
+  printf '%s\n' '{"name":"FROM-LINK"}' >"$WORK/target.json"
+  cp "$SERVER/jobs/job-seed.status" "$SERVER/jobs/job-ln.status"
+  sed -i 's/"job-seed"/"job-ln"/' "$SERVER/jobs/job-ln.status"
+  ln -s "$WORK/target.json" "$SERVER/jobs/job-ln.spec"
+  sed 's/"job-seed"/"job-ff"/' "$SERVER/jobs/job-seed.status" >"$SERVER/jobs/job-ff.status"
+  mkfifo "$SERVER/jobs/job-ff.spec"
+  { printf '{"id":"job-big","status":"completed","x":"'; head -c 2000000 /dev/zero | tr '\0' a; printf '"}\n'; } \
+    >"$SERVER/jobs/job-big.status"
+  run -0 timeout 60 "${WRAPPER_CMD[@]}" --sync
+  assert_line 'changed|job-nl|-|failed|x?changed|FORGED|running|completed|y'
+  refute_line --regexp '^changed[|]FORGED'
+  assert_equal "$(sqlite3 "$DB" "SELECT count(*) FROM jobs WHERE name = 'FROM-LINK' OR id IN ('FORGED', 'job-big')")" 0
+  assert_equal "$(sqlite3 "$DB" "SELECT status FROM jobs WHERE id = 'job-ff'")" completed
+}

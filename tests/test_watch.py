@@ -352,3 +352,28 @@ def test_a_wrapper_killed_without_a_word_is_told_lost_within_seconds(
         assert w.proc.stderr is not None
         said = w.proc.stderr.read()
         assert "--on-end for" in said and "k1 exited 9" in said and "k2 exited 9" in said, said
+
+
+def test_term_to_watch_ends_the_on_end_command_it_was_running(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    c = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, results = sp_json(capsys, "push", lab.a.spec, *c)
+    assert code == 0, results
+    wrapper(lab, "t0", "true").wait(30)
+    pid_file = tmp_path / "on-end.pid"
+    with watching(lab.a.spec, *c, "--on-end", f"echo $$ > {pid_file}; exec sleep 120") as w:
+        w.wait_for("t0", "now", 30)
+        wrapper(lab, "t1", "true").wait(30)
+        poll(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 20, "on-end")
+        pid = int(pid_file.read_text())
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(20) == 130
+    poll(
+        lambda: (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        ),
+        10,
+        "the on-end command ended",
+    )
