@@ -600,8 +600,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from solverpilot_deploy.ssh import remaining
 
     changes = _on_host(
-        args,
-        lambda session, end: reconcile(session, remaining(end), args.db_wait),
+        args,  # (the step may wait --db-wait for the DB, whatever --timeout says)
+        lambda session, end: reconcile(
+            session, max(remaining(end), args.db_wait + 30), args.db_wait
+        ),
         "the host may have changed rows already: run reconcile again to see the rest",
     )
     for change in changes:

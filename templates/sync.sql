@@ -41,7 +41,8 @@ WHERE n.status IN ('queued', 'running', 'lost', 'completed', 'failed') AND (
     n.status IN ('completed', 'failed')
     OR (n.status = 'lost' AND j.status IN ('queued', 'running'))
     OR (n.status = 'running' AND j.status IN ('queued', 'lost'))
-    OR (n.status = j.status AND n.status <> 'queued' AND (n.started_at IS NOT j.started_at OR n.reason IS NOT j.reason))
+    OR (n.status = j.status AND n.status <> 'queued'
+      AND (coalesce(n.started_at, j.started_at) IS NOT j.started_at OR n.reason IS NOT j.reason))
     OR j.status NOT IN ('queued', 'running', 'lost'))));
 -- (a line each: a line end in a row's words, which the host's files may hold, is shown as ?)
 SELECT 'changed|' || id || '|' || replace(replace(ifnull(was, '-') || '|' || status || '|' ||
