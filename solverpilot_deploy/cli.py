@@ -604,7 +604,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         lambda session, end: reconcile(
             session, max(remaining(end), args.db_wait + 30), args.db_wait
         ),
-        "the host may have changed rows already: run reconcile again to see the rest",
     )
     for change in changes:
         if args.json:

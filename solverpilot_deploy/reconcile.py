@@ -80,7 +80,7 @@ def reconcile(session: Session, timeout: float, db_wait: int) -> list[Change]:
     if result.status == 13:
         raise ReconcileError(OLD_WRAPPER)
     if result.status == 12:
-        raise ReconcileError(f"the DB could not be brought up to date: {result.error()}")
+        raise ReconcileError(result.error())  # the wrapper's words: why, and the DB's own
     if result.status != 0:
         raise RemoteCommandError(f"cannot reconcile: {result.error()}")
     return parse_changes(result.lines)
