@@ -351,6 +351,15 @@ except KeyboardInterrupt:
   # the wrapper's exit, ends its sleep a moment later: under load, some milliseconds)
   no_timer() { ! pgrep -f "sleep 617" >/dev/null; }
   poll_until 10 no_timer || fail "a timer sleeps on: $(pgrep -af 'sleep 617')"
+  # and when the wrapper's exit tells the timer to end just as it forks its sleep (a TERM
+  # before it knew the sleep's pid left 15 sleeps of 300 such runs behind): 40 runs at once
+  local i pids=()
+  for i in $(seq 40); do
+    start_wrapper "job-quick-$i" true
+    pids+=("$WPID")
+  done
+  for i in "${pids[@]}"; do wait_rc "$i"; done
+  poll_until 10 no_timer || fail "timers sleep on: $(pgrep -af 'sleep 617' | wc -l)"
   for bad in 0x10 -5 1.5 ' 3'; do
     SOLVERPILOT_TIME_LIMIT=$bad run -64 "${WRAPPER_CMD[@]}" job-bad true
     [[ $output == *"whole numbers of seconds"* ]] || fail "$bad: $output"

@@ -251,14 +251,19 @@ on_limit() { # the timer's XCPU: INT to the job's group SAVE s before the limit,
   fi
   on_signal TERM
 }
-timer() { # XCPU to the wrapper at LIMIT-SAVE s and at LIMIT s, while it is still the parent
-  local s p w=$((LIMIT - SAVE))
-  trap - EXIT "${SIGNALS[@]}" && trap 'kill "$p" 2>/dev/null; exit 0' TERM
+timer() { # XCPU to the wrapper at LIMIT-SAVE s and at LIMIT s, while it is still the parent; it
+  # looks every 5 s: a TERM from finish can be lost (to a sleep not yet exec'd, its TERM trapped,
+  # or in the fork), and then it ends within 5 s of the wrapper, not at the limit
+  local s p='' stop='' t w=$((LIMIT - SAVE))
+  trap - EXIT "${SIGNALS[@]}" && trap 'stop=1 && kill -KILL "$p" 2>/dev/null' TERM
   exec 200>&- 201>&- >/dev/null 2>&1 # the lock is the job's alone
   for w in "$((w > 0 ? w : 0))" "$((SAVE < LIMIT ? SAVE : LIMIT))"; do
-    sleep "$w" & p=$!
-    wait "$p"
-    { read -r s <"/proc/$BASHPID/stat"; } 2>/dev/null && s=${s##*) } && s=${s#* } && [[ ${s%% *} != "$$" ]] && exit 0
+    while ((w > 0)); do
+      t=$((w < 5 ? w : 5)) && w=$((w - t))
+      sleep "$t" & p=$!
+      [[ -z $stop ]] && wait "$p" && [[ -z $stop ]] || { kill -KILL "$p" 2>/dev/null; exit 0; }
+      { read -r s <"/proc/$BASHPID/stat"; } 2>/dev/null && s=${s##*) } && s=${s#* } && [[ ${s%% *} != "$$" ]] && exit 0
+    done
     kill -s XCPU "$$" || exit 0
   done
 }
