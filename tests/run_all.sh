@@ -11,7 +11,7 @@
 # openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap, slurm-wlm,
 # munge, btrfs-progs, procps, inotify-tools) and, into
 # .venv-test/, this package with its test extras. SP_STRESS_RUNS sets the stress loops' runs
-# for the first profile (default 300, 100 with CI set; the other suite runs use a fifth of it, a third of that
+# for the first profile (default 300, 75 with CI set; the other suite runs use a fifth of it, a third of that
 # fifth for a profile whose userland was already raced, half of it in the Debian roots).
 # Exit status: 0 when every check passed, 1 otherwise.
 set -euo pipefail
@@ -113,7 +113,7 @@ wait_prebuild() {
 # the stress loops' runs for the first profile: 300, or 100 in CI (CI set), which must stay
 # within its time budget
 STRESS_DEFAULT=300
-[[ -z ${CI-} ]] || STRESS_DEFAULT=100
+[[ -z ${CI-} ]] || STRESS_DEFAULT=75
 
 # same_code WRAPPER: its lines but the header's "Rendered by" and the install hint (data)
 same_code() { grep -v -e '^# Rendered by ' -e '^readonly INSTALL_HINT=' "$1"; }

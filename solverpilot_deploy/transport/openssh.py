@@ -309,9 +309,7 @@ class OpenSSHSession(Session):
         # LogLevel DEBUG1, to a file: the address and host key it had, should it fail
         master = [*self.argv, "-o", "LogLevel=DEBUG1", *_option("ControlPath", path)]
         master += ["-o", "ControlMaster=yes"]
-        # ControlPersist 60 s: closed at the end (-O exit); a sp-deploy killed (SIGKILL: a
-        # watch, a wait) leaves a master that ends once idle that long, not one for ever
-        master += ["-o", "ControlPersist=60", *_session(self.argv[0], "none"), "-f"]
+        master += ["-o", "ControlPersist=no", *_session(self.argv[0], "none"), "-f"]
         errors = os.path.join(self.folder, "master.err")
         for attempt in range(BANNER_RETRIES + 1):
             wait = math.ceil(max(deadline - time.monotonic(), 1))
