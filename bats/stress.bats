@@ -72,9 +72,9 @@ signal_run() {
   echo "$id $rc $own $sig" >>"$WORK/runs"
 }
 
-check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
+check_runs() { # check_runs [MAX_UNSTARTED_SHARE [MAX_UNAIMED_SHARE]]
   run -0 python3 "$BATS_TEST_DIRNAME/test_helper/check_records.py" "$SERVER" "$WORK/runs" \
-    "$WORK/ran" "${1:-0.25}"
+    "$WORK/ran" "${1:-0.25}" "${2:-0.5}"
   printf '# %s\n' "${lines[@]}" >&3
   [[ $output == *", 0 bad" ]] || fail "some runs lost or falsified their record"
 }
@@ -120,8 +120,10 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE]
     done
     wait "${batch[@]}"
   done
-  # eight starting at once on a busy machine: more are signalled before they begin
-  check_runs 0.4
+  # eight starting at once on a busy machine: more are signalled before they begin, and more
+  # end before the loop sees their traps (fresh10: 8 of 15 under bash 4.4; a third aimed is
+  # still asked for)
+  check_runs 0.4 0.67
   # no write failed and none was reported, and bash printed nothing of its own ("...sh: line
   # N: PID Killed ..."); the jobs' own shells may print "Quit" and the like
   run -1 grep -E -e '^(job_wrapper:|WARNING:)' -e '\.sh: (line [0-9]+: )?' "$WORK/stderr"
