@@ -159,7 +159,7 @@ class HostWatch:
                 self.session.abort()
 
     def run(self) -> None:
-        backoff = 1.0
+        backoff, began = 1.0, 0.0
         connected = False
         while not self.stop.is_set():
             options = self.target.options
@@ -168,7 +168,7 @@ class HostWatch:
                 with connect(self.target.spec, options, deadline, self.started) as session:
                     if connected:
                         self.tell("reconnected")
-                    connected, backoff = True, 1.0
+                    connected, began = True, time.monotonic()
                     self.block = None
                     stream_step(
                         session, "watch", str(self.beat), on_line=self.feed,
@@ -182,16 +182,26 @@ class HostWatch:
             except DeployError as exc:
                 if self.stop.is_set():
                     return
+                backoff = fresh(backoff, began)
                 self.tell("disconnected", error=f"{exc}; trying again in {backoff:g} s")
                 connected = True  # (the next connection is a reconnection)
             except Exception as exc:  # paramiko's own errors on a connection cut
                 if self.stop.is_set():
                     return
+                backoff = fresh(backoff, began)
                 self.tell("disconnected", error=f"{type(exc).__name__}: {exc}; trying again "
                           f"in {backoff:g} s")  # fmt: skip
                 connected = True
+            began = 0.0  # (an attempt that never connects doubles the wait)
             self.stop.wait(backoff)
             backoff = min(backoff * 2, MOST_BACKOFF)
+
+
+def fresh(backoff: float, began: float) -> float:
+    """The wait before the next connection: from 1 s again after one that held a while; one
+    that broke at once (a host that logs in, then fails) does not reset it: never a login a
+    second."""
+    return 1.0 if began and time.monotonic() - began > MOST_BACKOFF else backoff
 
 
 class OnEnd:
