@@ -209,3 +209,15 @@ def sp_deploy(*args: str) -> subprocess.Popen[str]:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def run_wrapper(lab: Lab, job_id: str, *command: str) -> subprocess.Popen[str]:
+    """Host a's deployed wrapper run as its user, apart (its own session), as tmux would run it."""
+    home = lab.user.pw_dir
+    env = {"HOME": home, "USER": lab.user.pw_name, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    return subprocess.Popen(
+        ["setpriv", f"--reuid={lab.user.pw_uid}", f"--regid={lab.user.pw_gid}", "--init-groups",
+         f"{home}/.solverpilot/bin/job_wrapper.sh", job_id, *command],
+        env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import Lab, poll, sp, sp_json
 from conftest import job_state as state
+from conftest import run_wrapper as wrapper
 from sshlab import run_as
 
 from solverpilot_deploy.resources import schema_columns, schema_version
@@ -68,18 +69,6 @@ def statuses(
     code, jobs = sp_json(capsys, "status", lab.a.spec, *connect(lab, trusted))
     assert code == 0, jobs
     return {str(j["id"]): j for j in jobs}
-
-
-def wrapper(lab: Lab, job_id: str, *command: str) -> subprocess.Popen[str]:
-    """The deployed wrapper run as the test user, apart (its own session)."""
-    home = lab.user.pw_dir
-    env = {"HOME": home, "USER": lab.user.pw_name, "PATH": "/usr/local/bin:/usr/bin:/bin"}
-    return subprocess.Popen(
-        ["setpriv", f"--reuid={lab.user.pw_uid}", f"--regid={lab.user.pw_gid}", "--init-groups",
-         f"{home}/{WRAPPER}", job_id, *command],
-        env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
 
 
 def test_after_the_db_was_held_locked_as_jobs_ended_reconcile_makes_every_row_final_and_equal(

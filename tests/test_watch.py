@@ -25,24 +25,13 @@ from typing import Any
 
 import pytest
 from conftest import Lab, poll, require, sp, sp_deploy, sp_json
+from conftest import run_wrapper as wrapper
 from sshlab import Sshd, run_as
 
 from solverpilot_deploy.remote import step_script, with_token
 
 SERVER = ".solverpilot-server"
 WRAPPER = ".solverpilot/bin/job_wrapper.sh"
-
-
-def wrapper(lab: Lab, job_id: str, *command: str) -> subprocess.Popen[str]:
-    """The deployed wrapper run as the test user, apart (its own session), as tmux would."""
-    home = lab.user.pw_dir
-    env = {"HOME": home, "USER": lab.user.pw_name, "PATH": "/usr/local/bin:/usr/bin:/bin"}
-    return subprocess.Popen(
-        ["setpriv", f"--reuid={lab.user.pw_uid}", f"--regid={lab.user.pw_gid}", "--init-groups",
-         f"{home}/{WRAPPER}", job_id, *command],
-        env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
 
 
 @dataclass
