@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from solverpilot_deploy.errors import (
     ChecksumError,
@@ -30,6 +31,7 @@ from solverpilot_deploy.remote import run_step, unsafe_server_dir
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql, schema_version
 from solverpilot_deploy.safe import host_object
+from solverpilot_deploy.shapes import error_object, host_result
 from solverpilot_deploy.ssh import remaining
 from solverpilot_deploy.transport import Session
 
@@ -105,17 +107,27 @@ class HostResult:
     error: str | None = None
     warnings: tuple[str, ...] = ()
     outcome: str | None = None  # push only: OLD, NEW or UNKNOWN (see above)
+    error_kind: str | None = None  # the error's kind (shapes.ERROR_KINDS), else by status
 
-    def as_json(self) -> dict[str, str | list[str] | None]:
-        return {
-            "host": self.host,
-            "status": self.status,
-            "distro": self.distro,
-            "sha256": self.sha256,
-            "error": self.error,
-            "warnings": list(self.warnings),
-            "outcome": self.outcome,
-        }
+    def as_json(self) -> dict[str, Any]:
+        """The host result of shapes.py (README "JSON output")."""
+        error = None
+        if self.error is not None:
+            kind = self.error_kind or STATUS_KINDS.get(self.status, "failed")
+            error = error_object(kind, self.error)
+        return host_result(
+            self.host, self.status, error, self.warnings,
+            distro=self.distro, sha256=self.sha256, outcome=self.outcome,
+        )  # fmt: skip
+
+
+# the error kind of a result whose error names no kind of its own
+STATUS_KINDS = {
+    "skipped": "skipped",
+    "missing": "verify",
+    "mismatch": "verify",
+    "needs-repair": "verify",
+}
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:

@@ -23,6 +23,7 @@ OLD_WRAPPER = "the installed wrapper is older than this sp-deploy (no --sync): r
 
 
 class ReconcileError(HostError):
+    code = "reconcile"
     kind = "reconcile"
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,13 +174,46 @@ def sp(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def sp_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, object]]]:
+def payload(out: str) -> Any:
+    """The part of a --json document a test looks at: the host results of push and verify,
+    the one host's jobs of status, the queues of queue, else the document (README "JSON
+    output"); every document says its schema."""
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        pytest.fail(f"not JSON: {out!r}")
+    assert doc["schema"] == 1, doc
+    if "error" in doc and doc["command"] not in ("cancel",):
+        return doc
+    if doc["command"] in ("push", "verify"):
+        return doc["hosts"]
+    if doc["command"] == "status":
+        (host,) = doc["hosts"]
+        return host["jobs"]
+    if doc["command"] == "queue":
+        return doc["queues"]
+    return doc
+
+
+def error_text(result: Any) -> str | None:
+    """A host result's (or an event's) error message; its kind must be a documented one."""
+    from solverpilot_deploy.shapes import ERROR_KINDS
+
+    error = result["error"]
+    if error is None:
+        return None
+    assert set(error) == {"kind", "message"} and error["kind"] in ERROR_KINDS, error
+    message: str = error["message"]
+    return message
+
+
+def sp_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     code, out, err = sp(capsys, *argv, "--json")
     try:
-        data: list[dict[str, object]] = json.loads(out)
+        json.loads(out)
     except ValueError:
         pytest.fail(f"not JSON (exit {code}): {out!r}; stderr: {err!r}")
-    return code, data
+    return code, payload(out)
 
 
 def poll(condition: object, seconds: float, what: str) -> None:
