@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from solverpilot_deploy import __version__, signals
+from solverpilot_deploy import __version__, completion, signals
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
 from solverpilot_deploy.safe import printable
 
@@ -1171,12 +1171,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     _add_ssh_options(logs)
     logs.set_defaults(func=cmd_logs)
+    completion.add_command(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
+        completion.answer(parser)  # a shell's TAB (argcomplete): candidates printed, exits
         words = list(sys.argv[1:] if argv is None else argv)
         command_argv: list[str] = []
         if "--" in words:  # run's COMMAND [ARG...]: taken as they are
