@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from solverpilot_deploy import __version__, signals
+from solverpilot_deploy import __version__, completion, signals
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
 from solverpilot_deploy.safe import printable
 
@@ -1297,6 +1297,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     _add_ssh_options(logs)
     logs.set_defaults(func=cmd_logs)
+    completion.add_command(sub)
     COMMANDS.clear()
     COMMANDS.update(sub.choices)
     return parser
@@ -1312,6 +1313,8 @@ def _extra_words(args: argparse.Namespace, extra: list[str]) -> str:
     if args.command == "lint" and args.distro and not extra[0].startswith("-"):
         again = " ".join(f"--distro {word}" for word in [*args.distro, *extra])
         return f"one profile per --distro: repeat it: sp-deploy lint {again}"
+    if "--json" in extra:
+        return f"{args.command} has no --json: it prints a shell script for people's shells"
     return f"unrecognized arguments: {' '.join(extra)}"
 
 
@@ -1325,6 +1328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((word for word in words if word in COMMANDS), "sp-deploy")
     try:
         parser = build_parser()
+        completion.answer(parser)  # a shell's TAB (argcomplete): candidates printed, exits
         command = next((word for word in words if word in COMMANDS), "sp-deploy")
         args, extra = parser.parse_known_args(words)
         command = args.command

@@ -27,9 +27,10 @@ as_root() {
 install_debian_packages() {
   local -A wanted=([sqlite3]=sqlite3 [busybox]=busybox-static [flock]=util-linux
     [setsid]=util-linux [strace]=strace [sshd]=openssh-server [ssh-keygen]=openssh-client
-    [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [dash]=dash [bindfs]=bindfs [tmux]=tmux
-    [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm [sbatch]=slurm-wlm
-    [munged]=munge [mkfs.btrfs]=btrfs-progs [pkill]=procps [inotifywait]=inotify-tools)
+    [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [zsh]=zsh [dash]=dash [bindfs]=bindfs
+    [tmux]=tmux [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm
+    [sbatch]=slurm-wlm [munged]=munge [mkfs.btrfs]=btrfs-progs [pkill]=procps
+    [inotifywait]=inotify-tools)
   local tool missing=()
   for tool in "${!wanted[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${wanted[$tool]}")
