@@ -399,7 +399,7 @@ def test_status_completed_failed_running_and_lost(
     assert row.split()[:5] == ["job-bad", "-", "failed", "3", "-"]  # (no name)
     code, out, _ = sp(capsys, *status, "job-bad")
     header, row = out.splitlines()
-    assert header.split() == "ID NAME STATUS EXIT STARTED WALL CPU COMMAND".split()
+    assert header.split() == ["ID", "NAME", "STATUS", "EXIT", "STARTED", "WALL", "CPU", "COMMAND"]
     assert row.split()[:4] == ["job-bad", "-", "failed", "3"]
 
 
@@ -682,7 +682,8 @@ def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Pa
     # then the table, on stdout
     assert proc.stdout.splitlines()[0].split() == ["HOST", "STATUS", "DISTRO", "SHA256", "ERROR"]
     assert [line.split()[:2] for line in proc.stdout.splitlines()[1:]] == [
-        [lab.a.spec, "deployed"], [lab.b.spec, "deployed"]
+        [lab.a.spec, "deployed"],
+        [lab.b.spec, "deployed"],
     ]
 
 
