@@ -317,7 +317,10 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T], sent
     except UsageError as exc:  # the host said the command line named what is not there
         raise UsageError(f"{args.host}: {exc}") from exc
     except DeployError as exc:
-        raise HostFailedError(f"{args.host}: {exc}{f'; {sent}' if began and sent else ''}") from exc
+        from solverpilot_deploy.errors import NoJobError
+
+        said = f"; {sent}" if began and sent and not isinstance(exc, NoJobError) else ""
+        raise HostFailedError(f"{args.host}: {exc}{said}") from exc
     except KeyboardInterrupt:
         if began and sent:
             print(

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
-from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError, UsageError
+from solverpilot_deploy.errors import (
+    HostError,
+    NoJobError,
+    NoWrapperError,
+    RemoteCommandError,
+    RequirementError,
+    UsageError,
+)
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.safe import host_object, printable
 from solverpilot_deploy.status import JOB_ID
@@ -31,6 +38,7 @@ NO_WRAPPER = (
 class JobError(HostError):
     """The job could not be started, found or stopped; the message says which."""
 
+    code = "job"
     kind = "job"
 
 
@@ -152,7 +160,7 @@ def run_job(
     if result.status == 0:
         return Started(job_id, _state(result.lines), warnings)
     if result.status == 10:
-        raise JobError(NO_WRAPPER)
+        raise NoWrapperError(NO_WRAPPER)
     if result.status == 11:
         try:
             hint = profile_for_os(
@@ -228,7 +236,7 @@ def cancel_job(
             never_started=wrote in ("yes", "queued"),
         )
     if result.status == 10:
-        raise JobError(_no_job(job_id, found))
+        raise NoJobError(_no_job(job_id, found))
     if result.status == 11 and "slurm_state" in found:
         raise JobError(
             f"job {job_id} is lost: Slurm ended it ({found['slurm_state']}) without its final "
@@ -312,7 +320,7 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         session, "logs", check_job_id(job_id), str(offset), str(most), timeout=timeout
     )
     if result.status == 10:
-        raise JobError(_no_job(job_id, result.values(), " (no log, no state)"))
+        raise NoJobError(_no_job(job_id, result.values(), " (no log, no state)"))
     if result.status != 0:
         raise RemoteCommandError(f"cannot read the log: {result.error()}")
     found = result.values()
@@ -355,7 +363,7 @@ def queues(
     args = (*((name,) if name else ()), *((str(slots),) if slots is not None else ()))
     result = run_step(session, "queue", *args, timeout=timeout)
     if result.status == 10:
-        raise JobError(NO_WRAPPER)
+        raise NoWrapperError(NO_WRAPPER)
     if result.status == 12:
         raise JobError(f"the wrapper refused: {printable(result.error())}")
     if result.status != 0:

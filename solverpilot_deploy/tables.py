@@ -90,7 +90,9 @@ def when(iso: str | None, now: datetime) -> str:
         return iso[5:16].replace("T", " ")
     age = (now - moment).total_seconds()
     if age < 86400:
-        return "now" if age < 1 else f"{duration(max(age, 1.0)).split('.')[0]} ago"
+        if age < 1:
+            return "now"
+        return f"{duration(float(int(age))) if age >= 10 else f'{int(age)}s'} ago"
     return moment.strftime("%m-%d %H:%M")
 
 
@@ -143,7 +145,7 @@ def job_rows(jobs: Sequence[Any], wide: bool, now: datetime | None = None) -> li
         rows.append(
             [
                 short[job.id],
-                shorter(job.name, 16) if job.name else "-",
+                shorter(job.name, 12) if job.name else "-",
                 shorter(status_words(job), 32),
                 _exit(job),
                 when(started, now),
@@ -171,7 +173,7 @@ def render(
         last, more = row[-1], []
         if width is not None:
             used = sum(len(cell) + 2 for cell in cells)
-            room = max(width - used - 1, 10)
+            room = max(width - used, 4)
             if wrap and len(last) > room:
                 first, *more = textwrap.wrap(last, room, break_on_hyphens=False)
                 last, more = first, [" " * used + part for part in more]
