@@ -1175,7 +1175,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int, 86400),
         default=60,
         metavar="SECONDS",
-        help="how long the job may take to stop (default 60)",
+        help="how long to wait for the job's end (default 60); the wrapper KILLs the job "
+        "at its own grace after the TERM (SOLVERPILOT_KILL_GRACE, 10 s by default)",
     )
     cancel.add_argument(
         "--force",

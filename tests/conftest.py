@@ -54,6 +54,28 @@ def profile_name(request: pytest.FixtureRequest) -> str:
 # ---- both transports ----
 
 TRANSPORTS = ("paramiko", "openssh")
+# bash tests/run_all.sh --quick (SP_QUICK set): the contributors' inner loop, under 3 minutes.
+# It leaves out what needs a cluster, a build or a filesystem of its own, the stress loops, and
+# the openssh half of the transport-parametrized tests; the full run (CI) has them all.
+QUICK = bool(os.environ.get("SP_QUICK"))
+QUICK_LEAVES_OUT = (
+    "test_slurm.py", "test_slurm_states.py", "test_wheel.py", "test_bench.py",
+    "test_dockerfile.py", "test_shared_home.py", "test_filesystems.py", "test_deploy_faults.py",
+    "test_hardening.py", "test_jobs_truth.py", "test_queues.py", "test_openssh.py",
+    "test_login_shells.py", "test_host_keys.py", "test_watch.py", "test_reconcile.py",
+    "test_completion.py", "test_hostile_host.py", "test_server_dir.py", "test_inventory.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not QUICK:
+        return
+    kept, left = [], []
+    for item in items:
+        out = item.path.name in QUICK_LEAVES_OUT or "[openssh" in item.name or "stress" in item.name
+        (left if out else kept).append(item)
+    items[:] = kept
+    config.hook.pytest_deselected(items=left)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

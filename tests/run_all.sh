@@ -7,6 +7,8 @@
 # the clone (/var/cache/solverpilot-test).
 #
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
+#        bash tests/run_all.sh --quick   (contributors' inner loop, under 3 minutes: lint, the
+#        quicker pytest half and the bats suite for one profile; see quick below)
 # Installs, when missing: Debian packages (sqlite3, busybox-static, util-linux, strace,
 # openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap, slurm-wlm,
 # munge, btrfs-progs, procps, inotify-tools) and, into
@@ -167,10 +169,41 @@ for p in load_profiles():
   BATS_FAILED=$FAILED
 }
 
+# quick: the contributors' inner loop (--quick): lint, the quicker half of pytest (SP_QUICK:
+# tests/conftest.py says what it leaves out) and, beside it on the other core, the bats suite
+# once for the debian profile with short stress loops. Not the CI: that is the full run.
+quick() {
+  local status=0 tap
+  echo "== ruff, mypy (set-up done at ${SECONDS}s)"
+  ruff check solverpilot_deploy tests bench && ruff format --check solverpilot_deploy tests bench || status=1
+  mypy || status=1
+  OUT=$(mktemp -d)
+  tap=$OUT/bats.tap
+  "$VENV/bin/sp-deploy" render --distro debian -o "$OUT/job_wrapper.debian.sh"
+  echo "== pytest (quick) and bats (debian) at once (at ${SECONDS}s)"
+  SP_WRAPPER=$OUT/job_wrapper.debian.sh SP_USERLAND=gnu SP_BASH='' SP_STRESS_RUNS=${SP_STRESS_RUNS:-6} \
+    BATS_TEST_TIMEOUT=300 "$VENV/bin/bats_core_pkg" --formatter tap "$ROOT/bats" >"$tap" 2>&1 &
+  local bats=$!
+  SP_QUICK=1 python -m pytest -q -p no:cacheprovider tests || status=1
+  wait "$bats" || true
+  grep '^not ok' "$tap" || true
+  grep -q '^1\.\.[1-9]' "$tap" && ! grep -q '^not ok' "$tap" || status=1
+  echo "bats: $(grep -c '^ok ' "$tap" || true) passed, $(grep -c '^not ok ' "$tap" || true) failed"
+  rm -rf "$OUT"
+  if ((status == 0)); then echo "run_all --quick: all checks passed"; else echo "run_all --quick: FAILED"; fi
+  echo "run_all --quick: ${SECONDS}s in all"
+  return "$status"
+}
+
 main() {
   install_debian_packages
   install_python_packages
   export PATH="$VENV/bin:$PATH"
+  if [[ ${1-} == --quick ]]; then
+    quick
+    return
+  fi
+  [[ $# == 0 ]] || { echo "usage: bash tests/run_all.sh [--quick]" >&2; return 2; }
   prebuild
   local status=0
   echo "== ruff (set-up done at ${SECONDS}s)"
