@@ -174,12 +174,17 @@ def _print_table(rows: Sequence[Sequence[str]], wrap: bool = False) -> None:
 
 
 def _run_fleet(
-    args: argparse.Namespace, operation: Operation, good: set[str], untouched: str | None = None
+    args: argparse.Namespace,
+    operation: Operation,
+    good: set[str],
+    untouched: str | None = None,
+    report: Callable[[list[HostResult]], None] | None = None,
 ) -> int:
     """``operation`` on every host of ``args``; a host whose operation never returned a result
     (no connection, an interrupt, a failed probe) gets outcome ``untouched``. On a terminal
     (stderr), a live progress line; -q: only the hosts that did not succeed; -v: each host's
-    steps with their times as it ends."""
+    steps with their times as it ends. ``report`` prints the results (default: the deploy
+    table, or with --json their document)."""
     import dataclasses
     import time
 
@@ -204,10 +209,10 @@ def _run_fleet(
     def on_done(result: HostResult) -> None:
         if progress is not None:
             progress.finished(result.host, result.status)
-        if not args.quiet:
+        if not getattr(args, "quiet", False):
             for warning in result.warnings:
                 say(f"sp-deploy: {printable(f'{result.host}: warning: {warning}')}")
-        if args.verbose:
+        if getattr(args, "verbose", False):
             took = time.monotonic() - began.get(result.host, time.monotonic())
             steps = ", ".join(f"{name} {sec:.2f}s" for name, sec in getattr(result, "steps", ()))
             said = f"{result.host}: {result.status} in {took:.2f}s" + (
@@ -245,7 +250,9 @@ def _run_fleet(
             r if r.outcome or not untouched else dataclasses.replace(r, outcome=untouched)
             for r in fleet.results
         ]
-        if args.json:
+        if report is not None:
+            report(results)
+        elif args.json:
             _emit(document(args.command, hosts=[r.as_json() for r in results]))
         else:
             shown = [r for r in results if not args.quiet or r.status not in good]
@@ -348,10 +355,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for word in args.job_ids:  # status HOST1 HOST2: the second is no job id
         if "@" in word or ":" in word:
             raise UsageError(
-                f"{word!r} is not a job id; it looks like a host, and status takes one HOST "
-                "(run it once per host)"
+                f"{word!r} is not a job id; it looks like a host: status takes its hosts "
+                f"comma-separated (status {args.host},{word})"
             )
     wanted = _job_ids(args.job_ids)
+    names = [name for name in args.host.split(",") if name] or [args.host]
+    if len(names) > 1 or (args.inventory and len(_targets(args, names)) > 1):
+        return _status_of_hosts(args, names, wanted)
     jobs, warnings = _on_host(
         args, lambda session, end: read_status(session, remaining(end), wanted)
     )
@@ -361,7 +371,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     missing = [job_id for job_id in wanted if job_id not in found]
     for job_id in missing:  # as cancel and logs say it; the jobs found are listed still
         hint = (
-            " (status takes one HOST: the words after it are job ids)"
+            " (the words after HOST are job ids; several hosts go comma-separated: H1,H2)"
             if job_id == wanted[0]
             else ""
         )
@@ -379,6 +389,58 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     _print_table(job_rows(jobs, args.wide))
     return 1 if missing else 0
+
+
+def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[str, ...]) -> int:
+    """status of many hosts (HOST,HOST... or an inventory group): a fleet command, one table
+    with a HOST column, or --json's host results; exit 1 when a host failed, or a job asked
+    for is on none of them."""
+    from solverpilot_deploy.deploy import HostResult
+    from solverpilot_deploy.shapes import document, error_object
+    from solverpilot_deploy.ssh import remaining
+    from solverpilot_deploy.status import read_status
+    from solverpilot_deploy.tables import job_rows
+
+    found: dict[str, list[Any]] = {}
+
+    def operation(session: Session, host: str, deadline: float, stop: Event) -> HostResult:
+        jobs, warnings = read_status(session, remaining(deadline), wanted)
+        found[host] = jobs
+        return HostResult(host, "ok", warnings=warnings)
+
+    seen = {job.id for jobs in found.values() for job in jobs}
+    missing: list[str] = []
+
+    def report(results: list[HostResult]) -> None:
+        seen.update(job.id for jobs in found.values() for job in jobs)
+        missing.extend(job_id for job_id in wanted if job_id not in seen)
+        if args.json:
+            shown = []
+            for r in results:
+                here = found.get(r.host, [])
+                gone = [i for i in wanted if r.status == "ok" and i not in {j.id for j in here}]
+                result = r.as_json()
+                del result["distro"], result["sha256"], result["outcome"]
+                result.update(jobs=[job.as_json() for job in here], missing=gone)
+                shown.append(result)
+            error = None
+            if missing:
+                error = error_object("no_job", f"no job {', '.join(missing)} on these hosts")
+            _emit(document("status", hosts=shown, **({"error": error} if error else {})))
+            return
+        for job_id in missing:
+            print(f"sp-deploy: error: no job {job_id} on any of these hosts", file=sys.stderr)
+        rows = [["HOST", *job_rows([], args.wide)[0]]]
+        for r in results:
+            if r.status != "ok":
+                print(f"sp-deploy: {printable(f'{r.host}: {r.error}')}", file=sys.stderr)
+                continue
+            rows += [[r.host, *row] for row in job_rows(found.get(r.host, []), args.wide)[1:]]
+        _print_table(rows)
+
+    args.hosts = names
+    code = _run_fleet(args, operation, {"ok"}, report=report)
+    return code if code else (1 if missing else 0)
 
 
 def _status_words(job: Any) -> str:
@@ -1106,7 +1168,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify, more_positionals="hosts")
 
     status = sub.add_parser("status", help="list the jobs recorded on a host")
-    status.add_argument("host", metavar="HOST")
+    status.add_argument(
+        "host",
+        metavar="HOST",
+        help="a host; or several, comma-separated, or an inventory group: one table of all",
+    )
     status.add_argument(
         "job_ids", nargs="*", metavar="JOB_ID", help="only these jobs (a unique prefix will not do)"
     )
@@ -1116,8 +1182,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="whole ids, commands and times (ISO 8601), the signal and tmux columns",
     )
+    status.add_argument(
+        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
+    )
     _add_ssh_options(status)
-    status.set_defaults(func=cmd_status, more_positionals="job_ids")
+    status.set_defaults(func=cmd_status, more_positionals="job_ids", max_fail=None, canary=None)
 
     run = sub.add_parser(
         "run",

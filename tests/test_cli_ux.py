@@ -293,3 +293,44 @@ def test_wait_for_a_missing_job_is_exit_1_like_every_command(
         extra = c[:4] if argv[0] == "wait" else c
         code, _, err = sp(capsys, *argv, *extra)
         assert code == 1 and "no job nosuch" in err, (argv, err)
+
+
+def test_status_of_many_hosts_is_one_table_and_one_document(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    done = cli("push", lab.b.spec, *c)
+    assert done.returncode == 0, done.stderr
+    for spec, job_id in ((lab.a.spec, "on-a"), (lab.b.spec, "on-b")):
+        done = cli("run", spec, *c, "--id", job_id, "--", "true")
+        assert done.returncode == 0, done.stderr
+        assert cli("wait", spec, job_id, *c[:4]).returncode == 0
+    both = f"{lab.a.spec},{lab.b.spec}"
+    proc = cli("status", both, *c)
+    assert proc.returncode == 0 and proc.stderr == "", proc
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["HOST", "ID", "NAME"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [lab.a.spec, "on-a", "-"], [lab.b.spec, "on-b", "-"]
+    ]  # fmt: skip
+    doc = document(cli("status", both, *c, "--json"), "status")
+    assert [(h["host"], [j["id"] for j in h["jobs"]]) for h in doc["hosts"]] == [
+        (lab.a.spec, ["on-a"]), (lab.b.spec, ["on-b"])
+    ]  # fmt: skip
+    for result in doc["hosts"]:
+        check_host(result)
+    # a job id asked for: found on one host, no error; on none: exit 1
+    proc = cli("status", both, "on-b", *c, "--json")
+    doc = document(proc, "status")
+    assert proc.returncode == 0 and [h["missing"] for h in doc["hosts"]] == [["on-b"], []]
+    proc = cli("status", both, "nosuch", *c, "--json")
+    assert proc.returncode == 1 and document(proc, "status")["error"]["kind"] == "no_job"
+    # a host that fails: its error, the others listed, exit 1
+    proc = cli("status", f"{lab.a.spec},nobody@127.0.0.1:1", *c, "--json")
+    doc = document(proc, "status")
+    assert proc.returncode == 1, proc
+    (good, bad) = doc["hosts"]
+    assert [j["id"] for j in good["jobs"]] == ["on-a"] and bad["error"]["kind"] == "unreachable"
+    # on a terminal: the progress line on stderr, then the table
+    shown = on_a_terminal(["status", both, *c], columns=100)
+    assert "[2/2] 2 ok, 0 failed, 0 in flight" in shown and "on-b" in shown, shown

@@ -335,7 +335,10 @@ def test_status_of_a_missing_job_or_of_two_hosts_says_so(
     assert code == 0 and not err
     # a second host where a job id goes: a usage error naming the mistake, before any connection
     code, out, err = sp(capsys, "status", lab.a.spec, lab.b.spec, *connect(lab, trusted))
-    assert code == 2 and "looks like a host, and status takes one HOST" in err, err
+    assert (
+        code == 2
+        and f"status takes its hosts comma-separated (status {lab.a.spec},{lab.b.spec})" in err
+    ), err
     code, out, err = sp(capsys, "status", lab.a.spec, "user@node2", *connect(lab, trusted))
     assert code == 2 and "'user@node2' is not a job id" in err, err
 
