@@ -27,7 +27,9 @@ from sshlab import run_as
 from solverpilot_deploy.shapes import ERROR_KINDS
 from solverpilot_deploy.status import JOB_KEYS
 
-EXE = str(Path(sys.executable).parent / "sp-deploy")
+ROOT = Path(__file__).resolve().parent.parent
+EXE = (sys.executable, "-m", "solverpilot_deploy")  # this checkout's code, whatever is installed
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 HOST_KEYS = {"host", "status", "error", "warnings"}
 
 
@@ -38,7 +40,7 @@ def connect(lab: Lab, trusted: Path) -> tuple[str, ...]:
 @pytest.fixture
 def deployed(lab: Lab, home: Path, trusted: Path) -> Iterator[Path]:
     require(bool(shutil.which("tmux")), "needs tmux (Debian package tmux)")
-    done = subprocess.run([EXE, "push", lab.a.spec, *connect(lab, trusted)], check=False)
+    done = cli("push", lab.a.spec, *connect(lab, trusted))
     assert done.returncode == 0
     yield home
     run_as(lab.user, "tmux", "kill-server")
@@ -48,9 +50,9 @@ def on_a_terminal(argv: list[str], columns: int = 80, env: dict[str, str] | None
     """sp-deploy with stdout and stderr on a pty ``columns`` wide; all it wrote, as text."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    environ = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS")}
+    environ = {k: v for k, v in ENV.items() if k not in ("NO_COLOR", "COLUMNS")}
     environ.update(TERM="xterm", **(env or {}))
-    proc = subprocess.Popen([EXE, *argv], stdout=slave, stderr=slave, env=environ)
+    proc = subprocess.Popen([*EXE, *argv], stdout=slave, stderr=slave, env=environ)
     os.close(slave)
     said = b""
     deadline = time.monotonic() + 90
@@ -104,7 +106,9 @@ def lines_of(text: str) -> list[dict[str, Any]]:
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *argv], capture_output=True, text=True, check=False, timeout=180)
+    return subprocess.run(
+        [*EXE, *argv], capture_output=True, text=True, check=False, timeout=180, env=ENV
+    )
 
 
 def test_every_command_prints_the_documented_json_shape(
