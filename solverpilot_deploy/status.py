@@ -482,7 +482,7 @@ def read_status(
     if bad:
         raise ValueError(f"not a job id: {bad[0]!r}")
     result = run_step(session, "status", *job_ids, timeout=timeout)
-    if result.status != 0:
+    if result.code != "ok":
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
     jobs = parse_status_output(result.lines, job_ids)
     warnings = [DB_UNREADABLE] if "@dberror" in result.lines else []

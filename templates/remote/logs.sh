@@ -9,9 +9,9 @@
 #   another attempt: more may come whatever its record says), slurm=unknown when Slurm could
 #   not answer (slurm_error= its words), lost=yes when Slurm has ended it while its record
 #   says running; then the bytes as lines of hex pairs.
-# Exit: 0; 10 neither a log nor a state for this job (db_only=STATUS: only a DB row); 21 an
-#   unsafe server folder (lib.sh).
-sp_server_safe || exit 21
+# Exit (templates/remote/codes): ok; no_job: neither a log nor a state for this job
+#   (db_only=STATUS: only a DB row); unsafe_server_dir (lib.sh).
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 id=$1 offset=$2 max=$3
 log=$sp_server/logs/$id.log state=$sp_server/jobs/$id.status
 # (a Slurm job has neither until it starts: its batch script says it was submitted)

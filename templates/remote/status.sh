@@ -27,8 +27,8 @@
 #   "@now EPOCH_SECONDS" (the host's clock) at the end.
 # Paths reach awk through its environment (ENVIRON), never -v, which rewrites backslashes.
 # The lines below are scan.sh's sp_scan, which watch shares.
-# Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe).
-sp_server_safe || exit 21
+# Exit (templates/remote/codes): ok; unsafe_server_dir (lib.sh's sp_server_safe).
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 # the job is the wrapper's child that leads a session of its own (setsid; a setsid that forked
 # leaves it a grandchild): /proc is read once, only when a wrapper runs
 SP_PIDS=1 sp_scan "$@" | awk '
