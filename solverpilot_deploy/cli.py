@@ -910,14 +910,19 @@ SLURM_UNANSWERED_READS = 5  # logs -f: reads of a final record Slurm cannot conf
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
-    from solverpilot_deploy.jobs import JobError, read_log
+    from solverpilot_deploy.jobs import JobError, PaneBytes, read_log
 
     (job_id,) = _job_ids([args.job_id])
     out = sys.stdout.buffer
     chunk_most = 4 * 1024 * 1024
+    pane = PaneBytes()  # a tmux job's log is its pane's: the job's own bytes from it
 
-    def write(data: bytes, offset: int) -> None:
+    emitted = 0  # the job's bytes printed so far (--json's offset)
+
+    def write(data: bytes) -> None:
         """The job's bytes as they are, or (--json) as a line: base64, and as text."""
+        nonlocal emitted
+        emitted += len(data)
         if not args.json:
             out.write(data)
             out.flush()
@@ -928,7 +933,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
             text = data.decode("utf-8", "replace")
             _emit_line(line(
-                host=args.host, id=job_id, offset=offset,
+                host=args.host, id=job_id, offset=emitted - len(data),
                 data=base64.b64encode(data).decode("ascii"), text=text,
             ))  # fmt: skip
 
@@ -948,8 +953,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
             unanswered = chunk.slurm == "unknown"
             if chunk.size < offset:  # truncated (rotated in place): from its new start
                 offset = 0
+                pane.rest()
                 continue
-            write(chunk.data, offset)
+            write(pane.feed(chunk.data) if chunk.pane else chunk.data)
             offset += len(chunk.data)
             if offset < chunk.size:
                 continue  # more is there already
@@ -972,7 +978,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     def follow_to_end(session: Session, deadline: float) -> int:
         from solverpilot_deploy.status import read_status
 
-        follow(session, deadline)
+        try:
+            follow(session, deadline)
+        finally:
+            write(pane.rest())  # a \r that ended the log
         if not args.follow:
             return 0
         jobs, _ = read_status(session, args.timeout, (job_id,))  # how it ended: the exit code

@@ -379,7 +379,11 @@ def test_logs_prints_the_jobs_own_bytes_whatever_its_pane_would_add(
     the job still has a terminal, and its pane still shows its output."""
     job_id = "job-bytes-q" if queued else "job-bytes"
     marker = deployed / SERVER / "scratch" / f"{job_id}.reading"
-    script = f'[ -t 1 ] || exit 9; : > {marker}; IFS= read -r line; printf "$1" "$line"'
+    gate = marker.with_suffix(".gate")
+    script = (
+        f'[ -t 1 ] || exit 9; : > {marker}; IFS= read -r line; printf "$1" "$line"; '
+        f"until [ -e {gate} ]; do sleep 0.1; done"
+    )
     where = ("--queue", "bytes") if queued else ()
     code, out, err = sp(capsys, "run", lab.a.spec, "--id", job_id, *where, *connect(lab, trusted),
                         "--", "sh", "-c", script, "sh", OWN_FORMAT)  # fmt: skip
@@ -387,7 +391,14 @@ def test_logs_prints_the_jobs_own_bytes_whatever_its_pane_would_add(
     poll(marker.exists, 20, "the job reads its terminal")
     session = f"solverpilot_{lab.user.pw_name}_{job_id[:8]}"
     run_as(lab.user, "tmux", "send-keys", "-t", f"={session}:", "hello", "Enter")
+    # the log is the pane's output as a terminal shows it: each \n written \r\n, nothing typed
+    log = deployed / SERVER / "logs" / f"{job_id}.log"
+    pane_bytes = OWN_BYTES.replace(b"\n", b"\r\n")
+    poll(lambda: log.read_bytes() == pane_bytes, 20, "the job's output in its log")
+    # and the pane (what tmux attach shows) has its lines from the left margin
+    shown = run_as(lab.user, "tmux", "capture-pane", "-p", "-t", f"={session}:")
+    assert shown.stdout.splitlines()[:3] == ["a", "b", "progress 100%"], shown
+    gate.touch()
     code, data, err = logs_bytes(lab, trusted, job_id)
     assert code == 0, err  # the job had a terminal (else exit 9)
     assert data == OWN_BYTES
-    assert (deployed / SERVER / "logs" / f"{job_id}.log").read_bytes() == OWN_BYTES
