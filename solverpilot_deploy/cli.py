@@ -1120,7 +1120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="sp-deploy",
         description="Render, lint and deploy the SolverPilot job wrapper.",
-        epilog="Exit codes: 0 ok, 1 failure or lint findings, 2 usage error, 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 failure, lint findings or no such job, 2 usage error, 124 "
+        "wait --timeout ran out, 130 interrupted (README: each command's).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -25,6 +25,7 @@ class Progress:
         self.flying: dict[str, float] = {}  # host -> when it started
         self.done = 0
         self.failed = 0
+        self.skipped = 0
         self.lock = threading.Lock()
         self.drawn = False
         self.stopping = threading.Event()
@@ -51,7 +52,9 @@ class Progress:
         with self.lock:
             self.flying.pop(host, None)
             self.done += 1
-            if status not in self.good and status != "skipped":
+            if status == "skipped":
+                self.skipped += 1
+            elif status not in self.good:
                 self.failed += 1
 
     def say(self, text: str) -> None:
@@ -63,8 +66,10 @@ class Progress:
 
     def line(self) -> str:
         now = time.monotonic()
+        ok = self.done - self.failed - self.skipped
+        skipped = f", {self.skipped} skipped" if self.skipped else ""
         words = (
-            f"[{self.done}/{self.total}] {self.done - self.failed} ok, {self.failed} failed, "
+            f"[{self.done}/{self.total}] {ok} ok, {self.failed} failed{skipped}, "
             f"{len(self.flying)} in flight, {now - self.began:.1f}s"
         )
         slow = sorted((began, host) for host, began in self.flying.items() if now - began > SLOW)

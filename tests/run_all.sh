@@ -113,7 +113,7 @@ wait_prebuild() {
   PREBUILD=''
 }
 
-# the stress loops' runs for the first profile: 300, or 100 in CI (CI set), which must stay
+# the stress loops' runs for the first profile: 300, or 75 in CI (CI set), which must stay
 # within its time budget
 STRESS_DEFAULT=300
 [[ -z ${CI-} ]] || STRESS_DEFAULT=75
