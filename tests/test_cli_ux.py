@@ -338,3 +338,27 @@ def test_status_of_many_hosts_is_one_table_and_one_document(
     # on a terminal: the progress line on stderr, then the table
     shown = on_a_terminal(["status", both, *c], columns=100)
     assert "[2/2] 2 ok, 0 failed, 0 in flight" in shown and "on-b" in shown, shown
+
+
+def test_the_readme_first_command_leaves_the_clone_clean(tmp_path: Path) -> None:
+    """The README's first command renders into the checkout: git ignores what it writes."""
+    require(bool(shutil.which("git")) and (ROOT / ".git").exists(), "needs git and a clone")
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"```sh\n(.*?)\n```", readme, re.S)
+    assert first is not None
+    command = first[1]
+    assert "pip install ." in command and "sp-deploy render" in command, command
+    render = re.search(r"sp-deploy (render .*)$", command)
+    assert render is not None, command
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    done = subprocess.run(
+        [*EXE, *render[1].split()], cwd=clone, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (clone / "job_wrapper.sh").read_text().startswith("#!")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=no"], cwd=clone, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert status.stdout == "", status.stdout
