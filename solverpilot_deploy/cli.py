@@ -32,17 +32,31 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _emit(doc: dict[str, Any]) -> None:
-    """One --json document on stdout (shapes.document)."""
-    import json
+STREAMS = ("watch", "logs", "reconcile")  # their --json: one object per line
+_EMITTED: list[str] = []  # a --json document has begun on stdout (no error document after it)
 
-    print(json.dumps(doc, indent=2))
+
+def _emit(doc: dict[str, Any]) -> None:
+    """One --json document on stdout (shapes.document), whole: INT and TERM wait until it is
+    written (a reader that is slow to take a large one must not get half of it)."""
+    import json
+    import signal
+
+    text = json.dumps(doc, indent=2) + "\n"
+    _EMITTED.append(doc["command"])
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _emit_line(doc: dict[str, Any]) -> None:
     """One line of a --json stream (watch, logs, reconcile), at once."""
     import json
 
+    _EMITTED.append("line")
     print(json.dumps(doc), flush=True)
 
 
@@ -337,6 +351,39 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T], sent
         raise
 
 
+PREFIX_LEAST = 4  # the shortest prefix a command takes for a job id
+
+
+def _resolve(session: Session, timeout: float, job_id: str) -> str:
+    """The one job of the host whose id begins with ``job_id`` (a short id of status's
+    table), for a command that found no job of that exact id; NoJobError when none does, a
+    usage error naming them when several do."""
+    from solverpilot_deploy.errors import NoJobError
+    from solverpilot_deploy.status import read_status
+
+    if len(job_id) >= PREFIX_LEAST:
+        jobs, _ = read_status(session, timeout)
+        found = [job.id for job in jobs if job.id.startswith(job_id) and job.status != "unreadable"]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise UsageError(f"{job_id} begins {len(found)} job ids ({shown}): give more of it")
+    raise NoJobError(f"no job {job_id} on this host")
+
+
+def _either(session: Session, timeout: float, job_id: str, work: Callable[[str], T]) -> T:
+    """``work(job_id)``, or when the host has no job of that id, ``work`` of the one whose id
+    it begins (_resolve)."""
+    from solverpilot_deploy.errors import NoJobError
+
+    try:
+        return work(job_id)
+    except NoJobError:
+        full = _resolve(session, timeout, job_id)
+    return work(full)
+
+
 def _job_ids(ids: Sequence[str]) -> tuple[str, ...]:
     from solverpilot_deploy.status import JOB_ID
 
@@ -349,7 +396,6 @@ def _job_ids(ids: Sequence[str]) -> tuple[str, ...]:
 def cmd_status(args: argparse.Namespace) -> int:
     from solverpilot_deploy.shapes import document, error_object, host_result
     from solverpilot_deploy.ssh import remaining
-    from solverpilot_deploy.status import read_status
     from solverpilot_deploy.tables import job_rows
 
     for word in args.job_ids:  # status HOST1 HOST2: the second is no job id
@@ -359,16 +405,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"comma-separated (status {args.host},{word})"
             )
     wanted = _job_ids(args.job_ids)
-    names = [name for name in args.host.split(",") if name] or [args.host]
+    names = list(dict.fromkeys(name for name in args.host.split(",") if name)) or [args.host]
+    args.host = names[0] if len(names) == 1 else args.host
     if len(names) > 1 or (args.inventory and len(_targets(args, names)) > 1):
         return _status_of_hosts(args, names, wanted)
-    jobs, warnings = _on_host(
-        args, lambda session, end: read_status(session, remaining(end), wanted)
+    jobs, warnings, missing = _on_host(
+        args, lambda session, end: _read_wanted(session, remaining(end), wanted)
     )
     for warning in warnings:
         _warn(args.host, warning)
-    found = {job.id for job in jobs}
-    missing = [job_id for job_id in wanted if job_id not in found]
     for job_id in missing:  # as cancel and logs say it; the jobs found are listed still
         hint = (
             " (the words after HOST are job ids; several hosts go comma-separated: H1,H2)"
@@ -391,6 +436,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def _read_wanted(
+    session: Session, timeout: float, wanted: tuple[str, ...]
+) -> tuple[list[Any], tuple[str, ...], list[str]]:
+    """status's jobs (``wanted`` only, when given; a short id of its table, a prefix, stands
+    for the one job it begins), its warnings, and the ids given that are no job."""
+    from solverpilot_deploy.errors import NoJobError
+    from solverpilot_deploy.status import read_status
+
+    jobs, warnings = read_status(session, timeout, wanted)
+    found = {job.id for job in jobs}
+    missing, whole = [], []
+    for job_id in (job_id for job_id in wanted if job_id not in found):
+        try:
+            whole.append(_resolve(session, timeout, job_id))
+        except NoJobError:
+            missing.append(job_id)
+    if whole:
+        jobs, warnings = read_status(session, timeout, tuple(dict.fromkeys((*found, *whole))))
+    return jobs, warnings, missing
+
+
 def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[str, ...]) -> int:
     """status of many hosts (HOST,HOST... or an inventory group): a fleet command, one table
     with a HOST column, or --json's host results; exit 1 when a host failed, or a job asked
@@ -410,10 +476,16 @@ def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[s
 
     seen = {job.id for jobs in found.values() for job in jobs}
     missing: list[str] = []
+    where = "any of these hosts"
 
     def report(results: list[HostResult]) -> None:
+        nonlocal where
         seen.update(job.id for jobs in found.values() for job in jobs)
         missing.extend(job_id for job_id in wanted if job_id not in seen)
+        if any(r.status != "ok" for r in results):
+            where = "the hosts that answered"
+        for job_id in missing:  # (with --json too, as for one host)
+            print(f"sp-deploy: error: no job {job_id} on {where}", file=sys.stderr)
         if args.json:
             shown = []
             for r in results:
@@ -425,11 +497,9 @@ def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[s
                 shown.append(result)
             error = None
             if missing:
-                error = error_object("no_job", f"no job {', '.join(missing)} on these hosts")
+                error = error_object("no_job", f"no job {', '.join(missing)} on {where}")
             _emit(document("status", hosts=shown, **({"error": error} if error else {})))
             return
-        for job_id in missing:
-            print(f"sp-deploy: error: no job {job_id} on any of these hosts", file=sys.stderr)
         rows = [["HOST", *job_rows([], args.wide)[0]]]
         for r in results:
             if r.status != "ok":
@@ -534,10 +604,18 @@ def _started(args: argparse.Namespace, job_id: str, started: Any, spec: Any) -> 
         return
     print(job_id)
     if sys.stdout.isatty():
-        host = printable(args.host)
+        import shlex
+
+        given = (
+            ("-F", args.config_file), ("-i", args.identity), ("-l", args.login),
+            ("-p", args.port), ("--known-hosts", args.known_hosts),
+            ("--inventory", args.inventory),
+        )  # fmt: skip
+        opts = "".join(f" {flag} {shlex.quote(str(v))}" for flag, v in given if v)
+        at = printable(f"{shlex.quote(args.host)} {job_id}{opts}")
         print(
-            f"  {job.status}; follow it: sp-deploy logs -f {host} {job_id}\n"
-            f"  its end: sp-deploy wait {host} {job_id}; stop it: sp-deploy cancel {host} {job_id}"
+            f"  {job.status}; follow it: sp-deploy logs -f {at}\n"
+            f"  its end: sp-deploy wait {at}\n  stop it: sp-deploy cancel {at}"
         )
 
 
@@ -580,16 +658,25 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import recorded_job
 
-    (job_id,) = _job_ids([args.job_id])
-    done = _on_host(
-        args,
+    (given,) = _job_ids([args.job_id])
+    ids = [given]  # the job's whole id once known (a prefix given)
+
+    def cancel(session: Session, end: float, job_id: str) -> Any:
+        ids.append(job_id)
         # on top of the usual deadline: --wait for a start, then --wait for the stop (or
         # for --force's TERM, then 5 s after its KILL)
-        lambda session, end: cancel_job(
+        return cancel_job(
             session, job_id, int(args.wait), remaining(end) + 2 * int(args.wait) + 5, args.force
+        )
+
+    done = _on_host(
+        args,
+        lambda session, end: _either(
+            session, remaining(end), given, lambda job_id: cancel(session, end, job_id)
         ),
-        f"job {job_id} may have been stopped: see sp-deploy status {args.host} {job_id}",
+        f"job {given} may have been stopped: see sp-deploy status {args.host} {given}",
     )
+    job_id = ids[-1]
     for warning in done.warnings:
         _warn(args.host, warning)
     if args.json:
@@ -656,7 +743,6 @@ def exit_code_of(jobs: Sequence[Any]) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     import time
 
-    from solverpilot_deploy.errors import NoJobError
     from solverpilot_deploy.shapes import document
     from solverpilot_deploy.status import read_status
 
@@ -686,12 +772,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 print(f"sp-deploy: wait: {printable(failure)}", file=sys.stderr)
 
     def watch(session: Session, _deadline: float) -> tuple[list[Any], bool]:
+        nonlocal wanted
         while True:
             jobs, _ = read_status(session, STEP_TIMEOUT, wanted)
             found = {job.id for job in jobs}
             missing = [job_id for job_id in wanted if job_id not in found]
-            if missing:
-                raise NoJobError(f"no job {missing[0]} on this host")
+            if missing:  # short ids (prefixes) of status's table, made whole once
+                full = {i: _resolve(session, STEP_TIMEOUT, i) for i in missing}
+                wanted = tuple(dict.fromkeys(full.get(i, i) for i in wanted))
+                continue
             on_end(jobs)
             if all(job.status in ENDED for job in jobs):
                 return jobs, True
@@ -858,7 +947,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    from solverpilot_deploy.errors import NoJobError
     from solverpilot_deploy.jobs import JobError, JobSpec, new_job_id, run_job
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import read_status
@@ -869,9 +957,11 @@ def cmd_restart(args: argparse.Namespace) -> int:
     specs: list[Any] = []  # the spec restart made, for its output
 
     def restart(session: Session, end: float) -> Any:
+        nonlocal old
         jobs, _ = read_status(session, remaining(end), (old,))
-        if not jobs:
-            raise NoJobError(f"no job {old} on this host")
+        if not jobs:  # a short id (prefix) of status's table
+            old = _resolve(session, remaining(end), old)
+            jobs, _ = read_status(session, remaining(end), (old,))
         (job,) = jobs
         if job.status not in ENDED or job.status == "unreadable":
             raise JobError(f"job {old} is {job.status}: restart runs an ended job again")
@@ -910,11 +1000,13 @@ SLURM_UNANSWERED_READS = 5  # logs -f: reads of a final record Slurm cannot conf
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
+    from solverpilot_deploy.errors import NoJobError
     from solverpilot_deploy.jobs import JobError, PaneBytes, read_log
 
     (job_id,) = _job_ids([args.job_id])
     out = sys.stdout.buffer
     chunk_most = 4 * 1024 * 1024
+
     pane = PaneBytes()  # a tmux job's log is its pane's: the job's own bytes from it
 
     emitted = 0  # the job's bytes printed so far (--json's offset)
@@ -924,7 +1016,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         nonlocal emitted
         emitted += len(data)
         if not args.json:
-            out.write(data)
+            view = memoryview(data)
+            while view:  # a reader gone mid-chunk: a short count, then BrokenPipeError
+                written = out.write(view)
+                if not written:
+                    raise BrokenPipeError("stdout was closed")
+                view = view[written:]
             out.flush()
         elif data:
             import base64
@@ -938,11 +1035,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
             ))  # fmt: skip
 
     def follow(session: Session, _deadline: float) -> None:
+        nonlocal job_id
         offset = 0
+        resolved = False
         unanswered = False  # Slurm could not answer at the last read: said once
         ended_unanswered = 0  # reads in a row of a final record Slurm could not confirm
         while True:
-            chunk = read_log(session, job_id, offset, chunk_most, args.timeout)
+            try:
+                chunk = read_log(session, job_id, offset, chunk_most, args.timeout)
+            except NoJobError:
+                if offset or resolved:
+                    raise
+                job_id, resolved = _resolve(session, args.timeout, job_id), True  # a short id
+                continue
             if args.follow and chunk.slurm == "unknown" and not unanswered:
                 why = f" ({chunk.slurm_error})" if chunk.slurm_error else ""
                 print(
@@ -1099,9 +1204,18 @@ class ArgumentsError(Exception):
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose errors main() reports (with the command's own usage) instead
-    of exiting from inside argparse."""
+    of exiting from inside argparse. No abbreviated options (--js for --json): a word either
+    is an option or is refused."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required: "):
+            optional = {a.metavar for a in self._actions if a.nargs in ("*", "?")}
+            needed = [w for w in message.split(": ", 1)[1].split(", ") if w not in optional]
+            message = f"the following arguments are required: {', '.join(needed)}"
         if message.startswith("argument COMMAND: invalid choice: "):
             import difflib
 
@@ -1408,13 +1522,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         at = words.index("--")
         words, command_argv = words[:at], words[at + 1 :]
     as_json = "--json" in words
-    command = next((word for word in words if word in COMMANDS), "sp-deploy")
+    # (the first word: the top-level parser has no option that takes a value)
+    command = words[0] if words and not words[0].startswith("-") else "sp-deploy"
+    _EMITTED.clear()
     try:
         parser = build_parser()
         completion.answer(parser)  # a shell's TAB (argcomplete): candidates printed, exits
-        command = next((word for word in words if word in COMMANDS), "sp-deploy")
         args, extra = parser.parse_known_args(words)
-        command = args.command
+        command, as_json = args.command, bool(getattr(args, "json", as_json))
         own = COMMANDS.get(args.command, parser)
         if command_argv and args.command != "run":
             raise ArgumentsError(own, "'--' COMMAND is for run only")
@@ -1437,6 +1552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc.parser.prog}: error: {printable(exc.message)}", file=sys.stderr)
         return _failed(as_json, command, UsageError(exc.message))
     except DeployError as exc:
+        if isinstance(exc, UsageError) and command in COMMANDS:  # the command's own usage
+            sys.stderr.write(COMMANDS[command].format_usage())
         print(f"sp-deploy: error: {printable(str(exc))}", file=sys.stderr)
         return _failed(as_json, command, exc)
     except KeyboardInterrupt as exc:
@@ -1454,10 +1571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _failed(as_json: bool, command: str, exc: BaseException) -> int:
-    """With --json, the error's document on stdout too (README "JSON output"); the exit code."""
-    if as_json:
+    """With --json, the error's document on stdout too (README "JSON output"; for a stream
+    one line), unless a document has begun there; the exit code."""
+    if as_json and (command in STREAMS or not _EMITTED):
         from solverpilot_deploy.shapes import document, error_of
 
+        doc = document(command, error=error_of(exc))
         with contextlib.suppress(OSError):
-            _emit(document(command, error=error_of(exc)))
+            _emit_line(doc) if command in STREAMS else _emit(doc)
     return exc.exit_code if isinstance(exc, DeployError) else 1

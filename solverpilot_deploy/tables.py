@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import textwrap
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from solverpilot_deploy.safe import printable
 
 SHORT_ID = 8  # a shortened id keeps at least this many characters (tmux's session names too)
+WHOLE_ID = 12  # an id no longer than this is shown whole
 COLOURS = {  # SGR codes per status (the first word of a status cell)
     "completed": "32",
     "ok": "32",
@@ -49,9 +51,14 @@ def use_colour(stream: Any) -> bool:
 
 
 def unique_prefixes(ids: Sequence[str], least: int = SHORT_ID) -> dict[str, str]:
-    """Each id's shortest prefix of at least ``least`` characters that no other id shares."""
+    """Each id's shortest prefix of at least ``least`` characters that no other id shares; an
+    id at most WHOLE_ID long whole (a name someone chose: cutting it saves little). Commands
+    take such a prefix for the id (resolve_prefix)."""
     shown: dict[str, str] = {}
     for job_id in ids:
+        if len(job_id) <= WHOLE_ID:
+            shown[job_id] = job_id
+            continue
         size = least
         while size < len(job_id) and any(
             other != job_id and other.startswith(job_id[:size]) for other in ids
@@ -89,7 +96,11 @@ def when(iso: str | None, now: datetime) -> str:
     if moment.tzinfo is None:
         return iso[5:16].replace("T", " ")
     age = (now - moment).total_seconds()
-    if age < 86400:
+    if age <= -1:  # the host's clock is ahead of this one's: shown, not hidden
+        return (
+            f"in {duration(float(int(-age)))}" if age > -86400 else moment.strftime("%m-%d %H:%M")
+        )
+    if -1 < age < 86400:
         if age < 1:
             return "now"
         return f"{duration(float(int(age))) if age >= 10 else f'{int(age)}s'} ago"
@@ -157,28 +168,84 @@ def job_rows(jobs: Sequence[Any], wide: bool, now: datetime | None = None) -> li
     return rows
 
 
+def columns(text: str) -> int:
+    """How many terminal columns ``text`` takes: East Asian wide and full-width characters two,
+    combining marks none (printable text: no control characters)."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def cut(text: str, most: int) -> str:
+    """``text`` within ``most`` columns: cut short with "..." when it is wider."""
+    if columns(text) <= most:
+        return text
+    kept, used = [], 0
+    for c in text:
+        used += columns(c)
+        if used > max(most - 3, 1):
+            break
+        kept.append(c)
+    return "".join(kept) + "..."
+
+
+def pad(text: str, size: int) -> str:
+    return text + " " * max(size - columns(text), 0)
+
+
+# the columns a table gives up room from when it is wider than the terminal, in this order,
+# each down to its least (an ID is never cut: it must work as typed; nor EXIT and times)
+SHRINK = (("COMMAND", 12), ("ERROR", 20), ("NAME", 6), ("STATUS", 10), ("HOST", 12))
+DROP = ("CPU", "WALL", "STARTED", "NAME")  # then these go, in this order, while it is too wide
+
+
+def fit(widths: list[int], head: Sequence[str], width: int) -> list[int]:
+    """Column widths within ``width`` terminal columns, taking room from SHRINK's columns."""
+    widths = list(widths)
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    for name, least in SHRINK:
+        if over <= 0:
+            break
+        if name in head:
+            at = list(head).index(name)
+            give = min(over, max(widths[at] - least, 0))
+            widths[at] -= give
+            over -= give
+    return widths
+
+
 def render(
     rows: Sequence[Sequence[str]], width: int | None = None, colour: bool = False,
     wrap: bool = False,
 ) -> str:  # fmt: skip
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks; the last
-    column fitted to ``width`` (when given): cut short, or with ``wrap`` wrapped onto lines
-    of its own below it; each row's STATUS cell coloured by its first word when ``colour``."""
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; fitted to
+    ``width`` terminal columns (when given: SHRINK's columns cut short, the last one with
+    ``wrap`` wrapped onto lines of its own instead); each row's STATUS cell coloured by its
+    first word when ``colour``."""
     rows = [[printable(str(cell)) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    while True:
+        widths = [max(columns(row[i]) for row in rows) for i in range(len(rows[0]))]
+        if width is None:
+            break
+        widths = fit(widths, rows[0], width)
+        gone = [name for name in DROP if name in rows[0]]
+        if sum(widths) + 2 * (len(widths) - 1) <= width or not gone:
+            break
+        at = rows[0].index(gone[0])  # still too wide (long ids): a column less
+        rows = [row[:at] + row[at + 1 :] for row in rows]
     status_at = rows[0].index("STATUS") if "STATUS" in rows[0] else None
     lines = []
     for number, row in enumerate(rows):
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
+        cells = [pad(cut(cell, w), w) for cell, w in zip(row[:-1], widths, strict=False)]
         last, more = row[-1], []
-        if width is not None:
-            used = sum(len(cell) + 2 for cell in cells)
-            room = max(width - used, 4)
-            if wrap and len(last) > room:
-                first, *more = textwrap.wrap(last, room, break_on_hyphens=False)
-                last, more = first, [" " * used + part for part in more]
-            else:
-                last = shorter(last, room)
+        room = widths[-1]
+        if wrap and width is not None and columns(last) > room:
+            used = sum(columns(cell) + 2 for cell in cells)
+            first, *more = textwrap.wrap(last, max(room, 1), break_on_hyphens=False)
+            last, more = first, [" " * used + part for part in more]
+        else:
+            last = cut(last, room)
         if colour and number and status_at is not None:
             code = COLOURS.get(row[status_at].split(" ", 1)[0])
             if code:

@@ -212,7 +212,9 @@ def test_the_status_table_on_a_terminal(lab: Lab, deployed: Path, trusted: Path)
                    "--", "sh", "-c", f": {long}; exit 3")  # fmt: skip
         assert done.returncode == 0, done.stderr
     # a job that burns CPU: status reads its time so far on the host
-    busy = cli("run", host, *c, "--id", ids[2], "--", "sh", "-c", "while :; do :; done")
+    # (with a daemon of its own, in a session of its own: not the job's CPU)
+    burn = "setsid sleep 20 & while :; do :; done"
+    busy = cli("run", host, *c, "--id", ids[2], "--", "sh", "-c", burn)
     assert busy.returncode == 0, busy.stderr
 
     def used() -> float:
@@ -258,7 +260,9 @@ def test_run_on_a_terminal_says_how_to_follow_the_job(
     shown = on_a_terminal(["run", lab.a.spec, *c, "--id", "told", "--", "true"])
     first, *_hints = shown.splitlines()
     assert first == "told"
-    assert f"sp-deploy logs -f {lab.a.spec} told" in shown and "sp-deploy wait " in shown
+    opts = f"-i {lab.client_key} --known-hosts {trusted}"
+    assert f"sp-deploy logs -f {lab.a.spec} told {opts}\n" in shown, shown
+    assert f"sp-deploy wait {lab.a.spec} told {opts}\n" in shown, shown
     # without a terminal, the id alone (for scripts)
     proc = cli("run", lab.a.spec, *c, "--id", "told-2", "--", "true")
     assert (proc.returncode, proc.stdout) == (0, "told-2\n")
@@ -317,7 +321,7 @@ def test_status_of_many_hosts_is_one_table_and_one_document(
     assert [line.split()[:3] for line in lines[1:]] == [
         [lab.a.spec, "on-a", "-"], [lab.b.spec, "on-b", "-"]
     ]  # fmt: skip
-    doc = document(cli("status", both, *c, "--json"), "status")
+    doc = document(cli("status", f"{both},{lab.a.spec}", *c, "--json"), "status")  # (a twice)
     assert [(h["host"], [j["id"] for j in h["jobs"]]) for h in doc["hosts"]] == [
         (lab.a.spec, ["on-a"]), (lab.b.spec, ["on-b"])
     ]  # fmt: skip
@@ -362,3 +366,96 @@ def test_the_readme_first_command_leaves_the_clone_clean(tmp_path: Path) -> None
         text=True, check=True,
     )  # fmt: skip
     assert status.stdout == "", status.stdout
+
+
+def test_tables_fit_the_terminal_whatever_the_ids_statuses_and_scripts() -> None:
+    """A lost job's reason, a signal, two ids sharing a long prefix, wide (CJK) characters:
+    every line within the terminal's columns, the ids whole enough to tell apart."""
+    from datetime import UTC, datetime
+
+    from solverpilot_deploy.status import JobState
+    from solverpilot_deploy.tables import columns, job_rows, render
+
+    now = datetime.now(UTC)
+    started = now.isoformat()
+    jobs = [
+        JobState("experiment-2024-11-30-baseline-seed1", "lost", started_at=started,
+                 lost_reason="wrapper gone, its job still holds the lock", name="实验一号求解器",
+                 argv=("python3", "求解.py", "--seed", "1")),
+        JobState("experiment-2024-11-30-baseline-seed2", "failed", exit_code=143, signal="TERM",
+                 started_at=started, wall_s=3600.0, cpu_user_s=3500.0, cpu_sys_s=12.0,
+                 argv=("python3", "solve.py", "--seed", "2", "x" * 200)),
+        JobState("only-once", "completed", exit_code=0, started_at=started, argv=("true",)),
+    ]  # fmt: skip
+    for width in (80, 100):
+        text = render(job_rows(jobs, False, now), width, colour=True)
+        plain = re.sub("\x1b\\[[0-9;]*m", "", text).splitlines()
+        assert all(columns(line) <= width for line in plain), [columns(x) for x in plain]
+        ids = [line.split()[0] for line in plain[1:]]
+        seeds = ["experiment-2024-11-30-baseline-seed1", "experiment-2024-11-30-baseline-seed2"]
+        assert ids == [*seeds, "only-once"], ids
+    # a time the host's clock puts ahead of this one's is shown so, not as "now"
+    ahead = JobState("a", "running", started_at=now.replace(year=now.year + 1).isoformat())
+    assert job_rows([ahead], False, now)[1][4] != "now"
+
+
+def test_a_json_document_is_whole_when_a_ctrl_c_comes_while_it_is_written() -> None:
+    """A reader slower than the document (a small pipe): the Ctrl-C waits for its end, and no
+    second (error) document follows it."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: the render's document is ~30 times it
+    proc = subprocess.Popen([*EXE, "render", "--distro", "debian", "--json"], stdout=write_end,
+                            stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+    os.close(write_end)
+    said = os.read(read_end, 100)  # it has begun, and waits for the reader
+    proc.send_signal(signal.SIGINT)
+    while chunk := os.read(read_end, 65536):
+        said += chunk
+    os.close(read_end)
+    assert proc.wait(30) == 130
+    doc = json.loads(said)  # one whole document, nothing after it
+    assert (doc["command"], doc["distro"]) == ("render", "debian")
+
+
+def test_every_usage_error_of_a_command_shows_its_own_usage() -> None:
+    for argv, said in (
+        (["status"], "the following arguments are required: HOST\n"),
+        (["run", "h"], "no command: it goes after '--'"),
+        (["completion", "tcsh"], "unknown shell 'tcsh'"),
+        (["profiles", "--js"], "unrecognized arguments: --js"),  # no abbreviated options
+    ):
+        proc = cli(*argv)
+        assert proc.returncode == 2 and said in proc.stderr, (argv, proc.stderr)
+        assert proc.stderr.startswith(f"usage: sp-deploy {argv[0]}"), proc.stderr
+    # a stream's error with --json: one line
+    proc = cli("logs", "nobody@127.0.0.1:1", "x", "--json", "--timeout", "5")
+    (line,) = proc.stdout.splitlines()
+    assert proc.returncode == 1 and json.loads(line)["error"]["kind"] == "unreachable"
+
+
+def test_a_short_id_of_the_table_works_as_the_id(lab: Lab, deployed: Path, trusted: Path) -> None:
+    c = connect(lab, trusted)
+    host = lab.a.spec
+    long_ids = ("7f3a9c1e-5b2d-4c8a-9e1f-000000000001", "7f3a9c2e-5b2d-4c8a-9e1f-000000000002")
+    for job_id in long_ids:
+        assert (
+            cli("run", host, *c, "--id", job_id, "--", "sh", "-c", "echo hi; exit 4").returncode
+            == 0
+        )
+    table = cli("status", host, *c).stdout
+    short = [line.split()[0] for line in table.splitlines()[1:]]
+    assert len(short) == 2 and all(len(i) < len(long_ids[0]) for i in short), table
+    assert all(long_id.startswith(i) for long_id, i in zip(long_ids, short, strict=True))
+    # each command takes the short id for the job
+    assert cli("wait", host, short[0], *c[:4]).returncode == 4
+    proc = cli("logs", host, short[0], *c)
+    assert (proc.returncode, proc.stdout) == (0, "hi\n"), proc
+    doc = json.loads(cli("status", host, short[1], *c, "--json").stdout)
+    assert [j["id"] for j in doc["hosts"][0]["jobs"]] == [long_ids[1]]
+    doc = json.loads(cli("cancel", host, short[1], *c, "--json").stdout)
+    assert doc["job"]["id"] == long_ids[1] and doc["already_ended"] is True, doc
+    doc = json.loads(cli("restart", host, short[1], *c, "--id", "again", "--json").stdout)
+    assert doc["job"]["restart_of"] == long_ids[1], doc
+    # a prefix of both: a usage error naming them
+    proc = cli("logs", host, "7f3a9c", *c)
+    assert proc.returncode == 2 and "begins 2 job ids" in proc.stderr, proc.stderr

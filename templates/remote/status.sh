@@ -29,8 +29,9 @@
 # The lines below are scan.sh's sp_scan, which watch shares.
 # Exit (templates/remote/codes): ok; unsafe_server_dir (lib.sh's sp_server_safe).
 sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
-# the job is the wrapper's child that leads a session of its own (setsid; a setsid that forked
-# leaves it a grandchild): /proc is read once, only when a wrapper runs
+# the job is the wrapper's child that leads a session of its own (setsid, which does not fork:
+# the wrapper's child is no group leader); what the job starts in sessions of their own is
+# not its (a daemon). /proc is read once, only when a wrapper runs
 SP_PIDS=1 sp_scan "$@" | awk '
 /^@pid [0-9]+ [0-9]+$/ { wrapper[$2] = 1; n++ }
 { print }
@@ -45,10 +46,10 @@ END {
   }
   close("ls /proc")
   for (d in leads) {
-    if (!leads[d]) continue
-    w = parent[d]
-    if (!(w in wrapper) && (w in parent)) w = parent[w]
-    if (w in wrapper) print "@cpu " w " " user[d] " " sys[d]
+    if (leads[d] && (parent[d] in wrapper) && !(parent[d] in told)) {
+      told[parent[d]] = 1
+      print "@cpu " parent[d] " " user[d] " " sys[d]
+    }
   }
   "getconf CLK_TCK" | getline hz; close("getconf CLK_TCK")
   "date +%s" | getline now; close("date +%s")
