@@ -223,20 +223,20 @@ def render(
     ``width`` terminal columns (when given: SHRINK's columns cut short, the last one with
     ``wrap`` wrapped onto lines of its own instead); each row's STATUS cell coloured by its
     first word when ``colour``."""
-    rows = [[printable(str(cell)) for cell in row] for row in rows]
+    table: list[list[str]] = [[printable(str(cell)) for cell in row] for row in rows]
     while True:
-        widths = [max(columns(row[i]) for row in rows) for i in range(len(rows[0]))]
+        widths = [max(columns(row[i]) for row in table) for i in range(len(table[0]))]
         if width is None:
             break
-        widths = fit(widths, rows[0], width)
-        gone = [name for name in DROP if name in rows[0]]
+        widths = fit(widths, table[0], width)
+        gone = [name for name in DROP if name in table[0]]
         if sum(widths) + 2 * (len(widths) - 1) <= width or not gone:
             break
-        at = rows[0].index(gone[0])  # still too wide (long ids): a column less
-        rows = [row[:at] + row[at + 1 :] for row in rows]
-    status_at = rows[0].index("STATUS") if "STATUS" in rows[0] else None
+        at = table[0].index(gone[0])  # still too wide (long ids): a column less
+        table = [[*row[:at], *row[at + 1 :]] for row in table]
+    status_at = table[0].index("STATUS") if "STATUS" in table[0] else None
     lines = []
-    for number, row in enumerate(rows):
+    for number, row in enumerate(table):
         cells = [pad(cut(cell, w), w) for cell, w in zip(row[:-1], widths, strict=False)]
         last, more = row[-1], []
         room = widths[-1]
