@@ -1552,8 +1552,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc.parser.prog}: error: {printable(exc.message)}", file=sys.stderr)
         return _failed(as_json, command, UsageError(exc.message))
     except DeployError as exc:
-        if isinstance(exc, UsageError) and command in COMMANDS:  # the command's own usage
-            sys.stderr.write(COMMANDS[command].format_usage())
         print(f"sp-deploy: error: {printable(str(exc))}", file=sys.stderr)
         return _failed(as_json, command, exc)
     except KeyboardInterrupt as exc:

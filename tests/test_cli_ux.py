@@ -417,16 +417,21 @@ def test_a_json_document_is_whole_when_a_ctrl_c_comes_while_it_is_written() -> N
     assert (doc["command"], doc["distro"]) == ("render", "debian")
 
 
-def test_every_usage_error_of_a_command_shows_its_own_usage() -> None:
-    for argv, said in (
+def test_usage_errors_show_the_commands_own_usage_or_one_line_with_the_fix() -> None:
+    for argv, said in (  # argparse's: the command's own usage, then the error
         (["status"], "the following arguments are required: HOST\n"),
-        (["run", "h"], "no command: it goes after '--'"),
-        (["completion", "tcsh"], "unknown shell 'tcsh'"),
         (["profiles", "--js"], "unrecognized arguments: --js"),  # no abbreviated options
     ):
         proc = cli(*argv)
         assert proc.returncode == 2 and said in proc.stderr, (argv, proc.stderr)
         assert proc.stderr.startswith(f"usage: sp-deploy {argv[0]}"), proc.stderr
+    for argv, said in (  # the command's own: one line that names the fix
+        (["run", "h"], "sp-deploy: error: no command: it goes after '--': sp-deploy run HOST"),
+        (["completion", "tcsh"], "unknown shell 'tcsh': sp-deploy completion bash|zsh|fish"),
+    ):
+        proc = cli(*argv)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert said in proc.stderr, (argv, proc.stderr)
     # a stream's error with --json: one line
     proc = cli("logs", "nobody@127.0.0.1:1", "x", "--json", "--timeout", "5")
     (line,) = proc.stdout.splitlines()
