@@ -63,6 +63,7 @@ class ChecksumError(HostError):
 class HostTimeoutError(HostError):
     kind = "timeout"
     partial = ""  # what the command had printed on stdout when the time ran out
+    answered: tuple[str, ...] = ()  # of that, a step's own lines (remote.run_step)
 
 
 class RemoteCommandError(HostError):

@@ -17,10 +17,11 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from solverpilot_deploy.errors import RemoteCommandError, UnsafeServerDirError
+from solverpilot_deploy.errors import HostTimeoutError, RemoteCommandError, UnsafeServerDirError
 from solverpilot_deploy.resources import templates_dir
 from solverpilot_deploy.transport import Session
 
@@ -58,8 +59,13 @@ class StepResult:
 
 
 # the functions a step needs besides lib.sh's (a file of templates/remote that is no step)
-STEP_NEEDS = {"status": ("scan",), "watch": ("scan",)}
-NOT_STEPS = ("lib", "end", "scan")
+STEP_NEEDS = {
+    "status": ("scan",),
+    "watch": ("scan",),
+    "install": ("server_db",),
+    "init_db": ("server_db",),
+}
+NOT_STEPS = ("lib", "end", "scan", "server_db")
 
 
 @functools.cache
@@ -127,10 +133,20 @@ def run_step(
     script = step_script(name)
     if payload is not None:
         script = with_payload(script, payload)
-    status, out, err = session.run(
-        command_line(args), stdin=with_token(script, token).encode(), timeout=timeout,
-        framed=f"{token} ".encode(),
-    )  # fmt: skip
+    began = time.monotonic()
+    try:
+        status, out, err = session.run(
+            command_line(args), stdin=with_token(script, token).encode(), timeout=timeout,
+            framed=f"{token} ".encode(),
+        )  # fmt: skip
+    except HostTimeoutError as exc:  # the lines of its answer that had come: the step's own
+        prefix = f"{token} "
+        exc.answered = tuple(
+            line[len(prefix) :] for line in exc.partial.split("\n") if line.startswith(prefix)
+        )
+        raise
+    finally:
+        session.steps.append((name, time.monotonic() - began))
     framed = parse_framed(token, out)
     if framed is None:
         last = err.strip().splitlines()[-1:]

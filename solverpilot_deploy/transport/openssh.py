@@ -266,10 +266,13 @@ def _socket_not_yours(path: str) -> str:
 class OpenSSHSession(Session):
     """Steps through one master connection; ``abort`` kills what runs and the master."""
 
-    def __init__(self, argv: list[str], host: str, batch: bool, weakened: str = "") -> None:
+    def __init__(
+        self, argv: list[str], host: str, batch: bool, weakened: str = "", user_path: bool = True
+    ) -> None:
         super().__init__()
         self.argv, self.host, self.batch = argv, host, batch
         self.weakened = weakened  # why the user's own master may not have checked the key
+        self.user_path = user_path  # the config names a ControlPath: the user's master may be up
         self.through = ["-o", "ControlMaster=no"]  # how each step reaches the master
         self.folder: str | None = None  # our own master's, when we opened one
         self.master_pid: int | None = None
@@ -279,7 +282,10 @@ class OpenSSHSession(Session):
         self.closed = False
 
     def open(self, deadline: float) -> None:
-        if self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) is not None:
+        # (without a ControlPath in the config there is no master of the user's to ask for:
+        # one ssh process less per host)
+        up = self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) if self.user_path else None
+        if up is not None:
             if self.weakened:
                 self.warnings.append(
                     f"openssh: your ControlMaster for this host is not used: {self.weakened}, "
@@ -548,7 +554,10 @@ def connect_openssh(
     if values is None:
         values = ssh_config(spec, options)
     argv, host = base_argv(spec, options, batch, values)
-    session = OpenSSHSession(argv, host, batch, host_key_check_weakened(values, options))
+    session = OpenSSHSession(
+        argv, host, batch, host_key_check_weakened(values, options),
+        user_path=values.get("controlpath", ["none"])[0] != "none",
+    )  # fmt: skip
     started(session)
     try:
         session.open(deadline)
