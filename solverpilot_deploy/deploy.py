@@ -27,7 +27,6 @@ from solverpilot_deploy.errors import (
 from solverpilot_deploy.filesystems import server_dir_warning
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import StepResult, run_step, unsafe_server_dir
-from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.resources import schema_sql, schema_version
 from solverpilot_deploy.safe import host_object
 from solverpilot_deploy.ssh import remaining
@@ -249,10 +248,22 @@ def check_requirements(found: Probe, profile: Profile) -> tuple[str, ...]:
     return ()
 
 
-@functools.cache
+_RENDERING = threading.Lock()
+
+
 def wrapper_for(profile: Profile) -> tuple[str, str]:
-    """The rendered wrapper for ``profile`` and its sha256, rendered once per run."""
-    text = render_wrapper(profile)
+    """The rendered wrapper for ``profile`` and its sha256: once per run, however many hosts
+    ask at once (each would render it anew while the first has not finished), from the
+    user's render cache when it holds it (render_cache.py: no Jinja2 then)."""
+    with _RENDERING:
+        return _wrapper_and_sha256(profile)
+
+
+@functools.cache
+def _wrapper_and_sha256(profile: Profile) -> tuple[str, str]:
+    from solverpilot_deploy.render_cache import cached_render
+
+    text = cached_render(profile.name)  # (every Profile comes from the profiles folder)
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 
