@@ -1,20 +1,22 @@
 """sp-deploy: argument parsing and dispatch; maps errors to exit codes.
 
-Exit codes: 0 success; 1 lint findings, a host that failed or did not verify, or another
-failure; 2 usage error or unknown profile; 130 interrupted.
+Exit codes: 0 success; 1 lint findings, a host that failed or did not verify, a job that does
+not exist, or another failure; 2 usage error or unknown profile; 124 wait --timeout ran out;
+130 interrupted (README "Exit codes" gives each command's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from solverpilot_deploy import __version__, signals
+from solverpilot_deploy import __version__, completion, signals
 from solverpilot_deploy.errors import DeployError, HostFailedError, UsageError
 from solverpilot_deploy.safe import printable
 
@@ -30,23 +32,57 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _emit(doc: dict[str, Any]) -> None:
+    """One --json document on stdout (shapes.document)."""
+    import json
+
+    print(json.dumps(doc, indent=2))
+
+
+def _emit_line(doc: dict[str, Any]) -> None:
+    """One line of a --json stream (watch, logs, reconcile), at once."""
+    import json
+
+    print(json.dumps(doc), flush=True)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    import hashlib
+
     from solverpilot_deploy.render_cache import cached_render
+    from solverpilot_deploy.shapes import document
 
     text = cached_render(args.distro)
-    if args.output is None or args.output == "-":
-        sys.stdout.write(text)
-    else:
+    to_file = args.output is not None and args.output != "-"
+    if to_file:
         from solverpilot_deploy.render import write_output
 
         write_output(Path(args.output), text)
+    if args.json:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        _emit(document(
+            "render", distro=args.distro, sha256=digest, output=args.output if to_file else None,
+            script=None if to_file else text,
+        ))  # fmt: skip
+    elif not to_file:
+        sys.stdout.write(text)
     return 0
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     from solverpilot_deploy.profiles import load_profiles
+    from solverpilot_deploy.shapes import document
 
-    for profile in load_profiles():
+    profiles = load_profiles()
+    if args.json:
+        shown = [
+            {"name": p.name, "targets": p.targets, "description": p.description,
+             "userland": p.userland}
+            for p in profiles
+        ]  # fmt: skip
+        _emit(document("profiles", profiles=shown))
+        return 0
+    for profile in profiles:
         print(f"{profile.name:<8} {profile.targets:<28} {profile.description}")
     return 0
 
@@ -70,12 +106,20 @@ def cmd_lint(args: argparse.Namespace) -> int:
     ]
     batch = batch_script("lint", "", ["true"])
     scripts.append(("slurm/batch", lint_script("batch.sh", batch, shell="sh")))
-    dirty = 0
+    dirty = sum(not result.clean for _, result in scripts)
+    if args.json:
+        from solverpilot_deploy.shapes import document
+
+        shown = [
+            {"name": label, "clean": result.clean, "findings": result.findings or None}
+            for label, result in scripts
+        ]
+        _emit(document("lint", clean=not dirty, scripts=shown))
+        return 1 if dirty else 0
     for label, result in scripts:
         if result.clean:
             print(f"{label}: clean")
         else:
-            dirty += 1
             print(f"{label}: shellcheck findings\n{result.findings}")
     return 1 if dirty else 0
 
@@ -118,82 +162,118 @@ def _warn(host: str, warning: str) -> None:
     print(f"sp-deploy: {printable(f'{host}: warning: {warning}')}", file=sys.stderr)
 
 
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks; a host's
-    words in a cell are shown safe for a terminal (safe.printable)."""
-    rows = [row if "".join(row).isprintable() else [printable(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+def _print_table(rows: Sequence[Sequence[str]], wrap: bool = False) -> None:
+    """tables.render on stdout: on a terminal, fitted to its width (the last column cut, or
+    with ``wrap`` wrapped onto lines of its own) and coloured (unless NO_COLOR)."""
+    import shutil
+
+    from solverpilot_deploy.tables import render, use_colour
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    sys.stdout.write(render(rows, width, use_colour(sys.stdout), wrap))
 
 
 def _run_fleet(
-    args: argparse.Namespace, operation: Operation, good: set[str], untouched: str | None = None
+    args: argparse.Namespace,
+    operation: Operation,
+    good: set[str],
+    untouched: str | None = None,
+    report: Callable[[list[HostResult]], None] | None = None,
 ) -> int:
     """``operation`` on every host of ``args``; a host whose operation never returned a result
-    (no connection, an interrupt, a failed probe) gets outcome ``untouched``."""
+    (no connection, an interrupt, a failed probe) gets outcome ``untouched``. On a terminal
+    (stderr), a live progress line; -q: only the hosts that did not succeed; -v: each host's
+    steps with their times as it ends. ``report`` prints the results (default: the deploy
+    table, or with --json their document)."""
     import dataclasses
-    import json
+    import time
 
     from solverpilot_deploy.fleet import all_skipped, run_fleet
+    from solverpilot_deploy.progress import Progress
+    from solverpilot_deploy.shapes import document
 
-    progress = sys.stderr.isatty() and not args.json
+    progress: Progress | None = None
+    began: dict[str, float] = {}
+
+    def say(text: str) -> None:
+        if progress is not None:
+            progress.say(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def on_start(host: str) -> None:
+        began[host] = time.monotonic()
+        if progress is not None:
+            progress.started(host)
 
     def on_done(result: HostResult) -> None:
-        for warning in result.warnings:
-            _warn(result.host, warning)
-        if progress:
-            print(f"  {printable(result.host)}: {result.status}", file=sys.stderr)
+        if progress is not None:
+            progress.finished(result.host, result.status)
+        if not getattr(args, "quiet", False):
+            for warning in result.warnings:
+                say(f"sp-deploy: {printable(f'{result.host}: warning: {warning}')}")
+        if getattr(args, "verbose", False):
+            took = time.monotonic() - began.get(result.host, time.monotonic())
+            steps = ", ".join(f"{name} {sec:.2f}s" for name, sec in getattr(result, "steps", ()))
+            said = f"{result.host}: {result.status} in {took:.2f}s" + (
+                f" ({steps})" if steps else ""
+            )
+            say(f"  {printable(said)}")
 
     def on_interrupt(count: int) -> None:
         if count == 1:
-            print(
+            say(
                 "sp-deploy: interrupted: hosts not yet changed are given up, the others end "
-                "their step (another Ctrl-C aborts them)",
-                file=sys.stderr,
-                flush=True,
+                "their step (another Ctrl-C aborts them)"
             )
         else:
-            print("sp-deploy: interrupted again: aborting the connections", file=sys.stderr)
+            say("sp-deploy: interrupted again: aborting the connections")
 
     # from the first host to the last line of the report, INT and TERM are only counted
     # (signals.py): the fleet acts on them, and none cuts the report short
     with signals.counted():
         before = signals.received()
         targets = _targets(args, args.hosts)  # (an inventory is read): an interrupt is counted
+        if sys.stderr.isatty() and not args.json:
+            progress = Progress(sys.stderr, len(targets), good)
         try:
             if signals.received() != before:
                 raise KeyboardInterrupt
-            fleet = run_fleet(
-                targets,
-                operation,
-                args.jobs,
-                on_done,
-                frozenset(good),
-                args.max_fail,
-                args.canary,
-                on_interrupt,
-            )
+            with progress or _nothing():
+                fleet = run_fleet(
+                    targets, operation, args.jobs, on_done, frozenset(good), args.max_fail,
+                    args.canary, on_interrupt, on_start,
+                )  # fmt: skip
         except KeyboardInterrupt:  # before the fleet could take it: no host was touched
             fleet = all_skipped(targets, "interrupted before any change", True)
         results = [
             r if r.outcome or not untouched else dataclasses.replace(r, outcome=untouched)
             for r in fleet.results
         ]
-        if args.json:
-            print(json.dumps([r.as_json() for r in results], indent=2))
+        if report is not None:
+            report(results)
+        elif args.json:
+            _emit(document(args.command, hosts=[r.as_json() for r in results]))
         else:
+            shown = [r for r in results if not args.quiet or r.status not in good]
             rows: list[tuple[str, ...]] = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
             rows += [
                 (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
-                for r in results
+                for r in shown
             ]
-            _print_table(rows)
+            if len(rows) > 1:
+                _print_table(rows, wrap=True)
         sys.stdout.flush()
         if fleet.interrupted or signals.received() != before:
             print("sp-deploy: interrupted", file=sys.stderr)
             return 130
     return 0 if all(r.status in good for r in results) else 1
+
+
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -244,7 +324,10 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T], sent
     except UsageError as exc:  # the host said the command line named what is not there
         raise UsageError(f"{args.host}: {exc}") from exc
     except DeployError as exc:
-        raise HostFailedError(f"{args.host}: {exc}{f'; {sent}' if began and sent else ''}") from exc
+        from solverpilot_deploy.errors import NoJobError
+
+        said = f"; {sent}" if began and sent and not isinstance(exc, NoJobError) else ""
+        raise HostFailedError(f"{args.host}: {exc}{said}") from exc
     except KeyboardInterrupt:
         if began and sent:
             print(
@@ -264,18 +347,21 @@ def _job_ids(ids: Sequence[str]) -> tuple[str, ...]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-
+    from solverpilot_deploy.shapes import document, error_object, host_result
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import read_status
+    from solverpilot_deploy.tables import job_rows
 
     for word in args.job_ids:  # status HOST1 HOST2: the second is no job id
         if "@" in word or ":" in word:
             raise UsageError(
-                f"{word!r} is not a job id; it looks like a host, and status takes one HOST "
-                "(run it once per host)"
+                f"{word!r} is not a job id; it looks like a host: status takes its hosts "
+                f"comma-separated (status {args.host},{word})"
             )
     wanted = _job_ids(args.job_ids)
+    names = [name for name in args.host.split(",") if name] or [args.host]
+    if len(names) > 1 or (args.inventory and len(_targets(args, names)) > 1):
+        return _status_of_hosts(args, names, wanted)
     jobs, warnings = _on_host(
         args, lambda session, end: read_status(session, remaining(end), wanted)
     )
@@ -285,51 +371,82 @@ def cmd_status(args: argparse.Namespace) -> int:
     missing = [job_id for job_id in wanted if job_id not in found]
     for job_id in missing:  # as cancel and logs say it; the jobs found are listed still
         hint = (
-            " (status takes one HOST: the words after it are job ids)"
+            " (the words after HOST are job ids; several hosts go comma-separated: H1,H2)"
             if job_id == wanted[0]
             else ""
         )
         print(f"sp-deploy: error: no job {job_id} on {printable(args.host)}{hint}", file=sys.stderr)
     if args.json:
-        print(json.dumps([job.as_json() for job in jobs], indent=2))
+        error = None
+        if missing:
+            error = error_object("no_job", f"no job {', '.join(missing)} on {args.host}")
+        shown = host_result(
+            args.host, "ok", error, warnings, jobs=[job.as_json() for job in jobs], missing=missing
+        )
+        _emit(document("status", hosts=[shown]))
         return 1 if missing else 0
     if missing and not jobs:
         return 1
-    head = "ID NAME STATUS EXIT SIGNAL STARTED_AT COMPLETED_AT CPU_S WALL_S TMUX COMMAND"
-    rows: list[tuple[str, ...]] = [tuple(head.split())]
-    for job in jobs:
-        cpu = None
-        if job.cpu_user_s is not None and job.cpu_sys_s is not None:
-            cpu = f"{job.cpu_user_s + job.cpu_sys_s:.2f}"
-        wall = None if job.wall_s is None else f"{job.wall_s:.2f}"
-        values = (
-            *(job.id, _shorter(job.name, 24), _status_words(job), job.exit_code, job.signal),
-            *(job.started_at, job.completed_at, cpu, wall, job.tmux, _command(job.argv)),
-        )
-        rows.append(tuple("-" if v is None else str(v) for v in values))
-    _print_table(rows)
+    _print_table(job_rows(jobs, args.wide))
     return 1 if missing else 0
 
 
-def _shorter(text: str | None, most: int) -> str | None:
-    return text if text is None or len(text) <= most else text[: most - 3] + "..."
+def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[str, ...]) -> int:
+    """status of many hosts (HOST,HOST... or an inventory group): a fleet command, one table
+    with a HOST column, or --json's host results; exit 1 when a host failed, or a job asked
+    for is on none of them."""
+    from solverpilot_deploy.deploy import HostResult
+    from solverpilot_deploy.shapes import document, error_object
+    from solverpilot_deploy.ssh import remaining
+    from solverpilot_deploy.status import read_status
+    from solverpilot_deploy.tables import job_rows
 
+    found: dict[str, list[Any]] = {}
 
-def _command(argv: tuple[str, ...] | None) -> str | None:
-    import shlex
+    def operation(session: Session, host: str, deadline: float, stop: Event) -> HostResult:
+        jobs, warnings = read_status(session, remaining(deadline), wanted)
+        found[host] = jobs
+        return HostResult(host, "ok", warnings=warnings)
 
-    return None if argv is None else _shorter(shlex.join(argv), 40)
+    seen = {job.id for jobs in found.values() for job in jobs}
+    missing: list[str] = []
+
+    def report(results: list[HostResult]) -> None:
+        seen.update(job.id for jobs in found.values() for job in jobs)
+        missing.extend(job_id for job_id in wanted if job_id not in seen)
+        if args.json:
+            shown = []
+            for r in results:
+                here = found.get(r.host, [])
+                gone = [i for i in wanted if r.status == "ok" and i not in {j.id for j in here}]
+                result = r.as_json()
+                del result["distro"], result["sha256"], result["outcome"]
+                result.update(jobs=[job.as_json() for job in here], missing=gone)
+                shown.append(result)
+            error = None
+            if missing:
+                error = error_object("no_job", f"no job {', '.join(missing)} on these hosts")
+            _emit(document("status", hosts=shown, **({"error": error} if error else {})))
+            return
+        for job_id in missing:
+            print(f"sp-deploy: error: no job {job_id} on any of these hosts", file=sys.stderr)
+        rows = [["HOST", *job_rows([], args.wide)[0]]]
+        for r in results:
+            if r.status != "ok":
+                print(f"sp-deploy: {printable(f'{r.host}: {r.error}')}", file=sys.stderr)
+                continue
+            rows += [[r.host, *row] for row in job_rows(found.get(r.host, []), args.wide)[1:]]
+        _print_table(rows)
+
+    args.hosts = names
+    code = _run_fleet(args, operation, {"ok"}, report=report)
+    return code if code else (1 if missing else 0)
 
 
 def _status_words(job: Any) -> str:
-    """A job's status for the table: why it is lost or ended so, where it waits in its queue."""
-    words = job.status
-    if job.status == "queued" and job.queue:
-        words += f" ({job.queue} #{job.position})" if job.position else f" ({job.queue})"
-    elif job.status == "queued" and job.after:
-        words += f" (after {','.join(job.after)})"
-    why = job.lost_reason or job.reason
-    return f"{words} ({why})" if why else words
+    from solverpilot_deploy.tables import status_words
+
+    return status_words(job)
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -375,13 +492,13 @@ def _job_spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import json
-
     from solverpilot_deploy.jobs import new_job_id, run_job
     from solverpilot_deploy.ssh import remaining
 
     if not args.command_argv:
-        raise UsageError("no command: sp-deploy run HOST [--id ID] [--cwd DIR] -- COMMAND [ARG...]")
+        raise UsageError(
+            "no command: it goes after '--': sp-deploy run HOST [options] -- COMMAND [ARG...]"
+        )
     (job_id,) = _job_ids([args.id or new_job_id()])
     if args.name is not None and (len(args.name) > 200 or not args.name.isprintable()):
         raise UsageError("--name: at most 200 printable characters")
@@ -399,20 +516,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
         f"job {job_id} may have started: see sp-deploy status {args.host} {job_id}",
     )
-    for warning in started.warnings:
-        _warn(args.host, warning)
-    if args.json:
-        print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
-    else:
-        print(job_id)
+    _started(args, job_id, started, spec)
     return 0
 
 
-def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
-    import json
+def _started(args: argparse.Namespace, job_id: str, started: Any, spec: Any) -> None:
+    """What run and restart print: the id (on a terminal, how to follow the job), or the
+    job's object."""
+    from solverpilot_deploy.shapes import document
+    from solverpilot_deploy.status import recorded_job
 
+    for warning in started.warnings:
+        _warn(args.host, warning)
+    job = recorded_job(job_id, started.state, spec.json_head() + "}")
+    if args.json:
+        _emit(document(args.command, host=args.host, job=job.as_json(), warnings=started.warnings))
+        return
+    print(job_id)
+    if sys.stdout.isatty():
+        host = printable(args.host)
+        print(
+            f"  {job.status}; follow it: sp-deploy logs -f {host} {job_id}\n"
+            f"  its end: sp-deploy wait {host} {job_id}; stop it: sp-deploy cancel {host} {job_id}"
+        )
+
+
+def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
+    from solverpilot_deploy.shapes import document
     from solverpilot_deploy.slurm import SlurmOptions, submit_job
     from solverpilot_deploy.ssh import remaining
+    from solverpilot_deploy.status import JobState
 
     if args.queue is not None:
         raise UsageError("--queue is for tmux jobs: under --via slurm, Slurm queues the job")
@@ -434,19 +567,18 @@ def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
     for warning in done.warnings:
         _warn(args.host, warning)
     if args.json:
-        print(
-            json.dumps({"id": job_id, "slurm_job_id": done.slurm_job_id, "warnings": done.warnings})
-        )
+        job = JobState(job_id, "submitted", slurm_job_id=done.slurm_job_id)
+        _emit(document("run", host=args.host, job=job.as_json(), warnings=done.warnings))
     else:
         print(printable(f"{job_id} {done.slurm_job_id}"))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    import json
-
     from solverpilot_deploy.jobs import cancel_job
+    from solverpilot_deploy.shapes import document
     from solverpilot_deploy.ssh import remaining
+    from solverpilot_deploy.status import recorded_job
 
     (job_id,) = _job_ids([args.job_id])
     done = _on_host(
@@ -461,16 +593,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     for warning in done.warnings:
         _warn(args.host, warning)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "state": done.state,
-                    "already_ended": done.was is not None,
-                    "recorded_by_sp_deploy": done.wrote,
-                    "signalled": list(done.signalled),
-                }
-            )
-        )
+        _emit(document(
+            "cancel", host=args.host, job=recorded_job(job_id, done.state).as_json(),
+            already_ended=done.was is not None, recorded_by_sp_deploy=done.wrote,
+            signalled=list(done.signalled), warnings=list(done.warnings),
+        ))  # fmt: skip
         return 0
     said = printable(_describe(done.state))
     named = ", ".join(done.signalled)
@@ -489,9 +616,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    import json
-
     from solverpilot_deploy.jobs import queues
+    from solverpilot_deploy.shapes import document
     from solverpilot_deploy.ssh import remaining
 
     if args.slots is not None and args.name is None:
@@ -500,7 +626,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         args, lambda session, end: queues(session, remaining(end), args.name, args.slots)
     )
     if args.json:
-        print(json.dumps([queue.as_json() for queue in found], indent=2))
+        _emit(document("queue", host=args.host, queues=[queue.as_json() for queue in found]))
         return 0
     if args.name and not found:  # a queue never set nor used: its default
         print(f"{args.name}: 1 slot (the default), nothing queued")
@@ -528,10 +654,10 @@ def exit_code_of(jobs: Sequence[Any]) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    import json
     import time
 
-    from solverpilot_deploy.jobs import JobError
+    from solverpilot_deploy.errors import NoJobError
+    from solverpilot_deploy.shapes import document
     from solverpilot_deploy.status import read_status
 
     wanted = _job_ids(args.job_ids)
@@ -565,7 +691,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
             found = {job.id for job in jobs}
             missing = [job_id for job_id in wanted if job_id not in found]
             if missing:
-                raise JobError(f"no job {missing[0]} on this host")
+                raise NoJobError(f"no job {missing[0]} on this host")
             on_end(jobs)
             if all(job.status in ENDED for job in jobs):
                 return jobs, True
@@ -576,7 +702,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
     jobs, ended = _on_host(args, watch)
     if args.json:
-        print(json.dumps({"ended": ended, "jobs": [job.as_json() for job in jobs]}, indent=2))
+        _emit(document("wait", host=args.host, ended=ended, jobs=[job.as_json() for job in jobs]))
     else:
         for job in jobs:
             words = f"{job.id} {_status_words(job)}"
@@ -594,9 +720,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    import json
-
     from solverpilot_deploy.reconcile import reconcile
+    from solverpilot_deploy.shapes import line
     from solverpilot_deploy.ssh import remaining
 
     changes = _on_host(
@@ -607,7 +732,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     )
     for change in changes:
         if args.json:
-            print(json.dumps({"host": args.host, **change.as_json()}))
+            _emit_line(line(host=args.host, **change.as_json()))
         else:
             print(change.words())
     if not args.json and not changes:
@@ -706,9 +831,8 @@ MAX_AGE = 520 * 604800
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    import json
-
     from solverpilot_deploy.jobs import CLEANABLE, clean_jobs
+    from solverpilot_deploy.shapes import document
     from solverpilot_deploy.ssh import remaining
 
     wanted = _job_ids(args.job_ids)
@@ -724,7 +848,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.json:
         removed = [{"id": i, "status": s} for i, s in done.removed]
         kept = [{"id": i, "why": why} for i, why in done.kept]
-        print(json.dumps({"removed": removed, "kept": kept}, indent=2))
+        _emit(document("clean", host=args.host, removed=removed, kept=kept))
     else:
         for job_id, status in done.removed:
             print(f"removed {job_id} ({status})")
@@ -734,8 +858,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    import json
-
+    from solverpilot_deploy.errors import NoJobError
     from solverpilot_deploy.jobs import JobError, JobSpec, new_job_id, run_job
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import read_status
@@ -743,10 +866,12 @@ def cmd_restart(args: argparse.Namespace) -> int:
     (old,) = _job_ids([args.job_id])
     (job_id,) = _job_ids([args.id or new_job_id()])
 
+    specs: list[Any] = []  # the spec restart made, for its output
+
     def restart(session: Session, end: float) -> Any:
         jobs, _ = read_status(session, remaining(end), (old,))
         if not jobs:
-            raise JobError(f"no job {old} on this host")
+            raise NoJobError(f"no job {old} on this host")
         (job,) = jobs
         if job.status not in ENDED or job.status == "unreadable":
             raise JobError(f"job {old} is {job.status}: restart runs an ended job again")
@@ -762,6 +887,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
             )  # fmt: skip
         except ValueError as exc:  # a spec another version, or a full disk, wrote
             raise JobError(f"job {old}'s recorded command cannot be run again: {exc}") from exc
+        specs.append(spec)
         try:
             return run_job(session, job_id, spec.cwd, list(spec.argv), remaining(end), spec)
         except (DeployError, KeyboardInterrupt) as exc:
@@ -772,12 +898,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
             raise type(exc)(f"{exc.args[0] if exc.args else exc}; {said}") from exc
 
     started = _on_host(args, restart)
-    for warning in started.warnings:
-        _warn(args.host, warning)
-    if args.json:
-        print(json.dumps({"id": job_id, "state": started.state, "warnings": started.warnings}))
-    else:
-        print(job_id)
+    _started(args, job_id, started, specs[-1])
     return 0
 
 
@@ -789,11 +910,32 @@ SLURM_UNANSWERED_READS = 5  # logs -f: reads of a final record Slurm cannot conf
 def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
-    from solverpilot_deploy.jobs import JobError, read_log
+    from solverpilot_deploy.jobs import JobError, PaneBytes, read_log
 
     (job_id,) = _job_ids([args.job_id])
     out = sys.stdout.buffer
     chunk_most = 4 * 1024 * 1024
+    pane = PaneBytes()  # a tmux job's log is its pane's: the job's own bytes from it
+
+    emitted = 0  # the job's bytes printed so far (--json's offset)
+
+    def write(data: bytes) -> None:
+        """The job's bytes as they are, or (--json) as a line: base64, and as text."""
+        nonlocal emitted
+        emitted += len(data)
+        if not args.json:
+            out.write(data)
+            out.flush()
+        elif data:
+            import base64
+
+            from solverpilot_deploy.shapes import line
+
+            text = data.decode("utf-8", "replace")
+            _emit_line(line(
+                host=args.host, id=job_id, offset=emitted - len(data),
+                data=base64.b64encode(data).decode("ascii"), text=text,
+            ))  # fmt: skip
 
     def follow(session: Session, _deadline: float) -> None:
         offset = 0
@@ -811,9 +953,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
             unanswered = chunk.slurm == "unknown"
             if chunk.size < offset:  # truncated (rotated in place): from its new start
                 offset = 0
+                pane.rest()
                 continue
-            out.write(chunk.data)
-            out.flush()
+            write(pane.feed(chunk.data) if chunk.pane else chunk.data)
             offset += len(chunk.data)
             if offset < chunk.size:
                 continue  # more is there already
@@ -836,10 +978,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
     def follow_to_end(session: Session, deadline: float) -> int:
         from solverpilot_deploy.status import read_status
 
-        follow(session, deadline)
+        try:
+            follow(session, deadline)
+        finally:
+            write(pane.rest())  # a \r that ended the log
         if not args.follow:
             return 0
         jobs, _ = read_status(session, args.timeout, (job_id,))  # how it ended: the exit code
+        if args.json and jobs:
+            from solverpilot_deploy.shapes import line
+
+            _emit_line(line(host=args.host, id=job_id, event="ended", job=jobs[0].as_json()))
         return exit_code_of(jobs) if jobs else 1
 
     return _on_host(args, follow_to_end)
@@ -915,6 +1064,13 @@ def _add_ssh_options(
 
 
 def _add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    said = parser.add_mutually_exclusive_group()
+    said.add_argument(
+        "-q", "--quiet", action="store_true", help="list only the hosts that did not succeed"
+    )
+    said.add_argument(
+        "-v", "--verbose", action="store_true", help="each host's steps and times as it ends"
+    )
     parser.add_argument(
         "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
     )
@@ -932,11 +1088,40 @@ def _add_fleet_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class ArgumentsError(Exception):
+    """A command line argparse refused: ``parser`` is the command's own (its usage)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors main() reports (with the command's own usage) instead
+    of exiting from inside argparse."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument COMMAND: invalid choice: "):
+            import difflib
+
+            word = message.split("'")[1] if "'" in message else ""
+            names = list(COMMANDS)
+            close = difflib.get_close_matches(word, names, 1, 0.6)
+            message = f"no command {word!r}" + (f"; did you mean {close[0]}?" if close else "")
+            message += f" (commands: {', '.join(names)})"
+        raise ArgumentsError(self, message)
+
+
+COMMANDS: dict[str, argparse.ArgumentParser] = {}  # each command's parser, by build_parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sp-deploy",
         description="Render, lint and deploy the SolverPilot job wrapper.",
-        epilog="Exit codes: 0 ok, 1 failure or lint findings, 2 usage error, 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 failure, lint findings or no such job, 2 usage error, 124 "
+        "wait --timeout ran out, 130 interrupted (README: each command's).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -950,17 +1135,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="write FILE atomically, executable as the umask allows (default, or -: stdout; "
         "a device or fifo is written directly; what another user planted in /tmp is refused)",
     )
+    render.add_argument(
+        "--json", action="store_true", help="print a JSON document: distro, sha256, the script"
+    )
     render.set_defaults(func=cmd_render)
 
     profiles = sub.add_parser("profiles", help="list the distro profiles and what they target")
+    profiles.add_argument("--json", action="store_true", help="print only JSON on stdout")
     profiles.set_defaults(func=cmd_profiles)
 
     lint = sub.add_parser(
         "lint", help="run shellcheck on rendered wrappers (all by default) and the remote steps"
     )
     lint.add_argument(
-        "--distro", action="append", metavar="NAME", help="profile to lint; repeatable"
+        "--distro",
+        action="append",
+        metavar="NAME",
+        help="a profile to lint; repeat it for more (--distro debian --distro alpine)",
     )
+    lint.add_argument("--json", action="store_true", help="print only JSON on stdout")
     lint.set_defaults(func=cmd_lint)
 
     push = sub.add_parser("push", help="deploy the wrapper to hosts over SSH")
@@ -985,10 +1178,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify, more_positionals="hosts")
 
     status = sub.add_parser("status", help="list the jobs recorded on a host")
-    status.add_argument("host", metavar="HOST")
-    status.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="only these jobs")
+    status.add_argument(
+        "host",
+        metavar="HOST",
+        help="a host; or several, comma-separated, or an inventory group: one table of all",
+    )
+    status.add_argument(
+        "job_ids", nargs="*", metavar="JOB_ID", help="only these jobs (a unique prefix will not do)"
+    )
+    status.add_argument(
+        "-w",
+        "--wide",
+        action="store_true",
+        help="whole ids, commands and times (ISO 8601), the signal and tmux columns",
+    )
+    status.add_argument(
+        "-j", dest="jobs", type=_positive(int, 1024), default=8, metavar="N", help="hosts at once"
+    )
     _add_ssh_options(status)
-    status.set_defaults(func=cmd_status, more_positionals="job_ids")
+    status.set_defaults(func=cmd_status, more_positionals="job_ids", max_fail=None, canary=None)
 
     run = sub.add_parser(
         "run",
@@ -1046,7 +1254,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int, 86400),
         default=60,
         metavar="SECONDS",
-        help="how long the job may take to stop (default 60)",
+        help="how long to wait for the job's end (default 60); the wrapper KILLs the job "
+        "at its own grace after the TERM (SOLVERPILOT_KILL_GRACE, 10 s by default)",
     )
     cancel.add_argument(
         "--force",
@@ -1171,20 +1380,44 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     _add_ssh_options(logs)
     logs.set_defaults(func=cmd_logs)
+    completion.add_command(sub)
+    COMMANDS.clear()
+    COMMANDS.update(sub.choices)
     return parser
 
 
+def _extra_words(args: argparse.Namespace, extra: list[str]) -> str:
+    """What to say of words a command does not take: the mistake and its fix."""
+    if args.command == "run" and not args.command_argv:
+        return (
+            f"unrecognized arguments: {' '.join(extra)}: the command goes after '--': "
+            f"sp-deploy run {args.host} [options] -- {' '.join(extra)}"
+        )
+    if args.command == "lint" and args.distro and not extra[0].startswith("-"):
+        again = " ".join(f"--distro {word}" for word in [*args.distro, *extra])
+        return f"one profile per --distro: repeat it: sp-deploy lint {again}"
+    if "--json" in extra:
+        return f"{args.command} has no --json: it prints a shell script for people's shells"
+    return f"unrecognized arguments: {' '.join(extra)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    command_argv: list[str] = []
+    if "--" in words:  # run's COMMAND [ARG...]: taken as they are
+        at = words.index("--")
+        words, command_argv = words[:at], words[at + 1 :]
+    as_json = "--json" in words
+    command = next((word for word in words if word in COMMANDS), "sp-deploy")
     try:
         parser = build_parser()
-        words = list(sys.argv[1:] if argv is None else argv)
-        command_argv: list[str] = []
-        if "--" in words:  # run's COMMAND [ARG...]: taken as they are
-            at = words.index("--")
-            words, command_argv = words[:at], words[at + 1 :]
+        completion.answer(parser)  # a shell's TAB (argcomplete): candidates printed, exits
+        command = next((word for word in words if word in COMMANDS), "sp-deploy")
         args, extra = parser.parse_known_args(words)
+        command = args.command
+        own = COMMANDS.get(args.command, parser)
         if command_argv and args.command != "run":
-            parser.error("'--' COMMAND is for run only")
+            raise ArgumentsError(own, "'--' COMMAND is for run only")
         args.command_argv = command_argv
         # argparse will not take positionals after options ("push h1 -i key h2"): the list
         # positional of push/verify (hosts) and status (job ids) gets them
@@ -1192,16 +1425,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra and dest and not any(word.startswith("-") for word in extra):
             setattr(args, dest, [*getattr(args, dest), *extra])
         elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            raise ArgumentsError(own, _extra_words(args, extra))
         if dest == "hosts" and not args.hosts and not args.inventory:
-            parser.error("the following arguments are required: HOST (or --inventory FILE)")
+            raise ArgumentsError(
+                own, "the following arguments are required: HOST (or --inventory FILE)"
+            )
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
+    except ArgumentsError as exc:
+        sys.stderr.write(exc.parser.format_usage())
+        print(f"{exc.parser.prog}: error: {printable(exc.message)}", file=sys.stderr)
+        return _failed(as_json, command, UsageError(exc.message))
     except DeployError as exc:
         print(f"sp-deploy: error: {printable(str(exc))}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
+        return _failed(as_json, command, exc)
+    except KeyboardInterrupt as exc:
         print("sp-deploy: interrupted", file=sys.stderr)
+        _failed(as_json, command, exc)
         return 130
     except BrokenPipeError:
         return 1
@@ -1210,4 +1450,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"sp-deploy: internal error: {printable(f'{type(exc).__name__}: {exc}')}",
             file=sys.stderr,
         )
-        return 1
+        return _failed(as_json, command, exc)
+
+
+def _failed(as_json: bool, command: str, exc: BaseException) -> int:
+    """With --json, the error's document on stdout too (README "JSON output"); the exit code."""
+    if as_json:
+        from solverpilot_deploy.shapes import document, error_of
+
+        with contextlib.suppress(OSError):
+            _emit(document(command, error=error_of(exc)))
+    return exc.exit_code if isinstance(exc, DeployError) else 1

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from solverpilot_deploy.errors import (
     ChecksumError,
@@ -29,6 +30,7 @@ from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import StepResult, run_step, unsafe_server_dir
 from solverpilot_deploy.resources import schema_sql, schema_version
 from solverpilot_deploy.safe import host_object
+from solverpilot_deploy.shapes import error_object, host_result
 from solverpilot_deploy.ssh import remaining
 from solverpilot_deploy.transport import Session
 
@@ -110,6 +112,7 @@ class HostResult:
     error: str | None = None
     warnings: tuple[str, ...] = ()
     outcome: str | None = None  # push only: OLD, NEW or UNKNOWN (see above)
+    error_kind: str | None = None  # the error's kind (shapes.ERROR_KINDS), else by status
     current_sha256: str | None = None  # the host's wrapper as the probe found it (None: none)
     render_sha256: str | None = None  # the render for the host's profile
     action: str | None = None  # INSTALL, REPLACE, REPAIR or NONE (see above); None: no probe
@@ -118,20 +121,28 @@ class HostResult:
     # as the host timed them, its "install" the rest of its round trip
     steps: tuple[tuple[str, float], ...] = ()
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "host": self.host,
-            "status": self.status,
-            "distro": self.distro,
-            "sha256": self.sha256,
-            "error": self.error,
-            "warnings": list(self.warnings),
-            "outcome": self.outcome,
-            "current_sha256": self.current_sha256,
-            "render_sha256": self.render_sha256,
-            "action": self.action,
-            "steps": [{"name": name, "seconds": round(took, 3)} for name, took in self.steps],
-        }
+    def as_json(self) -> dict[str, Any]:
+        """The host result of shapes.py (README "JSON output")."""
+        error = None
+        if self.error is not None:
+            kind = self.error_kind or STATUS_KINDS.get(self.status, "failed")
+            error = error_object(kind, self.error)
+        return host_result(
+            self.host, self.status, error, self.warnings,
+            distro=self.distro, sha256=self.sha256, outcome=self.outcome,
+            current_sha256=self.current_sha256, render_sha256=self.render_sha256,
+            action=self.action,
+            steps=[{"name": name, "seconds": round(took, 3)} for name, took in self.steps],
+        )  # fmt: skip
+
+
+# the error kind of a result whose error names no kind of its own
+STATUS_KINDS = {
+    "skipped": "skipped",
+    "missing": "verify",
+    "mismatch": "verify",
+    "needs-repair": "verify",
+}
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:

@@ -59,6 +59,7 @@ class _Shared:
     sessions: set[Session] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     aborting: bool = False  # a second Ctrl-C came: sessions that start now start aborted
+    on_start: Callable[[str], None] | None = None  # told of each host as its login begins
 
     def count(self, result: HostResult) -> HostResult:
         if result.status not in self.good and result.status != "skipped":
@@ -96,6 +97,8 @@ def run_on_host(target: HostTarget, operation: Operation, shared: _Shared) -> Ho
         return HostResult(
             host, "skipped", error=f"not started: {shared.failed} hosts failed (--max-fail)"
         )
+    if shared.on_start is not None:
+        shared.on_start(host)
     return shared.count(_connect_and_run(target, operation, shared))
 
 
@@ -135,21 +138,26 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
                 result, warnings=(*session.warnings, *result.warnings), steps=steps()
             )
     except StepInterrupted as exc:
-        return HostResult(host, "skipped", error=str(exc), steps=steps())
+        return HostResult(host, "skipped", error=str(exc), error_kind="interrupted", steps=steps())
     except Exception as exc:
         said = tuple(holder[0].warnings) if holder else ()
         reason = holder[0].abort_reason if holder and holder[0].aborted.is_set() else ""
         if reason == NOTHING_CHANGED:
             return HostResult(host, "skipped", error=NOTHING_CHANGED, warnings=said, steps=steps())
+        kind = "interrupted"
         if reason:
             message = reason
+            if reason != SECOND_CTRL_C:
+                kind = HostTimeoutError.code
         elif holder and holder[0].aborted.is_set():
             message = "the connection was aborted"
         elif isinstance(exc, DeployError):
-            message = str(exc)
+            message, kind = str(exc), exc.code
         else:
-            message = f"error: {type(exc).__name__}: {exc}"
-        return HostResult(host, "failed", error=one_line(message), warnings=said, steps=steps())
+            message, kind = f"error: {type(exc).__name__}: {exc}", "internal"
+        return HostResult(
+            host, "failed", error=one_line(message), warnings=said, error_kind=kind, steps=steps()
+        )
     finally:
         timer.cancel()
         with shared.lock:
@@ -170,16 +178,20 @@ def run_fleet(
     max_fail: int | None = None,
     canary: int | None = None,
     on_interrupt: Callable[[int], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> FleetRun:
     """``operation`` on every host, at most ``jobs`` at once; Ctrl-C and ``max_fail`` as the
     module says (a status outside ``good`` is a failure). With ``canary`` K, the first K hosts
     alone first, and the rest only if every one of them succeeded. ``on_interrupt(N)`` is told
-    of the first and the second interrupt as the fleet takes them."""
+    of the first and the second interrupt as the fleet takes them; ``on_start(host)`` of each
+    host as its login begins."""
     count = min(canary or 0, len(targets))
     start = signals.received()
     if not count:
-        return _run_hosts(targets, operation, jobs, on_done, good, max_fail, on_interrupt)
-    first = _run_hosts(targets[:count], operation, jobs, on_done, good, None, on_interrupt)
+        return _run_hosts(targets, operation, jobs, on_done, good, max_fail, on_interrupt, on_start)
+    first = _run_hosts(
+        targets[:count], operation, jobs, on_done, good, None, on_interrupt, on_start
+    )
     failed = sum(r.status not in good for r in first.results)
     if first.interrupted or signals.received() != start:
         first.interrupted = True
@@ -190,7 +202,7 @@ def run_fleet(
     else:
         try:
             rest = _run_hosts(
-                targets[count:], operation, jobs, on_done, good, max_fail, on_interrupt
+                targets[count:], operation, jobs, on_done, good, max_fail, on_interrupt, on_start
             )
         except KeyboardInterrupt:  # between the canaries and the rest: the canaries stand
             rest = all_skipped(targets[count:], "interrupted before any change", True)
@@ -205,8 +217,9 @@ def _run_hosts(
     good: frozenset[str],
     max_fail: int | None,
     on_interrupt: Callable[[int], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> FleetRun:
-    shared = _Shared(good, max_fail)
+    shared = _Shared(good, max_fail, on_start=on_start)
     hosts = [target.name for target in targets]
 
     def outcome(index: int, future: Future[HostResult]) -> HostResult:

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from solverpilot_deploy.deploy import LOGOUT_WARNING, profile_for_os
-from solverpilot_deploy.errors import HostError, RemoteCommandError, RequirementError, UsageError
+from solverpilot_deploy.errors import (
+    HostError,
+    NoJobError,
+    NoWrapperError,
+    RemoteCommandError,
+    RequirementError,
+    UsageError,
+)
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.safe import host_object, printable
 from solverpilot_deploy.status import JOB_ID
@@ -31,6 +38,7 @@ NO_WRAPPER = (
 class JobError(HostError):
     """The job could not be started, found or stopped; the message says which."""
 
+    code = "job"
     kind = "job"
 
 
@@ -149,11 +157,11 @@ def run_job(
     )  # fmt: skip
     found = result.values()
     warnings = (LOGOUT_WARNING,) if found.get("logout_kills") == "yes" else ()
-    if result.status == 0:
+    if result.code == "ok":
         return Started(job_id, _state(result.lines), warnings)
-    if result.status == 10:
-        raise JobError(NO_WRAPPER)
-    if result.status == 11:
+    if result.code == "no_wrapper":
+        raise NoWrapperError(NO_WRAPPER)
+    if result.code == "no_tmux":
         try:
             hint = profile_for_os(
                 found.get("os_id", ""), tuple(found.get("os_like", "").split())
@@ -161,37 +169,37 @@ def run_job(
         except RequirementError:
             hint = "install tmux with the host's package manager"
         raise RequirementError(f"tmux is not installed; install: {hint}")
-    if result.status == 12:
+    if result.code == "id_used":
         raise JobError(f"job id {job_id} is already used on this host")
-    if result.status == 13:
+    if result.code == "wrapper_refused":
         said = [line[4:] for line in result.lines if line.startswith("log=")]
         last = said[-1] if said else ""
         raise JobError(f"the wrapper refused the job (exit {found.get('rc', '?')}): {last}")
-    if result.status == 15:  # its tmux session runs, and no state yet: not a start
+    if result.code == "still_starting":  # its tmux session runs, and no state yet: not a start
         raise JobError(
             f"job {job_id} is still starting: no state after {wait} s (its tmux session runs); "
             f"status and logs show when it starts, cancel {job_id} stops it"
         )
-    if result.status == 16:
+    if result.code == "session_taken":
         raise JobError(
             f"tmux session {found.get('session', '?')} runs already: another job whose id "
             "starts with the same 8 characters (ids must differ in those while both run)"
         )
-    if result.status == 17:
+    if result.code == "no_cwd":
         raise JobError(f"cannot enter the folder {cwd or '~'} on the host")
-    if result.status == 18:
+    if result.code == "cancelled_first":
         raise JobError(f"job {job_id} was cancelled before it started: it never ran")
-    if result.status == 19:
+    if result.code == "session_ended":
         raise JobError(
             f"the job never started: {printable(found.get('error', 'its tmux session ended'))} (a "
             "tmux.conf with exit-unattached on, or a tmux server that died); the id is free"
         )
-    if result.status == 22:
+    if result.code == "unknown_after":
         raise UsageError(
             f"--after {printable(found.get('unknown', '?'))}: no such job on this host; "
             "nothing was submitted"
         )
-    if result.status == 23:
+    if result.code == "queues_busy":
         raise JobError("the queues are busy (their lock was held over 60 s); nothing was submitted")
 
     raise RemoteCommandError(f"cannot start the job: {result.error()}")
@@ -217,7 +225,7 @@ def cancel_job(
     result = run_step(session, "cancel", *args, timeout=timeout)
     state = _state(result.lines)
     found = result.values()
-    if result.status == 0:
+    if result.code == "ok":
         wrote = found.get("wrote")
         return Cancelled(
             state,
@@ -227,43 +235,43 @@ def cancel_job(
             tuple(printable(text) for text in result.all_of("signalled")),
             never_started=wrote in ("yes", "queued"),
         )
-    if result.status == 10:
-        raise JobError(_no_job(job_id, found))
-    if result.status == 11 and "slurm_state" in found:
+    if result.code == "no_job":
+        raise NoJobError(_no_job(job_id, found))
+    if result.code == "lost" and "slurm_state" in found:
         raise JobError(
             f"job {job_id} is lost: Slurm ended it ({found['slurm_state']}) without its final "
             "record; nothing was signalled"
         )
-    if result.status == 11:
+    if result.code == "lost":
         raise JobError(f"job {job_id} is lost: its wrapper is gone; nothing was signalled")
-    if result.status in (14, 15):
+    if result.code in ("slurm_unreachable", "scancel_refused"):
         raise JobError(f"job {job_id} runs under Slurm: {found.get('error', '?')}")
-    if result.status == 12:
+    if result.code == "still_running":
         raise JobError(f"job {job_id} still runs {wait} s after TERM")
     held = printable(", ".join(result.all_of("held")) or "?")
-    if result.status == 16 and "was" in found:
+    if result.code == "lock_held" and "was" in found:
         raise JobError(
             f"job {job_id} has ended ({found['was']}), but processes it left still hold its "
             f"lock ({held}); nothing was signalled: cancel --force {job_id} stops them"
         )
-    if result.status == 16:
+    if result.code == "lock_held":
         raise JobError(
             f"job {job_id} is lost: its wrapper is gone, but processes of it still run ({held}); "
             f"nothing was signalled: cancel --force {job_id} stops them"
         )
-    if result.status == 17 and found.get("stopped") == "yes":
+    if result.code == "cannot_write" and found.get("stopped") == "yes":
         raise JobError(
             f"job {job_id} was stopped (TERM sent; its wrapper and the job are gone), but neither "
             "its wrapper nor sp-deploy could write its end (disk full or folder not writable?): "
             "its record still says running"
         )
-    if result.status == 17:
+    if result.code == "cannot_write":
         raise JobError(f"job {job_id}: cannot write its record (disk full or folder not writable?)")
-    if result.status == 18:
+    if result.code == "still_starting":
         raise JobError(f"job {job_id} is still starting {wait} s later: no state yet")
-    if result.status == 19:
+    if result.code == "lock_held_after_kill":
         raise JobError(f"job {job_id}: processes of it still hold its lock after KILL ({held})")
-    if result.status == 13:
+    if result.code == "no_start_time":
         pid = result.values().get("pid", "?")
         raise JobError(
             f"job {job_id} was started by an older wrapper that did not record its start time: "
@@ -282,6 +290,7 @@ class LogChunk:
     wrapper: bool | None = None  # a tmux job's wrapper runs (None: the state does not say)
     slurm: str = ""  # a Slurm job: "active" (Slurm has not ended it), "unknown" (no answer)
     slurm_error: str = ""  # why Slurm could not answer (made printable)
+    pane: bool = False  # a tmux job's log: its pane's output, each \n written \r\n (PaneBytes)
 
     @property
     def more_to_come(self) -> bool:
@@ -311,9 +320,9 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
     result = run_step(
         session, "logs", check_job_id(job_id), str(offset), str(most), timeout=timeout
     )
-    if result.status == 10:
-        raise JobError(_no_job(job_id, result.values(), " (no log, no state)"))
-    if result.status != 0:
+    if result.code == "no_job":
+        raise NoJobError(_no_job(job_id, result.values(), " (no log, no state)"))
+    if result.code != "ok":
         raise RemoteCommandError(f"cannot read the log: {result.error()}")
     found = result.values()
     hexdump = "".join(line for line in result.lines if "=" not in line)
@@ -331,7 +340,29 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         {"alive": True, "gone": False}.get(found.get("wrapper", "")),
         found.get("slurm", ""),
         printable(found.get("slurm_error", ""))[:200],
+        found.get("pane") == "yes",
     )
+
+
+class PaneBytes:
+    """The job's own bytes from its pane's log. The pane is a pty, whose only output
+    processing (onlcr; kept, so an attached pane shows lines as a terminal does) wrote each \n
+    the job wrote as \r\n: every \r\n of the log is one \n of the job's (its own \r\n came
+    out \r\r\n), so replacing them undoes it exactly. A \r that ends a chunk waits for the
+    next one (or the end: ``rest``)."""
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data, self.held = self.held + data, b""
+        if data.endswith(b"\r"):
+            data, self.held = data[:-1], b"\r"
+        return data.replace(b"\r\n", b"\n")
+
+    def rest(self) -> bytes:
+        held, self.held = self.held, b""
+        return held
 
 
 @dataclass(frozen=True)
@@ -354,11 +385,11 @@ def queues(
         raise UsageError(f"not a queue name: {name!r} (1-64 of A-Z a-z 0-9 . _ -)")
     args = (*((name,) if name else ()), *((str(slots),) if slots is not None else ()))
     result = run_step(session, "queue", *args, timeout=timeout)
-    if result.status == 10:
-        raise JobError(NO_WRAPPER)
-    if result.status == 12:
+    if result.code == "no_wrapper":
+        raise NoWrapperError(NO_WRAPPER)
+    if result.code == "wrapper_refused":
         raise JobError(f"the wrapper refused: {printable(result.error())}")
-    if result.status != 0:
+    if result.code != "ok":
         raise RemoteCommandError(f"cannot read the queues: {result.error()}")
     found = []
     for line in result.all_of("queue"):
@@ -393,9 +424,9 @@ def clean_jobs(
     result = run_step(
         session, "clean", str(older_than_s), ",".join(statuses), *ids, timeout=timeout
     )
-    if result.status == 23:
+    if result.code == "queues_busy":
         raise JobError("the queues are busy (their lock was held over 60 s); nothing was removed")
-    if result.status != 0:
+    if result.code != "ok":
         raise RemoteCommandError(f"cannot clean: {result.error()}")
 
     def pairs(key: str) -> tuple[tuple[str, str], ...]:

@@ -23,6 +23,7 @@ OLD_WRAPPER = "the installed wrapper is older than this sp-deploy (no --sync): r
 
 
 class ReconcileError(HostError):
+    code = "reconcile"
     kind = "reconcile"
 
 
@@ -75,12 +76,12 @@ def _shown(job_id: str) -> str:
 def reconcile(session: Session, timeout: float, db_wait: int) -> list[Change]:
     """Run templates/remote/reconcile.sh: the changes the host made, in the order made."""
     result = run_step(session, "reconcile", str(db_wait), timeout=timeout)
-    if result.status == 10:
+    if result.code == "no_wrapper":
         raise ReconcileError(NO_WRAPPER)
-    if result.status == 13:
+    if result.code == "old_wrapper":
         raise ReconcileError(OLD_WRAPPER)
-    if result.status == 12:
+    if result.code == "wrapper_refused":
         raise ReconcileError(result.error())  # the wrapper's words: why, and the DB's own
-    if result.status != 0:
+    if result.code != "ok":
         raise RemoteCommandError(f"cannot reconcile: {result.error()}")
     return parse_changes(result.lines)

@@ -7,7 +7,9 @@ the answer then begins with the per-call TOKEN and the last says the step's exit
 whatever a banner, a start-up file or a process it left behind prints is never read. The
 TOKEN travels in the script itself (its first line puts it before the arguments), never on
 the command line, where a start-up file (bash's BASH_EXECUTION_STRING) or another user (ps)
-could read it and forge lines of the answer. Data a
+could read it and forge lines of the answer. A step exits with the codes of one table,
+``templates/remote/codes``: ``step_script`` defines ``E_NAME=NUMBER`` for each in place of
+lib.sh's ``# @codes`` line, and ``StepResult.code`` names the status a step ended with. Data a
 step needs (the wrapper, the schema) travels inside the script, as the body of its
 here-document ending in a ``SP_PAYLOAD`` line, because ``sh -s`` may read stdin ahead.
 """
@@ -26,8 +28,70 @@ from solverpilot_deploy.resources import templates_dir
 from solverpilot_deploy.transport import Session
 
 PAYLOAD_END = "SP_PAYLOAD\n"
+# lib.sh's line that step_script replaces with the steps' exit codes as shell variables
+CODES_MARK = "# @codes\n"
+# steps that still exit with numbers of their own, not the codes file's (deploy.py maps them)
+OWN_CODES = frozenset({"probe", "install", "init_db"})
+_CODE_LINE = re.compile(r"^([a-z][a-z0-9_]*) ([0-9]{1,3}) (\S.*)$")
+
+
+@dataclass(frozen=True)
+class StepCode:
+    """One line of templates/remote/codes: a step's exit status, its name and meaning."""
+
+    name: str
+    number: int
+    meaning: str
+
+    @property
+    def shell_name(self) -> str:
+        return f"E_{self.name.upper()}"
+
+
+@functools.cache
+def step_codes() -> tuple[StepCode, ...]:
+    """templates/remote/codes, the one table of the steps' exit codes; ValueError when a line
+    is malformed or a name or number comes twice."""
+    codes: list[StepCode] = []
+    text = (templates_dir() / "remote" / "codes").read_text(encoding="utf-8")
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith("#"):
+            continue
+        match = _CODE_LINE.match(line)
+        if match is None or int(match[2]) > 255:
+            raise ValueError(f"templates/remote/codes line {n}: not NAME NUMBER MEANING: {line!r}")
+        code = StepCode(match[1], int(match[2]), match[3])
+        if any(c.name == code.name or c.number == code.number for c in codes):
+            raise ValueError(f"templates/remote/codes line {n}: {code.name} or {code.number} again")
+        codes.append(code)
+    return tuple(codes)
+
+
+def code_number(name: str) -> int:
+    """The exit status the codes file gives ``name``; KeyError for a name it lacks."""
+    for code in step_codes():
+        if code.name == name:
+            return code.number
+    raise KeyError(f"no step code {name!r} in templates/remote/codes")
+
+
+def code_name(status: int) -> str:
+    """The codes file's name of exit status ``status``, else "exit STATUS"."""
+    return next((c.name for c in step_codes() if c.number == status), f"exit {status}")
+
+
+def codes_shell() -> str:
+    """The codes as the lines of sh that define them (E_NAME=NUMBER), for step_script."""
+    words = " \\\n  ".join(f"{c.shell_name}={c.number}" for c in step_codes())
+    return (
+        "# the steps' exit codes (templates/remote/codes)\n"
+        "# shellcheck disable=SC2034 # a step exits with some of them only\n"
+        f"{words}\n"
+    )
+
+
 # the exit status of every step that refuses the server folder (lib.sh's sp_server_safe)
-UNSAFE_SERVER_DIR = 21
+UNSAFE_SERVER_DIR = code_number("unsafe_server_dir")
 UNSAFE_HINT = (
     "another user could read or rewrite its jobs' records and logs; it must be owned by you and "
     "writable by you alone (sp-deploy push makes the folders you own 0700), or set "
@@ -53,6 +117,12 @@ class StepResult:
         """Every ``key=`` line's value, in order (``values`` keeps only the first)."""
         return tuple(line[len(key) + 1 :] for line in self.lines if line.startswith(f"{key}="))
 
+    @property
+    def code(self) -> str:
+        """The name templates/remote/codes gives the exit status ("ok", "no_wrapper"...), or
+        "exit N" for a status it does not name (a step in OWN_CODES has numbers of its own)."""
+        return code_name(self.status)
+
     def error(self) -> str:
         """The step's ``error=`` line, else its stderr, else its status."""
         return self.values().get("error") or self.stderr.strip() or f"exit {self.status}"
@@ -65,17 +135,21 @@ STEP_NEEDS = {
     "install": ("server_db",),
     "init_db": ("server_db",),
 }
-NOT_STEPS = ("lib", "end", "scan", "server_db")
+NOT_STEPS = ("lib", "end", "scan", "server_db")  # (and codes, which is no .sh)
 
 
 @functools.cache
 def step_script(name: str) -> str:
-    """lib.sh, the functions it needs, the step's own lines, end.sh: the whole script as the
-    host runs it."""
+    """lib.sh (its codes line replaced by the exit codes' variables), the functions it needs,
+    the step's own lines, end.sh: the whole script as the host runs it."""
     folder = templates_dir() / "remote"
     needs = tuple(f"{part}.sh" for part in STEP_NEEDS.get(name, ()))
     parts = ("lib.sh", *needs, f"{name}.sh", "end.sh")
-    return "".join((folder / part).read_text(encoding="utf-8") for part in parts)
+    text = "".join((folder / part).read_text(encoding="utf-8") for part in parts)
+    head, mark, tail = text.partition(f"\n{CODES_MARK}")
+    if not mark:
+        raise ValueError(f"lib.sh has no {CODES_MARK.strip()!r} line")
+    return f"{head}\n{codes_shell()}{tail}"
 
 
 def step_names() -> list[str]:
@@ -128,7 +202,7 @@ def run_step(
     payload: str | None = None,
 ) -> StepResult:
     """Run step ``name`` with ``args``; RemoteCommandError when no framed answer came,
-    UnsafeServerDirError when the step refused the server folder (exit 21)."""
+    UnsafeServerDirError when the step refused the server folder (unsafe_server_dir)."""
     token = secrets.token_hex(12)
     script = step_script(name)
     if payload is not None:

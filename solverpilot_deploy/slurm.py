@@ -86,19 +86,19 @@ def submit_job(
         session, "slurm_submit", job_id, *options.words(), timeout=timeout, payload=script
     )
     found = result.values()
-    if result.status == 0 and SLURM_DIGITS.match(found.get("slurm_job_id", "")):
+    if result.code == "ok" and SLURM_DIGITS.match(found.get("slurm_job_id", "")):
         return Submitted(job_id, found["slurm_job_id"], result.all_of("warning"))
-    if result.status == 10:
+    if result.code == "no_wrapper":
         raise JobError(NO_WRAPPER)
-    if result.status == 11:
+    if result.code == "no_sbatch":
         raise RequirementError("sbatch is not on this host: run --via slurm from a login node")
-    if result.status == 12:
+    if result.code == "id_used":
         raise JobError(f"job id {job_id} is already used on this host")
-    if result.status == 18:
+    if result.code == "sbatch_refused":
         raise JobError(f"sbatch refused the job: {found.get('error', '?')}")
-    if result.status == 19:
+    if result.code == "bad_server_path":
         raise JobError(found.get("error", "the server folder cannot hold Slurm's log"))
-    if result.status == 22:
+    if result.code == "unknown_after":
         raise UsageError(
             f"--after {printable(found.get('unknown', '?'))}: no job run --via slurm of that id "
             "on this host (Slurm's afterok needs a Slurm job); nothing was submitted"

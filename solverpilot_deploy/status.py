@@ -23,8 +23,10 @@ run of the batch script is an attempt (slurm_attempt, 1 and up, Slurm's restart 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from solverpilot_deploy.errors import RemoteCommandError
@@ -136,6 +138,24 @@ class HostView:
     slurm_error: bool = False  # squeue was there but could not answer (in time)
     waiting: dict[str, int] = field(default_factory=dict)  # job id -> place in its queue, from 1
     active: set[str] = field(default_factory=set)  # jobs a queue has started
+    cpu: dict[str, tuple[int, int]] = field(default_factory=dict)  # wrapper pid -> job's ticks
+    hz: int = 0  # clock ticks per second (@hz)
+    now: int = 0  # the host's clock (@now), epoch seconds
+
+    def live_times(self, state: dict[str, Any]) -> dict[str, float | None]:
+        """A running job's CPU (its session's processes) and wall time so far, read on the
+        host; {} when the host did not say (its wrapper not alive, or an old status step)."""
+        pid = state.get("pid")
+        ticks = self.cpu.get(str(pid)) if isinstance(pid, int) else None
+        if ticks is None or self.hz <= 0:
+            return {}
+        started = _text(state.get("started_at"))
+        try:
+            began = datetime.fromisoformat(started).timestamp() if started else None
+        except ValueError:
+            began = None
+        wall = None if began is None or not self.now else max(0.0, self.now - began)
+        return {"cpu_user_s": ticks[0] / self.hz, "cpu_sys_s": ticks[1] / self.hz, "wall_s": wall}
 
     def slurm_state(self, slurm_job_id: str) -> str | None:
         """Slurm's state of the job, or None when Slurm was not asked or could not answer."""
@@ -266,6 +286,7 @@ def job_from_state(
     if view.has_tmux and isinstance(user, str) and not slurm_id:  # Slurm's jobs have none
         tmux = "present" if tmux_session_name(user, job_id) in view.sessions else "absent"
     extra = _spec_fields(host_object(spec) if spec is not None else None, state)
+    live = view.live_times(state) if shown in ("running", STOPPING) else {}
     position = None
     if status == "queued":
         position = view.waiting.get(job_id)
@@ -278,9 +299,9 @@ def job_from_state(
         signal=_text(state.get("signal")),
         started_at=_text(state.get("started_at")),
         completed_at=_text(state.get("completed_at")),
-        cpu_user_s=_seconds(state.get("cpu_user_s")),
-        cpu_sys_s=_seconds(state.get("cpu_sys_s")),
-        wall_s=_seconds(state.get("wall_s")),
+        cpu_user_s=live.get("cpu_user_s", _seconds(state.get("cpu_user_s"))),
+        cpu_sys_s=live.get("cpu_sys_s", _seconds(state.get("cpu_sys_s"))),
+        wall_s=live.get("wall_s", _seconds(state.get("wall_s"))),
         lost_reason=reason,
         tmux=tmux,
         slurm_job_id=slurm_id,
@@ -289,6 +310,15 @@ def job_from_state(
         position=position,
         **extra,
     )
+
+
+def recorded_job(job_id: str, state: dict[str, Any], spec: str | None = None) -> JobState:
+    """The job a record a step has just written or read says (run's first state, cancel's
+    last), as status shows it but without judging it against the host's processes."""
+    ticks = str(state.get("start_ticks", "-"))
+    running = state.get("status") == "running"
+    view = HostView(held={job_id})  # (its record, as written: not judged)
+    return job_from_state(job_id, json.dumps(state), running, ticks, view, spec)
 
 
 def job_from_db_row(fields: list[str], view: HostView) -> JobState:
@@ -389,6 +419,12 @@ def parse_status_output(
                 view.restarts[parts[1]] = int(parts[3])
         elif line == "@squeueerror" or line.startswith("@squeueslow "):
             view.slurm_error = True
+        elif line.startswith("@cpu "):
+            parts = line.split(" ")
+            if len(parts) == 4 and all(INTEGER.match(part) for part in parts[1:]):
+                view.cpu[parts[1]] = (int(parts[2]), int(parts[3]))
+        elif line.startswith(("@hz ", "@now ")) and INTEGER.match(line.split(" ", 1)[1]):
+            setattr(view, line[1 : line.index(" ")], int(line.split(" ", 1)[1]))
         elif line.startswith("@boot "):
             view.boot_id = line[6:].strip()
         elif line == "@tmux":
@@ -446,7 +482,7 @@ def read_status(
     if bad:
         raise ValueError(f"not a job id: {bad[0]!r}")
     result = run_step(session, "status", *job_ids, timeout=timeout)
-    if result.status != 0:
+    if result.code != "ok":
         raise RemoteCommandError(f"cannot read job states: {result.error()}")
     jobs = parse_status_output(result.lines, job_ids)
     warnings = [DB_UNREADABLE] if "@dberror" in result.lines else []

@@ -44,6 +44,7 @@ from solverpilot_deploy.errors import (
 )
 from solverpilot_deploy.inventory import HostTarget
 from solverpilot_deploy.remote import stream_step
+from solverpilot_deploy.shapes import error_object, line
 from solverpilot_deploy.status import JobState, parse_status_output
 from solverpilot_deploy.transport import Session, connect
 
@@ -76,15 +77,16 @@ class Event:
     time: str
     job: JobState | None = None
     error: str | None = None
+    error_kind: str = "failed"  # the error's kind (shapes.ERROR_KINDS)
 
     def as_json(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"seq": self.seq, "host": self.host, "event": self.event,
-                                 "time": self.time}  # fmt: skip
+        """One line of watch --json (README "JSON output": an event)."""
+        found = line(seq=self.seq, host=self.host, event=self.event, time=self.time)
         if self.job is not None:
             found.update(id=self.job.id, status=self.job.status, exit_code=self.job.exit_code,
                          signal=self.job.signal, job=self.job.as_json())  # fmt: skip
         if self.error is not None:
-            found["error"] = self.error
+            found["error"] = error_object(self.error_kind, self.error)
         return found
 
 
@@ -116,10 +118,13 @@ class HostWatch:
     how: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def tell(self, event: str, job: JobState | None = None, error: str | None = None) -> None:
+    def tell(
+        self, event: str, job: JobState | None = None, error: str | None = None,
+        error_kind: str = "failed",
+    ) -> None:  # fmt: skip
         self.seq += 1
         now = datetime.now().astimezone().isoformat(timespec="seconds")
-        self.emit(Event(self.target.name, self.seq, event, now, job, error))
+        self.emit(Event(self.target.name, self.seq, event, now, job, error, error_kind))
 
     def feed(self, line: str) -> None:
         """One line of watch.sh's answer."""
@@ -177,20 +182,23 @@ class HostWatch:
                     raise DeployError("the watch ended on the host")
             except (UnsafeServerDirError, HostKeyError, AuthenticationError) as exc:
                 # what trying again cannot change: this host's watch ends ("failed")
-                self.tell("failed", error=str(exc))
+                self.tell("failed", error=str(exc), error_kind=exc.code)
                 return
             except DeployError as exc:
                 if self.stop.is_set():
                     return
                 backoff = fresh(backoff, began)
-                self.tell("disconnected", error=f"{exc}; trying again in {backoff:g} s")
+                self.tell(
+                    "disconnected", error=f"{exc}; trying again in {backoff:g} s",
+                    error_kind=exc.code,
+                )  # fmt: skip
                 connected = True  # (the next connection is a reconnection)
             except Exception as exc:  # paramiko's own errors on a connection cut
                 if self.stop.is_set():
                     return
                 backoff = fresh(backoff, began)
                 self.tell("disconnected", error=f"{type(exc).__name__}: {exc}; trying again "
-                          f"in {backoff:g} s")  # fmt: skip
+                          f"in {backoff:g} s", error_kind="unreachable")  # fmt: skip
                 connected = True
             began = 0.0  # (an attempt that never connects doubles the wait)
             self.stop.wait(backoff)

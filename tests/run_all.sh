@@ -7,6 +7,8 @@
 # the clone (/var/cache/solverpilot-test).
 #
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
+#        bash tests/run_all.sh --quick   (contributors' inner loop, under 3 minutes: lint, the
+#        quicker pytest half and the bats suite for one profile; see quick below)
 # Installs, when missing: Debian packages (sqlite3, busybox-static, util-linux, strace,
 # openssh-server, python3-venv, gcc, make, tcsh, fish, dash, bindfs, tmux, debootstrap, slurm-wlm,
 # munge, btrfs-progs, procps, inotify-tools) and, into
@@ -27,9 +29,10 @@ as_root() {
 install_debian_packages() {
   local -A wanted=([sqlite3]=sqlite3 [busybox]=busybox-static [flock]=util-linux
     [setsid]=util-linux [strace]=strace [sshd]=openssh-server [ssh-keygen]=openssh-client
-    [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [dash]=dash [bindfs]=bindfs [tmux]=tmux
-    [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm [sbatch]=slurm-wlm
-    [munged]=munge [mkfs.btrfs]=btrfs-progs [pkill]=procps [inotifywait]=inotify-tools)
+    [gcc]=gcc [make]=make [tcsh]=tcsh [fish]=fish [zsh]=zsh [dash]=dash [bindfs]=bindfs
+    [tmux]=tmux [debootstrap]=debootstrap [slurmctld]=slurm-wlm [slurmd]=slurm-wlm
+    [sbatch]=slurm-wlm [munged]=munge [mkfs.btrfs]=btrfs-progs [pkill]=procps
+    [inotifywait]=inotify-tools)
   local tool missing=()
   for tool in "${!wanted[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || missing+=("${wanted[$tool]}")
@@ -110,7 +113,7 @@ wait_prebuild() {
   PREBUILD=''
 }
 
-# the stress loops' runs for the first profile: 300, or 100 in CI (CI set), which must stay
+# the stress loops' runs for the first profile: 300, or 75 in CI (CI set), which must stay
 # within its time budget
 STRESS_DEFAULT=300
 [[ -z ${CI-} ]] || STRESS_DEFAULT=75
@@ -166,10 +169,41 @@ for p in load_profiles():
   BATS_FAILED=$FAILED
 }
 
+# quick: the contributors' inner loop (--quick): lint, the quicker half of pytest (SP_QUICK:
+# tests/conftest.py says what it leaves out) and, beside it on the other core, the bats suite
+# once for the debian profile with short stress loops. Not the CI: that is the full run.
+quick() {
+  local status=0 tap
+  echo "== ruff, mypy (set-up done at ${SECONDS}s)"
+  ruff check solverpilot_deploy tests bench && ruff format --check solverpilot_deploy tests bench || status=1
+  mypy || status=1
+  OUT=$(mktemp -d)
+  tap=$OUT/bats.tap
+  "$VENV/bin/sp-deploy" render --distro debian -o "$OUT/job_wrapper.debian.sh"
+  echo "== pytest (quick) and bats (debian) at once (at ${SECONDS}s)"
+  SP_WRAPPER=$OUT/job_wrapper.debian.sh SP_USERLAND=gnu SP_BASH='' SP_STRESS_RUNS=${SP_STRESS_RUNS:-10} \
+    BATS_TEST_TIMEOUT=300 "$VENV/bin/bats_core_pkg" --formatter tap "$ROOT/bats" >"$tap" 2>&1 &
+  local bats=$!
+  SP_QUICK=1 python -m pytest -q -p no:cacheprovider tests || status=1
+  wait "$bats" || true
+  sed -n '/^not ok/,/^ok /p' "$tap" | grep -v '^ok ' || true
+  grep -q '^1\.\.[1-9]' "$tap" && ! grep -q '^not ok' "$tap" || status=1
+  echo "bats: $(grep -c '^ok ' "$tap" || true) passed, $(grep -c '^not ok ' "$tap" || true) failed"
+  rm -rf "$OUT"
+  if ((status == 0)); then echo "run_all --quick: all checks passed"; else echo "run_all --quick: FAILED"; fi
+  echo "run_all --quick: ${SECONDS}s in all"
+  return "$status"
+}
+
 main() {
   install_debian_packages
   install_python_packages
   export PATH="$VENV/bin:$PATH"
+  if [[ ${1-} == --quick ]]; then
+    quick
+    return
+  fi
+  [[ $# == 0 ]] || { echo "usage: bash tests/run_all.sh [--quick]" >&2; return 2; }
   prebuild
   local status=0
   echo "== ruff (set-up done at ${SECONDS}s)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, require, sp, sp_deploy, sp_json
+from conftest import Lab, error_text, payload, poll, require, sp, sp_deploy, sp_json
 from sshlab import TEST_USERS
 
 from solverpilot_deploy.profiles import load_profile
@@ -199,7 +198,7 @@ def test_a_stall_after_the_install_was_sent_says_either_wrapper_may_be_in_place(
     assert result["status"] == "failed"
     assert result["outcome"] == "unknown"
     assert result["sha256"] == DEBIAN_SHA  # the wrapper that may be in place
-    error = str(result["error"])
+    error = str(error_text(result))
     assert error.startswith("timeout: ")
     assert "either wrapper may be in place" in error
     assert f"sp-deploy verify {spec}" in error
@@ -223,9 +222,9 @@ def test_a_second_ctrl_c_during_a_stalled_install_says_either_wrapper_may_be_in_
     proc.send_signal(signal.SIGINT)
     out, err = said.finish(20)
     assert proc.returncode == 130, err
-    (result,) = json.loads(out)
+    (result,) = payload(out)
     assert (result["status"], result["outcome"]) == ("failed", "unknown")
-    error = str(result["error"])
+    error = str(error_text(result))
     assert error.startswith("interrupted: connection aborted by a second Ctrl-C; ")
     assert "either wrapper may be in place" in error and "keep" not in error
     assert f"sp-deploy verify {spec}" in error
@@ -284,7 +283,7 @@ def test_a_full_disk_is_named_and_the_old_wrapper_stays(
     assert code == 1
     (result,) = results
     assert (result["status"], result["outcome"], result["sha256"]) == ("failed", "old", None)
-    error = str(result["error"])
+    error = str(error_text(result))
     assert "No space left on device" in error, error
     assert "bash -n" not in error
     assert "the old wrapper is kept" in error
@@ -371,7 +370,7 @@ def test_verify_reports_and_push_repairs_a_wrapper_with_the_right_bytes(
     code, results = sp_json(capsys, "verify", lab.a.spec, *args)
     assert code == 1
     assert results[0]["status"] == "needs-repair"
-    assert said in str(results[0]["error"])
+    assert said in str(error_text(results[0]))
     code, results = sp_json(capsys, "push", lab.a.spec, "--no-smoke", *args)
     assert code == 0 and results[0]["status"] == "deployed", results
     assert any(said in w for w in results[0]["warnings"]), results  # type: ignore[attr-defined]
@@ -398,10 +397,10 @@ def test_a_folder_another_user_owns_is_refused_and_the_old_wrapper_stays(
     assert code == 1
     (result,) = results
     assert (result["status"], result["outcome"]) == ("failed", "old")
-    assert "~/.solverpilot/bin is not owned by you" in str(result["error"])
+    assert "~/.solverpilot/bin is not owned by you" in str(error_text(result))
     assert (home / WRAPPER).read_bytes() == OLD_WRAPPER
     code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
-    assert code == 1 and "not owned by you" in str(results[0]["error"])
+    assert code == 1 and "not owned by you" in str(error_text(results[0]))
 
 
 def test_a_home_folder_linked_to_another_users_folder_is_refused_before_any_write(
@@ -418,10 +417,10 @@ def test_a_home_folder_linked_to_another_users_folder_is_refused_before_any_writ
         assert code == 1
         (result,) = results
         assert (result["status"], result["outcome"]) == ("failed", "old")
-        assert "~/.solverpilot is a symbolic link" in str(result["error"])
+        assert "~/.solverpilot is a symbolic link" in str(error_text(result))
         assert list(planted.iterdir()) == []  # nothing was created through the link
         code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
-        assert code == 1 and "~/.solverpilot is a symbolic link" in str(results[0]["error"])
+        assert code == 1 and "~/.solverpilot is a symbolic link" in str(error_text(results[0]))
     finally:
         (home / ".solverpilot").unlink(missing_ok=True)
         shutil.rmtree(planted, ignore_errors=True)
@@ -480,8 +479,8 @@ def test_one_ctrl_c_gives_up_a_host_that_hangs_before_its_login(
         took, out, err = _interrupt_once_and_time(proc)
     assert proc.returncode == 130, err
     assert took < 5
-    (result,) = json.loads(out)
-    assert (result["status"], result["error"]) == ("skipped", "interrupted before any change")
+    (result,) = payload(out)
+    assert (result["status"], error_text(result)) == ("skipped", "interrupted before any change")
     assert "second Ctrl-C" not in out + err and "Traceback" not in err
 
 
@@ -502,8 +501,8 @@ def test_one_ctrl_c_gives_up_a_host_whose_start_up_file_hangs(
                 os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert took < 5
-    (result,) = json.loads(out)
-    assert (result["status"], result["error"]) == ("skipped", "interrupted before any change")
+    (result,) = payload(out)
+    assert (result["status"], error_text(result)) == ("skipped", "interrupted before any change")
     assert "second Ctrl-C" not in out + err and "Traceback" not in err
     assert not (Path(b.pw_dir) / ".solverpilot").exists()
 
@@ -553,10 +552,10 @@ def test_after_one_ctrl_c_each_host_names_its_true_cause(
         proc.send_signal(signal.SIGINT)
         out, err = said.finish(30)
     assert proc.returncode == 130, err
-    first, second = json.loads(out)
+    first, second = payload(out)
     assert (first["status"], first["outcome"]) == ("failed", "unknown")
-    assert str(first["error"]).startswith("timeout: "), first
-    assert (second["status"], second["error"]) == ("skipped", "interrupted before any change")
+    assert str(error_text(first)).startswith("timeout: "), first
+    assert (second["status"], error_text(second)) == ("skipped", "interrupted before any change")
     assert "second Ctrl-C" not in out + err and "Traceback" not in err
 
 
@@ -580,7 +579,7 @@ def test_a_flood_of_term_always_exits_130_with_its_report(
             out, err = proc.communicate()
             assert proc.returncode == 130, f"run {run}: exit {proc.returncode}: {err}"
             assert "Traceback" not in err, err
-            (result,) = json.loads(out)
+            (result,) = payload(out)
             assert result["status"] in ("skipped", "deployed", "failed"), result
             poll(lambda: not user_processes(lab.user.pw_uid), 30, "the host's steps to end")
     finally:
@@ -615,11 +614,11 @@ def test_a_ctrl_c_at_any_moment_of_a_json_push_prints_json_or_nothing(
             out, err = proc.communicate(timeout=60)
             assert "Traceback" not in err, err
             if proc.returncode == 0:  # it ended just before the signal: its whole report
-                assert json.loads(out)[0]["status"] == "unchanged"
+                assert payload(out)[0]["status"] == "unchanged"
                 continue
             assert proc.returncode == 130, f"run {run}: exit {proc.returncode}: {err}"
             if out:
-                (result,) = json.loads(out)
+                (result,) = payload(out)
                 assert result["status"] in ("skipped", "unchanged", "failed"), result
                 reports += 1
             else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Lab, sp, sp_json
+from conftest import Lab, error_text, payload, sp, sp_json
 from sshlab import TEST_USERS, Sshd, free_port, run_as
 
 from solverpilot_deploy.profiles import load_profile
@@ -139,7 +138,7 @@ def test_unknown_host_key_is_refused_with_fingerprint(
     assert code == 1
     (result,) = results
     assert result["status"] == "failed"
-    error = str(result["error"])
+    error = str(error_text(result))
     fingerprint = subprocess.run(
         ["ssh-keygen", "-lf", str(lab.a.host_key) + ".pub"],
         capture_output=True,
@@ -187,8 +186,8 @@ def test_changed_host_key_is_refused_even_with_accept_new(
     before = known_hosts.read_text()
     code, results = push(capsys, lab, known_hosts, lab.a.spec, "--accept-new")
     assert code == 1
-    assert str(results[0]["error"]).startswith("host key: host key for [127.0.0.1]:")
-    assert "CHANGED" in str(results[0]["error"])
+    assert str(error_text(results[0])).startswith("host key: host key for [127.0.0.1]:")
+    assert "CHANGED" in str(error_text(results[0]))
     assert known_hosts.read_text() == before
     assert not (home / ".solverpilot").exists()
 
@@ -200,7 +199,7 @@ def test_wrong_key_is_an_authentication_error(
         capsys, "push", lab.a.spec, "-i", str(lab.wrong_key), "--known-hosts", str(trusted)
     )
     assert code == 1
-    assert str(results[0]["error"]).startswith("authentication failed: ")
+    assert str(error_text(results[0])).startswith("authentication failed: ")
 
 
 def test_a_dead_host_among_live_ones(
@@ -211,7 +210,7 @@ def test_a_dead_host_among_live_ones(
     assert code == 1
     assert [r["host"] for r in results] == [lab.a.spec, dead, lab.b.spec]
     assert [r["status"] for r in results] == ["deployed", "failed", "deployed"]
-    assert str(results[1]["error"]).startswith("unreachable: ")
+    assert str(error_text(results[1])).startswith("unreachable: ")
     assert "Traceback" not in capsys.readouterr().err
     assert results[1]["distro"] is None and results[1]["sha256"] is None
     assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
@@ -291,7 +290,7 @@ def test_missing_requirement_fails_with_install_hint(
 ) -> None:
     code, results = push(capsys, lab, trusted, lab.limited.spec)
     assert code == 1
-    error = str(results[0]["error"])
+    error = str(error_text(results[0]))
     assert error.startswith("missing requirement: flock; install: sudo apt-get install")
     assert not (Path(lab.users[TEST_USERS[2]].pw_dir) / ".solverpilot").exists()
 
@@ -334,7 +333,7 @@ def test_timeout_on_a_host_that_never_answers(
             conn.close()
         listener.close()
     assert code == 1
-    assert str(results[0]["error"]).startswith("timeout: ")
+    assert str(error_text(results[0])).startswith("timeout: ")
     assert "Traceback" not in capsys.readouterr().err
     assert 1.5 < took < 10
 
@@ -401,11 +400,15 @@ def test_status_completed_failed_running_and_lost(
     assert by_id["job-ok"]["wall_s"] is not None and by_id["job-ok"]["cpu_user_s"] is not None
     code, jobs = sp_json(capsys, *status, "job-bad")
     assert [job["id"] for job in jobs] == ["job-bad"]
-    code, out, _ = sp(capsys, *status, "job-bad")
+    code, out, _ = sp(capsys, *status, "job-bad", "--wide")
     header, row = out.splitlines()
     head = "ID NAME STATUS EXIT SIGNAL STARTED_AT COMPLETED_AT CPU_S WALL_S TMUX COMMAND"
     assert header.split() == head.split()
     assert row.split()[:5] == ["job-bad", "-", "failed", "3", "-"]  # (no name)
+    code, out, _ = sp(capsys, *status, "job-bad")
+    header, row = out.splitlines()
+    assert header.split() == ["ID", "NAME", "STATUS", "EXIT", "STARTED", "WALL", "CPU", "COMMAND"]
+    assert row.split()[:4] == ["job-bad", "-", "failed", "3"]
 
 
 def test_json_output_is_only_json(
@@ -422,7 +425,7 @@ def test_json_output_is_only_json(
         "--json",
     )
     assert code == 0
-    assert isinstance(json.loads(out), list)
+    assert isinstance(payload(out), list)
 
 
 def test_missing_sqlite3_is_only_a_warning(
@@ -447,8 +450,8 @@ def test_missing_sqlite3_is_only_a_warning(
     finally:
         for link in added:
             link.unlink()
-    assert (code, json.loads(out)[0]["error"]) == (0, None)
-    assert json.loads(out)[0]["status"] == "deployed"
+    assert (code, error_text(payload(out)[0])) == (0, None)
+    assert payload(out)[0]["status"] == "deployed"
     assert f"sp-deploy: {lab.limited.spec}: warning: sqlite3 missing" in err
     limited_home = Path(lab.users[TEST_USERS[2]].pw_dir)
     assert (limited_home / WRAPPER).read_bytes() == DEBIAN_BYTES
@@ -511,7 +514,7 @@ def test_a_failed_install_leaves_nothing_temporary(
         os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 1
-    assert str(results[0]["error"]).startswith("remote command failed: cannot install ")
+    assert str(error_text(results[0])).startswith("remote command failed: cannot install ")
     assert bin_dir_listing(home) == ["job_wrapper.sh"]
     assert blocker.is_dir() and (blocker / "keep").is_dir()
 
@@ -546,7 +549,7 @@ def test_an_unwritable_folder_is_a_one_line_error(
     (home / ".solverpilot/bin").chmod(0o500)  # the user's, and not writable
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 1
-    assert results[0]["error"] == (
+    assert error_text(results[0]) == (
         "remote command failed: cannot install ~/.solverpilot/bin/job_wrapper.sh: "
         "cannot write to ~/.solverpilot/bin: Permission denied"
     )
@@ -577,7 +580,7 @@ def test_a_checksum_mismatch_fails_the_host_and_leaves_nothing(
         fake.unlink()
         fake.symlink_to(real)
     assert code == 1
-    assert str(results[0]["error"]).startswith("checksum mismatch: uploaded ")
+    assert str(error_text(results[0])).startswith("checksum mismatch: uploaded ")
     limited_home = Path(lab.users[TEST_USERS[2]].pw_dir)
     assert bin_dir_listing(limited_home) == []
 
@@ -647,7 +650,7 @@ def test_banner_errors_are_retried_a_bounded_number_of_times(
     assert results[0]["status"] == status
     assert proxy.connections == min(drops + 1, 3)  # one try and two retries at most
     if status == "failed":
-        assert code == 1 and "banner" in str(results[0]["error"]).lower()
+        assert code == 1 and "banner" in str(error_text(results[0])).lower()
 
 
 def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Path) -> None:
@@ -678,9 +681,18 @@ def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Pa
             progress += chunk
     os.close(master)
     assert proc.returncode == 0
-    lines = progress.decode().split()
-    assert f"{lab.a.spec}:" in lines and f"{lab.b.spec}:" in lines
-    assert proc.stdout.splitlines()[0].split()[:2] == ["HOST", "STATUS"]
+    # one line redrawn in place: the count as hosts start and end, the last count, erased
+    drawn = progress.decode().split("\r\x1b[K")
+    assert drawn[0] == "" and drawn[-1] == "", drawn
+    assert drawn[1].startswith("[0/2] 0 ok, 0 failed, 1 in flight, "), drawn
+    assert drawn[-2].startswith("[2/2] 2 ok, 0 failed, 0 in flight, "), drawn
+    assert "\n" not in progress.decode()
+    # then the table, on stdout
+    assert proc.stdout.splitlines()[0].split() == ["HOST", "STATUS", "DISTRO", "SHA256", "ERROR"]
+    assert [line.split()[:2] for line in proc.stdout.splitlines()[1:]] == [
+        [lab.a.spec, "deployed"],
+        [lab.b.spec, "deployed"],
+    ]
 
 
 @pytest.mark.transports("paramiko")
@@ -695,7 +707,7 @@ def test_proxy_command_is_refused_not_ignored(
         capsys, "push", "viacmd", "-F", str(config), "--known-hosts", str(trusted)
     )
     assert code == 1
-    assert results[0]["error"] == (
+    assert error_text(results[0]) == (
         "viacmd: the paramiko transport cannot use ProxyCommand; use --transport openssh "
         "(or auto), or ProxyJump"
     )

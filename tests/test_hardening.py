@@ -8,7 +8,6 @@ odd output files, odd numbers) gets a one-line answer, never a traceback.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, require, sp, sp_deploy, sp_json
+from conftest import Lab, error_text, payload, poll, require, sp, sp_deploy, sp_json
 from sshlab import TEST_USERS, Sshd, run_as
 
 from solverpilot_deploy.deploy import Probe, check_requirements
@@ -146,9 +145,9 @@ def test_ctrl_c_finishes_the_host_in_flight_and_skips_the_rest(
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    results = json.loads(out)
+    results = payload(out)
     assert [r["status"] for r in results] == ["deployed", "deployed", "skipped"]
-    assert results[2]["error"] == "interrupted before any change"
+    assert error_text(results[2]) == "interrupted before any change"
     # the DB set-up and the smoke run are part of the install step the host ends
     assert "skipped" not in err
     assert (slow.home / ".solverpilot-server/server.db").exists()
@@ -170,9 +169,9 @@ def test_a_second_ctrl_c_aborts_the_host_in_flight_which_keeps_its_old_wrapper(
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    results = json.loads(out)
+    results = payload(out)
     assert [r["status"] for r in results] == ["failed", "skipped"]
-    assert "interrupted" in str(results[0]["error"])
+    assert "interrupted" in str(error_text(results[0]))
     poll(lambda: not slow.remote_busy(), 20, "the aborted install step to end on the host")
     assert (slow.home / WRAPPER).read_bytes() == OLD_WRAPPER
     assert slow.temp_files() == []
@@ -191,10 +190,10 @@ def test_a_rename_still_running_at_the_deadline_is_reported_as_either_wrapper(
     proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh, timeout="8"))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
-    (result,) = json.loads(out)
+    (result,) = payload(out)
     assert result["status"] == "failed"
-    assert str(result["error"]).startswith("timeout: the host was renaming the new wrapper in")
-    assert "sp-deploy verify" in str(result["error"])
+    assert str(error_text(result)).startswith("timeout: the host was renaming the new wrapper in")
+    assert "sp-deploy verify" in str(error_text(result))
     poll(lambda: not slow.remote_busy(), 30, "the slow rename to end on the host")
     assert (slow.home / WRAPPER).read_bytes() != OLD_WRAPPER  # it did land, as warned
 
@@ -212,10 +211,10 @@ def test_a_failure_after_the_install_says_the_new_wrapper_is_in_place(
         out, _ = proc.communicate(timeout=60)
     finally:
         bashrc.unlink()
-    (result,) = json.loads(out)
+    (result,) = payload(out)
     assert result["status"] == "failed"
-    assert str(result["error"]).startswith("the new wrapper is installed (sha256 ")
-    assert "smoke run failed" in str(result["error"])
+    assert str(error_text(result)).startswith("the new wrapper is installed (sha256 ")
+    assert "smoke run failed" in str(error_text(result))
     assert result["sha256"] == hashlib.sha256((slow.home / WRAPPER).read_bytes()).hexdigest()
     assert (slow.home / WRAPPER).read_bytes() != OLD_WRAPPER
 
@@ -232,8 +231,8 @@ def test_a_timed_out_push_never_installs_later(
     out, err = proc.communicate(timeout=60)
     took = time.monotonic() - start
     assert proc.returncode == 1, err
-    (result,) = json.loads(out)
-    assert result["status"] == "failed" and str(result["error"]).startswith("timeout: ")
+    (result,) = payload(out)
+    assert result["status"] == "failed" and str(error_text(result)).startswith("timeout: ")
     assert took < 12
     poll(lambda: not slow.remote_busy(), 30, "the install step to end on the host")
     assert (slow.home / WRAPPER).read_bytes() == OLD_WRAPPER
@@ -252,7 +251,7 @@ def test_parallel_pushes_into_one_home_all_succeed_with_one_sound_wrapper(
     for proc in others:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        outcomes += [r["status"] for r in json.loads(out)]
+        outcomes += [r["status"] for r in payload(out)]
     assert code == 0, results
     assert set(outcomes) <= {"deployed", "unchanged"} and "deployed" in outcomes
     assert hashlib.sha256((home / WRAPPER).read_bytes()).hexdigest() == DEBIAN_SHA
@@ -327,7 +326,7 @@ def test_status_lists_malformed_state_files_as_unreadable(
         os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
     code, out, err = sp(capsys, "status", lab.a.spec, "--json", *ssh_args(lab, kh))
     assert (code, err) == (0, "")
-    listed = {job["id"]: job for job in json.loads(out)}
+    listed = {job["id"]: job for job in payload(out)}
     assert listed["good"]["status"] == "completed" and listed["good"]["exit_code"] == 0
     for name in bad:  # a name no job id can have is shown with ? for the odd characters
         assert listed[name.replace(" ", "?")]["status"] == "unreadable", name
@@ -367,13 +366,13 @@ def test_a_missing_or_public_key_is_an_authentication_error(
         code, results = sp_json(
             capsys, "push", lab.a.spec, "-i", str(key), "--known-hosts", str(kh)
         )
-        assert (code, results[0]["error"]) == (1, expected)
+        assert (code, error_text(results[0])) == (1, expected)
     config = tmp_path / "config"
     config.write_text(f"Host *\n  IdentityFile {tmp_path}/absent.key\n  IdentitiesOnly yes\n")
     code, results = sp_json(capsys, "push", lab.a.spec, "-F", str(config), "--known-hosts", str(kh))
     assert code == 1
-    assert str(results[0]["error"]).startswith("authentication failed: ")
-    assert "no such key" in str(results[0]["error"])
+    assert str(error_text(results[0])).startswith("authentication failed: ")
+    assert "no such key" in str(error_text(results[0]))
 
 
 # ---- 14. the profiles' minimum versions ----
@@ -403,7 +402,7 @@ def test_a_host_below_the_profiles_sqlite_gets_a_warning(
     )
     assert code == 0
     assert "warning: sqlite3 3.40" in err and "older than the alpine profile's 3.41" in err
-    assert json.loads(out)[0]["status"] == "deployed"
+    assert payload(out)[0]["status"] == "deployed"
 
 
 # ---- 15. render cache failures, odd numbers ----

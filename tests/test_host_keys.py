@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, sp_json
+from conftest import Lab, error_text, sp_json
 from sshlab import TEST_USERS, Sshd, ensure_test_user, keygen, lab_user_name, run_as
 
 USER = TEST_USERS[3]  # the user of the hosts a test starts itself
@@ -107,7 +107,7 @@ def sp_outcome(
     """What one ``sp-deploy verify`` did: ("login", account, key) or how it failed."""
     before = len(logins(server))
     _, results = sp_json(capsys, "verify", *argv, "--transport", transport, "--timeout", "20")
-    error = str(results[0]["error"] or "")
+    error = str(error_text(results[0]))
     new = logins(server)[before:]
     if new:
         assert len(set(new)) == 1, new
@@ -210,7 +210,7 @@ def test_a_changed_host_key_is_refused_whatever_the_config_says(
     known.write_text(stale_line(server, keys))
     before = known.read_text()
     code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
-    assert code == 1 and "has CHANGED" in str(results[0]["error"]), results
+    assert code == 1 and "has CHANGED" in str(error_text(results[0])), results
     assert results[0]["status"] == "failed"
     assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()  # nothing deployed
     assert known.read_text() == before
@@ -218,7 +218,7 @@ def test_a_changed_host_key_is_refused_whatever_the_config_says(
     code, results = sp_json(
         capsys, "push", "box", "-F", str(config), "--transport", transport, "--accept-new"
     )
-    assert code == 1 and "has CHANGED" in str(results[0]["error"]), results
+    assert code == 1 and "has CHANGED" in str(error_text(results[0])), results
     assert known.read_text() == before
 
 
@@ -238,7 +238,7 @@ def test_an_unknown_host_needs_accept_new_whatever_the_config_says(
     known = tmp_path / "known_hosts"
     config = weakened_config(tmp_path, server, keys.one, known, WEAKENINGS[weakening], "host-star")
     code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
-    assert code == 1 and "unknown host key" in str(results[0]["error"]), results
+    assert code == 1 and "unknown host key" in str(error_text(results[0])), results
     assert not known.exists()
     assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
     code, results = sp_json(
@@ -518,7 +518,7 @@ def test_accept_new_records_under_the_alias_and_hashed_as_ssh_does(
     _code, results = sp_json(
         capsys, "verify", "box", "-F", str(config), "--transport", transport, "--accept-new"
     )
-    assert outcome_of_error(str(results[0]["error"] or "")) != "unknown", results
+    assert outcome_of_error(str(error_text(results[0]))) != "unknown", results
     assert not second.exists()
     (line,) = first.read_text().splitlines()
     assert line.startswith("|1|")  # hashed
@@ -584,7 +584,7 @@ def test_a_jump_host_whose_key_changed_is_refused_whatever_its_config_says(
     code, results = sp_json(
         capsys, "push", "box", "-F", str(config), "--transport", transport, "--accept-new"
     )
-    error = str(results[0]["error"])
+    error = str(error_text(results[0]))
     assert code == 1 and "has CHANGED" in error and stale_hop in error, results
     assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
     assert known.read_text() == before
@@ -617,7 +617,7 @@ def test_a_known_hosts_file_another_user_planted_is_not_trusted_nor_written(
     assert run_as(evil, "sh", "-c", script, input=host_line(server)).returncode == 0
     argv = ("push", server.spec, "-i", str(keys.one), "--transport", transport)
     code, results = sp_json(capsys, *argv, "--known-hosts", str(planted))
-    error = str(results[0]["error"])
+    error = str(error_text(results[0]))
     assert code == 1 and error.startswith("host key: refusing to trust"), results
     assert f"owned by {evil.pw_name}" in error
     assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
@@ -626,7 +626,7 @@ def test_a_known_hosts_file_another_user_planted_is_not_trusted_nor_written(
     mine.write_text("precious\n")
     assert run_as(evil, "ln", "-s", str(mine), str(planted)).returncode == 0
     code, results = sp_json(capsys, *argv, "--known-hosts", str(planted), "--accept-new")
-    assert code == 1 and "refusing to trust" in str(results[0]["error"]), results
+    assert code == 1 and "refusing to trust" in str(error_text(results[0])), results
     assert mine.read_text() == "precious\n"
 
 
@@ -732,7 +732,7 @@ def test_the_users_master_is_not_used_when_its_config_skips_the_host_key_check(
         subprocess.run([*base, "-M", "-N", "-f", "box"], check=True, timeout=30)
         assert subprocess.run([*base, "-O", "check", "box"], check=False).returncode == 0
         code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
-        assert code == 1 and "has CHANGED" in str(results[0]["error"]), results
+        assert code == 1 and "has CHANGED" in str(error_text(results[0])), results
         assert "StrictHostKeyChecking no" in str(results[0]["warnings"])
         assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
     finally:
@@ -842,7 +842,7 @@ def test_the_users_master_opened_under_other_options_cannot_let_a_changed_key_in
         subprocess.run([*opener[:-1], "-M", "-N", "-f", opener[-1]], check=True, timeout=30)
         assert subprocess.run([*base, "-O", "check", "box"], check=False).returncode == 0
         code, results = sp_json(capsys, "push", "box", "-F", str(config), "--transport", transport)
-        assert code == 1 and "has CHANGED" in str(results[0]["error"]), results
+        assert code == 1 and "has CHANGED" in str(error_text(results[0])), results
         assert not (Path(lab.users[USER].pw_dir) / WRAPPER).exists()
     finally:
         subprocess.run([*base, "-O", "exit", "box"], check=False, capture_output=True)

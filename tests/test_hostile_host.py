@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, require, sp
+from conftest import Lab, payload, poll, require, sp
 from sshlab import run_as
 from test_status_remote import boot_id, connect, finished, start_ticks, write_states
 
@@ -102,6 +102,8 @@ def test_status_prints_a_hostile_state_and_db_row_safely(
     subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", server], check=True)
 
     code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    assert code == 0 and no_raw_control(out) and no_raw_control(err), repr(out)
+    code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--wide")
     assert code == 0, err
     assert no_raw_control(out) and no_raw_control(err), repr(out)
     assert "\\x1b]52;c;cHduZWQ=\\x07" in out  # shown, visibly
@@ -112,7 +114,7 @@ def test_status_prints_a_hostile_state_and_db_row_safely(
 
     code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
     assert code == 0 and out.isascii() and no_raw_control(out)
-    jobs = {job["id"]: job for job in json.loads(out)}
+    jobs = {job["id"]: job for job in payload(out)}
     assert (jobs["evil"]["signal"], jobs["evil"]["started_at"]) == (NASTY, NASTY)
     assert jobs["dbonly"]["status"] == f"failed{NASTY}"
     assert jobs["dbonly"]["started_at"] == NASTY
@@ -150,7 +152,7 @@ def test_cancel_of_a_state_file_python_cannot_print_as_json_is_unreadable_not_a_
     if out:
         json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in {out!r}"))
     _, out, _ = sp(capsys, "status", lab.a.spec, "odd", "--json", *connect(lab, trusted))
-    (job,) = json.loads(out)
+    (job,) = payload(out)
     assert job["status"] == "unreadable", out
 
 
@@ -209,7 +211,7 @@ def test_db_values_and_state_lines_forging_answer_lines_leave_live_jobs_live(
     subprocess.run(["chown", "-R", f"{lab.user.pw_uid}:{lab.user.pw_gid}", server], check=True)
     code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
     assert code == 0, err
-    jobs = {job["id"]: job for job in json.loads(out)}
+    jobs = {job["id"]: job for job in payload(out)}
     assert (jobs["alive"]["status"], jobs["alive"]["lost_reason"]) == ("running", None)
     assert "ghost" not in jobs and "x" not in jobs
     assert (jobs["row1"]["status"], jobs["row1"]["started_at"]) == ("completed", forged)
@@ -270,7 +272,7 @@ def test_a_server_folder_with_any_byte_in_its_path_reads_right(
     try:
         code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
         assert code == 0, err
-        assert {j["id"]: j["status"] for j in json.loads(out)} == {
+        assert {j["id"]: j["status"] for j in payload(out)} == {
             **{job_id: "completed" for job_id in states},
             "alive": "running",
             "dbonly": "completed",
@@ -333,7 +335,10 @@ def test_status_of_a_missing_job_or_of_two_hosts_says_so(
     assert code == 0 and not err
     # a second host where a job id goes: a usage error naming the mistake, before any connection
     code, out, err = sp(capsys, "status", lab.a.spec, lab.b.spec, *connect(lab, trusted))
-    assert code == 2 and "looks like a host, and status takes one HOST" in err, err
+    assert (
+        code == 2
+        and f"status takes its hosts comma-separated (status {lab.a.spec},{lab.b.spec})" in err
+    ), err
     code, out, err = sp(capsys, "status", lab.a.spec, "user@node2", *connect(lab, trusted))
     assert code == 2 and "'user@node2' is not a job id" in err, err
 
@@ -379,7 +384,7 @@ def test_status_of_200000_jobs_lists_them_all(
     code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
     took = time.monotonic() - start
     assert code == 0, err[-2000:]
-    jobs = json.loads(out)
+    jobs = payload(out)
     assert len(jobs) == 250_000
     assert all(job["status"] == "completed" and job["exit_code"] == 0 for job in jobs)
     assert jobs[-1]["id"] == "00249999-0000-4000-8000-000000000000"
@@ -394,7 +399,7 @@ def test_an_answer_over_64_mib_arrives_whole_with_either_transport(
     write_states(home / SERVER, states, lab.user.pw_uid)
     code, out, err = sp(capsys, "status", lab.a.spec, *connect(lab, trusted), "--json")
     assert code == 0, err[-2000:]
-    assert [(j["id"], j["status"]) for j in json.loads(out)] == [
+    assert [(j["id"], j["status"]) for j in payload(out)] == [
         (job_id, "completed") for job_id in sorted(states)
     ]
 
@@ -471,7 +476,7 @@ def test_a_start_up_file_cannot_read_the_token_to_forge_an_answer(
         else:
             bashrc.write_bytes(saved)
     assert forged.exists() and "exec" in forged.read_text()  # the start-up file did run
-    (result,) = json.loads(out)
+    (result,) = payload(out)
     assert (code, result["status"]) == (1, "mismatch"), (out, err)
 
 
@@ -486,7 +491,7 @@ def test_a_job_with_only_a_db_row_is_named_alike_by_status_cancel_and_logs(
         db.execute("UPDATE jobs SET status = 'running', exit_code = NULL WHERE id = 'dbonly1'")
     shutil.chown(home / SERVER / "server.db", lab.user.pw_uid, lab.user.pw_gid)
     code, out, _ = sp(capsys, "status", lab.a.spec, "dbonly1", "--json", *connect(lab, trusted))
-    (job,) = json.loads(out)
+    (job,) = payload(out)
     assert (code, job["status"]) == (0, "lost"), out
     for command in ("cancel", "logs"):
         code, _, err = sp(capsys, command, lab.a.spec, "dbonly1", *connect(lab, trusted))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Lab, require, sp, sp_json
+from conftest import Lab, error_text, require, sp, sp_json
 from sshlab import TEST_USERS
 
 from solverpilot_deploy.inventory import _ansible_inventory
@@ -103,7 +103,7 @@ def test_a_yaml_inventory_with_nested_groups_and_all_by_default(
         ("beta", "ok"),
         ("gamma", "failed"),
     ]
-    assert str(results[2]["error"]).startswith("unreachable: ")
+    assert str(error_text(results[2])).startswith("unreachable: ")
 
 
 def test_max_fail_stops_starting_hosts(
@@ -135,7 +135,7 @@ def test_max_fail_stops_starting_hosts(
         ("dead3", "skipped"),
         ("alpha", "skipped"),
     ]
-    assert results[3]["error"] == "not started: 2 hosts failed (--max-fail)"
+    assert error_text(results[3]) == "not started: 2 hosts failed (--max-fail)"
     assert not (homes(lab)[0] / ".solverpilot").exists()
 
 
@@ -170,7 +170,7 @@ def test_canary_hosts_go_first_and_alone(
     if canary_dead:
         assert code == 1
         assert [r["status"] for r in results] == ["failed", "skipped"]
-        assert results[1]["error"] == "not started: 1 of the 1 canary hosts did not succeed"
+        assert error_text(results[1]) == "not started: 1 of the 1 canary hosts did not succeed"
         assert not b_wrapper.exists()
     else:
         assert code == 0

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, require, sp, sp_json
+from conftest import Lab, poll, require, sp, sp_json
 from conftest import job_state as state
 from sshlab import TEST_USERS, run_as
 
@@ -215,10 +216,9 @@ def test_usage_errors_before_any_connection(capsys: pytest.CaptureFixture[str]) 
     assert sp(capsys, "run", "nobody@127.0.0.1:1", "--id", "bad id", "--", "true")[0] == 2
     assert sp(capsys, "cancel", "nobody@127.0.0.1:1", "../x")[0] == 2
     assert sp(capsys, "logs", "nobody@127.0.0.1:1", "x;y")[0] == 2
-    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
-        sp(capsys, "status", "nobody@127.0.0.1:1", "--", "x")
-    assert exit_info.value.code == 2
-    assert "is for run only" in capsys.readouterr().err
+    code, _, err = sp(capsys, "status", "nobody@127.0.0.1:1", "--", "x")
+    assert code == 2 and "is for run only" in err
+    assert err.startswith("usage: sp-deploy status "), err  # the command's own usage
 
 
 def test_a_host_that_kills_tmux_at_logout_is_named_until_linger_is_on(
@@ -345,3 +345,60 @@ def test_a_job_the_wrapper_refuses_is_an_error_with_its_words(
     assert (code, out) == (1, "")
     assert "the wrapper refused the job (exit 73): job_wrapper: lock file" in err
     assert "is not a regular file" in err
+
+
+# what a job prints: line ends, its own \r (a progress bar) and \r\n, a colour escape, bytes
+# 0x80-0xff that are no UTF-8, a tab, and a last line without its newline
+OWN_BYTES = (
+    b"a\nb\r\nprogress 10%\rprogress 100%\n\x1b[31mred\x1b[0m\n\x80\xff\xe9\xc3\xa9\ttab\n"
+    b"typed: hello\nno newline"
+)
+# the same as the octal escapes of a printf format (dash's printf knows no \x)
+OWN_FORMAT = "".join(
+    "%%" if b == ord("%") else chr(b) if 32 <= b < 127 and b != ord("\\") else f"\\{b:03o}"
+    for b in OWN_BYTES
+).replace("typed: hello", "typed: %s")
+
+
+def logs_bytes(lab: Lab, trusted: Path, job_id: str) -> tuple[int, bytes, str]:
+    """``sp-deploy logs -f`` in a process of its own: its status, its stdout's bytes, stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "solverpilot_deploy", "logs", lab.a.spec, job_id, "-f",
+         *connect(lab, trusted)],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["started", "queued"])
+def test_logs_prints_the_jobs_own_bytes_whatever_its_pane_would_add(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path, queued: bool
+) -> None:
+    """The pane's terminal writes a line end as \\r\\n and echoes what is typed into it: the
+    log holds what the job wrote, byte for byte, started at once or by its queue (issue 19);
+    the job still has a terminal, and its pane still shows its output."""
+    job_id = "job-bytes-q" if queued else "job-bytes"
+    marker = deployed / SERVER / "scratch" / f"{job_id}.reading"
+    gate = marker.with_suffix(".gate")
+    script = (
+        f'[ -t 1 ] || exit 9; : > {marker}; IFS= read -r line; printf "$1" "$line"; '
+        f"until [ -e {gate} ]; do sleep 0.1; done"
+    )
+    where = ("--queue", "bytes") if queued else ()
+    code, out, err = sp(capsys, "run", lab.a.spec, "--id", job_id, *where, *connect(lab, trusted),
+                        "--", "sh", "-c", script, "sh", OWN_FORMAT)  # fmt: skip
+    assert (code, out) == (0, f"{job_id}\n"), err
+    poll(marker.exists, 20, "the job reads its terminal")
+    session = f"solverpilot_{lab.user.pw_name}_{job_id[:8]}"
+    run_as(lab.user, "tmux", "send-keys", "-t", f"={session}:", "hello", "Enter")
+    # the log is the pane's output as a terminal shows it: each \n written \r\n, nothing typed
+    log = deployed / SERVER / "logs" / f"{job_id}.log"
+    pane_bytes = OWN_BYTES.replace(b"\n", b"\r\n")
+    poll(lambda: log.read_bytes() == pane_bytes, 20, "the job's output in its log")
+    # and the pane (what tmux attach shows) has its lines from the left margin
+    shown = run_as(lab.user, "tmux", "capture-pane", "-p", "-t", f"={session}:")
+    assert shown.stdout.splitlines()[:3] == ["a", "b", "progress 100%"], shown
+    gate.touch()
+    code, data, err = logs_bytes(lab, trusted, job_id)
+    assert code == 0, err  # the job had a terminal (else exit 9)
+    assert data == OWN_BYTES

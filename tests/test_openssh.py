@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, sp, sp_json
+from conftest import Lab, error_text, payload, sp, sp_json
 from sshlab import TEST_USERS, Sshd, keygen
 
 USER = TEST_USERS[3]  # the user of the hosts a test starts itself
@@ -249,7 +248,7 @@ def test_error_kinds_match_the_paramiko_transport(
             "--known-hosts",
             str(trusted_all),
         )
-        kinds[transport] = [str(r["error"]).split(":")[0] for r in results]
+        kinds[transport] = [str(error_text(r)).split(":")[0] for r in results]
     assert kinds["paramiko"] == kinds["openssh"] == ["unreachable", "authentication failed"]
 
 
@@ -286,7 +285,7 @@ def test_a_certificate_login_picked_by_auto(
         args = ("certbox", "-F", str(config))
         # paramiko would log in with the key alone (or fail): it refuses, naming the keyword
         code, results = sp_json(capsys, "push", *args, "--transport", "paramiko")
-        assert code == 1 and "does not implement CertificateFile" in str(results[0]["error"])
+        assert code == 1 and "does not implement CertificateFile" in str(error_text(results[0]))
         code, results = sp_json(capsys, "push", *args, "--transport", "auto")
         assert code == 0 and results[0]["status"] == "deployed", results
         assert "uses CertificateFile" in str(results[0]["warnings"])
@@ -363,7 +362,7 @@ def test_term_ends_a_push_in_order_and_leaves_no_master(
     finally:
         rc.unlink()
     assert proc.returncode == 130, err
-    (result,) = json.loads(out)
+    (result,) = payload(out)
     assert result["status"] in ("skipped", "deployed")
     assert leftover_masters(str(config)) == []
     assert "Traceback" not in err

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Lab, poll, require, sp, sp_json
+from conftest import Lab, error_text, poll, require, sp, sp_json
 from sshlab import USER_SUFFIX, ensure_test_user, run_as
 
 from solverpilot_deploy.filesystems import server_dir_warning
@@ -81,7 +81,7 @@ def test_every_command_refuses_a_server_folder_another_user_made_first(
     # push refuses it before installing anything: the wrapper would refuse every job
     code, results = sp_json(capsys, "push", lab.a.spec, *connect(lab, trusted))
     assert code == 1
-    error = str(results[0]["error"])
+    error = str(error_text(results[0]))
     assert error.startswith("unsafe server folder: ") and said in error, error
     assert list(server.iterdir()) == []
 

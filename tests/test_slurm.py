@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import job_state, poll, require, sp, sp_json
+from conftest import job_state, payload, poll, require, sp, sp_json
 from slurmlab import KILL_WAIT, Slurm, missing_tools
 from sshlab import Sshd, authorize, clean_home, ensure_test_user, keygen, lab_user_name
 
@@ -369,7 +369,7 @@ def test_cancels_at_random_moments_leave_every_job_recorded(
         state = c.state(job_id)
         assert (state["status"], state["exit_code"], state["signal"]) == ("failed", 143, "TERM")
         assert c.db_row(job_id) == ("failed", 143, 1)
-        by_cancel = json.loads(out)["recorded_by_sp_deploy"]
+        by_cancel = payload(out)["recorded_by_sp_deploy"]
         assert by_cancel == (state["pid"] is None), state
         wrote += by_cancel
         assert c.slurm.squeue_state(slurm_id) in ("CANCELLED", "")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import test_slurm
-from conftest import poll, sp
+from conftest import payload, poll, sp
 from sshlab import ensure_test_user, run_as
 from test_slurm import SERVER, USER, Cluster, final, status_of, submit, submit_started
 
@@ -260,13 +260,13 @@ def test_a_controller_that_does_not_answer_holds_no_step_for_long(
         return time.monotonic() - started, code, out, err
 
     took, code, out, err = timed("status", c.sshd.spec, tmux_job, *c.auth, "--json")
-    assert code == 0 and json.loads(out)[0]["status"] == "running", err
+    assert code == 0 and payload(out)[0]["status"] == "running", err
     assert took < 4 and "Slurm" not in err
     took, code, out, err = timed("status", c.sshd.spec, *c.auth, "--json")
     assert code == 0, err
     assert 5 <= took < 12
     assert "Slurm did not answer within 5 s" in err
-    shown = {job["id"]: job for job in json.loads(out)}
+    shown = {job["id"]: job for job in payload(out)}
     assert shown[job_id]["status"] == "completed" and shown[tmux_job]["status"] == "running"
     took, code, out, err = timed("logs", c.sshd.spec, job_id, *c.auth)
     assert code == 0 and took < 12, err

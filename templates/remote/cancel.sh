@@ -25,25 +25,25 @@
 # earlier attempt's end is kept in slurm/ID.ends first) gets its record too: failed, 143, TERM,
 # no pid ("wrote=yes"). A wrapper that recorded its end while Slurm still runs that attempt is
 # stopping: waited for, never signalled twice. One that Slurm had already ended without a final
-# record is lost (11, slurm_state= says how Slurm ended it).
+# record is lost (slurm_state= says how Slurm ended it).
 # Answer: state= (the state file as it is at the end, one line); was=STATUS when it was not
 #   running; wrote=yes|ended|queued when this step wrote the record (yes, queued: the job
 #   never started);
-#   stopped=yes when the wrapper was stopped but wrote no end (with 17: nor could this step);
-#   error= with 14 and 15; held=PID COMM per process holding the lock of a lost or ended job
-#   (16, 19); signalled=PID COMM per process force stopped (the holders and the rest of their
+#   stopped=yes when the wrapper was stopped but wrote no end (with cannot_write: nor could
+#   this step); error= with slurm_unreachable and scancel_refused; held=PID COMM per process
+#   holding the lock of a lost or ended job (lock_held, lock_held_after_kill); signalled=PID COMM per process force stopped (the holders and the rest of their
 #   process groups); warning= when the DB could not be updated.
-# Exit: 0 stopped, the wrapper and the job's tree gone (or already ended: was= says so); 10 no
-#   such job (db_only=STATUS when the DB still has a row for it); 11 lost (its wrapper is
-#   gone, nothing of it runs, nothing signalled); 12 still running after WAIT_SECONDS; 13 the
-#   state has no start time (an older wrapper): nothing signalled (pid=); 14 a Slurm job, and
-#   Slurm cannot be asked here (no scancel or squeue, or squeue failed or did not answer
-#   within 5 s); 15 scancel refused (or did not answer within 5 s); 16 lost, or ended (was=),
-#   and processes of it still hold its lock (held=): nothing signalled without force (with
-#   force, a final record is kept as it is); 17 cannot write the record; 18 still starting
-#   (its id claimed, no state) after WAIT_SECONDS; 19 force: processes still hold the lock
-#   after KILL (held=); 21 an unsafe server folder (lib.sh's sp_server_safe).
-sp_server_safe || exit 21
+# Exit (templates/remote/codes): ok stopped, the wrapper and the job's tree gone (or already
+#   ended: was= says so); no_job (db_only=STATUS when the DB still has a row for it); lost
+#   (slurm_state= when Slurm ended it); still_running after WAIT_SECONDS; no_start_time (an
+#   older wrapper's state: pid=); slurm_unreachable: a Slurm job, and Slurm cannot be asked here
+#   (no scancel or squeue, or squeue failed or did not answer within 5 s); scancel_refused (or
+#   no answer within 5 s); lock_held: lost, or ended (was=), and processes of it still hold its
+#   lock (held=): nothing signalled without force (with force, a final record is kept as it
+#   is); cannot_write the record; still_starting (its id claimed, no state) after WAIT_SECONDS;
+#   lock_held_after_kill: force, and processes still hold the lock after KILL (held=);
+#   unsafe_server_dir (lib.sh's sp_server_safe).
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 id=$1 wait=$2 force=${3-}
 state=$sp_server/jobs/$id.status
 field() { sed -n "s/.*\"$1\": *\"*\([^\",}]*\).*/\1/p" "$state" | head -n 1; }
@@ -53,36 +53,37 @@ keep_end() {
   ends=$sp_server/slurm/$id.ends
   last=$(head -n 1 -- "$state" 2>/dev/null)
   if [ -n "$last" ] && ! grep -qxF -- "$last" "$ends" 2>/dev/null; then
-    (umask 077 && printf '%s\n' "$last" >>"$ends") || exit 17
+    (umask 077 && printf '%s\n' "$last" >>"$ends") || exit "$E_CANNOT_WRITE"
   fi
 }
 # record_end RC SIGNAL WHY WROTE [REASON]: the final record the wrapper could not write (failed, RC,
 # SIGNAL, recorded_by "sp-deploy cancel: WHY"), in the state file and the DB row when the DB is
 # there (warning= when it cannot be written); answers wrote=WROTE. WROTE "ended": from the
-# running state, its pid, start and the rest kept (exit 17 when the state no longer says
-# running); "queued": the same from a queued record; "yes": a job that never started (no pid;
-# a Slurm job's id and the attempt Slurm is at). Exit 17 when the state file cannot be written.
+# running state, its pid, start and the rest kept (exit cannot_write when the state no longer
+# says running); "queued": the same from a queued record; "yes": a job that never started (no
+# pid; a Slurm job's id and the attempt Slurm is at). Exit cannot_write when the state file
+# cannot be written.
 record_end() {
   at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
   if [ "$4" = ended ] || [ "$4" = queued ]; then # one line, status running (queued)
     from=running
     [ "$4" = ended ] || from=queued
     was=$(sed -n "1s/\"status\": *\"$from\"/\"status\":\"failed\"/p" "$state" 2>/dev/null | sed 's/}[[:space:]]*$//')
-    [ -n "$was" ] || exit 17
+    [ -n "$was" ] || exit "$E_CANNOT_WRITE"
   else
     who=$(printf '%s' "${USER:-$(id -un)}" | tr -c 'A-Za-z0-9._-' '?')
     slurm=null
     [ -z "$sid" ] || slurm="\"$sid\",\"slurm_attempt\":$at_attempt"
     was="{\"id\":\"$id\",\"status\":\"failed\",\"started_at\":null,\"user\":\"$who\",\"pid\":null,\"host\":null,\"slurm_job_id\":$slurm"
   fi
-  mkdir -p -- "$sp_server/jobs" || exit 17
+  mkdir -p -- "$sp_server/jobs" || exit "$E_CANNOT_WRITE"
   tmp=$state.$$.tmp
   rm -f -- "$tmp"
   [ -z "${5-}" ] || was="$was,\"reason\":\"$5\""
   if ! (umask 077 && set -C && printf '%s,"exit_code":%s,"completed_at":"%s","signal":"%s","recorded_by":"sp-deploy cancel: %s"}\n' \
     "$was" "$1" "$at" "$2" "$3" >"$tmp") 2>/dev/null || ! mv -f -- "$tmp" "$state"; then
     rm -f -- "$tmp"
-    exit 17
+    exit "$E_CANNOT_WRITE"
   fi
   if [ -f "$sp_server/server.db" ] && ! sqlite3 -init /dev/null -bail -cmd '.timeout 5000' \
     "$sp_server/server.db" "BEGIN IMMEDIATE; INSERT INTO jobs (id, status) SELECT '$id', 'failed'
@@ -97,7 +98,7 @@ wait_for_slurm() {
   sp_deadline "$wait"
   while :; do # a squeue that fails (a busy controller) is asked again
     if q=$(sp_slurm_state "$sid"); then sp_slurm_active "$q" || return 0; fi
-    sp_in_time || show 12
+    sp_in_time || show "$E_STILL_RUNNING"
     sleep 0.2
   done
 }
@@ -118,15 +119,15 @@ show() {
 }
 sid=$(sp_slurm_id "$id")
 if [ -n "$sid" ]; then
-  command -v scancel >/dev/null 2>&1 || { echo "error=scancel not found on this host"; exit 14; }
-  q=$(sp_slurm_state "$sid") || { echo "error=Slurm could not answer (squeue: $q)"; exit 14; }
+  command -v scancel >/dev/null 2>&1 || { echo "error=scancel not found on this host"; exit "$E_SLURM_UNREACHABLE"; }
+  q=$(sp_slurm_state "$sid") || { echo "error=Slurm could not answer (squeue: $q)"; exit "$E_SLURM_UNREACHABLE"; }
   if ! sp_slurm_active "$q"; then # Slurm has ended it (or forgotten it)
     if [ -f "$state" ] && [ "$(field status)" != running ]; then
       echo "was=$(field status)"
       show 0
     fi
     echo "slurm_state=${q:-forgotten}" | sed 's/ .*//'
-    show 11
+    show "$E_LOST"
   fi
   slurm_was=${q%% *} at_attempt=${q#* } # Slurm's state, and the attempt it is at (restarts + 1)
   case $at_attempt in '' | *[!0-9]*) at_attempt=0 ;; esac
@@ -146,8 +147,8 @@ if [ -n "$sid" ]; then
   said=$(sp_bounded "$sp_slurm_bound" scancel "$sid" 2>&1)
   case $? in
     0) ;;
-    124) echo "error=scancel got no answer within $sp_slurm_bound s: the job may still be cancelled; see status"; exit 15 ;;
-    *) echo "error=${said:-scancel failed}"; exit 15 ;;
+    124) echo "error=scancel got no answer within $sp_slurm_bound s: the job may still be cancelled; see status"; exit "$E_SCANCEL_REFUSED" ;;
+    *) echo "error=${said:-scancel failed}"; exit "$E_SCANCEL_REFUSED" ;;
   esac
   wait_for_slurm
   recorded
@@ -179,10 +180,10 @@ not_started() {
   sp_deadline "$wait"
   until [ -f "$state" ]; do # the wrapper is starting
     if [ ! -d "$claim" ] || [ -f "$claim/rc" ]; then # it refused, or the start failed
-      [ -f "$state" ] || exit 10
+      [ -f "$state" ] || exit "$E_NO_JOB"
       break
     fi
-    sp_in_time || exit 18
+    sp_in_time || exit "$E_STILL_STARTING"
     sleep 0.1
   done
 }
@@ -212,7 +213,7 @@ cancel_queued() {
       echo "was=$(field status)"
       show 0
     fi
-    sp_in_time || exit 18
+    sp_in_time || exit "$E_STILL_STARTING"
     sleep 0.1
   done
 }
@@ -222,7 +223,7 @@ wrapper_is_there() { sp_alive "$pid" "$ticks"; }
 wait_for_the_wrapper() { # the job's whole tree is gone once the wrapper has exited
   sp_deadline "$wait"
   while wrapper_is_there; do
-    sp_in_time || show 12
+    sp_in_time || show "$E_STILL_RUNNING"
     sleep 0.1
   done
 }
@@ -284,7 +285,7 @@ force_stop() {
     while left && sp_in_time; do sleep 0.1; done
     if left; then
       for p in $hold; do echo "held=$(named "$p")"; done
-      show 19
+      show "$E_LOCK_HELD_AFTER_KILL"
     fi
   fi
   [ "$(field status)" = running ] || show 0 # (another cancel recorded it meanwhile)
@@ -303,17 +304,17 @@ if [ "$status" != running ]; then
   [ -n "$hold" ] || show 0
   [ -n "$force" ] && force_stop
   for p in $hold; do echo "held=$(named "$p")"; done
-  show 16
+  show "$E_LOCK_HELD"
 fi
-case $pid in '' | *[!0-9]*) show 11 ;; esac
+case $pid in '' | *[!0-9]*) show "$E_LOST" ;; esac
 # without its start time (an older wrapper), a pid cannot be told from a later process's
-case $ticks in '' | *[!0-9]*) echo "pid=$pid"; show 13 ;; esac
+case $ticks in '' | *[!0-9]*) echo "pid=$pid"; show "$E_NO_START_TIME" ;; esac
 if ! wrapper_is_there; then # lost: what is left of it is stopped only when forced
   holders
-  [ -n "$hold" ] || show 11
+  [ -n "$hold" ] || show "$E_LOST"
   [ -n "$force" ] && force_stop
   for p in $hold; do echo "held=$(named "$p")"; done
-  show 16
+  show "$E_LOCK_HELD"
 fi
 kill -TERM "$pid" 2>/dev/null
 wait_for_the_wrapper

@@ -10,15 +10,15 @@
 #   warning= when the DB rows could not be deleted (the files are gone).
 # All under the queues' lock (locks/queues.lock, as the wrapper's --submit takes it): a job
 # submitted meanwhile --after one of them either came first (then it is kept) or finds it gone.
-# Exit: 0; 21 an unsafe server folder (lib.sh's sp_server_safe); 23 the queues' lock was held
-#   over 60 s.
-sp_server_safe || exit 21
+# Exit (templates/remote/codes): ok; unsafe_server_dir (lib.sh's sp_server_safe); queues_busy:
+#   the queues' lock was held over 60 s.
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 age=$1 wanted=,$2,
 shift 2
 dir=$sp_server
 [ -d "$dir/jobs" ] || exit 0
 if [ -d "$dir/locks" ]; then
-  exec 9>>"$dir/locks/queues.lock" && flock -w 60 9 || exit 23
+  exec 9>>"$dir/locks/queues.lock" && flock -w 60 9 || exit "$E_QUEUES_BUSY"
 fi
 now=$(date +%s)
 # the ids waiting jobs name (one list, space-separated, each between spaces)

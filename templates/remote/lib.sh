@@ -7,9 +7,12 @@
 # adds "TOKEN @end STATUS" last. So nothing a login banner, a start-up file or a process one
 # left running prints can pass for part of the answer, and a script cut short (a start-up file
 # that read some of stdin) does not parse, so no part of it runs. A file named in sp_tmp (a
-# folder in sp_tmpdir) is removed at exit, however the step ends.
+# folder in sp_tmpdir) is removed at exit, however the step ends. A step exits with the codes
+# of templates/remote/codes, by name: remote.py's step_script puts their E_NAME=NUMBER lines
+# in place of the "@codes" line below.
 sp_token=$1
 shift
+# @codes
 sp_tmp='' sp_tmpdir=''
 # shellcheck disable=SC2329 # invoked by the EXIT trap
 sp_exit() {
@@ -175,7 +178,7 @@ sp_alive() {
   [ "${sp_a#* }" = "$2" ]
 }
 
-# sp_no_job ID: exit 10 (no such job), first saying db_only=STATUS when the DB still has a row
+# sp_no_job ID: exit no_job, first saying db_only=STATUS when the DB still has a row
 # for ID (a job whose state file is gone: status lists it, so cancel and logs name it too)
 # shellcheck disable=SC2329 # not every step needs it
 sp_no_job() {
@@ -184,14 +187,14 @@ sp_no_job() {
     2>/dev/null) && [ -n "$sp_r" ]; then
     printf 'db_only=%s\n' "$(printf '%s' "$sp_r" | sed 's/[^a-z]/?/g' | cut -c1-20)"
   fi
-  exit 10
+  exit "$E_NO_JOB"
 }
 
 # sp_server_safe [report|tighten]: true when the server folder and those of its subfolders that
 # exist are the user's alone: owned by the user, not writable by group or others; the
 # subfolders are no symbolic links (the server folder may be the user's own link to such a
-# folder). Else prints error= naming the path and why, and is false: the step then exits 21,
-# as the wrapper exits 73. With report (probe), a folder the user owns that is not 0700 is
+# folder). Else prints error= naming the path and why, and is false: the step then exits
+# unsafe_server_dir, as the wrapper exits 73. With report (probe), a folder the user owns that is not 0700 is
 # only listed (server_open=PATH MODE) and the error key is server_unsafe=; with tighten
 # (push's DB step) such a folder is made 0700 (tightened=PATH MODE, its mode before).
 # shellcheck disable=SC2329 # not every step needs it
@@ -275,11 +278,11 @@ sp_unsafe() {
 # the step: end.sh closes this function and runs it
 sp_main() {
 trap sp_exit EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 141' PIPE
-cd || exit 20
+trap 'exit "$E_HANGUP"' HUP
+trap 'exit "$E_INTERRUPTED"' INT
+trap 'exit "$E_TERMINATED"' TERM
+trap 'exit "$E_BROKEN_PIPE"' PIPE
+cd || exit "$E_NO_HOME"
 # what a step creates is the user's alone (folders 0700, files 0600); sp_umask, the login's,
 # is what a job started by a step gets (tmux, sbatch)
 # shellcheck disable=SC2034 # not every step starts a job

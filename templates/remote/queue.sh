@@ -2,18 +2,19 @@
 # set first (the wrapper's --slots: what runs goes on; a raise starts waiting jobs at once).
 # The queues are advanced first (what has ended frees its slot), then listed.
 # Answer: "queue=NAME SLOTS RUNNING WAITING" per queue (NAME given: that one only; a queue
-#   never set has 1 slot), sorted by name; error= with 12.
-# Exit: 0; 10 no wrapper; 12 the wrapper refused (error= says why); 21 an unsafe server folder.
+#   never set has 1 slot), sorted by name; error= with wrapper_refused.
+# Exit (templates/remote/codes): ok; no_wrapper; wrapper_refused (error= says why);
+#   unsafe_server_dir.
 name=${1-} slots=${2-}
 wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
-[ -x "$wrapper" ] || exit 10
-sp_server_safe || exit 21
+[ -x "$wrapper" ] || exit "$E_NO_WRAPPER"
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 if [ -n "$slots" ]; then
   out=$("$wrapper" --slots "$name" "$slots" 2>&1 </dev/null 3>&-) ||
-    { echo "error=$(sp_wrapper_said "$out")"; exit 12; }
+    { echo "error=$(sp_wrapper_said "$out")"; exit "$E_WRAPPER_REFUSED"; }
 elif [ -d "$sp_server/queues" ]; then
   out=$("$wrapper" --advance 2>&1 </dev/null 3>&-) ||
-    { echo "error=$(sp_wrapper_said "$out")"; exit 12; }
+    { echo "error=$(sp_wrapper_said "$out")"; exit "$E_WRAPPER_REFUSED"; }
 fi
 [ -d "$sp_server/queues" ] || exit 0
 for d in "$sp_server"/queues/*/; do

@@ -4,20 +4,21 @@
 # reason; it waits up to WAIT seconds for the DB's lock. The queues are advanced first, as by
 # status.
 # Answer: "changed=ID|FROM|TO|REASON" per row added (FROM "-") or changed, "filled=ID" per row
-#   that only gained details (name, queue, submitted_at); error= with 12 and 13.
-# Exit: 0; 10 no wrapper; 12 the wrapper could not (the DB busy over WAIT s, damaged, or
-# without JSON functions: its words); 13 the wrapper is older than --sync (push first); 21 an
-# unsafe server folder (lib.sh's sp_server_safe).
+#   that only gained details (name, queue, submitted_at); error= with wrapper_refused and
+#   old_wrapper.
+# Exit (templates/remote/codes): ok; no_wrapper; wrapper_refused: the wrapper could not (the
+# DB busy over WAIT s, damaged, or without JSON functions: its words); old_wrapper: it is
+# older than --sync (push first); unsafe_server_dir (lib.sh's sp_server_safe).
 wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
-[ -x "$wrapper" ] || exit 10
-sp_server_safe || exit 21
+[ -x "$wrapper" ] || exit "$E_NO_WRAPPER"
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 if [ -d "$sp_server/queues" ]; then
   "$wrapper" --advance >/dev/null 2>&1 </dev/null 3>&-
 fi
 out=$(SOLVERPILOT_DB_WAIT=$1 "$wrapper" --sync 2>&1 </dev/null 3>&-)
 case $? in
   0) ;;
-  64) echo 'error=the installed wrapper has no --sync'; exit 13 ;;
-  *) echo "error=$(sp_wrapper_said "$out")"; exit 12 ;;
+  64) echo 'error=the installed wrapper has no --sync'; exit "$E_OLD_WRAPPER" ;;
+  *) echo "error=$(sp_wrapper_said "$out")"; exit "$E_WRAPPER_REFUSED" ;;
 esac
 printf '%s\n' "$out" | sed -n 's/^changed|/changed=/p; s/^filled|/filled=/p'

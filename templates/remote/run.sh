@@ -14,59 +14,58 @@
 # Start: the launcher runs the wrapper only if it is first to create run/JOB_ID/decided (a
 #   cancel of the starting job may be first: cancel.sh); run reports a start only once the
 #   wrapper's state exists. A tmux session that ends before the wrapper ran (a tmux.conf's
-#   exit-unattached, a server killed) frees the id: the run folder is removed (19).
-# Exit: 0 started (or ended at once with a state); 10 no wrapper; 11 no tmux; 12 the id is
-#   already used (a state file, or another run of it starting); 13 the wrapper refused (rc=
-#   says how); 14 cannot write the run files; 15 no state yet after WAIT_SECONDS (the job
-#   is still starting); 16 a tmux session of that name runs (session=): another job whose id
-#   starts with the same 8 characters; 17 the working folder cannot be entered; 18 a cancel
-#   came first: the job never ran (state= is cancel's record); 19 the tmux session ended
-#   before the wrapper started (the id is free again); 21 an unsafe server folder
-#   (lib.sh's sp_server_safe: error= says which and why); 22 a job AFTER names has no record
-#   (unknown= names it); 23 the queues' lock was held too long.
+#   exit-unattached, a server killed) frees the id: the run folder is removed (session_ended).
+# Exit (templates/remote/codes): ok started (or ended at once with a state); no_wrapper;
+#   no_tmux; id_used (a state file, or another run of it starting); wrapper_refused (rc= says
+#   how, log= its last lines); cannot_write the run files (error= when the wrapper's --submit
+#   failed); still_starting: no state yet after WAIT_SECONDS; session_taken (session=): another
+#   job whose id starts with the same 8 characters; no_cwd; cancelled_first (state= is cancel's
+#   record); session_ended before the wrapper started (the id is free again);
+#   unsafe_server_dir (lib.sh's sp_server_safe); unknown_after: a job AFTER names has no
+#   record (unknown= names it); queues_busy: the queues' lock was held too long.
 id=$1 wait=$2 queue=${3:--} after=${4:--} limit=${5:--} save=${6:--}
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-}"
 echo "os_like=${ID_LIKE:-}"
 wrapper=$HOME/.solverpilot/bin/job_wrapper.sh
-[ -x "$wrapper" ] || exit 10
-command -v tmux >/dev/null 2>&1 || exit 11
+[ -x "$wrapper" ] || exit "$E_NO_WRAPPER"
+command -v tmux >/dev/null 2>&1 || exit "$E_NO_TMUX"
 sp_logout_kills && echo logout_kills=yes
 name=$(sp_session_name "$id")
 jobs=$sp_server/jobs runs=$sp_server/run logs=$sp_server/logs
 state=$jobs/$id.status
-[ ! -e "$state" ] || exit 12
-sp_server_safe || exit 21
-mkdir -p -- "$runs" "$logs" "$jobs" || exit 14
-sp_server_safe || exit 21 # again: what another made in between is refused too
+[ ! -e "$state" ] || exit "$E_ID_USED"
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
+mkdir -p -- "$runs" "$logs" "$jobs" || exit "$E_CANNOT_WRITE"
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR" # again: what another made in between is refused too
 # the id is claimed by creating its run folder: of two runs with one id, one alone goes on
-mkdir -- "$runs/$id" 2>/dev/null || exit 12
+mkdir -- "$runs/$id" 2>/dev/null || exit "$E_ID_USED"
 # nor by a job run --via slurm submitted (its batch script claims the id), nor by one that
 # ended while this step was getting here (its run folder is gone then, its state is not)
 if [ -e "$sp_server/slurm/$id.sbatch" ] || [ -e "$state" ]; then
   rmdir -- "$runs/$id"
-  exit 12
+  exit "$E_ID_USED"
 fi
 sp_tmpdir=$runs/$id # removed at exit until the tmux session owns it
 # (a queued job starts when its queue says: another session of that name may have ended then)
 if [ "$queue$after" = -- ] && tmux has-session -t "=$name" 2>/dev/null; then
   echo "session=$name"
-  exit 16
+  exit "$E_SESSION_TAKEN"
 fi
-here=$(cd -- "$runs/$id" && pwd) || exit 14
-log=$(cd -- "$logs" && pwd)/$id.log || exit 14
-cat >"$here/payload" <<'SP_PAYLOAD' || exit 14
+here=$(cd -- "$runs/$id" && pwd) || exit "$E_CANNOT_WRITE"
+log=$(cd -- "$logs" && pwd)/$id.log || exit "$E_CANNOT_WRITE"
+cat >"$here/payload" <<'SP_PAYLOAD' || exit "$E_CANNOT_WRITE"
 SP_PAYLOAD
-{ tail -n +2 -- "$here/payload" >"$here/args" && echo "$sp_umask" >"$here/umask"; } || exit 14
+{ tail -n +2 -- "$here/payload" >"$here/args" && echo "$sp_umask" >"$here/umask"; } || exit "$E_CANNOT_WRITE"
 # "LIMIT SAVE" (no --save-before: 0, never an empty word that read would drop)
-if [ "$limit" != - ]; then echo "$limit $(echo "${save#-}" | sed 's/^$/0/')" >"$here/limits" || exit 14; fi
+if [ "$limit" != - ]; then echo "$limit $(echo "${save#-}" | sed 's/^$/0/')" >"$here/limits" || exit "$E_CANNOT_WRITE"; fi
 at=$(date +%Y-%m-%dT%H:%M:%S%z | sed 's/\(..\)$/:\1/')
-{ head -n 1 -- "$here/payload" | tr -d '\n' && printf ',"submitted_at":"%s"}\n' "$at"; } >"$here/spec" || exit 14
+{ head -n 1 -- "$here/payload" | tr -d '\n' && printf ',"submitted_at":"%s"}\n' "$at"; } >"$here/spec" || exit "$E_CANNOT_WRITE"
 rm -f -- "$here/payload"
 # the launcher: tmux starts it in the run folder; it waits for the pipe to the log, decodes the
 # arguments, runs the wrapper, notes how it ended when the wrapper wrote no state, and removes
 # the run folder once it is no longer needed
-cat >"$here/launch" <<'EOF' || exit 14
+cat >"$here/launch" <<'EOF' || exit "$E_CANNOT_WRITE"
 id=$1 n=0
 # no trap here: a stop of the session (its hangup ends this launcher first, and the kernel then
 # hangs up the wrapper) reaches the wrapper, which records it and advances the queues itself
@@ -77,6 +76,10 @@ if [ -e queued ]; then # started by the queue: its pane's output to the log, fro
 else # started by the run step, which pipes it and says go
   while [ ! -e go ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 fi
+# nothing typed into the pane is echoed into the log; the pane stays a terminal (the job's
+# output line-buffered, logs -f live) whose only output processing, a \r before each \n (onlcr,
+# kept so an attached pane shows lines as a terminal does), logs undoes exactly (README "Jobs")
+stty -echo 2>/dev/null
 set --
 first=1
 while IFS= read -r line; do
@@ -136,25 +139,25 @@ if [ -n "$queued" ] && [ -f "$here/rc" ]; then
 fi
 EOF
 # the log exists before tmux appends to it, so it is 0600 whatever the tmux server's umask
-: >>"$log" || exit 14
-mv -f -- "$here/spec" "$jobs/$id.spec" || exit 14
+: >>"$log" || exit "$E_CANNOT_WRITE"
+mv -f -- "$here/spec" "$jobs/$id.spec" || exit "$E_CANNOT_WRITE"
 if [ "$queue" != - ] || [ "$after" != - ]; then # the queue starts it (README "Queues")
   [ "$queue" != - ] || queue=_now
-  : >"$here/queued" || exit 14
+  : >"$here/queued" || exit "$E_CANNOT_WRITE"
   sp_tmpdir=''
   # shellcheck disable=SC2046 # the ids, split at commas on purpose: plain words
   out=$("$wrapper" --submit "$id" "$queue" $(printf '%s' "${after#-}" | tr ',' ' ') 2>&1 </dev/null 3>&-)
   rc=$?
   case $rc in
     0) ;;
-    76) rm -rf -- "$here" "$jobs/$id.spec" "$log"; printf '%s\n' "$out" | sed -n 's/.*job \([A-Za-z0-9._-]*\) (--after).*/unknown=\1/p' | head -n 1; exit 22 ;;
-    75) rm -rf -- "$here" "$jobs/$id.spec" "$log"; exit 23 ;;
+    76) rm -rf -- "$here" "$jobs/$id.spec" "$log"; printf '%s\n' "$out" | sed -n 's/.*job \([A-Za-z0-9._-]*\) (--after).*/unknown=\1/p' | head -n 1; exit "$E_UNKNOWN_AFTER" ;;
+    75) rm -rf -- "$here" "$jobs/$id.spec" "$log"; exit "$E_QUEUES_BUSY" ;;
     *)
       # (killed after its record and queue entry were written: submitted all the same)
       if ! grep -q '"status":"queued"' "$state" 2>/dev/null; then
         rm -rf -- "$here" "$jobs/$id.spec" "$log"
         echo "error=$(sp_wrapper_said "$out")"
-        exit 14
+        exit "$E_CANNOT_WRITE"
       fi
       ;;
   esac
@@ -169,7 +172,7 @@ fi
 # exact for every path ("##[" stays "##["): neither names the folder. A command client with
 # no -c starts the session in its own folder, and pipe-pane runs its command there too, so
 # both run in the run folder, and the log is named from it (an id has no # or %)
-(cd -- "$here" && umask "$sp_umask" && exec tmux new-session -d -s "$name" "/bin/sh ./launch $id") 3>&- || exit 14
+(cd -- "$here" && umask "$sp_umask" && exec tmux new-session -d -s "$name" "/bin/sh ./launch $id") 3>&- || exit "$E_CANNOT_WRITE"
 sp_tmpdir='' # the launcher removes it now
 # drop_claim: the run folder is renamed away, then removed: a launcher that has not decided yet
 # finds its folder no longer the claim (never a "decided" removed under it that it could take)
@@ -188,7 +191,7 @@ while :; do
     # cancel's record of a job it stopped before the launcher ran it
     if grep -q -e '"recorded_by":"sp-deploy cancel: cancelled before it started"' "$state"; then
       drop_claim
-      exit 18
+      exit "$E_CANCELLED_FIRST"
     fi
     exit 0
   fi
@@ -198,8 +201,8 @@ while :; do
     rm -f -- "$jobs/$id.spec" # no job: what it was asked goes too
     echo "rc=$rc"
     tail -n 5 -- "$log" 2>/dev/null | sed 's/^/log=/'
-    [ "$rc" != cwd ] || exit 17
-    exit 13
+    [ "$rc" != cwd ] || exit "$E_NO_CWD"
+    exit "$E_WRAPPER_REFUSED"
   fi
   # the session ended with neither a state nor an rc: the wrapper never ran (or died at once,
   # unrecorded, with its pane); once it is sure that no launcher runs it, the id is freed
@@ -208,8 +211,8 @@ while :; do
     drop_claim
     rm -f -- "$jobs/$id.spec"
     echo "error=the tmux session $name ended before the wrapper started"
-    exit 19
+    exit "$E_SESSION_ENDED"
   fi
-  sp_in_time || exit 15
+  sp_in_time || exit "$E_STILL_STARTING"
   sleep 0.1
 done

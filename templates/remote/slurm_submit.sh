@@ -6,20 +6,20 @@
 # seconds before the time limit (--signal=B:INT@S). Slurm's job id is appended to slurm/jobids
 # ("JOB_ID SLURM_JOB_ID" lines: status, logs and cancel read it).
 # Answer: slurm_job_id=N; error= (sbatch's last words) when it refused.
-# Exit: 0 submitted; 10 no wrapper; 11 no sbatch; 12 the id is already used; 14 cannot write
-#   the files; 18 sbatch refused the job; 19 the server folder's path has a backslash or a
-#   newline; 21 an unsafe server folder (lib.sh's sp_server_safe); 22 a job after= names is
-#   no job run --via slurm here (unknown= names it).
+# Exit (templates/remote/codes): ok submitted; no_wrapper; no_sbatch; id_used; cannot_write
+#   the files; sbatch_refused (error=); bad_server_path: the server folder's path has a
+#   backslash or a newline; unsafe_server_dir (lib.sh's sp_server_safe); unknown_after: a job
+#   after= names is no job run --via slurm here (unknown= names it).
 id=$1
 shift
-[ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit 10
-command -v sbatch >/dev/null 2>&1 || exit 11
-[ ! -e "$sp_server/jobs/$id.status" ] || exit 12
-sp_server_safe || exit 21
-mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit 14
-sp_server_safe || exit 21 # again: what another made in between is refused too
+[ -x "$HOME/.solverpilot/bin/job_wrapper.sh" ] || exit "$E_NO_WRAPPER"
+command -v sbatch >/dev/null 2>&1 || exit "$E_NO_SBATCH"
+[ ! -e "$sp_server/jobs/$id.status" ] || exit "$E_ID_USED"
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
+mkdir -p -- "$sp_server/slurm" "$sp_server/logs" || exit "$E_CANNOT_WRITE"
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR" # again: what another made in between is refused too
 # the folder's full name, a trailing newline kept ($( ) drops only pwd's own after "/slurm")
-server=$(cd -- "$sp_server/slurm" && pwd) || exit 14
+server=$(cd -- "$sp_server/slurm" && pwd) || exit "$E_CANNOT_WRITE"
 server=${server%/slurm}
 # sbatch's --output drops a backslash (and stops reading %% then): no log, no record; a newline
 # would end the batch script's option line
@@ -27,16 +27,16 @@ case $server in *\\* | *"
 "*)
   printf 'error=the server folder %s has a backslash or a newline, which Slurm cannot take in a log path\n' \
     "$(printf '%s' "$server" | tr '\n\r' '??')"
-  exit 19
+  exit "$E_BAD_SERVER_PATH"
   ;;
 esac
 script=$server/slurm/$id.sbatch
 # the id is claimed by creating its batch script (set -C: only if it does not exist)
-(set -C && : >"$script") 2>/dev/null || exit 12
+(set -C && : >"$script") 2>/dev/null || exit "$E_ID_USED"
 sp_tmp=$script # removed at exit unless submitted
 # nor by a run in tmux starting with that id (its run folder claims it), nor one that ended
-if [ -e "$sp_server/run/$id" ] || [ -e "$sp_server/jobs/$id.status" ]; then exit 12; fi
-cat >"$script" <<'SP_PAYLOAD' || exit 14
+if [ -e "$sp_server/run/$id" ] || [ -e "$sp_server/jobs/$id.status" ]; then exit "$E_ID_USED"; fi
+cat >"$script" <<'SP_PAYLOAD' || exit "$E_CANNOT_WRITE"
 SP_PAYLOAD
 set -- --parsable --open-mode=append "--job-name=solverpilot_${USER:-$(id -un)}_$(printf '%.8s' "$id")" \
   "--output=$(printf '%s' "$server/logs/$id.log" | sed 's/%/%%/g')" "$@"
@@ -52,7 +52,7 @@ for opt; do
       deps=''
       for dep in $(printf '%s' "${opt#*=}" | tr ',' ' '); do
         sid=$(sp_slurm_id "$dep")
-        [ -n "$sid" ] || { echo "unknown=$dep"; exit 22; }
+        [ -n "$sid" ] || { echo "unknown=$dep"; exit "$E_UNKNOWN_AFTER"; }
         deps="$deps:$sid"
       done
       set -- "$@" "--dependency=afterok$deps" ;;
@@ -61,8 +61,8 @@ for opt; do
 done
 # the log 0600 before Slurm appends to it (the job runs with the login's umask, as sbatch
 # passes it on); sbatch's words to a file of the step's own (mktemp: 0600, a new name)
-: >>"$server/logs/$id.log" || exit 14
-err=$(mktemp) || exit 14
+: >>"$server/logs/$id.log" || exit "$E_CANNOT_WRITE"
+err=$(mktemp) || exit "$E_CANNOT_WRITE"
 out=$(umask "$sp_umask" && exec sbatch "$@" "$script" "$server" 2>"$err" </dev/null)
 rc=$?
 said=$(tail -n 1 -- "$err")
@@ -72,7 +72,7 @@ ok=$rc
 case $sid in '' | *[!0-9]*) ok=no ;; esac
 if [ "$ok" != 0 ]; then
   echo "error=${said:-sbatch exit $rc, no job id}"
-  exit 18
+  exit "$E_SBATCH_REFUSED"
 fi
 sp_tmp='' # submitted: the batch script stays with the job
 echo "slurm_job_id=$sid"

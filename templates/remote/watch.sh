@@ -10,8 +10,9 @@
 # connection from a quiet host. Lines go to the channel itself (fd 3, end.sh), each look as it
 # is made. It ends when a line cannot be sent: the client has gone.
 # Answer: "@watch inotify" or "@watch poll", then looks and beats, without end.
-# Exit: 21 an unsafe server folder; else only by a signal (a write to a client gone: 141).
-sp_server_safe || exit 21
+# Exit (templates/remote/codes): unsafe_server_dir; else only by a signal (a write to a client
+# gone: broken_pipe).
+sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
 beat=$1 dir=$sp_server
 how=poll tick=0.5
 if command -v inotifywait >/dev/null 2>&1 && [ -d "$dir/jobs" ]; then how=inotify tick=1; fi

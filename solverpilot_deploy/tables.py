@@ -1,0 +1,188 @@
+"""Tables for people: columns fitted to a terminal, ids shortened as git shortens hashes,
+times relative, colours on a terminal only. What a cell holds from a host is made safe for a
+terminal (safe.printable) before any colour is added."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import textwrap
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from solverpilot_deploy.safe import printable
+
+SHORT_ID = 8  # a shortened id keeps at least this many characters (tmux's session names too)
+COLOURS = {  # SGR codes per status (the first word of a status cell)
+    "completed": "32",
+    "ok": "32",
+    "deployed": "32",
+    "unchanged": "32",
+    "running": "36",
+    "starting": "36",
+    "stopping": "33",
+    "queued": "33",
+    "submitted": "33",
+    "requeued": "33",
+    "suspended": "33",
+    "would-deploy": "33",
+    "skipped": "33",
+    "failed": "31",
+    "lost": "1;31",
+    "unreadable": "1;31",
+    "missing": "31",
+    "mismatch": "31",
+    "needs-repair": "31",
+}
+
+
+def use_colour(stream: Any) -> bool:
+    """Colours only on a terminal, and never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(
+        isatty is not None
+        and isatty()
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
+
+
+def unique_prefixes(ids: Sequence[str], least: int = SHORT_ID) -> dict[str, str]:
+    """Each id's shortest prefix of at least ``least`` characters that no other id shares."""
+    shown: dict[str, str] = {}
+    for job_id in ids:
+        size = least
+        while size < len(job_id) and any(
+            other != job_id and other.startswith(job_id[:size]) for other in ids
+        ):
+            size += 1
+        shown[job_id] = job_id[:size]
+    return shown
+
+
+def duration(seconds: float | None) -> str:
+    """45s, 12m03s, 3h02m, 2d04h."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def when(iso: str | None, now: datetime) -> str:
+    """A recorded time, short: "5m ago" within a day, else "11-30 14:03" (host's local time)."""
+    if not iso:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is None:
+        return iso[5:16].replace("T", " ")
+    age = (now - moment).total_seconds()
+    if age < 86400:
+        if age < 1:
+            return "now"
+        return f"{duration(float(int(age))) if age >= 10 else f'{int(age)}s'} ago"
+    return moment.strftime("%m-%d %H:%M")
+
+
+def shorter(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: max(most - 3, 1)] + "..."
+
+
+def status_words(job: Any) -> str:
+    """A job's status: why it is lost or ended so, where it waits in its queue."""
+    words = str(job.status)
+    if job.status == "queued" and job.queue:
+        words += f" ({job.queue} #{job.position})" if job.position else f" ({job.queue})"
+    elif job.status == "queued" and job.after:
+        words += f" (after {','.join(job.after)})"
+    why = job.lost_reason or job.reason
+    return f"{words} ({why})" if why else words
+
+
+def _exit(job: Any) -> str:
+    code = "-" if job.exit_code is None else str(job.exit_code)
+    return f"{code}/{job.signal}" if job.signal else code
+
+
+def _cpu(job: Any) -> float | None:
+    if job.cpu_user_s is None or job.cpu_sys_s is None:
+        return None
+    return float(job.cpu_user_s + job.cpu_sys_s)
+
+
+def job_rows(jobs: Sequence[Any], wide: bool, now: datetime | None = None) -> list[list[str]]:
+    """The status table's rows, heading first, in the order given (submission order)."""
+    now = now or datetime.now(UTC)
+    if wide:
+        head = "ID NAME STATUS EXIT SIGNAL STARTED_AT COMPLETED_AT CPU_S WALL_S TMUX COMMAND"
+        rows = [head.split()]
+        for job in jobs:
+            cpu = _cpu(job)
+            values = (
+                job.id, job.name, status_words(job), job.exit_code, job.signal,
+                job.started_at, job.completed_at, None if cpu is None else f"{cpu:.2f}",
+                None if job.wall_s is None else f"{job.wall_s:.2f}", job.tmux,
+                None if job.argv is None else shlex.join(job.argv),
+            )  # fmt: skip
+            rows.append(["-" if v is None else str(v) for v in values])
+        return rows
+    short = unique_prefixes([job.id for job in jobs])
+    rows = [["ID", "NAME", "STATUS", "EXIT", "STARTED", "WALL", "CPU", "COMMAND"]]
+    for job in jobs:
+        started = job.started_at or job.submitted_at
+        rows.append(
+            [
+                short[job.id],
+                shorter(job.name, 12) if job.name else "-",
+                shorter(status_words(job), 32),
+                _exit(job),
+                when(started, now),
+                duration(job.wall_s),
+                duration(_cpu(job)),
+                "-" if job.argv is None else shlex.join(job.argv),
+            ]
+        )
+    return rows
+
+
+def render(
+    rows: Sequence[Sequence[str]], width: int | None = None, colour: bool = False,
+    wrap: bool = False,
+) -> str:  # fmt: skip
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; the last
+    column fitted to ``width`` (when given): cut short, or with ``wrap`` wrapped onto lines
+    of its own below it; each row's STATUS cell coloured by its first word when ``colour``."""
+    rows = [[printable(str(cell)) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    status_at = rows[0].index("STATUS") if "STATUS" in rows[0] else None
+    lines = []
+    for number, row in enumerate(rows):
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
+        last, more = row[-1], []
+        if width is not None:
+            used = sum(len(cell) + 2 for cell in cells)
+            room = max(width - used, 4)
+            if wrap and len(last) > room:
+                first, *more = textwrap.wrap(last, room, break_on_hyphens=False)
+                last, more = first, [" " * used + part for part in more]
+            else:
+                last = shorter(last, room)
+        if colour and number and status_at is not None:
+            code = COLOURS.get(row[status_at].split(" ", 1)[0])
+            if code:
+                cells[status_at] = f"\x1b[{code}m{cells[status_at]}\x1b[0m"
+        lines.append("  ".join([*cells, last]).rstrip())
+        lines.extend(more)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,364 @@
+"""The CLI as people and programs meet it (issue 19): the JSON shape of every command checked
+against one schema, the status table on a real terminal (a pty: width, colours, NO_COLOR,
+short ids, live CPU), run's hints on a terminal, usage errors that name the fix."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Lab, poll, require, sp, sp_deploy
+from sshlab import run_as
+
+from solverpilot_deploy.shapes import ERROR_KINDS
+from solverpilot_deploy.status import JOB_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+EXE = (sys.executable, "-m", "solverpilot_deploy")  # this checkout's code, whatever is installed
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+HOST_KEYS = {"host", "status", "error", "warnings"}
+
+
+def connect(lab: Lab, trusted: Path) -> tuple[str, ...]:
+    return ("-i", str(lab.client_key), "--known-hosts", str(trusted), "--timeout", "60")
+
+
+@pytest.fixture
+def deployed(lab: Lab, home: Path, trusted: Path) -> Iterator[Path]:
+    require(bool(shutil.which("tmux")), "needs tmux (Debian package tmux)")
+    done = cli("push", lab.a.spec, *connect(lab, trusted))
+    assert done.returncode == 0
+    yield home
+    run_as(lab.user, "tmux", "kill-server")
+
+
+def on_a_terminal(argv: list[str], columns: int = 80, env: dict[str, str] | None = None) -> str:
+    """sp-deploy with stdout and stderr on a pty ``columns`` wide; all it wrote, as text."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    environ = {k: v for k, v in ENV.items() if k not in ("NO_COLOR", "COLUMNS")}
+    environ.update(TERM="xterm", **(env or {}))
+    proc = subprocess.Popen([*EXE, *argv], stdout=slave, stderr=slave, env=environ)
+    os.close(slave)
+    said = b""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the pty's other end closed: all was read
+                break
+            if not chunk:
+                break
+            said += chunk
+    os.close(master)
+    assert proc.wait(30) == 0, said
+    return said.decode().replace("\r\n", "\n")
+
+
+# --- one shape for programs --------------------------------------------------------------
+
+
+def check_error(error: Any) -> None:
+    assert set(error) == {"kind", "message"}, error
+    assert error["kind"] in ERROR_KINDS and isinstance(error["message"], str), error
+
+
+def check_job(job: Any) -> None:
+    assert list(job) == list(JOB_KEYS), job
+    assert isinstance(job["id"], str) and isinstance(job["status"], str)
+
+
+def check_host(result: Any) -> None:
+    assert set(result) >= HOST_KEYS, result
+    assert isinstance(result["warnings"], list)
+    if result["error"] is not None:
+        check_error(result["error"])
+
+
+def document(proc: subprocess.CompletedProcess[str], command: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    assert (doc["schema"], doc["command"]) == (1, command), doc
+    if "error" in doc:
+        check_error(doc["error"])
+    return doc
+
+
+def lines_of(text: str) -> list[dict[str, Any]]:
+    found = [json.loads(line) for line in text.splitlines()]
+    assert found and all(line["schema"] == 1 for line in found), text
+    return found
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EXE, *argv], capture_output=True, text=True, check=False, timeout=180, env=ENV
+    )
+
+
+def test_every_command_prints_the_documented_json_shape(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    host = lab.a.spec
+    # local commands
+    doc = document(cli("render", "--distro", "debian", "--json"), "render")
+    assert doc["script"].startswith("#!") and re.fullmatch("[0-9a-f]{64}", doc["sha256"])
+    doc = document(cli("profiles", "--json"), "profiles")
+    assert {p["name"] for p in doc["profiles"]} >= {"debian", "alpine"}
+    proc = cli("lint", "--distro", "debian", "--json")
+    doc = document(proc, "lint")
+    assert proc.returncode == 0 and doc["clean"] is True
+    assert {s["name"] for s in doc["scripts"]} >= {"debian", "remote/status"}
+    # the fleet's host results
+    for command in ("push", "verify"):
+        proc = cli(command, host, *c, "--json")
+        (result,) = document(proc, command)["hosts"]
+        check_host(result)
+        assert result["status"] in ("unchanged", "ok"), result
+    # a job: the same object in run, status, wait, cancel, restart
+    proc = cli("run", host, *c, "--id", "shape-1", "--name", "first", "--json", "--", "true")
+    doc = document(proc, "run")
+    check_job(doc["job"])
+    assert (doc["host"], doc["job"]["id"], doc["job"]["name"]) == (host, "shape-1", "first")
+    doc = document(cli("wait", host, "shape-1", *c[:4], "--json"), "wait")
+    assert doc["ended"] is True
+    for job in doc["jobs"]:
+        check_job(job)
+    doc = document(cli("status", host, *c, "--json"), "status")
+    (result,) = doc["hosts"]
+    check_host(result)
+    assert [job["id"] for job in result["jobs"]] == ["shape-1"]
+    for job in result["jobs"]:
+        check_job(job)
+    proc = cli("run", host, *c, "--id", "shape-2", "--json", "--", "sleep", "60")
+    check_job(document(proc, "run")["job"])
+    doc = document(cli("cancel", host, "shape-2", *c, "--json"), "cancel")
+    check_job(doc["job"])
+    assert doc["job"]["status"] == "failed" and doc["job"]["signal"] == "TERM", doc
+    doc = document(cli("restart", host, "shape-1", *c, "--id", "shape-3", "--json"), "restart")
+    check_job(doc["job"])
+    assert (doc["job"]["id"], doc["job"]["restart_of"]) == ("shape-3", "shape-1")
+    doc = document(cli("queue", host, *c, "--json"), "queue")
+    assert isinstance(doc["queues"], list)
+    doc = document(cli("wait", host, "shape-3", *c[:4], "--json"), "wait")
+    doc = document(cli("clean", host, "shape-1", *c, "--json"), "clean")
+    assert doc["removed"] == [{"id": "shape-1", "status": "completed"}]
+    # streams: one object per line, each with the schema
+    proc = cli("reconcile", host, *c, "--json")
+    assert proc.returncode == 0, proc.stderr
+    if proc.stdout:
+        lines_of(proc.stdout)
+    proc = cli("logs", host, "shape-3", *c, "--json")
+    assert proc.returncode == 0 and proc.stdout == "", proc  # `true` prints nothing
+    proc = cli("run", host, *c, "--id", "shape-4", "--", "printf", "a\\nb\\n")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("logs", "-f", host, "shape-4", *c, "--json")
+    *chunks, end = lines_of(proc.stdout)
+    assert "".join(chunk["text"] for chunk in chunks).replace("\r", "") == "a\nb\n", chunks
+    assert (end["event"], end["id"]) == ("ended", "shape-4")
+    check_job(end["job"])
+    watch = sp_deploy("watch", host, *c, "--json")
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        watch.communicate(timeout=30)
+    assert (first["schema"], first["event"], first["host"]) == (1, "now", host), first
+    check_job(first["job"])
+    # errors: a document with the error object, the usual exit code
+    proc = cli("status", host, "nosuch", *c, "--json")
+    doc = document(proc, "status")
+    assert proc.returncode == 1 and doc["hosts"][0]["error"]["kind"] == "no_job", doc
+    proc = cli("cancel", host, "nosuch", *c, "--json")
+    assert proc.returncode == 1 and document(proc, "cancel")["error"]["kind"] == "no_job"
+    proc = cli("status", "nobody@127.0.0.1:1", *c, "--json")
+    assert proc.returncode == 1 and document(proc, "status")["error"]["kind"] == "unreachable"
+    proc = cli("push", "nobody@127.0.0.1:1", *c, "--json")
+    (result,) = document(proc, "push")["hosts"]
+    assert proc.returncode == 1 and result["error"]["kind"] == "unreachable", result
+    proc = cli("run", host, "--json", "--via", "nosuch", "--", "true")
+    assert proc.returncode == 2 and document(proc, "run")["error"]["kind"] == "usage"
+    proc = cli("completion", "bash", "--json")
+    assert proc.returncode == 2 and document(proc, "completion")["error"]["kind"] == "usage"
+
+
+# --- reading what happened ----------------------------------------------------------------
+
+
+def test_the_status_table_on_a_terminal(lab: Lab, deployed: Path, trusted: Path) -> None:
+    c = connect(lab, trusted)
+    host = lab.a.spec
+    long = "x" * 300
+    ids = ("0123456789abcdef-one", "0123456789abcdef-two", "short")
+    for job_id in ids[:2]:
+        done = cli("run", host, *c, "--id", job_id, "--name", "a-rather-long-name-for-it",
+                   "--", "sh", "-c", f": {long}; exit 3")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    # a job that burns CPU: status reads its time so far on the host
+    busy = cli("run", host, *c, "--id", ids[2], "--", "sh", "-c", "while :; do :; done")
+    assert busy.returncode == 0, busy.stderr
+
+    def used() -> float:
+        doc = json.loads(cli("status", host, ids[2], *c, "--json").stdout)
+        (job,) = doc["hosts"][0]["jobs"]
+        return float(job["cpu_user_s"] or 0) + float(job["cpu_sys_s"] or 0)
+
+    poll(lambda: used() >= 0.5, 30, "half a second of CPU, as status reads it on the host")
+    shown = on_a_terminal(["status", host, *c], columns=80)
+    lines = shown.splitlines()
+    plain = [re.sub("\x1b\\[[0-9;]*m", "", line) for line in lines]
+    assert all(len(line) <= 80 for line in plain), plain
+    assert plain[0].split() == ["ID", "NAME", "STATUS", "EXIT", "STARTED", "WALL", "CPU", "COMMAND"]
+    rows = {line.split()[0]: line for line in plain[1:]}
+    # ids as git shortens hashes: a unique prefix, at least 8 characters
+    assert set(rows) == {"0123456789abcdef-o", "0123456789abcdef-t", "short"}, rows
+    assert "\x1b[31mfailed" in shown and "\x1b[36mrunning" in shown  # coloured statuses
+    cells = re.fullmatch(
+        r"short +- +running +- +(\d+s ago|now) +(\S+) +(\S+) +sh -c .*", rows["short"]
+    )
+    assert cells is not None, rows["short"]
+    assert re.fullmatch(r"[0-9.]+s", cells[3]) and float(cells[3][:-1]) >= 0.5, cells[3]  # CPU
+    assert rows["0123456789abcdef-o"].endswith("..."), rows  # the long command cut
+    # NO_COLOR: the same table without colour
+    shown = on_a_terminal(["status", host, *c], columns=100, env={"NO_COLOR": "1"})
+    assert "\x1b[" not in shown and all(len(line) <= 100 for line in shown.splitlines())
+    # --wide: the whole ids and command, ISO times
+    proc = cli("status", host, *c, "--wide")
+    assert proc.returncode == 0 and "\x1b[" not in proc.stdout
+    assert ids[0] in proc.stdout and long in proc.stdout
+    # the JSON of the running job has its CPU and wall time so far, read on the host
+    doc = json.loads(cli("status", host, ids[2], *c, "--json").stdout)
+    (job,) = doc["hosts"][0]["jobs"]
+    assert job["status"] == "running" and job["cpu_user_s"] + job["cpu_sys_s"] >= 0.5, job
+    assert job["wall_s"] is not None and job["wall_s"] >= 0.5, job
+    assert cli("cancel", host, ids[2], *c).returncode == 0
+
+
+def test_run_on_a_terminal_says_how_to_follow_the_job(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    shown = on_a_terminal(["run", lab.a.spec, *c, "--id", "told", "--", "true"])
+    first, *_hints = shown.splitlines()
+    assert first == "told"
+    assert f"sp-deploy logs -f {lab.a.spec} told" in shown and "sp-deploy wait " in shown
+    # without a terminal, the id alone (for scripts)
+    proc = cli("run", lab.a.spec, *c, "--id", "told-2", "--", "true")
+    assert (proc.returncode, proc.stdout) == (0, "told-2\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "h", "true"], "the command goes after '--': sp-deploy run h [options] -- true"),
+        (["lint", "--distro", "debian", "alpine"],
+         "repeat it: sp-deploy lint --distro debian --distro alpine"),
+        (["pussh", "h"], "did you mean push?"),
+        (["completion", "bash", "--json"], "completion has no --json"),
+        (["status", "h", "--", "x"], "'--' COMMAND is for run only"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_names_the_mistake_and_the_fix(argv: list[str], said: str) -> None:
+    proc = cli(*argv)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert said in proc.stderr.splitlines()[-1], proc.stderr
+    if argv[0] in ("lint", "completion", "status"):  # the command's own usage
+        assert proc.stderr.startswith(f"usage: sp-deploy {argv[0]} "), proc.stderr
+
+
+def test_wait_for_a_missing_job_is_exit_1_like_every_command(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    for argv in (
+        ["status", lab.a.spec, "nosuch"],
+        ["cancel", lab.a.spec, "nosuch"],
+        ["logs", lab.a.spec, "nosuch"],
+        ["restart", lab.a.spec, "nosuch"],
+        ["wait", lab.a.spec, "nosuch"],
+    ):
+        extra = c[:4] if argv[0] == "wait" else c
+        code, _, err = sp(capsys, *argv, *extra)
+        assert code == 1 and "no job nosuch" in err, (argv, err)
+
+
+def test_status_of_many_hosts_is_one_table_and_one_document(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    c = connect(lab, trusted)
+    done = cli("push", lab.b.spec, *c)
+    assert done.returncode == 0, done.stderr
+    for spec, job_id in ((lab.a.spec, "on-a"), (lab.b.spec, "on-b")):
+        done = cli("run", spec, *c, "--id", job_id, "--", "true")
+        assert done.returncode == 0, done.stderr
+        assert cli("wait", spec, job_id, *c[:4]).returncode == 0
+    both = f"{lab.a.spec},{lab.b.spec}"
+    proc = cli("status", both, *c)
+    assert proc.returncode == 0 and proc.stderr == "", proc
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["HOST", "ID", "NAME"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [lab.a.spec, "on-a", "-"], [lab.b.spec, "on-b", "-"]
+    ]  # fmt: skip
+    doc = document(cli("status", both, *c, "--json"), "status")
+    assert [(h["host"], [j["id"] for j in h["jobs"]]) for h in doc["hosts"]] == [
+        (lab.a.spec, ["on-a"]), (lab.b.spec, ["on-b"])
+    ]  # fmt: skip
+    for result in doc["hosts"]:
+        check_host(result)
+    # a job id asked for: found on one host, no error; on none: exit 1
+    proc = cli("status", both, "on-b", *c, "--json")
+    doc = document(proc, "status")
+    assert proc.returncode == 0 and [h["missing"] for h in doc["hosts"]] == [["on-b"], []]
+    proc = cli("status", both, "nosuch", *c, "--json")
+    assert proc.returncode == 1 and document(proc, "status")["error"]["kind"] == "no_job"
+    # a host that fails: its error, the others listed, exit 1
+    proc = cli("status", f"{lab.a.spec},nobody@127.0.0.1:1", *c, "--json")
+    doc = document(proc, "status")
+    assert proc.returncode == 1, proc
+    (good, bad) = doc["hosts"]
+    assert [j["id"] for j in good["jobs"]] == ["on-a"] and bad["error"]["kind"] == "unreachable"
+    # on a terminal: the progress line on stderr, then the table
+    shown = on_a_terminal(["status", both, *c], columns=100)
+    assert "[2/2] 2 ok, 0 failed, 0 in flight" in shown and "on-b" in shown, shown
+
+
+def test_the_readme_first_command_leaves_the_clone_clean(tmp_path: Path) -> None:
+    """The README's first command renders into the checkout: git ignores what it writes."""
+    require(bool(shutil.which("git")) and (ROOT / ".git").exists(), "needs git and a clone")
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"```sh\n(.*?)\n```", readme, re.S)
+    assert first is not None
+    command = first[1]
+    assert "pip install ." in command and "sp-deploy render" in command, command
+    render = re.search(r"sp-deploy (render .*)$", command)
+    assert render is not None, command
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    done = subprocess.run(
+        [*EXE, *render[1].split()], cwd=clone, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (clone / "job_wrapper.sh").read_text().startswith("#!")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=no"], cwd=clone, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert status.stdout == "", status.stdout
