@@ -1,7 +1,9 @@
-"""Fleet push: the wrapper onto 1-30 loopback hosts, sp-deploy against Ansible and pyinfra.
+"""Fleet push: the wrapper onto 1-100 loopback hosts, sp-deploy against Ansible and pyinfra.
 
-Usage: python bench/fleet.py [--runs N] [--sizes 1,10,30]   (as root: it makes one test user
-and one sshd per host, as the tests do; needs the `bench` extra: ansible-core, pyinfra)
+Usage: python bench/fleet.py [--runs N] [--big-runs M] [--sizes 1,10,30,100] [--tools T,...]
+(as root: it makes one test user, spfleet00-99, and one sshd per host, as the tests do; needs
+the `bench` extra: ansible-core, pyinfra). Sizes of BIG hosts and more get M rounds instead of
+N (Ansible alone takes about 50 s a command on 100 hosts); --tools names a subset of TOOLS.
 
 Every host is its own sshd on 127.0.0.1 with its own user (so its own home). Each round, for
 each size and tool: the hosts' homes are emptied, the tool deploys the rendered wrapper to
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ TOOLS = (
     "pyinfra files.put",
 )
 PHASES = ("first", "repeat")
+BIG = 100  # from this many hosts on, a size gets --big-runs rounds
 DEST = ".solverpilot/bin/job_wrapper.sh"
 
 PLAYBOOK = """\
@@ -196,17 +198,26 @@ class Lab:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def measure(runs: int, sizes: list[int]) -> dict[tuple[int, str, str], list[float]]:
-    """Seconds per round, keyed by (hosts, tool, phase); one cold round first is dropped."""
+def measure(
+    runs: int,
+    sizes: list[int],
+    big_runs: int | None = None,
+    tools: tuple[str, ...] = TOOLS,
+) -> dict[tuple[int, str, str], list[float]]:
+    """Seconds per round, keyed by (hosts, tool, phase); one cold round first is dropped.
+    Sizes of BIG hosts and more run ``big_runs`` rounds (default: ``runs``)."""
     lab = Lab(max(sizes))
     samples: dict[tuple[int, str, str], list[float]] = {
-        (n, tool, phase): [] for n in sizes for tool in TOOLS for phase in PHASES
+        (n, tool, phase): [] for n in sizes for tool in tools for phase in PHASES
     }
+    rounds = {n: runs if n < BIG or big_runs is None else big_runs for n in sizes}
     try:
-        for round_ in range(runs + 1):
+        for round_ in range(max(rounds.values()) + 1):
             for n in sizes:
-                turn = round_ % len(TOOLS)  # each round starts with another tool
-                for tool in TOOLS[turn:] + TOOLS[:turn]:
+                if round_ > rounds[n]:
+                    continue
+                turn = round_ % len(tools)  # each round starts with another tool
+                for tool in tools[turn:] + tools[:turn]:
                     lab.clean()
                     first = lab.run(tool, n)
                     repeat = lab.run(tool, n)
@@ -221,12 +232,26 @@ def measure(runs: int, sizes: list[int]) -> dict[tuple[int, str, str], list[floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--sizes", default="1,10,30")
+    parser.add_argument("--big-runs", type=int, default=2, help=f"rounds for {BIG}+ hosts")
+    parser.add_argument("--sizes", default="1,10,30,100")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="a comma-separated subset")
     args = parser.parse_args()
+    tools = tuple(args.tools.split(","))
+    if unknown := set(tools) - set(TOOLS):
+        parser.error(f"unknown tools: {', '.join(sorted(unknown))} (known: {', '.join(TOOLS)})")
     use_checkout()
-    samples = measure(args.runs, [int(s) for s in args.sizes.split(",")])
+    sizes = [int(s) for s in args.sizes.split(",")]
+    samples = measure(args.runs, sizes, args.big_runs, tools)
+    import run  # (bench/run.py: its rows and table format; it imports this module)
+
     for (n, tool, phase), values in samples.items():
-        print(f"{n:3} hosts  {tool:20} {phase:6} {statistics.median(values):7.2f} s")
+        median, low, high = run.spread(values)
+        print(
+            f"{n:3} hosts  {tool:30} {phase:6} {median:7.2f} s  p10-p90 {low:.2f}-{high:.2f}  "
+            f"({len(values)} runs)"
+        )
+    if TOOLS[0] in tools:  # table 3's rows, as bench/run.py writes them
+        print("\n".join(run.fleet_table(run.fleet_rows_of(samples, sizes, tools))))
     return 0
 
 

@@ -165,18 +165,35 @@ def scale_rows(at_scale: dict[tuple[int, str], list[tuple[float, float]]]) -> li
     return lines
 
 
-def fleet_rows(rounds: int, sizes: list[int]) -> list[tuple[int, str, Row, Row]]:
+def fleet_rows(rounds: int, sizes: list[int], big_rounds: int) -> list[tuple[int, str, Row, Row]]:
     """Per size and tool: the first deploy's row and the repeat's, each with its ratio to
     sp-deploy (paramiko) in the same round and phase."""
-    samples = fleet_bench.measure(rounds, sizes)
+    return fleet_rows_of(fleet_bench.measure(rounds, sizes, big_rounds), sizes)
+
+
+def fleet_rows_of(
+    samples: dict[tuple[int, str, str], list[float]],
+    sizes: list[int],
+    tools: tuple[str, ...] = fleet_bench.TOOLS,
+) -> list[tuple[int, str, Row, Row]]:
+    """fleet_rows from bench/fleet.py's samples (``tools`` begins with sp-deploy paramiko)."""
     out: list[tuple[int, str, Row, Row]] = []
     for n in sizes:
         rows = {}
         for phase in fleet_bench.PHASES:
-            by_tool = {tool: samples[(n, tool, phase)] for tool in fleet_bench.TOOLS}
+            by_tool = {tool: samples[(n, tool, phase)] for tool in tools}
             rows[phase] = rows_of(by_tool, fleet_bench.TOOLS[0], 1)
         out.extend((n, f[0], f, r) for f, r in zip(rows["first"], rows["repeat"], strict=True))
     return out
+
+
+def fleet_table(fleet: list[tuple[int, str, Row, Row]]) -> list[str]:
+    """Table 3's rows."""
+    return [
+        f"| {n} | {tool} | {f[1]:.2f} | {f[2]:.2f}-{f[3]:.2f} | {f[4]:.2f} | "
+        f"{r[1]:.2f} | {r[2]:.2f}-{r[3]:.2f} | {r[4]:.2f} |"
+        for n, tool, f, r in fleet
+    ]
 
 
 def bursts_rows(bursts: list[burst_bench.Burst]) -> list[tuple[int, str, int, int, Row]]:
@@ -357,8 +374,9 @@ def report(args: argparse.Namespace, started: float) -> str:
     bursts = bursts_rows(
         burst_bench.measure([50, 100] if quick else [50, 100, 200, 400], 3 if quick else 5)
     )
-    fleet_rounds, fleet_sizes = (3, [1, 10]) if quick else (5, [1, 10, 30])
-    fleet = fleet_rows(fleet_rounds, fleet_sizes) if root else []
+    fleet_rounds, fleet_sizes = (3, [1, 10]) if quick else (5, [1, 10, 30, 100])
+    big_rounds = 2  # 100 hosts: Ansible alone takes about 50 s a command
+    fleet = fleet_rows(fleet_rounds, fleet_sizes, big_rounds) if root else []
     status_rounds = 3 if quick else 11
     statuses = []
     if root:
@@ -370,11 +388,7 @@ def report(args: argparse.Namespace, started: float) -> str:
     queue_lines = queue_table(quick) if root else ["(not measured: needs root)"]
     watch_lines = watch_table(quick) if root else ["(not measured: needs root)"]
     plot(Path(args.plots), fleet, statuses, bursts)
-    fleet_table = [
-        f"| {n} | {tool} | {f[1]:.2f} | {f[2]:.2f}-{f[3]:.2f} | {f[4]:.2f} | "
-        f"{r[1]:.2f} | {r[2]:.2f}-{r[3]:.2f} | {r[4]:.2f} |"
-        for n, tool, f, r in fleet
-    ]
+    fleet_lines = fleet_table(fleet)
     behind = behind_notes(costs, bursts, fleet, statuses, starts)
     lines = [
         "# Benchmarks",
@@ -391,7 +405,7 @@ def report(args: argparse.Namespace, started: float) -> str:
         "`python bench/run.py` (about 10 minutes on the machine below; `--quick` about 3). It "
         "installs what is missing (apt: nq, task-spooler, strace; pip: the `bench` extra), "
         "makes its own loopback sshd servers and removes them and its files after (also on "
-        "Ctrl-C or TERM); the users it creates (spbench, spfleet00-29) stay for the next run "
+        "Ctrl-C or TERM); the users it creates (spbench, spfleet00-99) stay for the next run "
         "(`userdel -r` removes them). It times this checkout's code (`python -m "
         "solverpilot_deploy` with the checkout first on PYTHONPATH), whatever is installed.",
         "",
@@ -434,7 +448,8 @@ def report(args: argparse.Namespace, started: float) -> str:
             for n, runner, runs, lost, row in bursts
         ),
         "",
-        f"## 3. Fleet push of the wrapper ({fleet_rounds} rounds)",
+        f"## 3. Fleet push of the wrapper ({fleet_rounds} rounds; {fleet_bench.BIG} hosts and "
+        f"more: {big_rounds})",
         "",
         "Every host is its own sshd on 127.0.0.1 with its own user and home; all hosts at "
         "once (-j, forks, --parallel = hosts). first: into empty homes; repeat: the same "
@@ -447,7 +462,7 @@ def report(args: argparse.Namespace, started: float) -> str:
         "",
         "| hosts | tool | first s | p10-p90 | x ours | repeat s | p10-p90 | x ours |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(fleet_table or ["| | (not measured: needs root) | | | | | | |"]),
+        *(fleet_lines or ["| | (not measured: needs root) | | | | | | |"]),
         "",
         f"## 4. `sp-deploy status` against the number of recorded jobs ({status_rounds} rounds)",
         "",

@@ -27,8 +27,7 @@ from solverpilot_deploy.errors import (
 )
 from solverpilot_deploy.filesystems import server_dir_warning
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
-from solverpilot_deploy.remote import run_step, unsafe_server_dir
-from solverpilot_deploy.render import render_wrapper
+from solverpilot_deploy.remote import StepResult, run_step, unsafe_server_dir
 from solverpilot_deploy.resources import schema_sql, schema_version
 from solverpilot_deploy.safe import host_object
 from solverpilot_deploy.shapes import error_object, host_result
@@ -89,6 +88,12 @@ class Probe:
         )
 
 
+# what push does (or, with --dry-run, and for verify, would do) to the host's wrapper: INSTALL
+# where there is none, REPLACE other bytes, REPAIR (the same bytes, but a fresh copy for a
+# wrapper that cannot run or that others could replace, or only the server folders made 0700),
+# NONE: nothing to change
+INSTALL, REPLACE, REPAIR, NONE = "install", "replace", "repair", "none"
+
 # push's "outcome": which wrapper the host has after it. "old": it was not changed (the push
 # failed before the install step was sent, or the host's answer proved it kept its wrapper);
 # "new": the rendered wrapper is in place; "unknown": the install step was sent and no answer
@@ -108,6 +113,13 @@ class HostResult:
     warnings: tuple[str, ...] = ()
     outcome: str | None = None  # push only: OLD, NEW or UNKNOWN (see above)
     error_kind: str | None = None  # the error's kind (shapes.ERROR_KINDS), else by status
+    current_sha256: str | None = None  # the host's wrapper as the probe found it (None: none)
+    render_sha256: str | None = None  # the render for the host's profile
+    action: str | None = None  # INSTALL, REPLACE, REPAIR or NONE (see above); None: no probe
+    # each step run for the host and its seconds: "connect" (the login), then the remote steps
+    # as sp-deploy timed them; the install step's parts done on the host ("init_db", "smoke")
+    # as the host timed them, its "install" the rest of its round trip
+    steps: tuple[tuple[str, float], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         """The host result of shapes.py (README "JSON output")."""
@@ -118,6 +130,9 @@ class HostResult:
         return host_result(
             self.host, self.status, error, self.warnings,
             distro=self.distro, sha256=self.sha256, outcome=self.outcome,
+            current_sha256=self.current_sha256, render_sha256=self.render_sha256,
+            action=self.action,
+            steps=[{"name": name, "seconds": round(took, 3)} for name, took in self.steps],
         )  # fmt: skip
 
 
@@ -184,6 +199,32 @@ def profile_for_os(os_id: str, os_like: tuple[str, ...]) -> Profile:
     )
 
 
+def distro_warning(found: Probe, requested: str, profile: Profile) -> tuple[str, ...]:
+    """A warning when ``--distro`` named a profile other than the one os-release picks."""
+    if requested == "auto":
+        return ()
+    try:
+        picked = profile_for_os(found.os_id, found.os_like)
+    except RequirementError:  # no profile fits the host: the one named is the user's choice
+        return ()
+    if picked.name == profile.name:
+        return ()
+    like = f", ID_LIKE={' '.join(found.os_like)}" if found.os_like else ""
+    return (
+        f"--distro {profile.name} given, but the host's os-release (ID={found.os_id}{like}) "
+        f"picks the {picked.name} profile",
+    )
+
+
+def planned_action(found: Probe, digest: str) -> str:
+    """What push does to the wrapper the probe ``found``, for a render of sha256 ``digest``."""
+    if found.wrapper_sha256 is None and not found.issues:
+        return INSTALL
+    if found.wrapper_sha256 != digest:
+        return REPLACE
+    return REPAIR if found.issues or found.server_open else NONE
+
+
 def check_requirements(found: Probe, profile: Profile) -> tuple[str, ...]:
     """Raise RequirementError for what the wrapper cannot run without; return warnings.
 
@@ -218,10 +259,22 @@ def check_requirements(found: Probe, profile: Profile) -> tuple[str, ...]:
     return ()
 
 
-@functools.cache
+_RENDERING = threading.Lock()
+
+
 def wrapper_for(profile: Profile) -> tuple[str, str]:
-    """The rendered wrapper for ``profile`` and its sha256, rendered once per run."""
-    text = render_wrapper(profile)
+    """The rendered wrapper for ``profile`` and its sha256: once per run, however many hosts
+    ask at once (each would render it anew while the first has not finished), from the
+    user's render cache when it holds it (render_cache.py: no Jinja2 then)."""
+    with _RENDERING:
+        return _wrapper_and_sha256(profile)
+
+
+@functools.cache
+def _wrapper_and_sha256(profile: Profile) -> tuple[str, str]:
+    from solverpilot_deploy.render_cache import cached_render
+
+    text = cached_render(profile.name)  # (every Profile comes from the profiles folder)
     return text, hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -247,67 +300,65 @@ def push_host(
     smoke: bool = True,
     stop: threading.Event | None = None,
 ) -> HostResult:
-    """Probe, then (unless unchanged) install, init the DB and smoke-test; ``stop`` set means
-    an interrupt: no new step starts, and a host not yet changed raises StepInterrupted.
-    Every result says which wrapper the host has (``outcome``)."""
+    """Probe, then (unless unchanged) one step that installs, sets up the DB and smoke-tests;
+    ``stop`` set means an interrupt: no new step starts, and a host not yet changed raises
+    StepInterrupted. Every result says which wrapper the host has (``outcome``)."""
     found = probe(session, remaining(deadline))
     if found.server_unsafe:  # the wrapper would refuse every job: nothing is installed
         raise unsafe_server_dir(found.server_unsafe)
     profile = pick_profile(found, requested)
-    warnings = found.warnings() + check_requirements(found, profile)
+    warnings = (
+        distro_warning(found, requested, profile)
+        + found.warnings()
+        + check_requirements(found, profile)
+    )
     text, digest = wrapper_for(profile)
-    result = HostResult(host, "deployed", profile.name, digest, warnings=warnings, outcome=NEW)
-    if found.wrapper_sha256 == digest and not found.issues and not found.server_open:
+    action = planned_action(found, digest)
+    result = HostResult(
+        host, "deployed", profile.name, digest, warnings=warnings, outcome=NEW,
+        current_sha256=found.wrapper_sha256, render_sha256=digest, action=action,
+    )  # fmt: skip
+    if action == NONE:
         return replace(result, status="unchanged")
     if dry_run:
         return replace(result, status="would-deploy", outcome=OLD, warnings=warnings + found.issues)
     session.changing = True  # from here on a Ctrl-C lets the host end its step
     _check_stop(stop)
-    if found.wrapper_sha256 != digest or found.issues:
+    # a new wrapper may bring new columns: the DB gets them (migration) at once
+    new = found.wrapper_sha256 != digest
+    db = (bool(found.sqlite3) and (not found.has_db or new)) or bool(found.server_open)
+    if found.wrapper_sha256 == digest and not found.issues:  # only the server folders' modes
         try:
-            repaired = install(session, text, digest, deadline)
-        except InstallRefused as exc:  # the host said so: it keeps its old wrapper
-            return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
-        except Exception as exc:  # sent, and no answer proved which wrapper the host has
-            error = (
-                f"{_cause(session, exc)}; the install step had been sent: either wrapper may be "
-                f"in place (the new one is sha256 {digest[:12]}...); check with: sp-deploy "
-                f"verify {host}"
-            )
-            return replace(result, status="failed", error=one_line(error), outcome=UNKNOWN)
-        # a fresh copy replaced the wrapper: what was wrong with the old one is gone
-        fixed = tuple(
-            f"{issue}: replaced" for issue in found.issues if issue.startswith(f"~/{WRAPPER_PATH} ")
-        )
-        warnings += fixed + repaired
-    else:  # only the server folders' modes change
-        result = replace(result, status="unchanged")
-    skipped = []
+            warnings += init_database(session, deadline)
+        except Exception as exc:
+            return replace(result, status="failed", error=one_line(_cause(session, exc)))
+        return replace(result, status="unchanged", warnings=warnings)
+    smoke_id = f"sp-smoke-{secrets.token_hex(4)}" if smoke and new else None
     try:
-        for wanted, step in (
-            # a new wrapper may bring new columns: the DB gets them (migration) at once
-            (
-                (bool(found.sqlite3) and (not found.has_db or found.wrapper_sha256 != digest))
-                or bool(found.server_open),
-                init_database,
-            ),
-            (smoke and found.wrapper_sha256 != digest, smoke_run),
-        ):
-            if not wanted:
-                continue
-            if stop is not None and stop.is_set():
-                skipped.append(step.__name__.replace("_", " "))
-                continue
-            said = step(session, deadline)
-            warnings += said or ()
-    except Exception as exc:  # the host has the new wrapper whatever failed next: say so
-        cause = _cause(session, exc)
-        error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {cause}"
-        if result.status == "unchanged":  # only the folders' modes were being changed
-            error = cause
+        answer = install(session, text, digest, deadline, db, smoke_id)
+    except InstallRefused as exc:  # the host said so: it keeps its old wrapper
+        return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
+    except Installed as exc:  # the host has the new wrapper whatever failed next: say so
+        error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {exc}"
+        return replace(result, status="failed", error=one_line(error))
+    except Exception as exc:  # sent, and no answer proved which wrapper the host has
+        error = (
+            f"{_cause(session, exc)}; the install step had been sent: either wrapper may be "
+            f"in place (the new one is sha256 {digest[:12]}...); check with: sp-deploy "
+            f"verify {host}"
+        )
+        return replace(result, status="failed", error=one_line(error), outcome=UNKNOWN)
+    # a fresh copy replaced the wrapper: what was wrong with the old one is gone
+    fixed = tuple(
+        f"{issue}: replaced" for issue in found.issues if issue.startswith(f"~/{WRAPPER_PATH} ")
+    )
+    warnings += fixed + answer.all_of("repaired") + (db_warnings(answer) if db else ())
+    try:
+        if smoke_id is not None:
+            check_smoke(answer)
+    except RemoteCommandError as exc:
+        error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {exc}"
         return replace(result, status="failed", error=one_line(error), warnings=warnings)
-    if skipped:
-        warnings += (f"interrupted after the install: {' and '.join(skipped)} skipped",)
     return replace(result, warnings=warnings)
 
 
@@ -325,33 +376,55 @@ class InstallRefused(Exception):
         self.error = error
 
 
-def install(session: Session, text: str, digest: str, deadline: float) -> tuple[str, ...]:
-    """Upload, check and rename the wrapper in one step (templates/remote/install.sh);
-    returns what the host repaired on the way (a folder others could write).
+class Installed(Exception):
+    """The host's answer said the new wrapper is in place, and that what followed it in the
+    install step (the DB set-up, the smoke run) failed, as the message says."""
+
+
+def install(
+    session: Session,
+    text: str,
+    digest: str,
+    deadline: float,
+    db: bool = False,
+    smoke_id: str | None = None,
+) -> StepResult:
+    """Upload, check and rename the wrapper in one step (templates/remote/install.sh), then,
+    in the same step, set up the DB (``db``) and run the new wrapper once as job ``smoke_id``;
+    returns the step's answer (its repaired=, the DB's and the smoke run's lines).
 
     The host renames only while COMMIT_MARGIN seconds of the deadline remain, and only
     while sp-deploy still listens, so a push reported as failed (timeout, Ctrl-C) never
     replaces the wrapper later. InstallRefused: the host's answer proved the old wrapper
-    stays; any other error: the step was sent and either wrapper may be in place.
+    stays; Installed: it proved the new one is in place and what failed next; any other
+    error: the step was sent and either wrapper may be in place.
     """
     budget = int(deadline - time.monotonic() - COMMIT_MARGIN)
     if budget < 1:
         raise InstallRefused(HostTimeoutError("no time left to install within the deadline"))
+    args = (digest, str(budget), "db" if db else "-", smoke_id or "-")
     try:
         # its own timeout comes just before the fleet's at the deadline, so that what the host
         # said so far is still there to be read
         step_timeout = max(0.1, remaining(deadline) - 0.5)
         result = run_step(
-            session, "install", digest, str(budget), timeout=step_timeout, payload=text
+            session, "install", *args, timeout=step_timeout, payload=_schema_line() + text
         )
     except HostTimeoutError as exc:
+        if "installed" in exc.answered:  # the rename was done: the DB set-up or smoke run
+            raise Installed(f"the rest of the install step: {exc}") from exc  # took too long
         if "checked" in exc.partial.split("\n"):  # the host had begun the rename (slow disk?)
             raise HostTimeoutError(
                 "the host was renaming the new wrapper in when the time ran out"
             ) from exc
         raise HostTimeoutError("no answer to the install step in time") from exc
+    _split_install_time(session, result)
     if result.status == 0:
-        return result.all_of("repaired")
+        return result
+    if result.status == 17:
+        raise Installed(f"cannot create the server database: {result.error()}")
+    if result.status == 18:
+        raise Installed(f"smoke run failed: no folder for it: {result.error()}")
     if result.status == 10:
         raise InstallRefused(
             RemoteCommandError(f"bash -n rejected the uploaded wrapper: {result.error()}")
@@ -376,13 +449,41 @@ def install(session: Session, text: str, digest: str, deadline: float) -> tuple[
     raise InstallRefused(RemoteCommandError(f"cannot install ~/{WRAPPER_PATH}: {result.error()}"))
 
 
+@functools.cache
+def _schema_line() -> str:
+    """The DB's schema and its version as one line of SQL (the first of the install step's
+    payload, the whole of init_db's)."""
+    return f"{schema_sql()} PRAGMA user_version = {schema_version()};\n"
+
+
+def _split_install_time(session: Session, result: StepResult) -> None:
+    """The install step's time in session.steps, split into its parts as the host timed them
+    (seconds_init_db=, seconds_smoke=): "install" keeps the rest of the round trip."""
+    if not session.steps or session.steps[-1][0] != "install":
+        return
+    found = result.values()
+    parts = []
+    for part in ("init_db", "smoke"):
+        try:
+            parts.append((part, float(found[f"seconds_{part}"])))
+        except (KeyError, ValueError):
+            continue
+    whole = session.steps.pop()[1]
+    session.steps += [("install", max(whole - sum(s for _, s in parts), 0.0)), *parts]
+
+
 def init_database(session: Session, deadline: float) -> tuple[str, ...]:
     """Create the DB when absent, after making the user's own server folders 0700; the
-    warnings say which folders were made so."""
-    payload = f"{schema_sql()}\nPRAGMA user_version = {schema_version()};\n"
-    result = run_step(session, "init_db", timeout=remaining(deadline), payload=payload)
+    warnings say which folders were made so (the step push runs when only they change)."""
+    result = run_step(session, "init_db", timeout=remaining(deadline), payload=_schema_line())
     if result.status != 0:
         raise RemoteCommandError(f"cannot create the server database: {result.error()}")
+    return db_warnings(result)
+
+
+def db_warnings(result: StepResult) -> tuple[str, ...]:
+    """The warnings of server_db.sh's sp_init_db in a step's answer: a migration that could
+    not be done, the folders it made 0700."""
     migrated = tuple(f"the database keeps its columns: {w}" for w in result.all_of("warning"))
     return migrated + tuple(
         f"made {found.rpartition(' ')[0]} 0700 (it was {found.rpartition(' ')[2]}: other users "
@@ -391,13 +492,12 @@ def init_database(session: Session, deadline: float) -> tuple[str, ...]:
     )
 
 
-def smoke_run(session: Session, deadline: float) -> None:
-    """Run the deployed wrapper on the host in a throwaway server folder; it must complete."""
-    job_id = f"sp-smoke-{secrets.token_hex(4)}"
-    result = run_step(session, "smoke", job_id, timeout=remaining(deadline))
-    rc = result.values().get("rc", "?")
-    state = (host_object(result.lines[-1]) if result.lines else None) or {}
-    if result.status != 0 or rc != "0" or state.get("status") != "completed":
+def check_smoke(result: StepResult) -> None:
+    """The smoke run (server_db.sh's sp_smoke) in a step's answer must have completed."""
+    found = result.values()
+    rc = found.get("rc", "?")
+    state = host_object(found.get("state", "")) or {}
+    if rc != "0" or state.get("status") != "completed":
         raise RemoteCommandError(
             f"smoke run failed (exit {rc}, state {state.get('status')!r}): {result.stderr.strip()}"
         )
@@ -409,26 +509,27 @@ def verify_host(session: Session, host: str, requested: str, deadline: float) ->
     _, digest = wrapper_for(profile)
     if found.server_unsafe:
         raise unsafe_server_dir(found.server_unsafe)
-    warnings = found.warnings() + found.open_warning()
+    warnings = distro_warning(found, requested, profile) + found.warnings() + found.open_warning()
     if not found.sha256:
         raise RequirementError(f"no sha256 tool on the host; install: {profile.install_hint}")
+    seen = HostResult(
+        host, "ok", profile.name, digest, warnings=warnings,
+        current_sha256=found.wrapper_sha256, render_sha256=digest,
+        action=planned_action(found, digest),
+    )  # fmt: skip
     # the right bytes are not enough: a wrapper that cannot run, or that another user can
     # replace, is "needs-repair" (push repairs what it can and refuses the rest)
     issues = "; ".join(found.issues)
     if found.wrapper_sha256 is None:
         why = issues or f"no {WRAPPER_PATH}"
-        return HostResult(host, "missing", profile.name, None, why, warnings)
+        return replace(seen, status="missing", sha256=None, error=why)
     if found.wrapper_sha256 != digest:
-        return HostResult(
-            host,
-            "mismatch",
-            profile.name,
-            found.wrapper_sha256,
+        why = (
             f"{WRAPPER_PATH} is {found.wrapper_sha256[:12]}..., the {profile.name} render is "
-            f"{digest[:12]}..." + (f"; {issues}" if issues else ""),
-            warnings,
+            f"{digest[:12]}..." + (f"; {issues}" if issues else "")
         )
+        return replace(seen, status="mismatch", sha256=found.wrapper_sha256, error=why)
     if issues:
         why = f"{issues}; sp-deploy push {host} repairs it"
-        return HostResult(host, "needs-repair", profile.name, digest, why, warnings)
-    return HostResult(host, "ok", profile.name, digest, warnings=warnings)
+        return replace(seen, status="needs-repair", error=why)
+    return seen

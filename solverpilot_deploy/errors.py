@@ -84,6 +84,7 @@ class HostTimeoutError(HostError):
     code = "timeout"
     kind = "timeout"
     partial = ""  # what the command had printed on stdout when the time ran out
+    answered: tuple[str, ...] = ()  # of that, a step's own lines (remote.run_step)
 
 
 class RemoteCommandError(HostError):

@@ -3,8 +3,8 @@
 One failing host never stops the others: every failure becomes that host's HostResult.
 Ctrl-C (or TERM, see signals.py) stops the fleet in order: hosts not started are "skipped"
 and never touched; hosts that have not begun to change anything (still logging in, or
-probing) are given up at once ("skipped"); hosts in flight start no new step (one whose
-wrapper was installed is "deployed" with a warning); a second Ctrl-C aborts their
+probing) are given up at once ("skipped"); hosts in flight start no new step (push's install
+step, with the DB set-up and smoke run in it, ends whole); a second Ctrl-C aborts their
 connections. Every connection aborted says why: a timeout, the first Ctrl-C, the second.
 ``max_fail`` stops the starting of new hosts once that many have failed (those are
 "skipped"); hosts in flight finish; ``canary`` runs the first hosts alone first.
@@ -119,22 +119,31 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
                 session.abort_reason = SECOND_CTRL_C if shared.aborting else NOTHING_CHANGED
                 session.aborted.set()
 
+    def steps() -> tuple[tuple[str, float], ...]:
+        """The login's time ("connect"), then each remote step's (Session.steps)."""
+        took = (connected or time.monotonic()) - began
+        return (("connect", took), *(holder[0].steps if holder else ()))
+
     timer = threading.Timer(options.timeout, time_is_up)
     timer.daemon = True
     timer.start()
+    began, connected = time.monotonic(), 0.0
     try:
         with connect(target.spec, options, deadline, started) as session:
-            if time.monotonic() >= deadline:
+            connected = time.monotonic()
+            if connected >= deadline:
                 time_is_up()
             result = operation(session, host, deadline, shared.stop)
-            return dataclasses.replace(result, warnings=(*session.warnings, *result.warnings))
+            return dataclasses.replace(
+                result, warnings=(*session.warnings, *result.warnings), steps=steps()
+            )
     except StepInterrupted as exc:
-        return HostResult(host, "skipped", error=str(exc), error_kind="interrupted")
+        return HostResult(host, "skipped", error=str(exc), error_kind="interrupted", steps=steps())
     except Exception as exc:
         said = tuple(holder[0].warnings) if holder else ()
         reason = holder[0].abort_reason if holder and holder[0].aborted.is_set() else ""
         if reason == NOTHING_CHANGED:
-            return HostResult(host, "skipped", error=NOTHING_CHANGED, warnings=said)
+            return HostResult(host, "skipped", error=NOTHING_CHANGED, warnings=said, steps=steps())
         kind = "interrupted"
         if reason:
             message = reason
@@ -146,7 +155,9 @@ def _connect_and_run(target: HostTarget, operation: Operation, shared: _Shared) 
             message, kind = str(exc), exc.code
         else:
             message, kind = f"error: {type(exc).__name__}: {exc}", "internal"
-        return HostResult(host, "failed", error=one_line(message), warnings=said, error_kind=kind)
+        return HostResult(
+            host, "failed", error=one_line(message), warnings=said, error_kind=kind, steps=steps()
+        )
     finally:
         timer.cancel()
         with shared.lock:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from solverpilot_deploy.errors import RemoteCommandError, UnsafeServerDirError
+from solverpilot_deploy.errors import HostTimeoutError, RemoteCommandError, UnsafeServerDirError
 from solverpilot_deploy.resources import templates_dir
 from solverpilot_deploy.transport import Session
 
@@ -30,7 +31,7 @@ PAYLOAD_END = "SP_PAYLOAD\n"
 # lib.sh's line that step_script replaces with the steps' exit codes as shell variables
 CODES_MARK = "# @codes\n"
 # steps that still exit with numbers of their own, not the codes file's (deploy.py maps them)
-OWN_CODES = frozenset({"probe", "install", "smoke", "init_db"})
+OWN_CODES = frozenset({"probe", "install", "init_db"})
 _CODE_LINE = re.compile(r"^([a-z][a-z0-9_]*) ([0-9]{1,3}) (\S.*)$")
 
 
@@ -128,8 +129,13 @@ class StepResult:
 
 
 # the functions a step needs besides lib.sh's (a file of templates/remote that is no step)
-STEP_NEEDS = {"status": ("scan",), "watch": ("scan",)}
-NOT_STEPS = ("lib", "end", "scan")  # (and codes, which is no .sh)
+STEP_NEEDS = {
+    "status": ("scan",),
+    "watch": ("scan",),
+    "install": ("server_db",),
+    "init_db": ("server_db",),
+}
+NOT_STEPS = ("lib", "end", "scan", "server_db")  # (and codes, which is no .sh)
 
 
 @functools.cache
@@ -201,10 +207,20 @@ def run_step(
     script = step_script(name)
     if payload is not None:
         script = with_payload(script, payload)
-    status, out, err = session.run(
-        command_line(args), stdin=with_token(script, token).encode(), timeout=timeout,
-        framed=f"{token} ".encode(),
-    )  # fmt: skip
+    began = time.monotonic()
+    try:
+        status, out, err = session.run(
+            command_line(args), stdin=with_token(script, token).encode(), timeout=timeout,
+            framed=f"{token} ".encode(),
+        )  # fmt: skip
+    except HostTimeoutError as exc:  # the lines of its answer that had come: the step's own
+        prefix = f"{token} "
+        exc.answered = tuple(
+            line[len(prefix) :] for line in exc.partial.split("\n") if line.startswith(prefix)
+        )
+        raise
+    finally:
+        session.steps.append((name, time.monotonic() - began))
     framed = parse_framed(token, out)
     if framed is None:
         last = err.strip().splitlines()[-1:]

@@ -10,13 +10,14 @@ import socket
 import sqlite3
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import Lab, error_text, payload, sp, sp_json
-from sshlab import TEST_USERS, free_port, run_as
+from sshlab import TEST_USERS, Sshd, free_port, run_as
 
 from solverpilot_deploy.profiles import load_profile
 from solverpilot_deploy.render import render_wrapper
@@ -54,6 +55,7 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
 ) -> None:
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 0
+    steps = results[0].pop("steps")
     assert results == [
         {
             "host": lab.a.spec,
@@ -63,8 +65,14 @@ def test_first_deploy_checksum_mode_db_and_clean_smoke(
             "error": None,
             "warnings": [],
             "outcome": "new",
+            "current_sha256": None,
+            "render_sha256": DEBIAN_SHA,
+            "action": "install",
         }
     ]
+    # the login, the probe, then one step that installs, sets up the DB and runs the smoke job
+    assert [step["name"] for step in steps] == ["connect", "probe", "install", "init_db", "smoke"]
+    assert all(isinstance(step["seconds"], float) and step["seconds"] >= 0 for step in steps)
     live = home / WRAPPER
     assert live.read_bytes() == DEBIAN_BYTES
     assert stat.S_IMODE(live.stat().st_mode) == 0o755
@@ -703,3 +711,138 @@ def test_proxy_command_is_refused_not_ignored(
         "viacmd: the paramiko transport cannot use ProxyCommand; use --transport openssh "
         "(or auto), or ProxyJump"
     )
+
+
+# ---- what push did and would do, per host: the sha256s, the action, the steps' times ----
+
+
+def plan(result: dict[str, object]) -> tuple[object, ...]:
+    return (result["status"], result["current_sha256"], result["render_sha256"], result["action"])
+
+
+def test_dry_run_and_verify_show_both_sha256s_and_what_push_would_do(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    verify = ("verify", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted))
+    # nothing on the host: push would install
+    assert plan(push(capsys, lab, trusted, lab.a.spec, "--dry-run")[1][0]) == (
+        "would-deploy", None, DEBIAN_SHA, "install",
+    )  # fmt: skip
+    assert plan(sp_json(capsys, *verify)[1][0]) == ("missing", None, DEBIAN_SHA, "install")
+    # other bytes: push would replace them (verify's sha256 stays the host's, as before)
+    other = b"#!/bin/bash\necho other wrapper\n"
+    other_sha = hashlib.sha256(other).hexdigest()
+    assert push(capsys, lab, trusted, lab.a.spec)[0] == 0
+    (home / WRAPPER).write_bytes(other)
+    assert plan(push(capsys, lab, trusted, lab.a.spec, "--dry-run")[1][0]) == (
+        "would-deploy", other_sha, DEBIAN_SHA, "replace",
+    )  # fmt: skip
+    code, results = sp_json(capsys, *verify)
+    assert plan(results[0]) == ("mismatch", other_sha, DEBIAN_SHA, "replace")
+    assert results[0]["sha256"] == other_sha
+    # the same bytes, but writable by the group: a fresh copy (repair)
+    (home / WRAPPER).write_bytes(DEBIAN_BYTES)
+    (home / WRAPPER).chmod(0o775)
+    assert plan(push(capsys, lab, trusted, lab.a.spec, "--dry-run")[1][0]) == (
+        "would-deploy", DEBIAN_SHA, DEBIAN_SHA, "repair",
+    )  # fmt: skip
+    assert plan(sp_json(capsys, *verify)[1][0]) == (
+        "needs-repair", DEBIAN_SHA, DEBIAN_SHA, "repair",
+    )  # fmt: skip
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and plan(results[0]) == ("deployed", DEBIAN_SHA, DEBIAN_SHA, "repair")
+    # in place: nothing to do
+    assert plan(push(capsys, lab, trusted, lab.a.spec, "--dry-run")[1][0]) == (
+        "unchanged", DEBIAN_SHA, DEBIAN_SHA, "none",
+    )  # fmt: skip
+    assert plan(sp_json(capsys, *verify)[1][0]) == ("ok", DEBIAN_SHA, DEBIAN_SHA, "none")
+    # and in the table for people: the host's sha256 and the render's differ in a replace
+    (home / WRAPPER).write_bytes(other)
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and plan(results[0]) == ("deployed", other_sha, DEBIAN_SHA, "replace")
+
+
+def step_names(result: dict[str, object]) -> list[object]:
+    return [step["name"] for step in result["steps"]]  # type: ignore[attr-defined]
+
+
+def test_each_host_says_which_steps_it_ran_and_their_seconds(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    dead = f"{lab.user.pw_name}@127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    code, results = push(capsys, lab, trusted, lab.a.spec, dead, "--no-smoke")
+    took = time.monotonic() - began
+    assert code == 1
+    # no smoke run asked for; the dead host got no further than its login
+    assert step_names(results[0]) == ["connect", "probe", "install", "init_db"]
+    assert step_names(results[1]) == ["connect"]
+    for result in results:
+        seconds = [step["seconds"] for step in result["steps"]]  # type: ignore[attr-defined]
+        assert all(isinstance(s, float) and s >= 0 for s in seconds), result
+        assert sum(seconds) <= took  # each host's steps follow one another
+    # a repeat probes only; verify too
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "unchanged"
+    assert step_names(results[0]) == ["connect", "probe"]
+    verify = ("verify", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted))
+    assert step_names(sp_json(capsys, *verify)[1][0]) == ["connect", "probe"]
+    # a new wrapper with a smoke run; the DB is there already and gets its migration
+    (home / WRAPPER).write_bytes(b"#!/bin/bash\necho other wrapper\n")
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "deployed"
+    assert step_names(results[0]) == ["connect", "probe", "install", "init_db", "smoke"]
+
+
+def test_the_host_times_the_parts_of_the_install_step(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path, tmp_path: Path
+) -> None:
+    """The DB set-up and the smoke run travel in the install step; the host times them: a
+    DB creation that takes two seconds longer (a slow disk: sqlite3 waits first) shows in
+    "init_db", not in "install" or "smoke"."""
+    shims = Path(tempfile.mkdtemp(prefix="sp-slow-db-"))  # (the test user must reach it)
+    shims.chmod(0o755)
+    (shims / "sqlite3").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *.solverpilot-server/server.db*) sleep 2 ;; esac\n'
+        f'exec {shutil.which("sqlite3")} "$@"\n'
+    )
+    (shims / "sqlite3").chmod(0o755)
+    sshd = Sshd(
+        tmp_path / "sshd", lab.user.pw_name, extra_config=f"SetEnv PATH={shims}:/usr/bin:/bin\n"
+    ).start()
+    try:
+        with trusted.open("a") as handle:
+            handle.write(sshd.known_hosts_line)
+        code, results = push(capsys, lab, trusted, sshd.spec)
+    finally:
+        sshd.stop()
+        shutil.rmtree(shims)
+    assert code == 0 and results[0]["status"] == "deployed", results
+    took = {step["name"]: step["seconds"] for step in results[0]["steps"]}  # type: ignore[attr-defined]
+    assert list(took) == ["connect", "probe", "install", "init_db", "smoke"]
+    assert took["init_db"] >= 2
+    assert took["install"] < 2 and took["smoke"] < 2
+
+
+def test_a_distro_other_than_the_hosts_own_is_warned_about(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The test hosts are this machine (Debian): --distro ubuntu installs the ubuntu render,
+    with a warning that the host's os-release picks debian; --distro debian warns of
+    nothing."""
+    ubuntu = render_wrapper(load_profile("ubuntu")).encode()
+    code, results = push(capsys, lab, trusted, lab.a.spec, "--distro", "ubuntu")
+    assert code == 0 and results[0]["status"] == "deployed"
+    assert (home / WRAPPER).read_bytes() == ubuntu
+    said = "--distro ubuntu given, but the host's os-release (ID=debian) picks the debian profile"
+    assert results[0]["warnings"] == [said]
+    # the people's output prints it too
+    auth = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, _, err = sp(capsys, "push", lab.a.spec, "--distro", "ubuntu", "--dry-run", *auth)
+    assert code == 0 and f"{lab.a.spec}: warning: {said}" in err
+    code, results = push(capsys, lab, trusted, lab.a.spec, "--distro", "debian")
+    assert code == 0 and results[0]["status"] == "deployed"
+    assert results[0]["warnings"] == []
+    code, results = push(capsys, lab, trusted, lab.a.spec)  # auto: nothing to say
+    assert code == 0 and results[0]["status"] == "unchanged" and results[0]["warnings"] == []

@@ -139,6 +139,7 @@ class Session(ABC):
         self.warnings: list[str] = []  # about the connection itself, reported with the host
         self.abort_reason = ""  # why abort() was called, set by its caller for the report
         self.changing = False  # set by an operation before its first step that may change the host
+        self.steps: list[tuple[str, float]] = []  # each remote step run and its seconds (run_step)
 
     @abstractmethod
     def run(

@@ -19,9 +19,11 @@ import functools
 import math
 import os
 import re
+import select
 import selectors
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -266,10 +268,13 @@ def _socket_not_yours(path: str) -> str:
 class OpenSSHSession(Session):
     """Steps through one master connection; ``abort`` kills what runs and the master."""
 
-    def __init__(self, argv: list[str], host: str, batch: bool, weakened: str = "") -> None:
+    def __init__(
+        self, argv: list[str], host: str, batch: bool, weakened: str = "", user_path: bool = True
+    ) -> None:
         super().__init__()
         self.argv, self.host, self.batch = argv, host, batch
         self.weakened = weakened  # why the user's own master may not have checked the key
+        self.user_path = user_path  # the config names a ControlPath: the user's master may be up
         self.through = ["-o", "ControlMaster=no"]  # how each step reaches the master
         self.folder: str | None = None  # our own master's, when we opened one
         self.master_pid: int | None = None
@@ -279,7 +284,10 @@ class OpenSSHSession(Session):
         self.closed = False
 
     def open(self, deadline: float) -> None:
-        if self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) is not None:
+        # (without a ControlPath in the config there is no master of the user's to ask for:
+        # one ssh process less per host)
+        up = self._check([*self.argv, "-o", "LogLevel=ERROR"], deadline) if self.user_path else None
+        if up is not None:
             if self.weakened:
                 self.warnings.append(
                     f"openssh: your ControlMaster for this host is not used: {self.weakened}, "
@@ -486,13 +494,37 @@ class OpenSSHSession(Session):
                 return
             # a master that went to the background as its login was cut short has no pid
             # here yet, but its socket answers
-            if self.master_pid is not None or os.path.exists(os.path.join(self.folder, "master")):
+            if self.master_pid is not None and self._end_master(self.master_pid):
+                pass
+            elif self.master_pid is not None or os.path.exists(os.path.join(self.folder, "master")):
                 stop = [*self.steps_argv(), "-O", "exit", "--", self.host]
                 done = subprocess.run(stop, capture_output=True, timeout=10, check=False)
                 if done.returncode != 0 and self.master_pid is not None:
                     with contextlib.suppress(OSError):
                         os.kill(self.master_pid, 15)
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _end_master(self, pid: int) -> bool:
+        """TERM to our master, by a pidfd, then wait (5 s at most, then KILL) until it has
+        gone: no ssh process to start for it (ssh -O exit). False, and nothing sent, when the
+        pid is no longer our master's (it died: the pid may be another process's now)."""
+        assert self.folder is not None
+        try:
+            handle = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # gone, or a kernel before 5.3: ssh -O exit
+            return False
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as found:  # (the pidfd holds the pid)
+                if os.path.join(self.folder, "master").encode() not in found.read():
+                    return False
+            signal.pidfd_send_signal(handle, signal.SIGTERM)
+            if not select.select([handle], [], [], 5)[0]:  # readable: it has exited
+                signal.pidfd_send_signal(handle, signal.SIGKILL)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(handle)
 
 
 def _exchange(proc: subprocess.Popen[bytes], data: bytes, answer: Answer) -> tuple[bytes, bytes]:
@@ -548,7 +580,10 @@ def connect_openssh(
     if values is None:
         values = ssh_config(spec, options)
     argv, host = base_argv(spec, options, batch, values)
-    session = OpenSSHSession(argv, host, batch, host_key_check_weakened(values, options))
+    session = OpenSSHSession(
+        argv, host, batch, host_key_check_weakened(values, options),
+        user_path=values.get("controlpath", ["none"])[0] != "none",
+    )  # fmt: skip
     started(session)
     try:
         session.open(deadline)

@@ -12,6 +12,8 @@ import dataclasses
 import functools
 import logging
 import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -192,7 +194,10 @@ class ParamikoSession(Session):
         channel = transport.open_session(timeout=timeout)
         answer, err = Answer(framed, timeout, on_line), bytearray()
         out = answer.data
-        idle = 0.002 if on_line is None else 0.05  # a step without end: fewer wake-ups
+        # woken by the channel itself (its fileno: a pipe paramiko sets when output or EOF
+        # comes), not by polling: many hosts at once would spend the CPU on wake-ups
+        ready = select.poll()
+        ready.register(channel.fileno(), select.POLLIN)
         try:
             channel.exec_command(command)
             try:
@@ -212,8 +217,10 @@ class ParamikoSession(Session):
                 elif channel.recv_stderr_ready():
                     err += channel.recv_stderr(65536)
                     del err[:-MAX_STDERR]  # only its end is ever shown
-                else:
-                    time.sleep(idle)
+                elif channel.eof_received:  # (the pipe stays set): the exit status is due
+                    channel.status_event.wait(min(max(answer.left(), 0.0), 0.05))
+                else:  # a bound on the wait: the clock, an abort (the channel then closes)
+                    ready.poll(min(max(answer.left(), 0.0), 0.5) * 1000)
             while channel.recv_ready():  # what came with the end
                 answer.add(channel.recv(65536))
             while channel.recv_stderr_ready():
@@ -293,6 +300,11 @@ def _connect_one(
                 sock = reopen() if reopen is not None else None
                 continue
             raise _connect_error(exc, target, options, deadline) from exc
+    # a step writes its command, its script and its end one after the other: without
+    # TCP_NODELAY the last small write waits for the server's delayed ACK (40 ms a step)
+    transport = client.get_transport()
+    if transport is not None and isinstance(transport.sock, socket.socket):
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _disabled_algorithms(target: Target) -> dict[str, list[str]]:

@@ -22,13 +22,14 @@ sp_exit() {
 }
 
 # sp_find_sha256: sp_sha becomes the first sha256 tool that hashes "abc" right, or stays empty
+# (each tool prints the hash, then a blank: no cut needed, one process less per hash)
 # shellcheck disable=SC2329 # not every step needs it
 sp_find_sha256() {
   sp_sha=''
   for sp_c in sha256sum 'busybox sha256sum' 'shasum -a 256' 'openssl dgst -sha256 -r'; do
     # shellcheck disable=SC2086 # the tool's name and options, split on purpose
-    if [ "$(printf abc | $sp_c 2>/dev/null | cut -d' ' -f1)" = \
-      ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad ]; then
+    sp_h=$(printf abc | $sp_c 2>/dev/null)
+    if [ "${sp_h%% *}" = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad ]; then
       sp_sha=$sp_c
       return 0
     fi
@@ -40,19 +41,34 @@ sp_find_sha256() {
 # shellcheck disable=SC2329 # not every step needs it
 sp_sha256() {
   # shellcheck disable=SC2086 # the tool's name and options, split on purpose
-  $sp_sha "$1" 2>/dev/null | cut -d' ' -f1
+  sp_h=$($sp_sha "$1" 2>/dev/null) && printf '%s\n' "${sp_h%% *}"
 }
 
 # sp_logout_kills: true when systemd-logind kills this user's processes at logout (its
 # KillUserProcesses: logind.conf, then the drop-ins of /usr/lib, /run and /etc, the last
-# setting read wins; any case, spaces around) and linger is off for the user
+# setting read wins; any case, blanks around) and linger is off for the user. Builtins only
+# (every probe and run reads it).
 # shellcheck disable=SC2329 # not every step needs it
 sp_logout_kills() {
-  sp_k=$(cat /etc/systemd/logind.conf /usr/lib/systemd/logind.conf.d/*.conf \
-    /run/systemd/logind.conf.d/*.conf /etc/systemd/logind.conf.d/*.conf 2>/dev/null |
-    sed -n 's/^[[:space:]]*KillUserProcesses[[:space:]]*=[[:space:]]*//p' | tail -n 1 |
-    tr -d ' \t\r' | tr '[:upper:]' '[:lower:]')
-  case $sp_k in yes | y | true | t | on | 1) ;; *) return 1 ;; esac
+  sp_k=''
+  for sp_f in /etc/systemd/logind.conf /usr/lib/systemd/logind.conf.d/*.conf \
+    /run/systemd/logind.conf.d/*.conf /etc/systemd/logind.conf.d/*.conf; do
+    [ -f "$sp_f" ] && [ -r "$sp_f" ] || continue
+    while IFS= read -r sp_l || [ -n "$sp_l" ]; do
+      sp_l=${sp_l#"${sp_l%%[![:space:]]*}"}
+      case $sp_l in KillUserProcesses*) ;; *) continue ;; esac
+      sp_l=${sp_l#KillUserProcesses}
+      sp_l=${sp_l#"${sp_l%%[![:space:]]*}"}
+      case $sp_l in =*) ;; *) continue ;; esac
+      sp_l=${sp_l#=}
+      sp_l=${sp_l#"${sp_l%%[![:space:]]*}"}
+      sp_k=${sp_l%"${sp_l##*[![:space:]]}"}
+    done <"$sp_f"
+  done
+  case $sp_k in
+    [Yy] | [Yy][Ee][Ss] | [Tt] | [Tt][Rr][Uu][Ee] | [Oo][Nn] | 1) ;;
+    *) return 1 ;;
+  esac
   [ ! -e "/var/lib/systemd/linger/${USER:-$(id -un)}" ]
 }
 
@@ -183,7 +199,7 @@ sp_no_job() {
 # (push's DB step) such a folder is made 0700 (tightened=PATH MODE, its mode before).
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_safe() {
-  sp_uid=$(id -u) sp_key=error
+  sp_uid=${sp_uid:-$(id -u)} sp_key=error
   [ "${1-}" != report ] || sp_key=server_unsafe
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
@@ -255,7 +271,7 @@ sp_unsafe() {
     return 0
   fi
   sp_stat "$1" || return 0
-  [ "$sp_o" = "$(id -u)" ] || echo 'is not owned by you'
+  [ "$sp_o" = "${sp_uid:=$(id -u)}" ] || echo 'is not owned by you'
   ! sp_others_write || echo 'is writable by group or others'
 }
 

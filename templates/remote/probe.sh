@@ -16,17 +16,20 @@ t=$(mktemp 2>/dev/null) || t=$(mktemp ./.sp-probe.XXXXXX 2>/dev/null) ||
 sp_tmp=$t
 [ -n "$t" ] && (exec 9>"$t" && flock -n 9) 2>/dev/null && echo flock=ok
 setsid sh -c : </dev/null 2>/dev/null && echo setsid=ok
-# -init /dev/null: a ~/.sqliterc (.headers on, say) would change the answer
-[ "$(sqlite3 -init /dev/null :memory: 'SELECT 1;' 2>/dev/null)" = 1 ] &&
-  echo "sqlite3=$(sqlite3 -version 2>/dev/null | cut -d' ' -f1)"
+# -init /dev/null: a ~/.sqliterc (.headers on, say) would change the answer; one query that
+# works gives the version (one process, not three)
+v=$(sqlite3 -init /dev/null :memory: 'SELECT sqlite_version();' 2>/dev/null) &&
+  case $v in [0-9]*.[0-9]*) echo "sqlite3=$v" ;; esac
 if sp_find_sha256; then
   echo "sha256=$sp_sha"
   [ -f .solverpilot/bin/job_wrapper.sh ] && echo "wrapper=$(sp_sha256 .solverpilot/bin/job_wrapper.sh)"
 fi
 # what keeps the wrapper from running, or lets another user replace it: one issue= a line
+sp_uid=$(id -u) # (once, for every sp_unsafe and sp_server_safe)
 for p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
   if [ -e "$p" ] || [ -L "$p" ]; then
-    sp_unsafe "$p" | sed "s|^|issue=~/$p |"
+    why=$(sp_unsafe "$p")
+    [ -z "$why" ] || printf '%s\n' "$why" | sed "s|^|issue=~/$p |"
   fi
 done
 p=.solverpilot/bin/job_wrapper.sh
@@ -37,7 +40,10 @@ elif [ -f "$p" ] && [ ! -x "$p" ]; then
 fi
 [ -e "$sp_server/server.db" ] && echo db=yes
 # one line, whatever the folder's name holds: a newline in it would forge a key
-printf 'server=%s\n' "$(printf '%s' "$sp_server" | tr '\n\r' '??')"
+case $sp_server in
+  *[![:print:]]*) printf 'server=%s\n' "$(printf '%s' "$sp_server" | tr '\n\r' '??')" ;;
+  *) printf 'server=%s\n' "$sp_server" ;;
+esac
 sp_server_safe report # server_unsafe= (push stops), server_open= (push makes them 0700)
 case ${SOLVERPILOT_SERVER_DIR:-/} in /*) ;; *) echo server_relative=yes ;; esac
 sp_logout_kills && echo logout_kills=yes
