@@ -187,8 +187,8 @@ def test_usage_errors_name_the_problem(
     inventory = ini_inventory(tmp_path, lab)
     code, _, err = sp(capsys, "push", "nosuch", "--inventory", str(inventory))
     assert code == 2 and f"nosuch: no such host or group in {inventory}, or a" in err
-    code, _, err = sp(capsys, "status", "web", "--inventory", str(inventory))
-    assert code == 2 and "web names 2 hosts" in err
+    code, _, err = sp(capsys, "logs", "web", "x", "--inventory", str(inventory))
+    assert code == 2 and "web names 2 hosts" in err  # (status takes a group: its hosts)
     code, _, err = sp(capsys, "push", "--inventory", str(tmp_path / "absent.ini"))
     assert code == 2 and "no such inventory file" in err
     optionlike = tmp_path / "optionlike.ini"
