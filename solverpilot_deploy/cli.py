@@ -270,11 +270,22 @@ def _run_fleet(
             _emit(document(args.command, hosts=[r.as_json() for r in results]))
         else:
             shown = [r for r in results if not args.quiet or r.status not in good]
-            rows: list[tuple[str, ...]] = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
-            rows += [
-                (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
-                for r in shown
-            ]
+            rows: list[tuple[str, ...]]
+            if args.command == "verify" or getattr(args, "dry_run", False):
+                # what is there, what the render is, what push would do about it
+                rows = [("HOST", "STATUS", "DISTRO", "HOST_SHA256", "RENDER_SHA256", "PUSH_WOULD",
+                         "ERROR")]  # fmt: skip
+                rows += [
+                    (r.host, r.status, r.distro or "-", (r.current_sha256 or "-")[:12],
+                     (r.render_sha256 or "-")[:12], r.action or "-", r.error or "")
+                    for r in shown
+                ]  # fmt: skip
+            else:
+                rows = [("HOST", "STATUS", "DISTRO", "SHA256", "ERROR")]
+                rows += [
+                    (r.host, r.status, r.distro or "-", (r.sha256 or "-")[:12], r.error or "")
+                    for r in shown
+                ]
             if len(rows) > 1:
                 _print_table(rows, wrap=True)
         sys.stdout.flush()
@@ -462,7 +473,7 @@ def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[s
     with a HOST column, or --json's host results; exit 1 when a host failed, or a job asked
     for is on none of them."""
     from solverpilot_deploy.deploy import HostResult
-    from solverpilot_deploy.shapes import document, error_object
+    from solverpilot_deploy.shapes import document, error_object, host_result
     from solverpilot_deploy.ssh import remaining
     from solverpilot_deploy.status import read_status
     from solverpilot_deploy.tables import job_rows
@@ -491,10 +502,10 @@ def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[s
             for r in results:
                 here = found.get(r.host, [])
                 gone = [i for i in wanted if r.status == "ok" and i not in {j.id for j in here}]
-                result = r.as_json()
-                del result["distro"], result["sha256"], result["outcome"]
-                result.update(jobs=[job.as_json() for job in here], missing=gone)
-                shown.append(result)
+                shown.append(host_result(
+                    r.host, r.status, r.as_json()["error"], r.warnings,
+                    jobs=[job.as_json() for job in here], missing=gone,
+                ))  # fmt: skip
             error = None
             if missing:
                 error = error_object("no_job", f"no job {', '.join(missing)} on {where}")

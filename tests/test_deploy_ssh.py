@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -529,6 +530,25 @@ def test_summary_table_without_json(
     header, row = out.splitlines()
     assert header.split() == ["HOST", "STATUS", "DISTRO", "SHA256", "ERROR"]
     assert row.split() == [lab.a.spec, "deployed", "debian", DEBIAN_SHA[:12]]
+    # verify and --dry-run: what the host has, the render, what push would do
+    auth = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, out, _ = sp(capsys, "verify", lab.a.spec, *auth)
+    header, row = out.splitlines()
+    assert code == 0 and header.split() == [
+        "HOST", "STATUS", "DISTRO", "HOST_SHA256", "RENDER_SHA256", "PUSH_WOULD", "ERROR"
+    ]  # fmt: skip
+    assert row.split() == [lab.a.spec, "ok", "debian", DEBIAN_SHA[:12], DEBIAN_SHA[:12], "none"]
+    (home / ".solverpilot/bin/job_wrapper.sh").write_text("#!/bin/bash\n")
+    code, out, _ = sp(capsys, "push", lab.a.spec, "--dry-run", *auth)
+    header, row = out.splitlines()
+    planted = hashlib.sha256(b"#!/bin/bash\n").hexdigest()[:12]
+    assert code == 0 and row.split()[:4] == [lab.a.spec, "would-deploy", "debian", planted]
+    assert row.split()[4:] == [DEBIAN_SHA[:12], "replace"], row
+    # -v: each host's steps and times as it ends; -q: only what did not succeed
+    code, out, err = sp(capsys, "push", lab.a.spec, "-v", *auth)
+    assert code == 0 and re.search(rf"{re.escape(lab.a.spec)}: deployed in [0-9.]+s \(connect", err)
+    code, out, err = sp(capsys, "push", lab.a.spec, "-q", *auth)
+    assert (code, out, err) == (0, "", "")
 
 
 def test_status_of_an_unreachable_host_is_one_line(
