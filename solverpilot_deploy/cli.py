@@ -1012,13 +1012,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     import time
 
     from solverpilot_deploy.errors import NoJobError
-    from solverpilot_deploy.jobs import JobError, PaneBytes, read_log
+    from solverpilot_deploy.jobs import JobError, read_log
 
     (job_id,) = _job_ids([args.job_id])
     out = sys.stdout.buffer
     chunk_most = 4 * 1024 * 1024
-
-    pane = PaneBytes()  # a tmux job's log is its pane's: the job's own bytes from it
 
     emitted = 0  # the job's bytes printed so far (--json's offset)
 
@@ -1069,9 +1067,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             unanswered = chunk.slurm == "unknown"
             if chunk.size < offset:  # truncated (rotated in place): from its new start
                 offset = 0
-                pane.rest()
                 continue
-            write(pane.feed(chunk.data) if chunk.pane else chunk.data)
+            write(chunk.data)
             offset += len(chunk.data)
             if offset < chunk.size:
                 continue  # more is there already
@@ -1094,10 +1091,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     def follow_to_end(session: Session, deadline: float) -> int:
         from solverpilot_deploy.status import read_status
 
-        try:
-            follow(session, deadline)
-        finally:
-            write(pane.rest())  # a \r that ended the log
+        follow(session, deadline)
         if not args.follow:
             return 0
         jobs, _ = read_status(session, args.timeout, (job_id,))  # how it ended: the exit code

@@ -321,7 +321,13 @@ def push_host(
     if action == NONE:
         return replace(result, status="unchanged")
     if dry_run:
-        return replace(result, status="would-deploy", outcome=OLD, warnings=warnings + found.issues)
+        return replace(
+            result,
+            status="would-deploy",
+            outcome=OLD,
+            sha256=None,
+            warnings=warnings + found.issues,
+        )
     session.changing = True  # from here on a Ctrl-C lets the host end its step
     _check_stop(stop)
     # a new wrapper may bring new columns: the DB gets them (migration) at once

@@ -290,7 +290,6 @@ class LogChunk:
     wrapper: bool | None = None  # a tmux job's wrapper runs (None: the state does not say)
     slurm: str = ""  # a Slurm job: "active" (Slurm has not ended it), "unknown" (no answer)
     slurm_error: str = ""  # why Slurm could not answer (made printable)
-    pane: bool = False  # a tmux job's log: its pane's output, each \n written \r\n (PaneBytes)
 
     @property
     def more_to_come(self) -> bool:
@@ -340,29 +339,7 @@ def read_log(session: Session, job_id: str, offset: int, most: int, timeout: flo
         {"alive": True, "gone": False}.get(found.get("wrapper", "")),
         found.get("slurm", ""),
         printable(found.get("slurm_error", ""))[:200],
-        found.get("pane") == "yes",
     )
-
-
-class PaneBytes:
-    """The job's own bytes from its pane's log. The pane is a pty, whose only output
-    processing (onlcr; kept, so an attached pane shows lines as a terminal does) wrote each \n
-    the job wrote as \r\n: every \r\n of the log is one \n of the job's (its own \r\n came
-    out \r\r\n), so replacing them undoes it exactly. A \r that ends a chunk waits for the
-    next one (or the end: ``rest``)."""
-
-    def __init__(self) -> None:
-        self.held = b""
-
-    def feed(self, data: bytes) -> bytes:
-        data, self.held = self.held + data, b""
-        if data.endswith(b"\r"):
-            data, self.held = data[:-1], b"\r"
-        return data.replace(b"\r\n", b"\n")
-
-    def rest(self) -> bytes:
-        held, self.held = self.held, b""
-        return held
 
 
 @dataclass(frozen=True)

@@ -659,3 +659,34 @@ def test_a_cancel_whose_answer_stalls_says_the_job_may_have_been_stopped(
     assert proc.returncode == 1, (out, err)
     assert "job stalled-cancel may have been stopped: see sp-deploy status" in err, err
     sp_json(capsys, "cancel", lab.a.spec, "stalled-cancel", *args)
+
+
+def test_a_db_step_that_hangs_after_the_rename_is_reported_with_the_new_wrapper(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The install step renames the wrapper in, then sets up the DB: when that hangs past the
+    deadline, the host has the new wrapper, and push says so (outcome "new"), since the step's
+    "installed" line reaches sp-deploy at once (not held with the rest of the answer)."""
+    fake = home / "fakebin"
+    fake.mkdir(exist_ok=True)
+    (fake / "sqlite3").write_text(
+        '#!/bin/sh\ncase "$*" in *server.db*) exec sleep 60 ;; esac\nexec /usr/bin/sqlite3 "$@"\n'
+    )
+    (fake / "sqlite3").chmod(0o755)
+    rc = home / ".bashrc"
+    rc.write_text(f"export PATH={fake}:$PATH\n")
+    for path in (fake, fake / "sqlite3", rc):
+        os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
+    try:
+        code, results = sp_json(capsys, "push", lab.a.spec, *ssh_args(lab, trusted, "10"))
+        (result,) = results
+        assert (code, result["status"], result["outcome"]) == (1, "failed", "new"), result
+        assert "the new wrapper is installed" in str(error_text(result)), result
+    finally:
+        rc.unlink()
+        shutil.rmtree(fake)
+        for pid in user_processes(lab.user.pw_uid, "sleep"):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
+    assert (code, results[0]["status"]) == (0, "ok"), results

@@ -223,7 +223,8 @@ def test_dry_run_changes_nothing(
 ) -> None:
     code, results = push(capsys, lab, trusted, lab.a.spec, "--dry-run")
     assert code == 0
-    assert results[0]["status"] == "would-deploy" and results[0]["sha256"] == DEBIAN_SHA
+    assert results[0]["status"] == "would-deploy" and results[0]["sha256"] is None
+    assert results[0]["render_sha256"] == DEBIAN_SHA
     assert not (home / ".solverpilot").exists()
     assert not (home / ".solverpilot-server").exists()
     push(capsys, lab, trusted, lab.a.spec)

@@ -8,8 +8,7 @@
 #   job, slurm=active while Slurm has not ended it (pending, running, suspended, requeued for
 #   another attempt: more may come whatever its record says), slurm=unknown when Slurm could
 #   not answer (slurm_error= its words), lost=yes when Slurm has ended it while its record
-#   says running; pane=yes for a tmux job (its log is a pty's output: each \n written \r\n);
-#   then the bytes as lines of hex pairs.
+#   says running; then the bytes as lines of hex pairs.
 # Exit (templates/remote/codes): ok; no_job: neither a log nor a state for this job
 #   (db_only=STATUS: only a DB row); unsafe_server_dir (lib.sh).
 sp_server_safe || exit "$E_UNSAFE_SERVER_DIR"
@@ -44,8 +43,6 @@ if [ -f "$state" ] && [ -z "$sid" ]; then
     echo wrapper=gone
   fi
 fi
-# a tmux job's log is its pane's output: a pty's, which wrote each \n as \r\n
-[ -n "$sid" ] || echo pane=yes
 status=$(sed -n 's/.*"status": *"\([a-z]*\)".*/\1/p' "$state" 2>/dev/null | head -n 1)
 [ -z "$slurm_ended" ] || [ "$status" != running ] || echo lost=yes
 size=$(wc -c <"$log" 2>/dev/null | tr -d ' ')

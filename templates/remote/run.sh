@@ -76,10 +76,11 @@ if [ -e queued ]; then # started by the queue: its pane's output to the log, fro
 else # started by the run step, which pipes it and says go
   while [ ! -e go ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 fi
-# nothing typed into the pane is echoed into the log; the pane stays a terminal (the job's
-# output line-buffered, logs -f live) whose only output processing, a \r before each \n (onlcr,
-# kept so an attached pane shows lines as a terminal does), logs undoes exactly (README "Jobs")
-stty -echo 2>/dev/null
+# the pane's terminal adds nothing to what the job writes to the log (README "Jobs"): no \r
+# before each \n (-opost: its onlcr), no echo of what is typed into the pane; it stays a
+# terminal, so the job's output stays line-buffered and logs -f shows it as it comes (undoing
+# onlcr when reading instead would be wrong for a job that changes its terminal's modes)
+stty -opost -echo 2>/dev/null
 set --
 first=1
 while IFS= read -r line; do
