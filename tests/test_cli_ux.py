@@ -404,8 +404,12 @@ def test_a_json_document_is_whole_when_a_ctrl_c_comes_while_it_is_written() -> N
     second (error) document follows it."""
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: the render's document is ~30 times it
-    proc = subprocess.Popen([*EXE, "render", "--distro", "debian", "--json"], stdout=write_end,
-                            stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+    proc = subprocess.Popen(
+        [*EXE, "render", "--distro", "debian", "--json"], stdout=write_end,
+        stderr=subprocess.PIPE, env=ENV,
+        # INT as a terminal gives it (a test run in a script's background inherits it ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     os.close(write_end)
     said = os.read(read_end, 100)  # it has begun, and waits for the reader
     proc.send_signal(signal.SIGINT)

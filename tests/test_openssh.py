@@ -193,8 +193,10 @@ def test_keyboard_interactive_without_a_terminal_fails_fast(
     )
     took = time.monotonic() - start
     assert proc.returncode == 1, proc.stderr
-    assert '"error": "authentication failed: ' in proc.stdout
-    assert "keyboard-interactive" in proc.stdout
+    (result,) = payload(proc.stdout)
+    assert result["error"]["kind"] == "authentication", result
+    assert str(error_text(result)).startswith("authentication failed: "), result
+    assert "keyboard-interactive" in str(error_text(result))
     assert took < 10  # not the 60 s deadline: nothing waited for an answer
 
 
