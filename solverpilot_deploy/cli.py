@@ -253,7 +253,7 @@ def _run_fleet(
         try:
             if signals.received() != before:
                 raise KeyboardInterrupt
-            with progress or _nothing():
+            with progress or contextlib.nullcontext():
                 fleet = run_fleet(
                     targets, operation, args.jobs, on_done, frozenset(good), args.max_fail,
                     args.canary, on_interrupt, on_start,
@@ -293,12 +293,6 @@ def _run_fleet(
             print("sp-deploy: interrupted", file=sys.stderr)
             return 130
     return 0 if all(r.status in good for r in results) else 1
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -485,13 +479,12 @@ def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[s
         found[host] = jobs
         return HostResult(host, "ok", warnings=warnings)
 
-    seen = {job.id for jobs in found.values() for job in jobs}
     missing: list[str] = []
     where = "any of these hosts"
 
     def report(results: list[HostResult]) -> None:
         nonlocal where
-        seen.update(job.id for jobs in found.values() for job in jobs)
+        seen = {job.id for jobs in found.values() for job in jobs}
         missing.extend(job_id for job_id in wanted if job_id not in seen)
         if any(r.status != "ok" for r in results):
             where = "the hosts that answered"
@@ -522,12 +515,6 @@ def _status_of_hosts(args: argparse.Namespace, names: list[str], wanted: tuple[s
     args.hosts = names
     code = _run_fleet(args, operation, {"ok"}, report=report)
     return code if code else (1 if missing else 0)
-
-
-def _status_words(job: Any) -> str:
-    from solverpilot_deploy.tables import status_words
-
-    return status_words(job)
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -756,6 +743,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
     from solverpilot_deploy.shapes import document
     from solverpilot_deploy.status import read_status
+    from solverpilot_deploy.tables import status_words
 
     wanted = _job_ids(args.job_ids)
     end = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
@@ -805,7 +793,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         _emit(document("wait", host=args.host, ended=ended, jobs=[job.as_json() for job in jobs]))
     else:
         for job in jobs:
-            words = f"{job.id} {_status_words(job)}"
+            words = f"{job.id} {status_words(job)}"
             if job.exit_code is not None:
                 words += f" exit {job.exit_code}"
             print(printable(words))
@@ -842,11 +830,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def _event_words(event: Any) -> str:
     """One event as a line for people: time, host, id, what happened, the job's status."""
+    from solverpilot_deploy.tables import status_words
+
     clock = event.time[11:19]
     if event.job is None:
         said = f": {event.error}" if event.error else ""
         return printable(f"{clock} {event.host} {event.event}{said}")
-    words = _status_words(event.job)
+    words = status_words(event.job)
     if event.job.exit_code is not None:
         words += f" exit {event.job.exit_code}"
     if event.job.signal:
