@@ -297,13 +297,15 @@ def _run_fleet(
 
 def cmd_push(args: argparse.Namespace) -> int:
     from solverpilot_deploy.deploy import push_host
+    from solverpilot_deploy.host_facts import Memory
 
     _require_profile(args.distro)
 
     def operation(session: Session, host: str, deadline: float, stop: Event) -> HostResult:
         return push_host(
-            session, host, args.distro, deadline, args.dry_run, not args.no_smoke, stop
-        )
+            session, host, args.distro, deadline, args.dry_run, not args.no_smoke, stop,
+            Memory(host),
+        )  # fmt: skip
 
     # a host the push never reached its install step on keeps its old wrapper
     return _run_fleet(args, operation, {"deployed", "unchanged", "would-deploy"}, "old")
@@ -311,11 +313,12 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from solverpilot_deploy.deploy import verify_host
+    from solverpilot_deploy.host_facts import Memory
 
     _require_profile(args.distro)
 
     def operation(session: Session, host: str, deadline: float, stop: Event) -> HostResult:
-        return verify_host(session, host, args.distro, deadline)
+        return verify_host(session, host, args.distro, deadline, Memory(host))
 
     return _run_fleet(args, operation, {"ok"})
 

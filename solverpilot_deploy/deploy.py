@@ -26,6 +26,7 @@ from solverpilot_deploy.errors import (
     StepInterrupted,
 )
 from solverpilot_deploy.filesystems import server_dir_warning
+from solverpilot_deploy.host_facts import Memory, facts_of, facts_sha256
 from solverpilot_deploy.profiles import Profile, load_profile, load_profiles
 from solverpilot_deploy.remote import StepResult, run_step, unsafe_server_dir
 from solverpilot_deploy.resources import schema_sql, schema_version
@@ -66,6 +67,7 @@ class Probe:
     server_open: tuple[str, ...] = ()  # "PATH MODE" of the user's own folders not yet 0700
     # what about ~/.solverpilot, its bin or the wrapper push must repair ("~/PATH is ...")
     issues: tuple[str, ...] = ()
+    facts: str = ""  # the answer's facts, as host_facts keeps them and push.sh hashes them
 
     def warnings(self) -> tuple[str, ...]:
         """What the host's set-up puts at risk, whatever the profile."""
@@ -157,6 +159,11 @@ def probe(session: Session, timeout: float) -> Probe:
     result = run_step(session, "probe", timeout=timeout)
     if result.status != 0:
         raise RemoteCommandError(f"probe failed: {result.error()}")
+    return probe_of(result)
+
+
+def probe_of(result: StepResult) -> Probe:
+    """The probe's part of an answer (probe.sh's, push.sh's; templates/remote/probing.sh)."""
     found = result.values()
     server = found.get("server", "")
     return Probe(
@@ -176,6 +183,7 @@ def probe(session: Session, timeout: float) -> Probe:
         server_unsafe=found.get("server_unsafe") or None,
         server_open=result.all_of("server_open"),
         issues=result.all_of("issue"),
+        facts=facts_of(result.lines),
     )
 
 
@@ -291,6 +299,33 @@ def _cause(session: Session, exc: Exception) -> str:
     return str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a push sends to a host whose facts it knows: probe and install in one step."""
+
+    profile: Profile
+    text: str
+    digest: str
+    db: bool
+    facts_sha256: str
+
+
+def _plan(known: str | None, requested: str) -> _Plan | None:
+    """The install for a host whose facts were ``known`` (host_facts), or None: none known, or
+    these facts pick no profile or lack what the wrapper needs (the probe then says so)."""
+    if not known:
+        return None
+    found = probe_of(StepResult(0, tuple(known.split("\n")[:-1]), ""))
+    try:
+        profile = pick_profile(found, requested)
+        check_requirements(found, profile)
+    except RequirementError:
+        return None
+    text, digest = wrapper_for(profile)
+    # a new wrapper gets the DB (its set-up or migration), as below when it is sent apart
+    return _Plan(profile, text, digest, bool(found.sqlite3), facts_sha256(known))
+
+
 def push_host(
     session: Session,
     host: str,
@@ -299,11 +334,39 @@ def push_host(
     dry_run: bool = False,
     smoke: bool = True,
     stop: threading.Event | None = None,
+    memory: Memory | None = None,
 ) -> HostResult:
     """Probe, then (unless unchanged) one step that installs, sets up the DB and smoke-tests;
-    ``stop`` set means an interrupt: no new step starts, and a host not yet changed raises
-    StepInterrupted. Every result says which wrapper the host has (``outcome``)."""
-    found = probe(session, remaining(deadline))
+    for a host whose facts ``memory`` knows, both in one step (push.sh), which installs only
+    if the host's facts are still those. ``stop`` set means an interrupt: no new step starts,
+    and a host not yet changed raises StepInterrupted. Every result says which wrapper the
+    host has (``outcome``)."""
+    plan = None if dry_run or memory is None else _plan(memory.known(), requested)
+    answer = None  # the install's answer, when push.sh installed in its step
+    smoke_id = f"sp-smoke-{secrets.token_hex(4)}" if smoke else None
+    if plan is not None:
+        session.changing = True  # from here on a Ctrl-C lets the host end its step
+        _check_stop(stop)
+        sent = HostResult(
+            host, "deployed", plan.profile.name, plan.digest, outcome=NEW,
+            render_sha256=plan.digest,
+        )  # fmt: skip
+        try:
+            step = send_install(
+                session, plan.text, plan.digest, deadline, plan.db, smoke_id, plan.facts_sha256
+            )
+        except InstallRefused as exc:  # nothing was sent
+            return replace(sent, status="failed", sha256=None, error=str(exc), outcome=OLD)
+        except Exception as exc:  # sent: no answer said which wrapper the host has
+            return _sent_and_failed(sent, session, exc, host)
+        answer = step if "install=begun" in step.lines else None
+        if answer is None and step.status != 0:  # (a whole answer: no install began)
+            raise RemoteCommandError(f"probe failed: {step.error()}")
+        found = probe_of(step)
+    else:
+        found = probe(session, remaining(deadline))
+    if memory is not None:
+        memory.learn(found.facts)
     if found.server_unsafe:  # the wrapper would refuse every job: nothing is installed
         raise unsafe_server_dir(found.server_unsafe)
     profile = pick_profile(found, requested)
@@ -329,43 +392,56 @@ def push_host(
             warnings=warnings + found.issues,
         )
     session.changing = True  # from here on a Ctrl-C lets the host end its step
-    _check_stop(stop)
     # a new wrapper may bring new columns: the DB gets them (migration) at once
     new = found.wrapper_sha256 != digest
     db = (bool(found.sqlite3) and (not found.has_db or new)) or bool(found.server_open)
-    if found.wrapper_sha256 == digest and not found.issues:  # only the server folders' modes
+    if answer is None:
+        _check_stop(stop)
+        if found.wrapper_sha256 == digest and not found.issues:  # only the folders' modes
+            try:
+                warnings += init_database(session, deadline)
+            except Exception as exc:
+                return replace(result, status="failed", error=one_line(_cause(session, exc)))
+            return replace(result, status="unchanged", warnings=warnings)
         try:
-            warnings += init_database(session, deadline)
+            answer = send_install(session, text, digest, deadline, db, smoke_id if new else None)
+        except InstallRefused as exc:  # nothing was sent
+            return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
         except Exception as exc:
-            return replace(result, status="failed", error=one_line(_cause(session, exc)))
-        return replace(result, status="unchanged", warnings=warnings)
-    smoke_id = f"sp-smoke-{secrets.token_hex(4)}" if smoke and new else None
+            return _sent_and_failed(result, session, exc, host)
     try:
-        answer = install(session, text, digest, deadline, db, smoke_id)
+        check_install(answer, digest)
     except InstallRefused as exc:  # the host said so: it keeps its old wrapper
         return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
-    except Installed as exc:  # the host has the new wrapper whatever failed next: say so
-        error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {exc}"
-        return replace(result, status="failed", error=one_line(error))
-    except Exception as exc:  # sent, and no answer proved which wrapper the host has
-        error = (
-            f"{_cause(session, exc)}; the install step had been sent: either wrapper may be "
-            f"in place (the new one is sha256 {digest[:12]}...); check with: sp-deploy "
-            f"verify {host}"
-        )
-        return replace(result, status="failed", error=one_line(error), outcome=UNKNOWN)
+    except Installed as exc:
+        return _sent_and_failed(result, session, exc, host)
     # a fresh copy replaced the wrapper: what was wrong with the old one is gone
     fixed = tuple(
         f"{issue}: replaced" for issue in found.issues if issue.startswith(f"~/{WRAPPER_PATH} ")
     )
     warnings += fixed + answer.all_of("repaired") + (db_warnings(answer) if db else ())
     try:
-        if smoke_id is not None:
+        if smoke_id is not None and new:
             check_smoke(answer)
     except RemoteCommandError as exc:
         error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {exc}"
         return replace(result, status="failed", error=one_line(error), warnings=warnings)
     return replace(result, warnings=warnings)
+
+
+def _sent_and_failed(result: HostResult, session: Session, exc: Exception, host: str) -> HostResult:
+    """``result`` failed after its install step was sent: Installed (the host said the new
+    wrapper is in, then what failed), else no answer proved which wrapper the host has."""
+    digest = result.render_sha256 or ""
+    if isinstance(exc, Installed):
+        error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {exc}"
+        return replace(result, status="failed", error=one_line(error))
+    error = (
+        f"{_cause(session, exc)}; the install step had been sent: either wrapper may be "
+        f"in place (the new one is sha256 {digest[:12]}...); check with: sp-deploy "
+        f"verify {host}"
+    )
+    return replace(result, status="failed", error=one_line(error), outcome=UNKNOWN)
 
 
 def one_line(text: str) -> str:
@@ -387,35 +463,40 @@ class Installed(Exception):
     install step (the DB set-up, the smoke run) failed, as the message says."""
 
 
-def install(
+def send_install(
     session: Session,
     text: str,
     digest: str,
     deadline: float,
     db: bool = False,
     smoke_id: str | None = None,
+    facts: str | None = None,
 ) -> StepResult:
-    """Upload, check and rename the wrapper in one step (templates/remote/install.sh), then,
+    """Upload, check and rename the wrapper in one step (templates/remote/installing.sh), then,
     in the same step, set up the DB (``db``) and run the new wrapper once as job ``smoke_id``;
-    returns the step's answer (its repaired=, the DB's and the smoke run's lines).
+    returns the step's answer (its repaired=, the DB's and the smoke run's lines), for
+    check_install. With ``facts`` (the sha256 of the host's facts as last seen), the step is
+    push.sh: the probe, then the install only if the host's facts hash to ``facts`` (its
+    answer then has "install=begun"; without it, the probe's answer alone).
 
     The host renames only while COMMIT_MARGIN seconds of the deadline remain, and only
     while sp-deploy still listens, so a push reported as failed (timeout, Ctrl-C) never
-    replaces the wrapper later. InstallRefused: the host's answer proved the old wrapper
-    stays; Installed: it proved the new one is in place and what failed next; any other
-    error: the step was sent and either wrapper may be in place.
+    replaces the wrapper later. InstallRefused: nothing was sent; Installed: the answer said
+    the new wrapper is in place and the rest of the step ran out of time; any other error:
+    the step was sent and either wrapper may be in place.
     """
     budget = int(deadline - time.monotonic() - COMMIT_MARGIN)
     if budget < 1:
         raise InstallRefused(HostTimeoutError("no time left to install within the deadline"))
-    args = (digest, str(budget), "db" if db else "-", smoke_id or "-")
+    args = (digest, str(budget), "db" if db else "-", smoke_id or "-", *([facts] if facts else []))
     try:
         # its own timeout comes just before the fleet's at the deadline, so that what the host
         # said so far is still there to be read
         step_timeout = max(0.1, remaining(deadline) - 0.5)
         result = run_step(
-            session, "install", *args, timeout=step_timeout, payload=_schema_line() + text
-        )
+            session, "push" if facts else "install", *args, timeout=step_timeout,
+            payload=_schema_line() + text,
+        )  # fmt: skip
     except HostTimeoutError as exc:
         if "installed" in exc.answered:  # the rename was done: the DB set-up or smoke run
             raise Installed(f"the rest of the install step: {exc}") from exc  # took too long
@@ -425,8 +506,14 @@ def install(
             ) from exc
         raise HostTimeoutError("no answer to the install step in time") from exc
     _split_install_time(session, result)
+    return result
+
+
+def check_install(result: StepResult, digest: str) -> None:
+    """The answer of an install of ``digest`` that was done (exit 0), else InstallRefused (the
+    host keeps its old wrapper) or Installed (the new one is in, what followed failed)."""
     if result.status == 0:
-        return result
+        return
     if result.status == 17:
         raise Installed(f"cannot create the server database: {result.error()}")
     if result.status == 18:
@@ -465,7 +552,7 @@ def _schema_line() -> str:
 def _split_install_time(session: Session, result: StepResult) -> None:
     """The install step's time in session.steps, split into its parts as the host timed them
     (seconds_init_db=, seconds_smoke=): "install" keeps the rest of the round trip."""
-    if not session.steps or session.steps[-1][0] != "install":
+    if not session.steps or session.steps[-1][0] not in ("install", "push"):
         return
     found = result.values()
     parts = []
@@ -474,8 +561,8 @@ def _split_install_time(session: Session, result: StepResult) -> None:
             parts.append((part, float(found[f"seconds_{part}"])))
         except (KeyError, ValueError):
             continue
-    whole = session.steps.pop()[1]
-    session.steps += [("install", max(whole - sum(s for _, s in parts), 0.0)), *parts]
+    name, whole = session.steps.pop()
+    session.steps += [(name, max(whole - sum(s for _, s in parts), 0.0)), *parts]
 
 
 def init_database(session: Session, deadline: float) -> tuple[str, ...]:
@@ -509,8 +596,12 @@ def check_smoke(result: StepResult) -> None:
         )
 
 
-def verify_host(session: Session, host: str, requested: str, deadline: float) -> HostResult:
+def verify_host(
+    session: Session, host: str, requested: str, deadline: float, memory: Memory | None = None
+) -> HostResult:
     found = probe(session, remaining(deadline))
+    if memory is not None:  # for the next push (host_facts)
+        memory.learn(found.facts)
     profile = pick_profile(found, requested)
     _, digest = wrapper_for(profile)
     if found.server_unsafe:

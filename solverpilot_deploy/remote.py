@@ -31,7 +31,7 @@ PAYLOAD_END = "SP_PAYLOAD\n"
 # lib.sh's line that step_script replaces with the steps' exit codes as shell variables
 CODES_MARK = "# @codes\n"
 # steps that still exit with numbers of their own, not the codes file's (deploy.py maps them)
-OWN_CODES = frozenset({"probe", "install", "init_db"})
+OWN_CODES = frozenset({"probe", "install", "push", "init_db"})
 _CODE_LINE = re.compile(r"^([a-z][a-z0-9_]*) ([0-9]{1,3}) (\S.*)$")
 
 
@@ -132,10 +132,13 @@ class StepResult:
 STEP_NEEDS = {
     "status": ("scan",),
     "watch": ("scan",),
-    "install": ("server_db",),
+    "probe": ("probing",),
+    "install": ("server_db", "installing"),
+    "push": ("probing", "server_db", "installing"),
     "init_db": ("server_db",),
 }
-NOT_STEPS = ("lib", "end", "scan", "server_db")  # (and codes, which is no .sh)
+# (and codes, which is no .sh)
+NOT_STEPS = ("lib", "end", "scan", "server_db", "probing", "installing")
 
 
 @functools.cache

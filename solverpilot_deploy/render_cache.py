@@ -49,7 +49,7 @@ def render_key(name: str) -> str:
     return digest.hexdigest()
 
 
-def _open_folder(folder: Path, create: bool) -> int | None:
+def open_folder(folder: Path, create: bool) -> int | None:
     """An fd of the cache folder when it is this user's and no one else can write it (else
     another user could have put a wrapper of theirs there under the right name); None when
     it is not, or missing. Checked on the open folder itself: nothing can be swapped in."""
@@ -97,7 +97,13 @@ def _read_entry(folder: int, key: str) -> str | None:
 
 
 def _write_entry(folder: int, key: str, data: bytes) -> None:
-    """Keep ``data`` under ``key``: a temporary file created exclusively (0600), renamed."""
+    """Keep ``data`` under ``key`` (write_entry)."""
+    write_entry(folder, f"{key}-{hashlib.sha256(data).hexdigest()}.sh", data)
+
+
+def write_entry(folder: int, name: str, data: bytes) -> None:
+    """``data`` as ``name`` in the open cache folder: a temporary file created exclusively
+    (0600), then renamed; any failure leaves nothing behind (and only costs speed)."""
     tmp = f".{os.urandom(8).hex()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -107,7 +113,6 @@ def _write_entry(folder: int, key: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        name = f"{key}-{hashlib.sha256(data).hexdigest()}.sh"
         os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except OSError:
         with contextlib.suppress(OSError):
@@ -129,7 +134,7 @@ def cached_render(name: str) -> str:
     ):
         return _render(name)  # raises the UsageError that names the known profiles
     key = render_key(name)
-    folder = _open_folder(cache_dir(), create=False)
+    folder = open_folder(cache_dir(), create=False)
     if folder is not None:
         try:
             cached = _read_entry(folder, key)
@@ -138,7 +143,7 @@ def cached_render(name: str) -> str:
         if cached is not None:
             return cached
     text = _render(name)
-    folder = _open_folder(cache_dir(), create=True)
+    folder = open_folder(cache_dir(), create=True)
     if folder is not None:  # no cache, no harm: the next render renders again
         try:
             _write_entry(folder, key, text.encode("utf-8"))

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them all: lint (ruff, mypy; pytest runs the
-# hadolint and shellcheck checks), pytest (real sshd hosts, one per login shell among them), the
-# bats behaviour suite once per distro profile, once more under each old bash release (4.2,
-# 4.4, 5.0, built once by tests/build_bash.sh) and once inside each Debian root filesystem
-# (11 and 13, built once by tests/build_rootfs.sh, run through chroot); both caches live outside
-# the clone (/var/cache/solverpilot-test).
+# hadolint and shellcheck checks), pytest (real sshd hosts, one per login shell among them) and,
+# beside it on the other core, the bats behaviour suite once per distro profile; then once more
+# under each old bash release (4.2, 4.4, 5.0, built once by tests/build_bash.sh) and once inside
+# each Debian root filesystem (11 and 13, built once by tests/build_rootfs.sh, run through
+# chroot); both caches live outside the clone (/var/cache/solverpilot-test).
 #
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
 #        bash tests/run_all.sh --quick   (contributors' inner loop, under 3 minutes: lint, the
@@ -51,7 +51,8 @@ install_python_packages() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${ROOT}[test]"
 }
 
-# bats_suite LABEL WRAPPER USERLAND BASH RUNS: the bats suite once; adds to PASSED and FAILED.
+# bats_suite LABEL WRAPPER USERLAND BASH RUNS [PATH]: the bats suite once, its TAP kept in
+# $OUT/LABEL.tap (bats_totals counts them all)
 bats_suite() {
   local label=$1 tap
   tap=$OUT/$label.tap
@@ -59,9 +60,19 @@ bats_suite() {
   # a test that hangs fails after 10 minutes (the longest takes about 2) instead of holding CI
   SP_WRAPPER=$2 SP_USERLAND=$3 SP_BASH=$4 SP_STRESS_RUNS=$5 BATS_TEST_TIMEOUT=600 \
     "$VENV/bin/bats_core_pkg" --formatter tap "${6:-$ROOT/bats}" | tee "$tap" || true
-  PASSED=$((PASSED + $(grep -c '^ok ' "$tap" || true)))
-  FAILED=$((FAILED + $(grep -c '^not ok ' "$tap" || true)))
-  grep -q '^1\.\.[1-9]' "$tap" || FAILED=$((FAILED + 1)) # bats itself failed to run
+}
+
+# bats_totals: PASSED and FAILED over every suite's TAP in $OUT (a suite whose bats did not
+# run at all counts as one failure), plus the FAILED set-up failures noted so far
+bats_totals() {
+  local tap
+  PASSED=0
+  for tap in "$OUT"/*.tap; do
+    [[ -e $tap ]] || continue
+    PASSED=$((PASSED + $(grep -c '^ok ' "$tap" || true)))
+    FAILED=$((FAILED + $(grep -c '^not ok ' "$tap" || true)))
+    grep -q '^1\.\.[1-9]' "$tap" || FAILED=$((FAILED + 1)) # bats itself failed to run
+  done
 }
 
 # chroot_suite NAME ROOT WRAPPER RUNS: the bats suite with the wrapper run inside ROOT through
@@ -102,7 +113,7 @@ trap unmount_all EXIT
 
 # prebuild: the old bash releases and the Debian roots, built (when not cached) at the lowest
 # priority while lint and pytest run, so that their minutes overlap; wait_prebuild waits for it
-# (run_bats then finds both cached, or builds what failed, saying why)
+# (old_suites then finds both cached, or builds what failed, saying why)
 PREBUILD=''
 prebuild() {
   (nice -n 19 bash "$ROOT/tests/build_bash.sh" && nice -n 19 bash "$ROOT/tests/build_rootfs.sh") \
@@ -122,13 +133,12 @@ STRESS_DEFAULT=300
 # same_code WRAPPER: its lines but the header's "Rendered by" and the install hint (data)
 same_code() { grep -v -e '^# Rendered by ' -e '^readonly INSTALL_HINT=' "$1"; }
 
-# run_bats: the bats suite once per profile, then under each old bash with the debian profile;
-# prints "bats: N passed, N failed".
-run_bats() {
-  local profile userland runs version bash rest
+# profile_suites: the bats suite once per profile (they need no build: CI runs them beside
+# pytest, on the other core)
+profile_suites() {
+  local profile userland runs rest
   runs=${SP_STRESS_RUNS:-$STRESS_DEFAULT}
   rest=$(((runs + 4) / 5))
-  OUT=$(mktemp -d) PASSED=0 FAILED=0
   local seen=' ' first
   while read -r profile userland; do
     "$VENV/bin/sp-deploy" render --distro "$profile" -o "$OUT/job_wrapper.$profile.sh"
@@ -149,6 +159,13 @@ run_bats() {
 from solverpilot_deploy.profiles import load_profiles
 for p in load_profiles():
     print(p.name, p.userland)')
+}
+
+# old_suites: the bats suite under each old bash with the debian profile, then inside each
+# Debian root (both built by prebuild, or here); FAILED counts what did not build
+old_suites() {
+  local version bash rest
+  rest=$(((${SP_STRESS_RUNS:-$STRESS_DEFAULT} + 4) / 5))
   wait_prebuild
   if ! bash "$ROOT/tests/build_bash.sh" >"$OUT/bashes"; then
     echo "run_all: the old bash releases did not build"
@@ -165,9 +182,6 @@ for p in load_profiles():
     # half the stress runs: these suites prove the userland; the races are run above
     chroot_suite "$name" "$root" "$OUT/job_wrapper.debian.sh" "$(((rest + 1) / 2))"
   done <"$OUT/roots"
-  rm -rf "$OUT"
-  BATS_SUMMARY="bats: $PASSED passed, $FAILED failed"
-  BATS_FAILED=$FAILED
 }
 
 # quick: the contributors' inner loop (--quick): lint, the quicker half of pytest (SP_QUICK:
@@ -211,13 +225,22 @@ main() {
   ruff check solverpilot_deploy tests bench && ruff format --check solverpilot_deploy tests bench || status=1
   echo "== mypy"
   mypy || status=1
-  echo "== pytest (at ${SECONDS}s)"
+  OUT=$(mktemp -d) FAILED=0
+  # the profiles' bats suites run beside pytest (their lines go to a file, shown after it)
+  echo "== pytest, and beside it the bats suite per profile (at ${SECONDS}s)"
+  profile_suites >"$OUT/profiles.log" 2>&1 &
+  local profiles=$!
   python -m pytest -q --durations=10 tests || status=1
-  run_bats
-  ((BATS_FAILED == 0)) || status=1
+  echo "== pytest done at ${SECONDS}s; the profiles' bats suites:"
+  wait "$profiles" || true
+  cat "$OUT/profiles.log"
+  old_suites
+  bats_totals
+  rm -rf "$OUT"
+  ((FAILED == 0)) || status=1
   if ((status == 0)); then echo "run_all: all checks passed"; else echo "run_all: FAILED"; fi
   echo "run_all: ${SECONDS}s in all"
-  echo "$BATS_SUMMARY"
+  echo "bats: $PASSED passed, $FAILED failed"
   return "$status"
 }
 

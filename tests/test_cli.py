@@ -88,8 +88,8 @@ def test_profiles_lists_each_with_its_targets(capsys: pytest.CaptureFixture[str]
 def test_lint_all_profiles_clean(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "lint")
     assert code == 0
-    steps = ["cancel", "clean", "init_db", "install", "logs", "probe", "queue", "reconcile", "run"]
-    steps += ["slurm_submit"]
+    steps = ["cancel", "clean", "init_db", "install", "logs", "probe", "push", "queue", "reconcile"]
+    steps += ["run", "slurm_submit"]
     assert out.splitlines() == [f"{name}: clean" for name in PROFILE_NAMES] + [
         f"remote/{step}: clean" for step in [*steps, "status", "watch"]
     ] + ["slurm/batch: clean"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -802,17 +803,18 @@ def test_each_host_says_which_steps_it_ran_and_their_seconds(
         seconds = [step["seconds"] for step in result["steps"]]  # type: ignore[attr-defined]
         assert all(isinstance(s, float) and s >= 0 for s in seconds), result
         assert sum(seconds) <= took  # each host's steps follow one another
-    # a repeat probes only; verify too
+    # a repeat: one step (push.sh, for a host seen before), which finds nothing to do; verify
+    # probes only
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 0 and results[0]["status"] == "unchanged"
-    assert step_names(results[0]) == ["connect", "probe"]
+    assert step_names(results[0]) == ["connect", "push"]
     verify = ("verify", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted))
     assert step_names(sp_json(capsys, *verify)[1][0]) == ["connect", "probe"]
-    # a new wrapper with a smoke run; the DB is there already and gets its migration
+    # a new wrapper with a smoke run, in that one step; the DB is there and gets its migration
     (home / WRAPPER).write_bytes(b"#!/bin/bash\necho other wrapper\n")
     code, results = push(capsys, lab, trusted, lab.a.spec)
     assert code == 0 and results[0]["status"] == "deployed"
-    assert step_names(results[0]) == ["connect", "probe", "install", "init_db", "smoke"]
+    assert step_names(results[0]) == ["connect", "push", "init_db", "smoke"]
 
 
 def test_the_host_times_the_parts_of_the_install_step(
@@ -867,3 +869,103 @@ def test_a_distro_other_than_the_hosts_own_is_warned_about(
     assert results[0]["warnings"] == []
     code, results = push(capsys, lab, trusted, lab.a.spec)  # auto: nothing to say
     assert code == 0 and results[0]["status"] == "unchanged" and results[0]["warnings"] == []
+
+
+# ---- a host seen before: probe and install in one step (host_facts) ----
+
+
+def memory_file(host: str) -> Path:
+    """Where push keeps what ``host``'s last probe said (the test's own cache folder)."""
+    from solverpilot_deploy.host_facts import Memory
+    from solverpilot_deploy.render_cache import cache_dir
+
+    return cache_dir() / Memory(host).name
+
+
+def test_a_host_seen_before_is_probed_and_installed_in_one_step(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The first push to a host probes, then installs; sp-deploy keeps the host's facts, so
+    the next one (here onto an emptied home, as after a user's clean-up) sends both in one
+    step and does all the first did: the same wrapper, the DB, the smoke run, no trace."""
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and step_names(results[0])[:2] == ["connect", "probe"]
+    kept = memory_file(lab.a.spec)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert kept.read_text().startswith("os_id=debian\n"), kept.read_text()
+    for folder in (".solverpilot", ".solverpilot-server"):
+        shutil.rmtree(home / folder)
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0, results
+    assert step_names(results[0]) == ["connect", "push", "init_db", "smoke"]
+    assert all(step["seconds"] >= 0 for step in results[0].pop("steps"))
+    assert {k: results[0][k] for k in ("status", "distro", "sha256", "outcome", "action")} == {
+        "status": "deployed", "distro": "debian", "sha256": DEBIAN_SHA, "outcome": "new",
+        "action": "install",
+    }  # fmt: skip
+    assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
+    assert stat.S_IMODE((home / WRAPPER).stat().st_mode) == 0o755
+    assert stat.S_IMODE((home / ".solverpilot/bin").stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / ".solverpilot-server").stat().st_mode) == 0o700
+    assert bin_dir_listing(home) == ["job_wrapper.sh"]
+    with sqlite3.connect(home / ".solverpilot-server/server.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (schema_version(),)
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    # a repeat: the same one step, which finds the wrapper in place and changes nothing
+    before = (home / WRAPPER).stat()
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "unchanged"
+    assert step_names(results[0]) == ["connect", "push"]
+    after = (home / WRAPPER).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_facts_kept_that_the_host_no_longer_has_never_install_a_wrong_wrapper(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """What push kept of a host is a guess: the host installs in the probe's step only when its
+    facts hash as those. Kept facts of another distro (as when a name now means another host)
+    would render alpine's wrapper: the host refuses it, and the push goes on from the probe's
+    answer with the profile the host's os-release picks."""
+    assert push(capsys, lab, trusted, lab.a.spec)[0] == 0
+    kept = memory_file(lab.a.spec)
+    facts = kept.read_text()
+    kept.write_text(facts.replace("os_id=debian\n", "os_id=alpine\n", 1))
+    shutil.rmtree(home / ".solverpilot")
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0, results
+    assert step_names(results[0]) == ["connect", "push", "install", "init_db", "smoke"]
+    assert (results[0]["distro"], results[0]["sha256"]) == ("debian", DEBIAN_SHA)
+    assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
+    assert kept.read_text() == facts  # what the host said now is kept
+    # kept facts that are not sound (a damaged or foreign file) are not used at all
+    for bad in (b"os_id=debian\nrm -rf ~\n", b"\xff\xfe\n", b"os_id=x\n" * 2000, b""):
+        kept.write_bytes(bad)
+        shutil.rmtree(home / ".solverpilot")
+        code, results = push(capsys, lab, trusted, lab.a.spec)
+        assert code == 0 and step_names(results[0])[:3] == ["connect", "probe", "install"], bad
+        assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
+        assert kept.read_text() == facts
+
+
+def test_a_host_seen_before_that_now_lacks_a_tool_keeps_its_wrapper(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The limited host (no flock) is kept as having had it: the kept facts pass the
+    requirements, the host's do not, so it installs nothing in the probe's step and the push
+    fails as a first one would, naming flock; the old wrapper stays."""
+    user = pwd.getpwnam(lab.limited.user)
+    assert push(capsys, lab, trusted, lab.limited.spec)[0] == 1  # (it learns the facts)
+    kept = memory_file(lab.limited.spec)
+    facts = kept.read_text()
+    assert "\nflock=\n" in facts
+    kept.write_text(facts.replace("\nflock=\n", "\nflock=ok\n"))
+    old = "#!/bin/bash\necho old wrapper\n"
+    made = run_as(
+        user, "sh", "-c", f"mkdir -p ~/.solverpilot/bin && printf '%s' '{old}' > ~/{WRAPPER}"
+    )
+    assert made.returncode == 0, made
+    code, results = push(capsys, lab, trusted, lab.limited.spec)
+    assert code == 1 and step_names(results[0]) == ["connect", "push"], results
+    assert results[0]["outcome"] == "old" and "flock" in str(error_text(results[0])), results
+    assert (Path(user.pw_dir) / WRAPPER).read_text() == old

@@ -22,7 +22,7 @@ from test_status_remote import boot_id, connect, finished, start_ticks, write_st
 
 from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.profiles import load_profile
-from solverpilot_deploy.remote import parse_framed, step_script
+from solverpilot_deploy.remote import parse_framed, step_script, with_token
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.safe import printable
 from solverpilot_deploy.ssh import MAX_ANSWER
@@ -316,6 +316,31 @@ def test_probe_names_a_server_folder_with_backslashes_as_it_is(tmp_path: Path) -
     framed = parse_framed("TOKEN", result.stdout)
     assert framed is not None and framed[0] == 0
     assert f"server={server}" in framed[1]
+
+
+def test_an_os_release_with_line_breaks_forges_no_line_of_the_probes_answer(
+    tmp_path: Path,
+) -> None:
+    """/etc/os-release is the host's to write: an ID or ID_LIKE with a newline in it would print
+    a line of its own, a wrapper= naming the render (push would say "unchanged") or push.sh's
+    install=begun (push would call a probe an install). Each fact is one line: shown with an
+    os-release mounted over the real one (a mount namespace of this test's own)."""
+    require(os.geteuid() == 0 and bool(shutil.which("unshare")), "needs root and unshare")
+    forged = tmp_path / "os-release"
+    forged.write_text('ID="debian\nwrapper=' + "a" * 64 + '\ninstall=begun"\nID_LIKE="x\rdb=yes"\n')
+    script = with_token(step_script("probe"), "TOKEN")
+    inner = f"mount --bind {forged} /etc/os-release && exec /bin/sh -s"
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
+        input=script, capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[0] == 0, result
+    lines = framed[1]
+    assert lines[0] == "os_id=debian?wrapper=" + "a" * 64 + "?install=begun", lines
+    assert lines[1] == "os_like=x?db=yes", lines
+    assert not [line for line in lines if line.startswith(("wrapper=", "install=", "db="))]
 
 
 # ---- item 18: status of a job that is not there, or of two hosts ----

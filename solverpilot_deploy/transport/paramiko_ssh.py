@@ -313,7 +313,8 @@ def _disabled_algorithms(target: Target) -> dict[str, list[str]]:
     import paramiko
 
     disabled: dict[str, list[str]] = {}
-    offered = paramiko.Transport._preferred_keys
+    # (a private attribute: types-paramiko, which the bench extra brings, does not list it)
+    offered: tuple[str, ...] = vars(paramiko.Transport)["_preferred_keys"]
     if target.host_key_algorithms:
         disabled["keys"] = [a for a in offered if a not in target.host_key_algorithms]
     return disabled

@@ -1,0 +1,105 @@
+"""What each host was, as its last probe said: so that a push can probe and install in one step.
+
+A probe's answer begins with the host's facts (templates/remote/probing.sh's sp_fact lines: its
+os-release, its tools and their versions, the server folder and its filesystem): what picks the
+profile, says whether the wrapper can run there, and what the warnings are. They are kept here
+per host name, in the user's cache folder (render_cache's, the user's own and no one else's to
+write). The next push renders for the facts kept and sends probe and install together
+(push.sh), with the sha256 of those facts: the host installs only if its facts hash the same,
+so a host that changed (another distro, bash, a missing tool), a wrong entry or a name that
+now means another host costs the round trip saved, never a wrong install. Any failure of the
+memory (no cache folder, a damaged entry) only costs that round trip.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from solverpilot_deploy.render_cache import cache_dir, open_folder, write_entry
+from solverpilot_deploy.resources import templates_dir
+
+MAX_BYTES = 8192  # facts are a few hundred bytes: a larger entry is not read, nor kept
+
+
+@functools.cache
+def fact_keys() -> tuple[str, ...]:
+    """The keys of the facts, in the order probing.sh says them (its sp_fact lines)."""
+    text = (templates_dir() / "remote" / "probing.sh").read_text(encoding="utf-8")
+    return tuple(dict.fromkeys(re.findall(r"^\s*(?:.*\s)?sp_fact ([a-z_0-9]+) ", text, re.M)))
+
+
+def facts_of(lines: tuple[str, ...]) -> str:
+    """The facts in a probe's answer, as the host hashes them: each line and its end."""
+    keys = frozenset(fact_keys())
+    return "".join(f"{line}\n" for line in lines if line.partition("=")[0] in keys)
+
+
+def facts_sha256(facts: str) -> str:
+    return hashlib.sha256(facts.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The facts kept for one host name."""
+
+    host: str
+
+    @property
+    def name(self) -> str:
+        """The entry's name in the cache folder."""
+        return f"host-{hashlib.sha256(self.host.encode('utf-8', 'surrogateescape')).hexdigest()}"
+
+    def known(self) -> str | None:
+        """The facts kept, or None (none kept, or not sound: each line one of fact_keys)."""
+        folder = open_folder(cache_dir(), create=False)
+        if folder is None:
+            return None
+        try:
+            data = _read(folder, self.name)
+        finally:
+            os.close(folder)
+        try:
+            text = data.decode("utf-8") if data else ""
+        except UnicodeDecodeError:
+            return None
+        keys = frozenset(fact_keys())
+        lines = text.split("\n")[:-1]
+        if not text.endswith("\n") or any(line.partition("=")[0] not in keys for line in lines):
+            return None
+        return text
+
+    def learn(self, facts: str) -> None:
+        """Keep ``facts`` (a probe's, facts_of) for the next push, when they are new."""
+        data = facts.encode("utf-8")
+        if not data or len(data) > MAX_BYTES or facts == self.known():
+            return
+        folder = open_folder(cache_dir(), create=True)
+        if folder is None:
+            return
+        try:
+            write_entry(folder, self.name, data)
+        finally:
+            os.close(folder)
+
+
+def _read(folder: int, name: str) -> bytes | None:
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+            return None
+        data = os.read(fd, MAX_BYTES + 1)
+        return data if len(data) <= MAX_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+# probing.sh: sp_probe, what the host is and what its tools can do, each tool checked by using
+# it (probe.sh's answer; push.sh's first part). Functions only, no step: remote.py's STEP_NEEDS
+# puts this file before the steps that use it.
+# Answer: key=value lines. The host's facts first, each by sp_fact, in this order: os_id,
+# os_like, bash, flock, setsid, sqlite3, sha256, server, fs_server (the server folder's filesystem
+# as "MAGIC_HEX NAME"), server_relative, logout_kills; then its state: wrapper (its sha256), db,
+# server_unsafe= and server_open= (see lib.sh's sp_server_safe), issue= (one line per thing
+# about ~/.solverpilot, its bin or the wrapper that push must repair).
+# After it: sp_facts holds the facts' lines (push.sh hashes them), sp_sha the sha256 tool,
+# sp_wrapper the wrapper's sha256 (empty: none), and sp_plain is "yes" when nothing of the state
+# needs more than an install (no server_unsafe, server_open or issue line).
+# shellcheck disable=SC2329,SC2034 # not every step needs it; push.sh reads sp_plain, probe.sh not
+sp_probe() {
+  sp_facts='' sp_plain=yes sp_wrapper=''
+  if [ -r /etc/os-release ]; then . /etc/os-release; fi
+  sp_fact os_id "${ID:-}"
+  sp_fact os_like "${ID_LIKE:-}"
+  # the wrapper runs as /bin/bash -p (its #! line). --norc: a `bash -c` that sees SSH_CLIENT
+  # and SHLVL < 2 reads ~/.bashrc, whose words would land in this answer
+  sp_fact bash "$(/bin/bash --norc -p -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
+  # flock and setsid in one go: setsid runs flock, which locks a pipe of its own (no file, so
+  # none another user could plant first). In a pipeline of a shell without job control, setsid
+  # leads no process group: it does not fork, and the status is flock's. Should it fail, each
+  # is tried alone, to say which is missing.
+  if : | setsid flock -n 0 2>/dev/null; then
+    sp_fact flock ok
+    sp_fact setsid ok
+  else
+    if : | flock -n 0 2>/dev/null; then sp_fact flock ok; else sp_fact flock ''; fi
+    if setsid sh -c : </dev/null 2>/dev/null; then sp_fact setsid ok; else sp_fact setsid ''; fi
+  fi
+  # -init /dev/null: a ~/.sqliterc (.headers on, say) would change the answer; one query that
+  # works gives the version (one process, not three)
+  sp_v=$(sqlite3 -init /dev/null :memory: 'SELECT sqlite_version();' 2>/dev/null) &&
+    case $sp_v in [0-9]*.[0-9]*) ;; *) sp_v='' ;; esac
+  sp_fact sqlite3 "$sp_v"
+  sp_find_sha256
+  sp_fact sha256 "$sp_sha"
+  sp_fact server "$sp_server"
+  sp_d=$sp_server # the server folder may not exist yet: its nearest existing parent (no
+  while [ ! -d "$sp_d" ]; do # dirname: a tool missing here would make this loop forever)
+    case $sp_d in */*) sp_d=${sp_d%/*} && sp_d=${sp_d:-/} ;; *) sp_d=. ;; esac
+  done
+  sp_fact fs_server "$(stat -f -c '%t %T' -- "$sp_d" 2>/dev/null)"
+  case ${SOLVERPILOT_SERVER_DIR:-/} in /*) sp_v='' ;; *) sp_v=yes ;; esac
+  sp_fact server_relative "$sp_v"
+  sp_v=''
+  ! sp_logout_kills || sp_v=yes
+  sp_fact logout_kills "$sp_v"
+  # the host's state
+  sp_p=.solverpilot/bin/job_wrapper.sh
+  if [ -n "$sp_sha" ] && [ -f "$sp_p" ]; then
+    sp_wrapper=$(sp_sha256 "$sp_p")
+    echo "wrapper=$sp_wrapper"
+  fi
+  [ ! -e "$sp_server/server.db" ] || echo db=yes
+  # what keeps the wrapper from running, or lets another user replace it: one issue= a line
+  sp_uid=$(id -u) # (once, for every sp_unsafe and sp_server_safe)
+  for sp_p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
+    if [ -e "$sp_p" ] || [ -L "$sp_p" ]; then
+      sp_why=$(sp_unsafe "$sp_p")
+      [ -z "$sp_why" ] || { sp_plain='' && printf '%s\n' "$sp_why" | sed "s|^|issue=~/$sp_p |"; }
+    fi
+  done
+  if [ -e "$sp_p" ] && [ ! -f "$sp_p" ]; then
+    sp_plain='' && echo "issue=~/$sp_p is not a regular file"
+  elif [ -f "$sp_p" ] && [ ! -x "$sp_p" ]; then
+    sp_plain='' && echo "issue=~/$sp_p is not executable"
+  fi
+  # server_unsafe= (push stops), server_open= (push makes them 0700)
+  sp_v=$(sp_server_safe report)
+  [ -z "$sp_v" ] || { sp_plain='' && printf '%s\n' "$sp_v"; }
+}
+
+# sp_fact KEY VALUE: the line KEY=VALUE of the answer, also added to sp_facts; VALUE on one
+# line, whatever the host holds (an os-release whose ID has a newline would forge a key: a
+# wrapper= or install=begun line of the answer), each line break as "?"
+# shellcheck disable=SC2329 # not every step needs it
+sp_fact() {
+  sp_f=$2
+  case $sp_f in *[![:print:]]*) sp_f=$(printf '%s' "$sp_f" | tr '\n\r' '??') ;; esac
+  printf '%s=%s\n' "$1" "$sp_f"
+  sp_facts="$sp_facts$1=$sp_f
+"
+}
