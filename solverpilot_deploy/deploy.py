@@ -150,7 +150,8 @@ STATUS_KINDS = {
 def version_tuple(text: str | None) -> tuple[int, ...] | None:
     """``"5.2"`` or ``"3.40.1"`` as numbers; None when it is not a version."""
     parts = (text or "").split(".")
-    if not all(part.isdigit() for part in parts):
+    # ASCII digits alone ("²" is a digit to str.isdigit, not to int), and few of them
+    if not all(part.isascii() and part.isdigit() and len(part) <= 9 for part in parts):
         return None
     return tuple(int(part) for part in parts)
 
@@ -522,8 +523,10 @@ def check_install(result: StepResult, digest: str) -> None:
         raise InstallRefused(
             RemoteCommandError(f"bash -n rejected the uploaded wrapper: {result.error()}")
         )
-    if result.status == 11:
-        got = result.values().get("sha256", "")
+    if "installed" in result.lines:  # the host said the rename was done, then its step died
+        raise Installed(f"the rest of the install step ended with exit {result.status}")
+    if result.status == 11:  # (its sha256= is the install's: the last; a probe's came first)
+        got = (result.all_of("sha256") or ("",))[-1]
         raise InstallRefused(
             ChecksumError(f"uploaded {digest[:12]}..., host computed {got[:12] or '?'}...")
         )

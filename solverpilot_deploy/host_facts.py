@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -34,9 +35,11 @@ def fact_keys() -> tuple[str, ...]:
 
 
 def facts_of(lines: tuple[str, ...]) -> str:
-    """The facts in a probe's answer, as the host hashes them: each line and its end."""
+    """The facts a probe's answer begins with, as the host hashes them: each line and its end
+    (only those first lines: push.sh's install may say sha256= too)."""
     keys = frozenset(fact_keys())
-    return "".join(f"{line}\n" for line in lines if line.partition("=")[0] in keys)
+    facts = itertools.takewhile(lambda line: line.partition("=")[0] in keys, lines)
+    return "".join(f"{line}\n" for line in facts)
 
 
 def facts_sha256(facts: str) -> str:
@@ -55,7 +58,7 @@ class Memory:
         return f"host-{hashlib.sha256(self.host.encode('utf-8', 'surrogateescape')).hexdigest()}"
 
     def known(self) -> str | None:
-        """The facts kept, or None (none kept, or not sound: each line one of fact_keys)."""
+        """The facts kept, or None (none kept, or not sound: every fact once, in order)."""
         folder = open_folder(cache_dir(), create=False)
         if folder is None:
             return None
@@ -67,16 +70,12 @@ class Memory:
             text = data.decode("utf-8") if data else ""
         except UnicodeDecodeError:
             return None
-        keys = frozenset(fact_keys())
-        lines = text.split("\n")[:-1]
-        if not text.endswith("\n") or any(line.partition("=")[0] not in keys for line in lines):
-            return None
-        return text
+        return text if _whole(text) else None
 
     def learn(self, facts: str) -> None:
         """Keep ``facts`` (a probe's, facts_of) for the next push, when they are new."""
         data = facts.encode("utf-8")
-        if not data or len(data) > MAX_BYTES or facts == self.known():
+        if not _whole(facts) or len(data) > MAX_BYTES or facts == self.known():
             return
         folder = open_folder(cache_dir(), create=True)
         if folder is None:
@@ -85,6 +84,12 @@ class Memory:
             write_entry(folder, self.name, data)
         finally:
             os.close(folder)
+
+
+def _whole(facts: str) -> bool:
+    """Every fact, once each, in the probe's order (a probe cut short, a damaged entry: no)."""
+    lines = facts.split("\n")
+    return lines[-1] == "" and [line.partition("=")[0] for line in lines[:-1]] == list(fact_keys())
 
 
 def _read(folder: int, name: str) -> bytes | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,9 +31,17 @@ def profiles_dir() -> Path:
 
 
 def profile_names() -> list[str]:
-    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
+    return list(_names_in(profiles_dir()))
 
 
+# (each folder listed and each file parsed once a run: a push to 100 hosts asks for the
+# profiles several times a host)
+@functools.cache
+def _names_in(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in folder.glob("*.toml")))
+
+
+@functools.cache
 def _parse(path: Path) -> Profile:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

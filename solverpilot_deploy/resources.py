@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+@functools.cache
 def templates_dir() -> Path:
     """The templates folder: inside the installed wheel, else the checkout's top-level one."""
     for candidate in (_PACKAGE_DIR / "templates", _PACKAGE_DIR.parent / "templates"):
@@ -16,8 +18,9 @@ def templates_dir() -> Path:
     raise FileNotFoundError(f"no templates folder next to {_PACKAGE_DIR}")
 
 
-def _schema_lines() -> list[str]:
-    return (templates_dir() / "schema.sql").read_text(encoding="utf-8").splitlines()
+@functools.cache
+def _schema_lines() -> tuple[str, ...]:
+    return tuple((templates_dir() / "schema.sql").read_text(encoding="utf-8").splitlines())
 
 
 def schema_sql() -> str:

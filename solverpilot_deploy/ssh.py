@@ -451,13 +451,19 @@ def _pattern_matches(patterns: str, name: str) -> bool:
     found = False
     for pattern in patterns.split(","):
         negated = pattern.startswith("!")
-        glob = re.escape(pattern[1:] if negated else pattern)
-        regex = glob.replace(r"\*", ".*").replace(r"\?", ".")
-        if re.fullmatch(regex, name, re.IGNORECASE):
+        if _glob(pattern[1:] if negated else pattern).fullmatch(name):
             if negated:
                 return False
             found = True
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A known_hosts pattern (* and ?) as a regex, compiled once (every host of a fleet is
+    matched against every line)."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.compile(regex, re.IGNORECASE)
 
 
 def known_host_entries(files: tuple[Path, ...], name: str) -> list[KnownHost]:
@@ -465,24 +471,38 @@ def known_host_entries(files: tuple[Path, ...], name: str) -> list[KnownHost]:
     could not read either are skipped, as ssh skips them."""
     found = []
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        # as ssh reads it: lines end at \n alone, words part at spaces and tabs alone
-        # (str.splitlines and str.split also break at \x1c-\x1f, \v, \f, U+0085, U+2028)
-        for line in text.split("\n"):
-            words = [word for word in re.split(r"[ \t]+", line.strip(" \t\r")) if word]
-            if not words or words[0].startswith("#"):
-                continue
-            marker = words.pop(0) if words[0].startswith("@") else ""
-            if len(words) < 3 or marker not in ("", "@cert-authority", "@revoked"):
-                continue
-            if _pattern_matches(words[0], name):
-                found.append(KnownHost(marker, words[1], words[2], path))
+        for marker, patterns, kind, blob in _known_lines(path):
+            if _pattern_matches(patterns, name):
+                found.append(KnownHost(marker, kind, blob, path))
     return found
+
+
+def _known_lines(path: Path) -> tuple[tuple[str, str, str, str], ...]:
+    """The host lines of a known_hosts file as (marker, hosts, key type, key)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ()
+    except OSError as exc:
+        raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return _parse_known(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_known(text: str) -> tuple[tuple[str, str, str, str], ...]:
+    """(parsed once for the same text: a push to 100 hosts looks each one up in it)"""
+    lines = []
+    # as ssh reads it: lines end at \n alone, words part at spaces and tabs alone
+    # (str.splitlines and str.split also break at \x1c-\x1f, \v, \f, U+0085, U+2028)
+    for line in text.split("\n"):
+        words = [word for word in re.split(r"[ \t]+", line.strip(" \t\r")) if word]
+        if not words or words[0].startswith("#"):
+            continue
+        marker = words.pop(0) if words[0].startswith("@") else ""
+        if len(words) < 3 or marker not in ("", "@cert-authority", "@revoked"):
+            continue
+        lines.append((marker, words[0], words[1], words[2]))
+    return tuple(lines)
 
 
 def paramiko_cannot_check(spec: str, values: SshConfig, options: ConnectOptions) -> list[str]:

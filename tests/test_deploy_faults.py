@@ -667,26 +667,89 @@ def test_a_db_step_that_hangs_after_the_rename_is_reported_with_the_new_wrapper(
     """The install step renames the wrapper in, then sets up the DB: when that hangs past the
     deadline, the host has the new wrapper, and push says so (outcome "new"), since the step's
     "installed" line reaches sp-deploy at once (not held with the rest of the answer)."""
+    try:
+        with fake_sqlite3(lab, home, 'case "$*" in *server.db*) exec sleep 60 ;; esac'):
+            code, results = sp_json(capsys, "push", lab.a.spec, *ssh_args(lab, trusted, "10"))
+        (result,) = results
+        assert (code, result["status"], result["outcome"]) == (1, "failed", "new"), result
+        assert "the new wrapper is installed" in str(error_text(result)), result
+    finally:
+        for pid in user_processes(lab.user.pw_uid, "sleep"):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
+    assert (code, results[0]["status"]) == (0, "ok"), results
+
+
+def test_an_install_step_killed_after_the_rename_is_reported_with_the_new_wrapper(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The step's shell killed during the DB set-up (the OOM killer, an admin): its answer ends
+    "@end 137", but its "installed" came first, so the push says the new wrapper is in place
+    (outcome "new"), not that the host kept its old one; the same when the install travels with
+    the probe (a host seen before)."""
+    with fake_sqlite3(lab, home, 'case " $* " in *" -bail "*) kill -KILL "$PPID" ;; esac'):
+        for steps in (["connect", "probe", "install"], ["connect", "push"]):
+            for folder in (".solverpilot", ".solverpilot-server"):  # (the DB is created anew)
+                shutil.rmtree(home / folder, ignore_errors=True)
+            code, results = sp_json(capsys, "push", lab.a.spec, *ssh_args(lab, trusted))
+            (result,) = results
+            assert (code, result["status"], result["outcome"]) == (1, "failed", "new"), result
+            assert [step["name"] for step in result["steps"]] == steps, result
+            assert "the new wrapper is installed" in str(error_text(result)), result
+            assert "exit 137" in str(error_text(result)), result
+            assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
+
+
+@contextlib.contextmanager
+def fake_sqlite3(lab: Lab, home: Path, first: str) -> Iterator[None]:
+    """The test user's logins find a sqlite3 that runs the sh line ``first``, then the real
+    one (its PATH set in ~/.bashrc, which bash reads for ssh's commands)."""
     fake = home / "fakebin"
     fake.mkdir(exist_ok=True)
-    (fake / "sqlite3").write_text(
-        '#!/bin/sh\ncase "$*" in *server.db*) exec sleep 60 ;; esac\nexec /usr/bin/sqlite3 "$@"\n'
-    )
+    (fake / "sqlite3").write_text(f'#!/bin/sh\n{first}\nexec /usr/bin/sqlite3 "$@"\n')
     (fake / "sqlite3").chmod(0o755)
     rc = home / ".bashrc"
     rc.write_text(f"export PATH={fake}:$PATH\n")
     for path in (fake, fake / "sqlite3", rc):
         os.chown(path, lab.user.pw_uid, lab.user.pw_gid)
     try:
-        code, results = sp_json(capsys, "push", lab.a.spec, *ssh_args(lab, trusted, "10"))
-        (result,) = results
-        assert (code, result["status"], result["outcome"]) == (1, "failed", "new"), result
-        assert "the new wrapper is installed" in str(error_text(result)), result
+        yield
     finally:
         rc.unlink()
         shutil.rmtree(fake)
-        for pid in user_processes(lab.user.pw_uid, "sleep"):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-    code, results = sp_json(capsys, "verify", lab.a.spec, *ssh_args(lab, trusted))
-    assert (code, results[0]["status"]) == (0, "ok"), results
+
+
+@pytest.mark.transports("paramiko")  # no connection: the steps run here, under sh
+def test_a_checksum_mismatch_in_push_sh_names_the_hosts_hash_and_leaves_the_facts_alone(
+    tmp_path: Path,
+) -> None:
+    """push.sh's answer is the probe's, then the install's: on a checksum mismatch the install
+    says sha256=HASH, a key the probe's facts have too (the tool's name). The error names the
+    hash the host computed, and the facts kept are the probe's alone."""
+    from solverpilot_deploy.deploy import InstallRefused, _schema_line, check_install
+    from solverpilot_deploy.host_facts import facts_of, facts_sha256
+    from solverpilot_deploy.remote import StepResult, with_payload, with_token
+
+    def run(name: str, *args: str, payload: str | None = None) -> tuple[int, tuple[str, ...]]:
+        script = step_script(name) if payload is None else with_payload(step_script(name), payload)
+        done = subprocess.run(
+            ["sh", "-s", "--", *args], input=with_token(script, "TOKEN"), capture_output=True,
+            text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, check=False,
+        )  # fmt: skip
+        framed = parse_framed("TOKEN", done.stdout)
+        assert framed is not None, done
+        return framed
+
+    _, probed = run("probe")
+    facts = facts_of(probed)
+    wrong = "0" * 64
+    status, lines = run(
+        "push", wrong, "30", "-", "-", facts_sha256(facts), payload=_schema_line() + "echo x\n"
+    )
+    assert status == 11 and "install=begun" in lines, lines
+    assert facts_of(lines) == facts
+    real = hashlib.sha256(b"echo x\n").hexdigest()
+    with pytest.raises(InstallRefused, match=f"host computed {real[:12]}"):
+        check_install(StepResult(status, lines, ""), wrong)
+    assert not (tmp_path / WRAPPER).exists()

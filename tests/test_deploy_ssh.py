@@ -11,6 +11,7 @@ import shutil
 import socket
 import sqlite3
 import stat
+import struct
 import subprocess
 import tempfile
 import threading
@@ -939,7 +940,10 @@ def test_facts_kept_that_the_host_no_longer_has_never_install_a_wrong_wrapper(
     assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
     assert kept.read_text() == facts  # what the host said now is kept
     # kept facts that are not sound (a damaged or foreign file) are not used at all
-    for bad in (b"os_id=debian\nrm -rf ~\n", b"\xff\xfe\n", b"os_id=x\n" * 2000, b""):
+    # (a bash version that is a digit to str.isdigit, not to int: the kept facts are whole,
+    # but name no bash the wrapper can run on, so they are not used)
+    odd = re.sub(r"\nbash=[^\n]*\n", "\nbash=5.\u00b2\n", facts).encode()
+    for bad in (b"os_id=debian\nrm -rf ~\n", b"\xff\xfe\n", b"os_id=x\n" * 2000, b"", odd):
         kept.write_bytes(bad)
         shutil.rmtree(home / ".solverpilot")
         code, results = push(capsys, lab, trusted, lab.a.spec)
@@ -969,3 +973,25 @@ def test_a_host_seen_before_that_now_lacks_a_tool_keeps_its_wrapper(
     assert code == 1 and step_names(results[0]) == ["connect", "push"], results
     assert results[0]["outcome"] == "old" and "flock" in str(error_text(results[0])), results
     assert (Path(user.pw_dir) / WRAPPER).read_text() == old
+
+
+def test_folders_a_default_acl_opens_are_made_private(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """A default ACL on the home gives new folders what the umask keeps from others: push checks
+    the folders it has just made too, and makes them private (and says so)."""
+    undefined = 0xFFFFFFFF  # u::rwx g::rwx o::rwx as a default ACL (version 2, raw xattr)
+    acl = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, 7, undefined) for tag in (1, 4, 0x20)
+    )
+    os.setxattr(home, "system.posix_acl_default", acl)
+    try:
+        code, results = push(capsys, lab, trusted, lab.a.spec)
+    finally:
+        os.removexattr(home, "system.posix_acl_default")
+    assert code == 0 and results[0]["status"] == "deployed", results
+    for folder in (".solverpilot", ".solverpilot/bin", ".solverpilot-server"):
+        assert stat.S_IMODE((home / folder).stat().st_mode) & 0o022 == 0, folder
+    said = " ".join(results[0]["warnings"])
+    assert "~/.solverpilot is writable by group or others: made private" in said, said
+    assert "made ~/.solverpilot-server 0700" in said, said

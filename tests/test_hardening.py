@@ -456,3 +456,13 @@ def test_odd_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: 
     assert (code, out) == (2, "")
     assert "Traceback" not in err and "must be a number above 0" in err
     assert err.startswith(f"usage: sp-deploy {argv[0]} "), err  # the command's own usage
+
+
+def test_a_version_a_host_says_in_odd_digits_is_no_version() -> None:
+    """A host's answer is data: "5.²" (a digit to str.isdigit, not to int) or thousands of
+    digits (past int's limit) name no version, instead of ending the push with a traceback."""
+    from solverpilot_deploy.deploy import version_tuple
+
+    assert version_tuple("5.2") == (5, 2) and version_tuple("3.40.1") == (3, 40, 1)
+    for odd in ("5.\u00b2", "9" * 4301, "\u0665.1", "5.", "", None, "5.2 "):
+        assert version_tuple(odd) is None, odd

@@ -11,7 +11,7 @@ from solverpilot_deploy.host_facts import Memory, fact_keys, facts_of, facts_sha
 from solverpilot_deploy.render_cache import cache_dir
 from solverpilot_deploy.resources import templates_dir
 
-FACTS = "os_id=debian\nos_like=\nbash=5.2\nflock=ok\nsetsid=ok\n"
+FACTS = "".join(f"{key}={'debian' if key == 'os_id' else ''}\n" for key in fact_keys())
 
 
 def test_the_facts_are_the_probes_sp_fact_lines_in_their_order() -> None:
@@ -21,7 +21,8 @@ def test_the_facts_are_the_probes_sp_fact_lines_in_their_order() -> None:
     assert fact_keys()[:3] == ("os_id", "os_like", "bash") and "sha256" in fact_keys()
     # the state (the wrapper, the DB, what push must repair) is not a fact: it changes
     assert not {"wrapper", "db", "issue", "server_open", "server_unsafe"} & set(fact_keys())
-    lines = ("os_id=debian", "wrapper=abc", "bash=5.2", "issue=~/x is a link", "db=yes")
+    # the facts are the lines the answer begins with (push.sh's install may say sha256= later)
+    lines = ("os_id=debian", "bash=5.2", "wrapper=abc", "sha256=ab", "issue=~/x is a link")
     assert facts_of(lines) == "os_id=debian\nbash=5.2\n"
     # (that the host hashes them as facts_sha256 does shows in test_deploy_ssh: a host seen
     # before installs in its probe's step)
@@ -44,11 +45,24 @@ def test_learned_facts_are_kept_per_host_in_a_private_file() -> None:
 def test_what_is_not_sound_is_not_used() -> None:
     entry = cache_dir() / Memory("a").name
     Memory("a").learn(FACTS)
-    for bad in (b"rm -rf ~\n", b"os_id=debian", b"\xff\n", b"os_id=x\n" * 2000, b""):
+    whole = FACTS.encode()
+    for bad in (
+        b"rm -rf ~\n",
+        whole[:-1],
+        b"\xff\n",
+        b"os_id=x\n" * 2000,
+        b"",
+        whole + b"sha256=x\n",
+        whole.replace(b"os_id=", b"bash=", 1),
+        b"os_id=x\n" + whole,
+    ):
         entry.write_bytes(bad)
         assert Memory("a").known() is None, bad
-    Memory("a").learn("x" * 9000)  # too large to keep: not kept
-    assert entry.read_bytes() == b""
+    # not kept: too large, or not every fact in order (a probe cut short)
+    entry.unlink()
+    for bad in (FACTS.replace("os_id=debian", "os_id=" + "x" * 9000), FACTS.split("bash=")[0]):
+        Memory("a").learn(bad)
+        assert not entry.exists() and Memory("a").known() is None
 
 
 def test_links_fifos_and_folders_others_can_write_are_never_used(tmp_path: Path) -> None:

@@ -341,6 +341,16 @@ def test_an_os_release_with_line_breaks_forges_no_line_of_the_probes_answer(
     assert lines[0] == "os_id=debian?wrapper=" + "a" * 64 + "?install=begun", lines
     assert lines[1] == "os_like=x?db=yes", lines
     assert not [line for line in lines if line.startswith(("wrapper=", "install=", "db="))]
+    # an os-release without ID_LIKE (Debian's): the login's environment does not fill it in
+    forged.write_text("ID=debian\n")
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
+        input=script, capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ID": "evil",
+             "ID_LIKE": "debian\ninstall=begun"},
+    )  # fmt: skip
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[1][:2] == ("os_id=debian", "os_like="), result
 
 
 # ---- item 18: status of a job that is not there, or of two hosts ----

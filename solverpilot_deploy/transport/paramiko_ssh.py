@@ -278,6 +278,7 @@ def _connect_one(
                 auth_timeout=left,
                 channel_timeout=left,
                 sock=sock,
+                transport_factory=_transport,
             )
             break
         except Exception as exc:
@@ -305,6 +306,20 @@ def _connect_one(
     transport = client.get_transport()
     if transport is not None and isinstance(transport.sock, socket.socket):
         transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's Transport, offering its AEAD ciphers (AES-GCM, paramiko 3.3+) first, as
+    OpenSSH offers chacha20-poly1305 first: the message's tag is checked inside the cipher,
+    not by paramiko's MAC, which compares it byte by byte in Python (a tenth of the client's
+    time on a push to 30 hosts). A server without them gets the others, in paramiko's order."""
+    import paramiko
+
+    transport = paramiko.Transport(*args, **kwargs)
+    options = transport.get_security_options()
+    aead = [name for name in options.ciphers if name.endswith("-gcm@openssh.com")]
+    options.ciphers = (*aead, *(name for name in options.ciphers if name not in aead))
+    return transport
 
 
 def _disabled_algorithms(target: Target) -> dict[str, list[str]]:

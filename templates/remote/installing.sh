@@ -27,11 +27,10 @@ sp_install() {
   umask 077
   sp_uid=${sp_uid:-$(id -u)} # (once, for each sp_unsafe)
   for d in .solverpilot "$dir"; do
-    # each folder is checked before anything is created in it (mkdir -p would follow a link);
-    # one made here (umask 077) is the user's own, private and no link: nothing to check
+    # each folder is checked before anything is created in it (mkdir -p would follow a link),
+    # also one made here: a default ACL can give others what the umask keeps from them
     if [ ! -e "$d" ] && [ ! -L "$d" ]; then
-      err=$(mkdir "$d" 2>&1) && continue
-      [ -d "$d" ] || { echo "error=cannot create ~/$d: ${err##*: }"; exit 12; }
+      err=$(mkdir "$d" 2>&1) || [ -d "$d" ] || { echo "error=cannot create ~/$d: ${err##*: }"; exit 12; }
     fi
     why=$(sp_unsafe "$d")
     case $why in

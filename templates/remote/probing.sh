@@ -12,6 +12,8 @@
 # shellcheck disable=SC2329,SC2034 # not every step needs it; push.sh reads sp_plain, probe.sh not
 sp_probe() {
   sp_facts='' sp_plain=yes sp_wrapper=''
+  # (ID and ID_LIKE from the file alone: a login's environment may hold its own)
+  ID='' ID_LIKE=''
   if [ -r /etc/os-release ]; then . /etc/os-release; fi
   sp_fact os_id "${ID:-}"
   sp_fact os_like "${ID_LIKE:-}"

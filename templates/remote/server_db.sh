@@ -12,12 +12,9 @@
 # sp_server_safe).
 # shellcheck disable=SC2329 # not every step needs it
 sp_init_db() {
-  # a folder made here (umask 077, and not by -p: nobody else made it first) is the user's own
-  # and private, with nothing in it: nothing to check
-  if [ -e "$sp_server" ] || [ -L "$sp_server" ] || ! mkdir -- "$sp_server" 2>/dev/null; then
-    [ -d "$sp_server" ] || mkdir -p -- "$sp_server" || return 1
-    sp_server_safe tighten || return 21
-  fi
+  # (checked also when made here: a default ACL can give others what the umask keeps from them)
+  [ -d "$sp_server" ] || mkdir -p -- "$sp_server" || return 1
+  sp_server_safe tighten || return 21
   if [ -e "$sp_server/server.db" ]; then # the columns it lacks, by the wrapper installed
     sp_w=$HOME/.solverpilot/bin/job_wrapper.sh
     [ ! -x "$sp_w" ] || sp_out=$("$sp_w" --migrate 2>&1 </dev/null 3>&-) ||
