@@ -995,3 +995,16 @@ def test_folders_a_default_acl_opens_are_made_private(
     said = " ".join(results[0]["warnings"])
     assert "~/.solverpilot is writable by group or others: made private" in said, said
     assert "made ~/.solverpilot-server 0700" in said, said
+
+
+@pytest.mark.transports("paramiko")
+def test_paramiko_and_the_server_agree_on_an_aead_cipher(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The paramiko transport offers AES-GCM first (the tag checked inside the cipher, not by
+    paramiko's byte-by-byte MAC compare in Python): OpenSSH's sshd takes it, both ways."""
+    before = lab.jump.log.read_text() if lab.jump.log.exists() else ""
+    assert push(capsys, lab, trusted, lab.jump.spec)[0] == 0
+    said = lab.jump.log.read_text()[len(before) :]
+    ciphers = re.findall(r"kex: (?:client->server|server->client) cipher: (\S+)", said)
+    assert ciphers and set(ciphers) == {"aes128-gcm@openssh.com"}, said[-2000:]
