@@ -40,8 +40,12 @@ WRAPPER_PATH = f"{WRAPPER_DIR}/job_wrapper.sh"
 SERVER_DIR = ".solverpilot-server"
 SHA256_TOOLS = ("sha256sum", "busybox sha256sum", "shasum -a 256", "openssl dgst -sha256 -r")
 # the host must still have this much of the deadline left when it renames the new wrapper in:
-# a rename later than that could land after sp-deploy has reported a timeout
+# a rename later than that could land after sp-deploy has reported a timeout. The host counts
+# from when the step reaches it, so the link's one-way delay is added: the login's time bounds
+# it (a login is several round trips), up to LATENCY_CAP (a login with a Duo prompt is slow
+# for other reasons)
 COMMIT_MARGIN = 3.0
+LATENCY_CAP = 10.0
 LOGOUT_WARNING = (
     "systemd-logind kills this user's processes at logout (KillUserProcesses=yes) and linger "
     "is off: jobs in tmux die when you log out; run 'loginctl enable-linger' on the host"
@@ -486,7 +490,8 @@ def send_install(
     the new wrapper is in place and the rest of the step ran out of time; any other error:
     the step was sent and either wrapper may be in place.
     """
-    budget = int(deadline - time.monotonic() - COMMIT_MARGIN)
+    margin = COMMIT_MARGIN + min(session.login_seconds, LATENCY_CAP)
+    budget = int(deadline - time.monotonic() - margin)
     if budget < 1:
         raise InstallRefused(HostTimeoutError("no time left to install within the deadline"))
     args = (digest, str(budget), "db" if db else "-", smoke_id or "-", *([facts] if facts else []))

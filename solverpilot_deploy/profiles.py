@@ -70,4 +70,9 @@ def load_profile(name: str) -> Profile:
 
 
 def load_profiles() -> list[Profile]:
-    return [load_profile(name) for name in profile_names()]
+    return list(_all_in(profiles_dir()))
+
+
+@functools.cache
+def _all_in(folder: Path) -> tuple[Profile, ...]:
+    return tuple(_parse(folder / f"{name}.toml") for name in _names_in(folder))

@@ -54,9 +54,12 @@ def open_folder(folder: Path, create: bool) -> int | None:
     another user could have put a wrapper of theirs there under the right name); None when
     it is not, or missing. Checked on the open folder itself: nothing can be swapped in."""
     try:
-        if create:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            folder.mkdir(mode=0o700, exist_ok=True)
+        if create:  # each folder made is the user's alone (XDG: 0700), whatever the umask
+            missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+            for path in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    path.mkdir(mode=0o700)
+                    os.chmod(path, 0o700, follow_symlinks=False)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (OSError, ValueError):
         return None

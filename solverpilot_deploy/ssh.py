@@ -239,13 +239,14 @@ def resolve(spec: str, options: ConnectOptions, values: SshConfig | None = None)
         "j": "" if jump == "none" else jump,
         "k": host if alias == "none" else alias,
     }
-    identity_files = tuple(values.get("identityfile", []))
-    if any("%C" in path for path in identity_files):
-        tokens["C"] = _connection_hash(spec, options)
-    identity_files = tuple(expand_path_tokens(p, tokens) for p in identity_files)
-    if options.identity:
-        identity_files = (os.path.expanduser(options.identity),)
+    if options.identity:  # -i: that key alone (the config's are not read)
+        identity_files: tuple[str, ...] = (os.path.expanduser(options.identity),)
         check_identity(identity_files[0])
+    else:
+        identity_files = tuple(values.get("identityfile", []))
+        if any("%C" in path for path in identity_files):
+            tokens["C"] = _connection_hash(spec, options)
+        identity_files = tuple(expand_path_tokens(p, tokens) for p in identity_files)
     user_files, global_files = host_key_files(values, options)
     authority = paramiko_cannot_check(spec, values, options)
     if authority:
@@ -345,6 +346,21 @@ def check_known_hosts(files: tuple[Path, ...]) -> None:
             raise HostKeyError(str(exc)) from exc
 
 
+@functools.cache
+def _local_tokens() -> dict[str, str]:
+    """The %-tokens of this machine that hold for the whole run (u, i, l, L) and %%."""
+    import getpass
+    import socket
+
+    return {
+        "u": getpass.getuser(),
+        "i": str(os.getuid()),
+        "l": socket.gethostname(),  # ssh's %l: gethostname(), with its domain if it has one
+        "L": socket.gethostname().split(".")[0],
+        "%": "%",
+    }
+
+
 def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
     """An IdentityFile path with OpenSSH's %-tokens, ``${NAME}`` (from the environment) and
     ``~`` expanded, as ssh does it.
@@ -353,18 +369,7 @@ def expand_path_tokens(path: str, remote: dict[str, str]) -> str:
     (ProxyJump), k (HostKeyAlias, else n) and C (ssh's connection hash); the local ones
     (d, u, i, l, L) are this machine's; %% is a percent sign.
     """
-    import getpass
-    import socket
-
-    local = {
-        "d": os.path.expanduser("~"),
-        "u": getpass.getuser(),
-        "i": str(os.getuid()),
-        "l": socket.gethostname(),  # ssh's %l: gethostname(), with its domain if it has one
-        "L": socket.gethostname().split(".")[0],
-        "%": "%",
-    }
-    values = {**local, **remote}
+    values = {"d": os.path.expanduser("~"), **_local_tokens(), **remote}
 
     def token(match: re.Match[str]) -> str:
         if match[2] is not None:  # ${NAME}: the environment's, as ssh expands it
@@ -471,27 +476,37 @@ def known_host_entries(files: tuple[Path, ...], name: str) -> list[KnownHost]:
     could not read either are skipped, as ssh skips them."""
     found = []
     for path in files:
-        for marker, patterns, kind, blob in _known_lines(path):
+        lines, plain = _known_lines(path)
+        # the lines naming ``name`` plainly (no hash, wildcard or !), then every other line
+        indices = [*plain.get(name.lower(), ()), *plain.get("", ())]
+        for index in sorted(indices):
+            marker, patterns, kind, blob = lines[index]
             if _pattern_matches(patterns, name):
                 found.append(KnownHost(marker, kind, blob, path))
     return found
 
 
-def _known_lines(path: Path) -> tuple[tuple[str, str, str, str], ...]:
-    """The host lines of a known_hosts file as (marker, hosts, key type, key)."""
+_KnownLines = tuple[tuple[tuple[str, str, str, str], ...], dict[str, tuple[int, ...]]]
+
+
+def _known_lines(path: Path) -> _KnownLines:
+    """The host lines of a known_hosts file as (marker, hosts, key type, key), and their
+    indices by the names they give plainly (lowercased; "": a line with a hashed name, a
+    wildcard or a negation, which must be matched)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return ()
+        return (), {}
     except OSError as exc:
         raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return _parse_known(text)
 
 
 @functools.lru_cache(maxsize=16)
-def _parse_known(text: str) -> tuple[tuple[str, str, str, str], ...]:
+def _parse_known(text: str) -> _KnownLines:
     """(parsed once for the same text: a push to 100 hosts looks each one up in it)"""
-    lines = []
+    lines: list[tuple[str, str, str, str]] = []
+    plain: dict[str, list[int]] = {}
     # as ssh reads it: lines end at \n alone, words part at spaces and tabs alone
     # (str.splitlines and str.split also break at \x1c-\x1f, \v, \f, U+0085, U+2028)
     for line in text.split("\n"):
@@ -501,8 +516,12 @@ def _parse_known(text: str) -> tuple[tuple[str, str, str, str], ...]:
         marker = words.pop(0) if words[0].startswith("@") else ""
         if len(words) < 3 or marker not in ("", "@cert-authority", "@revoked"):
             continue
+        names = words[0].split(",")
+        odd = words[0].startswith("|") or any(c in words[0] for c in "*?!")
+        for key in {""} if odd else {name.lower() for name in names}:
+            plain.setdefault(key, []).append(len(lines))
         lines.append((marker, words[0], words[1], words[2]))
-    return tuple(lines)
+    return tuple(lines), {key: tuple(found) for key, found in plain.items()}
 
 
 def paramiko_cannot_check(spec: str, values: SshConfig, options: ConnectOptions) -> list[str]:

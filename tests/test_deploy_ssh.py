@@ -582,15 +582,15 @@ def test_an_unwritable_folder_is_a_one_line_error(
 def test_a_checksum_mismatch_fails_the_host_and_leaves_nothing(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    # a sha256sum that is right for the probe's "abc" and wrong for anything else, as a
-    # corrupted upload would look
+    # a sha256sum that is right for the probe's "abc" and its line end, and wrong for anything
+    # else, as a corrupted upload would look
     fake = lab.limited_bin / "sha256sum"
     real = fake.readlink()
     fake.unlink()
     fake.write_text(
         '#!/bin/sh\nif [ $# -gt 0 ]; then in=$(cat "$1"); else in=$(cat); fi\n'
         'if [ "$in" = abc ]; then\n'
-        "  echo 'ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  -'\n"
+        "  echo 'edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb  -'\n"
         "else\n  echo '0000000000000000000000000000000000000000000000000000000000000000  -'\nfi\n"
     )
     fake.chmod(0o755)

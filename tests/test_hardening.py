@@ -466,3 +466,33 @@ def test_a_version_a_host_says_in_odd_digits_is_no_version() -> None:
     assert version_tuple("5.2") == (5, 2) and version_tuple("3.40.1") == (3, 40, 1)
     for odd in ("5.\u00b2", "9" * 4301, "\u0665.1", "5.", "", None, "5.2 "):
         assert version_tuple(odd) is None, odd
+
+
+def test_the_install_budget_leaves_room_for_the_links_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host counts the install's seconds from when the step reaches it: the budget sent is
+    the deadline less COMMIT_MARGIN and the login's time (a bound on the one-way delay), at
+    most LATENCY_CAP of it; none left is a refusal before anything is sent."""
+    from solverpilot_deploy import deploy
+    from solverpilot_deploy.remote import StepResult
+
+    sent: list[tuple[str, ...]] = []
+
+    def step(session: object, name: str, *args: str, **kwargs: object) -> StepResult:
+        sent.append(args)
+        return StepResult(0, (), "")
+
+    monkeypatch.setattr(deploy, "run_step", step)
+
+    class Login:
+        def __init__(self, seconds: float) -> None:
+            self.login_seconds = seconds
+            self.steps: list[tuple[str, float]] = []
+
+    for login, want in ((0.1, 30 - 3), (5.0, 30 - 3 - 5), (50.0, 30 - 3 - 10)):
+        deploy.send_install(Login(login), "x\n", "0" * 64, time.monotonic() + 30)  # type: ignore[arg-type]
+        assert int(sent[-1][1]) in (want - 1, want), (login, sent[-1])
+    with pytest.raises(deploy.InstallRefused, match="no time left"):
+        deploy.send_install(Login(9.5), "x\n", "0" * 64, time.monotonic() + 13)  # type: ignore[arg-type]
+    assert len(sent) == 3

@@ -353,6 +353,33 @@ def test_an_os_release_with_line_breaks_forges_no_line_of_the_probes_answer(
     assert framed is not None and framed[1][:2] == ("os_id=debian", "os_like="), result
 
 
+def test_a_login_that_exports_the_steps_own_variables_changes_no_check(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """A start-up file exporting sp_uid=0 (the uid the checks compare owners with) and sp_sha (the
+    sha256 tool): the steps set both themselves, so a server folder root owns is still refused,
+    and the push installs nothing."""
+    rc = home / ".bashrc"
+    saved = rc.read_bytes() if rc.exists() else None
+    rc.write_text("export sp_uid=0 sp_sha='echo ok'\n")
+    (home / SERVER).mkdir(mode=0o700)  # root's, in the user's home
+    try:
+        code, out, _ = sp(capsys, "push", lab.a.spec, "--json", *connect(lab, trusted))
+        # status reads the server folder with no probe before it: refused too
+        listed = sp(capsys, "status", lab.a.spec, *connect(lab, trusted))
+    finally:
+        shutil.rmtree(home / SERVER)
+        if saved is None:
+            rc.unlink()
+        else:
+            rc.write_bytes(saved)
+    (result,) = payload(out)
+    assert code == 1 and result["outcome"] == "old", result
+    assert f"~/{SERVER} is owned by uid 0, not by uid {lab.user.pw_uid}" in str(result["error"])
+    assert not (home / ".solverpilot").exists()
+    assert listed[0] != 0 and f"~/{SERVER} is owned by uid 0" in listed[2], listed
+
+
 # ---- item 18: status of a job that is not there, or of two hosts ----
 
 

@@ -94,3 +94,20 @@ def test_render_starts_well_under_150_ms(private_render_cache: Path) -> None:
     median = sorted(times)[4]
     assert median < 0.150, f"median start {median * 1000:.0f} ms"
     assert os.listdir(private_render_cache / "solverpilot-deploy")
+
+
+def test_the_cache_folders_it_makes_are_private_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XDG: the cache folder is 0700. Every folder the cache makes on the way is, under any
+    umask; one that was there is left as it is."""
+    tmp_path.chmod(0o755)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a" / "b"))
+    old = os.umask(0)
+    try:
+        render_cache.cached_render("debian")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b", render_cache.cache_dir()):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert tmp_path.stat().st_mode & 0o777 == 0o755

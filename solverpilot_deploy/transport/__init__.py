@@ -140,6 +140,9 @@ class Session(ABC):
         self.abort_reason = ""  # why abort() was called, set by its caller for the report
         self.changing = False  # set by an operation before its first step that may change the host
         self.steps: list[tuple[str, float]] = []  # each remote step run and its seconds (run_step)
+        # the login's seconds (connect): a bound on the link's one-way delay, which a step takes
+        # to reach the host (a login is several round trips)
+        self.login_seconds = 0.0
 
     @abstractmethod
     def run(
@@ -195,5 +198,7 @@ def connect(
         if started is not None:
             started(session)
 
+    began = time.monotonic()
     with opener(spec, options, deadline, values, told) as session:
+        session.login_seconds = time.monotonic() - began
         yield session

@@ -25,14 +25,14 @@ sp_install() {
   dir=.solverpilot/bin target=.solverpilot/bin/job_wrapper.sh
   [ -n "$sp_sha" ] || sp_find_sha256 || exit 14
   umask 077
-  sp_uid=${sp_uid:-$(id -u)} # (once, for each sp_unsafe)
   for d in .solverpilot "$dir"; do
     # each folder is checked before anything is created in it (mkdir -p would follow a link),
     # also one made here: a default ACL can give others what the umask keeps from them
     if [ ! -e "$d" ] && [ ! -L "$d" ]; then
       err=$(mkdir "$d" 2>&1) || [ -d "$d" ] || { echo "error=cannot create ~/$d: ${err##*: }"; exit 12; }
     fi
-    why=$(sp_unsafe "$d")
+    sp_unsafe "$d"
+    why=$sp_why
     case $why in
       '') ;;
       'is writable by group or others')

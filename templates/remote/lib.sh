@@ -13,7 +13,8 @@
 sp_token=$1
 shift
 # @codes
-sp_tmp='' sp_tmpdir=''
+# (what later lines read before they set it: never the login environment's)
+sp_tmp='' sp_tmpdir='' sp_uid='' sp_sha=''
 # shellcheck disable=SC2329 # invoked by the EXIT trap
 sp_exit() {
   trap '' HUP INT TERM PIPE
@@ -21,15 +22,19 @@ sp_exit() {
   [ -z "$sp_tmpdir" ] || rm -rf -- "$sp_tmpdir"
 }
 
-# sp_find_sha256: sp_sha becomes the first sha256 tool that hashes "abc" right, or stays empty
-# (each tool prints the hash, then a blank: no cut needed, one process less per hash)
+# sp_find_sha256: sp_sha becomes the first sha256 tool that hashes "abc" and its line end right,
+# or stays empty (each tool prints the hash, then a blank: no cut needed, one process less per
+# hash; the text comes from a here-document: no process writes it)
 # shellcheck disable=SC2329 # not every step needs it
 sp_find_sha256() {
   sp_sha=''
   for sp_c in sha256sum 'busybox sha256sum' 'shasum -a 256' 'openssl dgst -sha256 -r'; do
     # shellcheck disable=SC2086 # the tool's name and options, split on purpose
-    sp_h=$(printf abc | $sp_c 2>/dev/null)
-    if [ "${sp_h%% *}" = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad ]; then
+    sp_h=$($sp_c 2>/dev/null <<'SP_ABC'
+abc
+SP_ABC
+)
+    if [ "${sp_h%% *}" = edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb ]; then
       sp_sha=$sp_c
       return 0
     fi
@@ -199,7 +204,8 @@ sp_no_job() {
 # (push's DB step) such a folder is made 0700 (tightened=PATH MODE, its mode before).
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_safe() {
-  sp_uid=${sp_uid:-$(id -u)} sp_key=error
+  sp_my_uid
+  sp_key=error
   [ "${1-}" != report ] || sp_key=server_unsafe
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
@@ -262,17 +268,32 @@ sp_wrapper_said() {
   printf '%s' "$1" | tr -d '\r' | tail -n 1 | sed 's/^job_wrapper: //'
 }
 
-# sp_unsafe PATH: why another user could change PATH, one reason a line (a symbolic link, not
-# owned by this user, writable by its group or others), or nothing
+# sp_my_uid: sp_uid becomes this user's (effective) uid, read from /proc by the shell itself
+# (no process), else from id -u
+# shellcheck disable=SC2329 # not every step needs it
+sp_my_uid() {
+  [ -z "$sp_uid" ] || return 0
+  { while read -r sp_k _ sp_v _; do
+    [ "$sp_k" != Uid: ] || { sp_uid=$sp_v && break; }
+  done </proc/self/status; } 2>/dev/null
+  case $sp_uid in '' | *[!0-9]*) sp_uid=$(id -u) ;; esac
+}
+
+# sp_unsafe PATH: sp_why becomes why another user could change PATH, one reason a line (a
+# symbolic link, not owned by this user, writable by its group or others), or empty (set, not
+# printed: no subshell to read it from)
 # shellcheck disable=SC2329 # not every step needs it
 sp_unsafe() {
+  sp_why=''
   if [ -L "$1" ]; then
-    echo 'is a symbolic link'
+    sp_why='is a symbolic link'
     return 0
   fi
   sp_stat "$1" || return 0
-  [ "$sp_o" = "${sp_uid:=$(id -u)}" ] || echo 'is not owned by you'
-  ! sp_others_write || echo 'is writable by group or others'
+  sp_my_uid
+  [ "$sp_o" = "$sp_uid" ] || sp_why='is not owned by you'
+  ! sp_others_write || sp_why="${sp_why:+$sp_why
+}is writable by group or others"
 }
 
 # the step: end.sh closes this function and runs it

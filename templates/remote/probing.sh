@@ -20,11 +20,14 @@ sp_probe() {
   # the wrapper runs as /bin/bash -p (its #! line). --norc: a `bash -c` that sees SSH_CLIENT
   # and SHLVL < 2 reads ~/.bashrc, whose words would land in this answer
   sp_fact bash "$(/bin/bash --norc -p -c 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"' 2>/dev/null)"
-  # flock and setsid in one go: setsid runs flock, which locks a pipe of its own (no file, so
-  # none another user could plant first). In a pipeline of a shell without job control, setsid
-  # leads no process group: it does not fork, and the status is flock's. Should it fail, each
-  # is tried alone, to say which is missing.
-  if : | setsid flock -n 0 2>/dev/null; then
+  # flock and setsid in one go: setsid runs flock, which locks its stdin, an empty
+  # here-document: a pipe of its own (or the shell's private temporary file), so nothing another
+  # user could plant first. A child of a shell without job control leads no process group:
+  # setsid does not fork, and the status is flock's. Should it fail, each is tried alone, to say
+  # which is missing.
+  if setsid flock -n 0 2>/dev/null <<'SP_LOCK'
+SP_LOCK
+  then
     sp_fact flock ok
     sp_fact setsid ok
   else
@@ -57,10 +60,9 @@ sp_probe() {
   fi
   [ ! -e "$sp_server/server.db" ] || echo db=yes
   # what keeps the wrapper from running, or lets another user replace it: one issue= a line
-  sp_uid=$(id -u) # (once, for every sp_unsafe and sp_server_safe)
   for sp_p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
     if [ -e "$sp_p" ] || [ -L "$sp_p" ]; then
-      sp_why=$(sp_unsafe "$sp_p")
+      sp_unsafe "$sp_p"
       [ -z "$sp_why" ] || { sp_plain='' && printf '%s\n' "$sp_why" | sed "s|^|issue=~/$sp_p |"; }
     fi
   done
