@@ -165,8 +165,11 @@ def scale_rows(at_scale: dict[tuple[int, str], list[tuple[float, float]]]) -> li
     return lines
 
 
-def fleet_rows(rounds: int, sizes: list[int], big_rounds: int) -> list[tuple[int, str, Row, Row]]:
-    """Per size and tool: the first deploy's row and the repeat's, each with its ratio to
+Fleet = list[tuple[int, str, dict[str, Row]]]  # per size and tool: each phase's row
+
+
+def fleet_rows(rounds: int, sizes: list[int], big_rounds: int) -> Fleet:
+    """Per size and tool: each phase's row (first, seen, repeat), each with its ratio to
     sp-deploy (paramiko) in the same round and phase."""
     return fleet_rows_of(fleet_bench.measure(rounds, sizes, big_rounds), sizes)
 
@@ -175,24 +178,29 @@ def fleet_rows_of(
     samples: dict[tuple[int, str, str], list[float]],
     sizes: list[int],
     tools: tuple[str, ...] = fleet_bench.TOOLS,
-) -> list[tuple[int, str, Row, Row]]:
+) -> Fleet:
     """fleet_rows from bench/fleet.py's samples (``tools`` begins with sp-deploy paramiko)."""
-    out: list[tuple[int, str, Row, Row]] = []
+    out: Fleet = []
     for n in sizes:
         rows = {}
         for phase in fleet_bench.PHASES:
             by_tool = {tool: samples[(n, tool, phase)] for tool in tools}
             rows[phase] = rows_of(by_tool, fleet_bench.TOOLS[0], 1)
-        out.extend((n, f[0], f, r) for f, r in zip(rows["first"], rows["repeat"], strict=True))
+        for i, tool in enumerate(tools):
+            out.append((n, tool, {phase: rows[phase][i] for phase in fleet_bench.PHASES}))
     return out
 
 
-def fleet_table(fleet: list[tuple[int, str, Row, Row]]) -> list[str]:
+def fleet_table(fleet: Fleet) -> list[str]:
     """Table 3's rows."""
     return [
-        f"| {n} | {tool} | {f[1]:.2f} | {f[2]:.2f}-{f[3]:.2f} | {f[4]:.2f} | "
-        f"{r[1]:.2f} | {r[2]:.2f}-{r[3]:.2f} | {r[4]:.2f} |"
-        for n, tool, f, r in fleet
+        f"| {n} | {tool} | "
+        + " | ".join(
+            f"{row[1]:.2f} | {row[2]:.2f}-{row[3]:.2f} | {row[4]:.2f}"
+            for row in (rows[phase] for phase in fleet_bench.PHASES)
+        )
+        + " |"
+        for n, tool, rows in fleet
     ]
 
 
@@ -212,7 +220,7 @@ def bursts_rows(bursts: list[burst_bench.Burst]) -> list[tuple[int, str, int, in
 
 def plot(
     folder: Path,
-    fleet: list[tuple[int, str, Row, Row]],
+    fleet: Fleet,
     statuses: list[Row],
     bursts: list[tuple[int, str, int, int, Row]],
 ) -> None:
@@ -235,11 +243,12 @@ def plot(
         plt.close(fig)
 
     if fleet:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        for ax, first, title in ((axes[0], True, "first deploy"), (axes[1], False, "no-op repeat")):
+        titles = {"first": "first deploy", "seen": "host seen before", "repeat": "no-op repeat"}
+        fig, axes = plt.subplots(1, len(titles), figsize=(16, 4.2), sharey=True)
+        for ax, (phase, title) in zip(axes, titles.items(), strict=True):
             for tool in fleet_bench.TOOLS:
-                xs = [n for n, name, _, _ in fleet if name == tool]
-                rows = [f if first else r for _, name, f, r in fleet if name == tool]
+                xs = [n for n, name, _ in fleet if name == tool]
+                rows = [by_phase[phase] for _, name, by_phase in fleet if name == tool]
                 ax.errorbar(
                     xs,
                     [row[1] for row in rows],
@@ -285,7 +294,7 @@ def plot(
 def behind_notes(
     costs: list[jobcost.Cost],
     bursts: list[tuple[int, str, int, int, Row]],
-    fleet: list[tuple[int, str, Row, Row]],
+    fleet: Fleet,
     statuses: list[Row],
     starts: list[Row],
 ) -> list[str]:
@@ -308,20 +317,20 @@ def behind_notes(
             f"{lost[(biggest, 'baseline')]} of {biggest} updates when jobs ended together "
             f"(ours {lost[(biggest, 'ours')]}); ours waited up to the slowest write of table 2."
         )
-    by = {(n, tool): (f, r) for n, tool, f, r in fleet}
+    by = {(n, tool): rows for n, tool, rows in fleet}
     if fleet:
         most = max(n for n, _ in by)
         for tool in ("pyinfra files.put", "ansible copy", "sp-deploy openssh"):
-            first, repeat = by[(most, tool)]
-            if first[4] < 1 or repeat[4] < 1:
+            rows = by[(most, tool)]
+            if any(row[4] < 1 for row in rows.values()):
                 notes.append(
-                    f"- Fleet push on {most} hosts: {tool} took x{first[4]:.2f} of our time "
-                    f"(sp-deploy paramiko) on a first deploy and x{repeat[4]:.2f} on a repeat "
-                    "(table 3; below 1: faster than us). A push also checks the sha256 on "
-                    "the host, creates the DB and runs a smoke job (the --no-smoke row shows "
-                    "that share)."
+                    f"- Fleet push on {most} hosts: {tool} took "
+                    + ", ".join(f"x{row[4]:.2f} ({phase})" for phase, row in rows.items())
+                    + " of our time (sp-deploy paramiko; table 3; below 1: faster than us). A "
+                    "push also checks the sha256 on the host, creates the DB and runs a smoke "
+                    "job (the --no-smoke row shows that share)."
                 )
-        first, repeat = by[(most, "sp-deploy openssh")]
+        first = by[(most, "sp-deploy openssh")]["first"]
         if first[4] > 1:
             notes.append(
                 f"- The openssh transport took x{first[4]:.2f} of paramiko's time on {most} "
@@ -452,7 +461,9 @@ def report(args: argparse.Namespace, started: float) -> str:
         f"more: {big_rounds})",
         "",
         "Every host is its own sshd on 127.0.0.1 with its own user and home; all hosts at "
-        "once (-j, forks, --parallel = hosts). first: into empty homes; repeat: the same "
+        "once (-j, forks, --parallel = hosts). first: into empty homes, hosts sp-deploy has "
+        "not seen (its memory of them emptied: probe, then install); seen: into empty homes "
+        "again, hosts it has pushed to (probe and install in one step); repeat: the same "
         "command again, nothing to change. sp-deploy push also checks the sha256 on the host, "
         "creates the DB and runs a smoke job (--no-smoke: without it). Ansible: a playbook "
         "with file + copy, facts off, its default ControlPersist but a fresh ControlPath per "
@@ -460,9 +471,10 @@ def report(args: argparse.Namespace, started: float) -> str:
         "every host's file is checked byte for byte. Ratios: to sp-deploy paramiko, same "
         "round and phase. Plot: bench/plots/fleet.png.",
         "",
-        "| hosts | tool | first s | p10-p90 | x ours | repeat s | p10-p90 | x ours |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(fleet_lines or ["| | (not measured: needs root) | | | | | | |"]),
+        "| hosts | tool | first s | p10-p90 | x ours | seen s | p10-p90 | x ours | repeat s | "
+        "p10-p90 | x ours |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(fleet_lines or ["| | (not measured: needs root) | | | | | | | | | |"]),
         "",
         f"## 4. `sp-deploy status` against the number of recorded jobs ({status_rounds} rounds)",
         "",

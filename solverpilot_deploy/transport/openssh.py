@@ -57,6 +57,7 @@ from solverpilot_deploy.ssh import (
 from solverpilot_deploy.transport import Answer, Session, Started
 
 BANNER_RETRIES = 2
+TERM_WAIT = 0.2  # seconds our master has to go on TERM before KILL (see _end_master)
 _NO_BANNER = "kex_exchange_identification"
 _PROMPTS = threading.Lock()  # with a terminal: one login (and its prompts) at a time
 _MASTER_PID = re.compile(r"Master running \(pid=(\d+)\)")
@@ -505,9 +506,11 @@ class OpenSSHSession(Session):
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def _end_master(self, pid: int) -> bool:
-        """TERM to our master, by a pidfd, then wait (5 s at most, then KILL) until it has
-        gone: no ssh process to start for it (ssh -O exit). False, and nothing sent, when the
-        pid is no longer our master's (it died: the pid may be another process's now)."""
+        """TERM to our master, by a pidfd, then wait until it has gone: no ssh process to start
+        for it (ssh -O exit). A master that has not gone within TERM_WAIT gets KILL (some take
+        seconds over a TERM that comes as a session closes; every step is done by now, so
+        nothing is lost). False, and nothing sent, when the pid is no longer our master's (it
+        died: the pid may be another process's now)."""
         assert self.folder is not None
         try:
             handle = os.pidfd_open(pid)
@@ -518,8 +521,9 @@ class OpenSSHSession(Session):
                 if os.path.join(self.folder, "master").encode() not in found.read():
                     return False
             signal.pidfd_send_signal(handle, signal.SIGTERM)
-            if not select.select([handle], [], [], 5)[0]:  # readable: it has exited
+            if not select.select([handle], [], [], TERM_WAIT)[0]:  # readable: it has exited
                 signal.pidfd_send_signal(handle, signal.SIGKILL)
+                select.select([handle], [], [], 5)
             return True
         except OSError:
             return False
