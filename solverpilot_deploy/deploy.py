@@ -41,9 +41,10 @@ SERVER_DIR = ".solverpilot-server"
 SHA256_TOOLS = ("sha256sum", "busybox sha256sum", "shasum -a 256", "openssl dgst -sha256 -r")
 # the host must still have this much of the deadline left when it renames the new wrapper in:
 # a rename later than that could land after sp-deploy has reported a timeout. The host counts
-# from when the step reaches it, so the link's one-way delay is added: the login's time bounds
-# it (a login is several round trips), up to LATENCY_CAP (a login with a Duo prompt is slow
-# for other reasons)
+# from when the step starts there, up to three one-way delays after sp-deploy sent the budget
+# (the channel's open, its confirmation, the command), so half the login's time is added: a
+# login is at least eight of them (TCP, banners, key exchange, authentication). A login that
+# may have waited for a person (a password or Duo prompt) counts up to LATENCY_CAP.
 COMMIT_MARGIN = 3.0
 LATENCY_CAP = 10.0
 LOGOUT_WARNING = (
@@ -490,7 +491,8 @@ def send_install(
     the new wrapper is in place and the rest of the step ran out of time; any other error:
     the step was sent and either wrapper may be in place.
     """
-    margin = COMMIT_MARGIN + min(session.login_seconds, LATENCY_CAP)
+    delays = session.login_seconds / 2
+    margin = COMMIT_MARGIN + (min(delays, LATENCY_CAP) if session.may_prompt else delays)
     budget = int(deadline - time.monotonic() - margin)
     if budget < 1:
         raise InstallRefused(HostTimeoutError("no time left to install within the deadline"))

@@ -471,9 +471,10 @@ def test_a_version_a_host_says_in_odd_digits_is_no_version() -> None:
 def test_the_install_budget_leaves_room_for_the_links_delay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The host counts the install's seconds from when the step reaches it: the budget sent is
-    the deadline less COMMIT_MARGIN and the login's time (a bound on the one-way delay), at
-    most LATENCY_CAP of it; none left is a refusal before anything is sent."""
+    """The host counts the install's seconds from when the step starts there: the budget sent
+    is the deadline less COMMIT_MARGIN and half the login's time (a login is eight one-way
+    delays or more, the step's start three), at most LATENCY_CAP of it for a login that may
+    have waited for a person; none left is a refusal before anything is sent."""
     from solverpilot_deploy import deploy
     from solverpilot_deploy.remote import StepResult
 
@@ -486,13 +487,15 @@ def test_the_install_budget_leaves_room_for_the_links_delay(
     monkeypatch.setattr(deploy, "run_step", step)
 
     class Login:
-        def __init__(self, seconds: float) -> None:
-            self.login_seconds = seconds
+        def __init__(self, seconds: float, may_prompt: bool = False) -> None:
+            self.login_seconds, self.may_prompt = seconds, may_prompt
             self.steps: list[tuple[str, float]] = []
 
-    for login, want in ((0.1, 30 - 3), (5.0, 30 - 3 - 5), (50.0, 30 - 3 - 10)):
-        deploy.send_install(Login(login), "x\n", "0" * 64, time.monotonic() + 30)  # type: ignore[arg-type]
-        assert int(sent[-1][1]) in (want - 1, want), (login, sent[-1])
+    cases = ((0.2, False, 30 - 3), (10.0, False, 30 - 3 - 5), (40.0, False, 30 - 3 - 20),
+             (40.0, True, 30 - 3 - 10))  # fmt: skip
+    for login, prompt, want in cases:
+        deploy.send_install(Login(login, prompt), "x\n", "0" * 64, time.monotonic() + 30)  # type: ignore[arg-type]
+        assert int(sent[-1][1]) in (want - 1, want), (login, prompt, sent[-1])
     with pytest.raises(deploy.InstallRefused, match="no time left"):
-        deploy.send_install(Login(9.5), "x\n", "0" * 64, time.monotonic() + 13)  # type: ignore[arg-type]
-    assert len(sent) == 3
+        deploy.send_install(Login(19.0), "x\n", "0" * 64, time.monotonic() + 13)  # type: ignore[arg-type]
+    assert len(sent) == 4

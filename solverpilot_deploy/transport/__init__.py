@@ -141,8 +141,10 @@ class Session(ABC):
         self.changing = False  # set by an operation before its first step that may change the host
         self.steps: list[tuple[str, float]] = []  # each remote step run and its seconds (run_step)
         # the login's seconds (connect): a bound on the link's one-way delay, which a step takes
-        # to reach the host (a login is several round trips)
+        # to reach the host (a login is several round trips), unless the login may have waited
+        # for a person (may_prompt: a password or Duo prompt on the terminal)
         self.login_seconds = 0.0
+        self.may_prompt = False
 
     @abstractmethod
     def run(

@@ -274,6 +274,7 @@ class OpenSSHSession(Session):
     ) -> None:
         super().__init__()
         self.argv, self.host, self.batch = argv, host, batch
+        self.may_prompt = not batch
         self.weakened = weakened  # why the user's own master may not have checked the key
         self.user_path = user_path  # the config names a ControlPath: the user's master may be up
         self.through = ["-o", "ControlMaster=no"]  # how each step reaches the master
