@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them all: lint (ruff, mypy; pytest runs the
 # hadolint and shellcheck checks), pytest (real sshd hosts, one per login shell among them) and,
-# beside it on the other core, the bats behaviour suite once per distro profile; then once more
-# under each old bash release (4.2, 4.4, 5.0, built once by tests/build_bash.sh) and once inside
-# each Debian root filesystem (11 and 13, built once by tests/build_rootfs.sh, run through
-# chroot); both caches live outside the clone (/var/cache/solverpilot-test).
+# beside it on the other core, the bats behaviour suite once per distro profile and once more
+# under each old bash release (4.2, 4.4, 5.0, built once by tests/build_bash.sh); then once
+# inside each Debian root filesystem (11 and 13, built once by tests/build_rootfs.sh, run
+# through chroot); both caches live outside the clone (/var/cache/solverpilot-test).
 #
 # Usage: bash tests/run_all.sh        (from anywhere; as root, or a user with sudo)
 #        bash tests/run_all.sh --quick   (contributors' inner loop, under 3 minutes: lint, the
@@ -111,18 +111,25 @@ unmount_all() {
 }
 trap unmount_all EXIT
 
-# prebuild: the old bash releases and the Debian roots, built (when not cached) at the lowest
-# priority while lint and pytest run, so that their minutes overlap; wait_prebuild waits for it
-# (old_suites then finds both cached, or builds what failed, saying why)
-PREBUILD=''
+# prebuild: the old bash releases, then the Debian roots, built (when not cached) at the lowest
+# priority while lint and pytest run, so that their minutes overlap. Each build holds a lock
+# ($LOCKS/bashes, $LOCKS/roots) from before it starts until it ends: prebuilt NAME waits for
+# that one alone (the suites then find it cached, or build what failed, saying why).
+LOCKS=''
 prebuild() {
-  (nice -n 19 bash "$ROOT/tests/build_bash.sh" && nice -n 19 bash "$ROOT/tests/build_rootfs.sh") \
-    >/dev/null 2>&1 &
-  PREBUILD=$!
+  LOCKS=$(mktemp -d)
+  # taken here, before the builder starts: no suite can look before the lock is held
+  exec 8>"$LOCKS/bashes" 9>"$LOCKS/roots"
+  flock 8 && flock 9
+  (
+    nice -n 19 bash "$ROOT/tests/build_bash.sh" >/dev/null 2>&1
+    flock -u 8
+    nice -n 19 bash "$ROOT/tests/build_rootfs.sh" >/dev/null 2>&1
+  ) &
+  exec 8>&- 9>&- # (the builder holds them now)
 }
-wait_prebuild() {
-  [[ -z $PREBUILD ]] || wait "$PREBUILD" || true
-  PREBUILD=''
+prebuilt() {
+  [[ -z $LOCKS ]] || flock "$LOCKS/$1" true
 }
 
 # the stress loops' runs for the first profile: 300, or 50 in CI (CI set), which must stay
@@ -161,19 +168,27 @@ for p in load_profiles():
     print(p.name, p.userland)')
 }
 
-# old_suites: the bats suite under each old bash with the debian profile, then inside each
-# Debian root (both built by prebuild, or here); FAILED counts what did not build
-old_suites() {
+# bash_suites: the bats suite under each old bash with the debian profile (built by prebuild,
+# or here); a build that failed is a failed test of its own (CI runs this beside pytest too)
+bash_suites() {
   local version bash rest
   rest=$(((${SP_STRESS_RUNS:-$STRESS_DEFAULT} + 4) / 5))
-  wait_prebuild
+  prebuilt bashes
   if ! bash "$ROOT/tests/build_bash.sh" >"$OUT/bashes"; then
     echo "run_all: the old bash releases did not build"
-    FAILED=$((FAILED + 1))
+    printf '1..1\nnot ok 1 the old bash releases build\n' >"$OUT/build-bash.tap"
   fi
   while read -r version bash; do
     bats_suite "bash-$version" "$OUT/job_wrapper.debian.sh" gnu "$bash" "$rest"
   done <"$OUT/bashes"
+}
+
+# chroot_suites: the bats suite inside each Debian root (built by prebuild, or here); FAILED
+# counts what did not build
+chroot_suites() {
+  local name root rest
+  rest=$(((${SP_STRESS_RUNS:-$STRESS_DEFAULT} + 4) / 5))
+  prebuilt roots
   if ! bash "$ROOT/tests/build_rootfs.sh" >"$OUT/roots"; then
     echo "run_all: the Debian root filesystems did not build"
     FAILED=$((FAILED + 1))
@@ -226,17 +241,28 @@ main() {
   echo "== mypy"
   mypy || status=1
   OUT=$(mktemp -d) FAILED=0
-  # the profiles' bats suites run beside pytest (their lines go to a file, shown after it)
-  echo "== pytest, and beside it the bats suite per profile (at ${SECONDS}s)"
-  profile_suites >"$OUT/profiles.log" 2>&1 &
-  local profiles=$!
+  # the bats suites per profile, then under the old bash releases, run beside pytest on the
+  # other core (their lines go to a file, shown after it); the Debian roots' suites (mounts,
+  # chroot) come after it
+  echo "== pytest, and beside it the bats suites per profile and per old bash (at ${SECONDS}s)"
+  {
+    profile_suites
+    bash_suites
+  } >"$OUT/beside.log" 2>&1 &
+  local beside=$!
   python -m pytest -q --durations=10 tests || status=1
-  echo "== pytest done at ${SECONDS}s; the profiles' bats suites:"
-  wait "$profiles" || true
-  cat "$OUT/profiles.log"
-  old_suites
+  echo "== pytest done at ${SECONDS}s; the bats suites beside it:"
+  local ended=0
+  wait "$beside" || ended=$?
+  cat "$OUT/beside.log"
+  if ((ended != 0)); then # (set -e ended it: suites may be missing, which no TAP would show)
+    echo "run_all: the bats suites beside pytest ended early (exit $ended)"
+    FAILED=$((FAILED + 1))
+  fi
+  echo "== the bats suites beside pytest done at ${SECONDS}s"
+  chroot_suites
   bats_totals
-  rm -rf "$OUT"
+  rm -rf "$OUT" "$LOCKS"
   ((FAILED == 0)) || status=1
   if ((status == 0)); then echo "run_all: all checks passed"; else echo "run_all: FAILED"; fi
   echo "run_all: ${SECONDS}s in all"
