@@ -361,10 +361,8 @@ def push_host(
             step = send_install(
                 session, plan.text, plan.digest, deadline, plan.db, smoke_id, plan.facts_sha256
             )
-        except InstallRefused as exc:  # nothing was sent
-            return replace(sent, status="failed", sha256=None, error=str(exc), outcome=OLD)
-        except Exception as exc:  # sent: no answer said which wrapper the host has
-            return _sent_and_failed(sent, session, exc, host)
+        except Exception as exc:
+            return _install_failed(sent, session, exc, host)
         answer = step if "install=begun" in step.lines else None
         if answer is None and step.status != 0:  # (a whole answer: no install began)
             raise RemoteCommandError(f"probe failed: {step.error()}")
@@ -411,16 +409,12 @@ def push_host(
             return replace(result, status="unchanged", warnings=warnings)
         try:
             answer = send_install(session, text, digest, deadline, db, smoke_id if new else None)
-        except InstallRefused as exc:  # nothing was sent
-            return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
         except Exception as exc:
-            return _sent_and_failed(result, session, exc, host)
+            return _install_failed(result, session, exc, host)
     try:
         check_install(answer, digest)
-    except InstallRefused as exc:  # the host said so: it keeps its old wrapper
-        return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
-    except Installed as exc:
-        return _sent_and_failed(result, session, exc, host)
+    except (InstallRefused, Installed) as exc:
+        return _install_failed(result, session, exc, host)
     # a fresh copy replaced the wrapper: what was wrong with the old one is gone
     fixed = tuple(
         f"{issue}: replaced" for issue in found.issues if issue.startswith(f"~/{WRAPPER_PATH} ")
@@ -435,10 +429,14 @@ def push_host(
     return replace(result, warnings=warnings)
 
 
-def _sent_and_failed(result: HostResult, session: Session, exc: Exception, host: str) -> HostResult:
-    """``result`` failed after its install step was sent: Installed (the host said the new
-    wrapper is in, then what failed), else no answer proved which wrapper the host has."""
+def _install_failed(result: HostResult, session: Session, exc: Exception, host: str) -> HostResult:
+    """``result`` failed in its install step (send_install, check_install): InstallRefused,
+    the host keeps its old wrapper (nothing was sent, or the host said so); Installed, the new
+    one is in and what followed failed; anything else, the step was sent and no answer proved
+    which wrapper the host has."""
     digest = result.render_sha256 or ""
+    if isinstance(exc, InstallRefused):
+        return replace(result, status="failed", sha256=None, error=str(exc), outcome=OLD)
     if isinstance(exc, Installed):
         error = f"the new wrapper is installed (sha256 {digest[:12]}...), then: {exc}"
         return replace(result, status="failed", error=one_line(error))

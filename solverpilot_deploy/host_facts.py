@@ -18,10 +18,9 @@ import hashlib
 import itertools
 import os
 import re
-import stat
 from dataclasses import dataclass
 
-from solverpilot_deploy.render_cache import cache_dir, open_folder, write_entry
+from solverpilot_deploy.render_cache import cache_dir, open_folder, read_entry, write_entry
 from solverpilot_deploy.resources import templates_dir
 
 MAX_BYTES = 8192  # facts are a few hundred bytes: a larger entry is not read, nor kept
@@ -63,7 +62,7 @@ class Memory:
         if folder is None:
             return None
         try:
-            data = _read(folder, self.name)
+            data = read_entry(folder, self.name, MAX_BYTES)
         finally:
             os.close(folder)
         try:
@@ -90,21 +89,3 @@ def _whole(facts: str) -> bool:
     """Every fact, once each, in the probe's order (a probe cut short, a damaged entry: no)."""
     lines = facts.split("\n")
     return lines[-1] == "" and [line.partition("=")[0] for line in lines[:-1]] == list(fact_keys())
-
-
-def _read(folder: int, name: str) -> bytes | None:
-    try:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = os.open(name, flags, dir_fd=folder)
-    except OSError:
-        return None
-    try:
-        found = os.fstat(fd)
-        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
-            return None
-        data = os.read(fd, MAX_BYTES + 1)
-        return data if len(data) <= MAX_BYTES else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)

@@ -77,26 +77,38 @@ def _read_entry(folder: int, key: str) -> str | None:
     except OSError:
         return None
     for name in entries:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
-        except OSError:
+        data = read_entry(folder, name)
+        if data is None:
             continue  # unreadable (another user's, a folder, a link): render instead
-        try:
-            entry = os.fstat(fd)
-            if not stat.S_ISREG(entry.st_mode) or entry.st_uid != os.geteuid():
-                continue  # a folder (fdopen would refuse it), a device, another user's file
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
         if name == f"{key}-{hashlib.sha256(data).hexdigest()}.sh":
             try:
                 return data.decode("utf-8")
             except UnicodeDecodeError:
                 continue
     return None
+
+
+def read_entry(folder: int, name: str, limit: int | None = None) -> bytes | None:
+    """The bytes of entry ``name`` of the open cache folder, or None: not a regular file of
+    this user's (a link is not followed, a fifo not waited on), unreadable, or over ``limit``
+    bytes."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder
+        )
+    except OSError:
+        return None
+    try:
+        entry = os.fstat(fd)
+        if not stat.S_ISREG(entry.st_mode) or entry.st_uid != os.geteuid():
+            return None  # a folder (fdopen would refuse it), a device, another user's file
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if limit is None or len(data) <= limit else None
 
 
 def _write_entry(folder: int, key: str, data: bytes) -> None:
