@@ -29,10 +29,7 @@ def run() -> int:
     first is a Ctrl-C (hosts in flight end their step, their connections are closed, the
     results are printed; in a fleet a second aborts them), every later one is absorbed, and
     once one came the exit status is 130, never death by the signal."""
-    if signal.getsignal(signal.SIGINT) is _interrupted_early:
-        signal.signal(signal.SIGINT, signals.handler)
-    if signal.getsignal(signal.SIGTERM) is _interrupted_early:
-        signal.signal(signal.SIGTERM, signals.handler)
+    signals.install(tuple(n for n in signals.SIGNALS if signal.getsignal(n) is _interrupted_early))
     try:
         try:
             code = main(sys.argv[1:])

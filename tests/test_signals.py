@@ -1,0 +1,174 @@
+"""signals.py's first Ctrl-C: never raised inside the import system, never lost where Python
+swallows exceptions. Each case runs in a child Python that takes signals as sp-deploy does
+(signals.install) and sends itself, or is sent, real SIGINTs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+# a child's preamble: sp-deploy's handlers, and a wait for the owed raise that fails loudly
+PREAMBLE = """
+import _imp, os, signal, sys, threading, time, weakref
+from solverpilot_deploy import signals
+signals.install()
+
+def wait_for_the_raise():
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pass
+    print("never raised", flush=True)
+    sys.exit(3)
+"""
+
+
+def child(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "child.py"
+    script.write_text(PREAMBLE + textwrap.dedent(body))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_a_ctrl_c_during_an_import_is_raised_once_the_module_is_whole(tmp_path: Path) -> None:
+    (tmp_path / "slowmod.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "total = sum(range(200000))\nWHOLE = True\n"
+    )
+    proc = child(
+        tmp_path,
+        """
+        try:
+            import slowmod
+            wait_for_the_raise()
+        except KeyboardInterrupt:
+            module = sys.modules.get("slowmod")
+            print("raised", getattr(module, "WHOLE", False), _imp.lock_held(), flush=True)
+        """,
+    )
+    assert (proc.stdout, proc.stderr) == ("raised True False\n", "")
+
+
+def test_a_raise_still_owed_when_a_fleet_begins_is_raised_before_it(tmp_path: Path) -> None:
+    # the fleet (counted) reads the count at its start: a Ctrl-C owed from an import just
+    # before it would be neither raised nor seen by the fleet
+    quick = "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+    (tmp_path / "quickmod.py").write_text(quick)
+    proc = child(
+        tmp_path,
+        """
+        try:
+            import quickmod
+            with signals.counted():
+                print("fleet ran", flush=True)
+            print("after the fleet", flush=True)
+        except KeyboardInterrupt:
+            print("raised", signals.received(), flush=True)
+        """,
+    )
+    assert (proc.stdout, proc.stderr) == ("raised 1\n", "")
+
+
+def test_a_ctrl_c_swallowed_in_a_weakref_callback_is_raised_again(tmp_path: Path) -> None:
+    proc = child(
+        tmp_path,
+        """
+        class Thing:
+            pass
+
+        def callback(ref):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(200000):
+                pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        try:
+            del thing
+            wait_for_the_raise()
+        except KeyboardInterrupt:
+            print("raised", signals.received(), flush=True)
+        """,
+    )
+    # no "Exception ignored in": the swallowed KeyboardInterrupt is owed, not reported
+    assert (proc.stdout, proc.stderr) == ("raised 1\n", "")
+
+
+# a child that imports fresh modules in four threads and its main thread (each import's module
+# lock is dropped after it, by the weakref callback that takes the global import lock) until a
+# SIGINT: then one more import in a new thread must end within 5 s
+IMPORTER = """
+import importlib
+ready = threading.Event()
+
+def importer(tag):
+    n = 0
+    while True:
+        n += 1
+        importlib.import_module(f"fresh_{tag}_{n % 50}")
+        sys.modules.pop(f"fresh_{tag}_{n % 50}", None)
+        if tag == "main":  # the main thread also works outside the import system
+            for _ in range(2000):
+                pass
+        if tag == "main" and n == 50:
+            ready.set()
+            print("ready", flush=True)
+
+for tag in ("a", "b", "c", "d"):
+    threading.Thread(target=importer, args=(tag,), daemon=True).start()
+try:
+    importer("main")
+except KeyboardInterrupt:
+    late = threading.Thread(target=importlib.import_module, args=("fresh_late_0",), daemon=True)
+    late.start()
+    late.join(5)
+    print("deadlock" if late.is_alive() else "ok", flush=True)
+    os._exit(0)
+"""
+
+
+def test_ctrl_c_at_random_moments_of_imports_in_many_threads_never_hangs_them(
+    tmp_path: Path,
+) -> None:
+    for tag in ("a", "b", "c", "d", "main", "late"):
+        for n in range(50):
+            (tmp_path / f"fresh_{tag}_{n}.py").write_text(f"VALUE = {n}\n")
+    script = tmp_path / "child.py"
+    script.write_text(PREAMBLE + IMPORTER)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    runs = 40 if os.environ.get("CI") else 100
+    outcomes: list[tuple[str, str]] = []
+    for _ in range(runs):
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(random.uniform(0, 0.02))  # a random moment of the imports, not a wait
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            out += "(hung)"
+        outcomes.append((out, err))
+    bad = [outcome for outcome in outcomes if outcome != ("ok\n", "")]
+    assert not bad, f"{len(bad)} of {runs} runs: {bad[:3]}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__])
