@@ -189,7 +189,7 @@ def test_after_runs_a_job_once_its_dependencies_completed_and_fails_it_when_one_
     never = state(deployed, "never")
     assert never["status"] == "failed" and never["pid"] is None
     assert never["reason"] == "job d-bad, which it waits for, ended failed (exit 4)"
-    assert db_status(deployed, "never") == "failed"
+    poll(lambda: db_status(deployed, "never") == "failed", 20, "its DB row")  # after its file
     started = [m[1] for m in marks(scratch) if m[0] == "S"]
     assert "never" not in started and started.index("then") > started.index("d-ok")
     ends = {m[1]: m[2] for m in marks(scratch) if m[0] == "E"}
@@ -673,8 +673,16 @@ def test_found_by_an_adversary_stops_limits_decided_dependencies_and_bad_specs(
     poll((scratch / "hup-runs").exists, 20, "the job runs")
     assert (deployed / SERVER / "run" / "hangup" / "decided").stat().st_mode & 0o777 == 0o700
     run_as(lab.user, "tmux", "kill-session", "-t", "=solverpilot_" + lab.user.pw_name + "_hangup")
-    poll(lambda: state(deployed, "hangup")["status"] == "failed", 20, "the hangup recorded")
-    assert (state(deployed, "hangup")["signal"], db_status(deployed, "hangup")) == ("HUP", "failed")
+    # (the wrapper writes its state file, then the DB: both are waited for)
+    poll(
+        lambda: (
+            (state(deployed, "hangup")["status"], db_status(deployed, "hangup"))
+            == ("failed", "failed")
+        ),
+        20,
+        "the hangup recorded in both stores",
+    )
+    assert state(deployed, "hangup")["signal"] == "HUP"
     # the tmux server is gone with its last session: a later job with no --time has no limit
     run_as(lab.user, "tmux", "kill-server")
     code, _, err = sp(
@@ -741,6 +749,6 @@ def test_tmux_that_cannot_start_a_session_is_a_recorded_reason_not_a_silent_wait
         assert final["status"] == "failed", final
         assert str(final["reason"]).startswith("tmux could not start its session: ")
         assert "unsafe permissions" in str(final["reason"]), final
-        assert db_status(deployed, "notmux") == "failed"
+        poll(lambda: db_status(deployed, "notmux") == "failed", 20, "its DB row")  # after its file
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
