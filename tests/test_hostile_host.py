@@ -318,6 +318,79 @@ def test_probe_names_a_server_folder_with_backslashes_as_it_is(tmp_path: Path) -
     assert f"server={server}" in framed[1]
 
 
+def probe_here(home: Path, path: str) -> tuple[str, ...]:
+    """probe.sh's answer lines, run here under sh with ``path`` for its PATH."""
+    result = subprocess.run(
+        ["sh", "-s", "--", "TOKEN"], input=step_script("probe"), capture_output=True, text=True,
+        env={"PATH": path, "HOME": str(home)}, check=True,
+    )  # fmt: skip
+    framed = parse_framed("TOKEN", result.stdout)
+    assert framed is not None and framed[0] == 0, result
+    return framed[1]
+
+
+def shims(folder: Path, scripts: dict[str, str]) -> str:
+    """A PATH whose first folder holds ``scripts`` (name: sh body), before the system's."""
+    folder.mkdir()
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return f"{folder}:/usr/bin:/bin"
+
+
+def test_the_probe_reads_the_same_whatever_the_hosts_stat_and_sha256_tool(
+    tmp_path: Path,
+) -> None:
+    """The probe reads every mode and owner in one stat, and the wrapper's hash in the sha256
+    tool's own test run: a host whose stat takes no -c (each path then read by ls), or whose
+    only sha256 tool is openssl (the wrapper then hashed apart), answers the same lines; so
+    does a path another user's folder could not show, a wrapper whose bytes are "abc"."""
+    home = tmp_path / "home"
+    (home / ".solverpilot" / "bin").mkdir(parents=True)
+    (home / ".solverpilot" / "bin").chmod(0o777)  # an issue= line
+    wrapper = home / ".solverpilot" / "bin" / "job_wrapper.sh"
+    wrapper.write_text("abc\n")  # the bytes of the tool's test: its hash must still be its own
+    wrapper.chmod(0o755)
+    server = home / SERVER
+    for sub, mode in (("", 0o700), ("jobs", 0o700), ("locks", 0o755), ("logs", 0o700)):
+        (server / sub).mkdir(exist_ok=True)
+        (server / sub).chmod(mode)  # locks: a server_open= line
+    (server / "run").symlink_to(tmp_path)  # a link: server_unsafe= (the probe stops there)
+    plain = probe_here(home, "/usr/bin:/bin")
+    abc = hashlib.sha256(b"abc\n").hexdigest()
+    assert f"wrapper={abc}" in plain and "sha256=sha256sum" in plain
+    assert "issue=~/.solverpilot/bin is writable by group or others" in plain
+    assert f"server_open=~/{SERVER}/locks drwxr-xr-x" in plain
+    assert f"server_unsafe=~/{SERVER}/run is a symbolic link" in plain
+    # one process reads the modes of the paths it checks (one for the wrapper's folders, one for
+    # the server's), the tool's test hashes the wrapper: no ls, one sha256sum
+    log = tmp_path / "calls"
+    logged = shims(
+        tmp_path / "logged",
+        {
+            tool: f'echo {tool} >>{log}\nexec /usr/bin/{tool} "$@"'
+            for tool in ("stat", "ls", "sha256sum")
+        },
+    )
+    assert probe_here(home, logged) == plain
+    assert sorted(log.read_text().split()) == ["sha256sum", "stat", "stat", "stat"]  # (stat -f too)
+    # stat without -c (an old busybox): it fails, ls reads each path
+    no_format = shims(
+        tmp_path / "nostat", {"stat": 'case $1 in -f) exec /usr/bin/stat "$@";; esac\nexit 1'}
+    )
+    assert probe_here(home, no_format) == plain
+    # openssl alone: sha256sum, busybox and shasum fail
+    require(shutil.which("openssl") is not None, "openssl is not installed")
+    only_openssl = shims(
+        tmp_path / "openssl-only", {tool: "exit 127" for tool in ("sha256sum", "busybox", "shasum")}
+    )
+    with_openssl = probe_here(home, only_openssl)
+    assert "sha256=openssl dgst -sha256 -r" in with_openssl
+    assert [line for line in with_openssl if not line.startswith("sha256=")] == [
+        line for line in plain if not line.startswith("sha256=")
+    ]
+
+
 def test_an_os_release_with_line_breaks_forges_no_line_of_the_probes_answer(
     tmp_path: Path,
 ) -> None:

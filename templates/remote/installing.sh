@@ -23,6 +23,7 @@ sp_install() {
   sp_now
   digest=$1 db=$2 smoke=$3 start=$sp_t
   dir=.solverpilot/bin target=.solverpilot/bin/job_wrapper.sh
+  # shellcheck disable=SC2119 # (no FILE: nothing to hash yet)
   [ -n "$sp_sha" ] || sp_find_sha256 || exit 14
   umask 077
   for d in .solverpilot "$dir"; do

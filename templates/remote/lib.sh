@@ -22,19 +22,38 @@ sp_exit() {
   [ -z "$sp_tmpdir" ] || rm -rf -- "$sp_tmpdir"
 }
 
-# sp_find_sha256: sp_sha becomes the first sha256 tool that hashes "abc" and its line end right,
-# or stays empty (each tool prints the hash, then a blank: no cut needed, one process less per
-# hash; the text comes from a here-document: no process writes it)
-# shellcheck disable=SC2329 # not every step needs it
+# sp_find_sha256 [FILE]: sp_sha becomes the first sha256 tool that hashes "abc" and its line end
+# right, or stays empty (each tool prints the hash, then a blank: no cut needed, one process
+# less per hash; the text comes from a here-document: no process writes it). With FILE, the
+# same run hashes it too where the tool takes "-" for its input (sha256sum, busybox, shasum):
+# sp_hashed becomes FILE's sha256, else stays empty (sp_sha256 FILE then)
+# shellcheck disable=SC2329,SC2034,SC2120 # not every step needs it, sp_hashed or FILE
 sp_find_sha256() {
-  sp_sha=''
+  sp_sha='' sp_hashed=''
+  sp_abc=edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb
   for sp_c in sha256sum 'busybox sha256sum' 'shasum -a 256' 'openssl dgst -sha256 -r'; do
+    if [ -n "${1-}" ]; then
+      # shellcheck disable=SC2086 # the tool's name and options, split on purpose
+      sp_h=$($sp_c - "$1" 2>/dev/null <<'SP_ABC'
+abc
+SP_ABC
+)
+      case $sp_h in
+        "$sp_abc  -
+"*)
+          sp_sha=$sp_c sp_h=${sp_h#*"
+"}
+          case $sp_h in "${sp_h%% *}  $1") sp_hashed=${sp_h%% *} ;; esac
+          return 0
+          ;;
+      esac
+    fi
     # shellcheck disable=SC2086 # the tool's name and options, split on purpose
     sp_h=$($sp_c 2>/dev/null <<'SP_ABC'
 abc
 SP_ABC
 )
-    if [ "${sp_h%% *}" = edeaaff3f1774ad2888673770c6d64097e391bc362d7d6fb34982ddf0efd18cb ]; then
+    if [ "${sp_h%% *}" = "$sp_abc" ]; then
       sp_sha=$sp_c
       return 0
     fi
@@ -205,43 +224,73 @@ sp_no_job() {
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_safe() {
   sp_my_uid
-  sp_key=error
-  [ "${1-}" != report ] || sp_key=server_unsafe
+  sp_how=${1-} sp_key=error
+  [ "$sp_how" != report ] || sp_key=server_unsafe
+  set -- # the paths that exist, each read once, all by one process
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
     [ -e "$sp_p" ] || [ -L "$sp_p" ] || continue
     [ "$sp_p" != "$sp_server/" ] || [ -L "$sp_server" ] || continue # the same folder again
-    sp_why=''
-    sp_stat "$sp_p" || sp_why='cannot be read'
-    case $sp_why:$sp_m in
-      :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
-      :d*) ;;
-      :*) sp_why='is not a folder' ;;
-    esac
-    [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
-    case $sp_why:$sp_m in
-      :l* | :drwx------*) continue ;;
-    esac
-    sp_n=$(printf '%s' "${sp_p%/}" | tr '\n\r' '??') # one line, whatever the path
-    # shellcheck disable=SC2088 # a literal ~ for the reader: the step runs in the home
-    case $sp_n in ./*) sp_n="~/${sp_n#./}" ;; esac
-    case $sp_why in
-      '')
-        if [ "${1-}" = report ]; then
-          echo "server_open=$sp_n $sp_m"
-        elif [ "${1-}" = tighten ] && chmod 700 -- "$sp_p"; then
-          echo "tightened=$sp_n $sp_m"
-        else
-          ! sp_others_write || sp_why="can be written by group or others (mode $sp_m)"
-        fi
-        ;;
-    esac
-    if [ -n "$sp_why" ]; then
-      echo "$sp_key=$sp_n $sp_why"
-      return 1
-    fi
+    set -- "$@" "$sp_p"
   done
-  return 0
+  [ "$#" = 0 ] || sp_each_stat sp_server_path "$@"
+}
+# sp_server_path: sp_server_safe's check of one path (sp_each_stat's sp_p, sp_m, sp_o); false
+# when it said why the path is unsafe
+# shellcheck disable=SC2329 # not every step needs it
+sp_server_path() {
+  sp_why=''
+  [ -n "$sp_m" ] || sp_why='cannot be read'
+  case $sp_why:$sp_m in
+    :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
+    :d*) ;;
+    :*) sp_why='is not a folder' ;;
+  esac
+  [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
+  case $sp_why:$sp_m in
+    :l* | :drwx------*) return 0 ;;
+  esac
+  sp_n=$(printf '%s' "${sp_p%/}" | tr '\n\r' '??') # one line, whatever the path
+  # shellcheck disable=SC2088 # a literal ~ for the reader: the step runs in the home
+  case $sp_n in ./*) sp_n="~/${sp_n#./}" ;; esac
+  case $sp_why in
+    '')
+      if [ "$sp_how" = report ]; then
+        echo "server_open=$sp_n $sp_m"
+      elif [ "$sp_how" = tighten ] && chmod 700 -- "$sp_p"; then
+        echo "tightened=$sp_n $sp_m"
+      else
+        ! sp_others_write || sp_why="can be written by group or others (mode $sp_m)"
+      fi
+      ;;
+  esac
+  [ -n "$sp_why" ] || return 0
+  echo "$sp_key=$sp_n $sp_why"
+  return 1
+}
+
+# sp_each_stat FUNC PATH...: FUNC once for each PATH in turn, with sp_p the path, sp_m its mode
+# as ls shows it (drwx------...) and sp_o its owner's uid, both empty when PATH cannot be read;
+# all read by one process (stat), each apart (sp_stat) only when that fails (a path gone
+# meanwhile, a stat without -c). Stops at the first FUNC that is false, and is then false.
+# FUNC must not use sp_each_stat.
+# shellcheck disable=SC2329 # not every step needs it
+sp_each_stat() {
+  sp_fn=$1 && shift
+  if sp_all=$(stat -c '%A %u' -- "$@" 2>/dev/null); then
+    # (stat's lines: one a path, in their order, no path in them)
+    while read -r sp_m sp_o; do
+      sp_p=$1 && shift
+      "$sp_fn" || return 1
+    done <<SP_STATS
+$sp_all
+SP_STATS
+    return 0
+  fi
+  for sp_p; do
+    sp_stat "$sp_p" || :
+    "$sp_fn" || return 1
+  done
 }
 
 # sp_stat PATH: sp_m becomes PATH's mode as ls shows it (drwx------...) and sp_o its owner's
@@ -284,12 +333,20 @@ sp_my_uid() {
 # printed: no subshell to read it from)
 # shellcheck disable=SC2329 # not every step needs it
 sp_unsafe() {
+  sp_p=$1
+  sp_stat "$1" || :
+  sp_unsafe_read
+}
+# sp_unsafe_read: sp_unsafe for sp_p, its mode and owner read already (sp_m, sp_o; sp_m empty:
+# it could not be read, nothing to say)
+# shellcheck disable=SC2329 # not every step needs it
+sp_unsafe_read() {
   sp_why=''
-  if [ -L "$1" ]; then
+  if [ -L "$sp_p" ]; then
     sp_why='is a symbolic link'
     return 0
   fi
-  sp_stat "$1" || return 0
+  [ -n "$sp_m" ] || return 0
   sp_my_uid
   [ "$sp_o" = "$sp_uid" ] || sp_why='is not owned by you'
   ! sp_others_write || sp_why="${sp_why:+$sp_why

@@ -39,7 +39,9 @@ SP_LOCK
   sp_v=$(sqlite3 -init /dev/null :memory: 'SELECT sqlite_version();' 2>/dev/null) &&
     case $sp_v in [0-9]*.[0-9]*) ;; *) sp_v='' ;; esac
   sp_fact sqlite3 "$sp_v"
-  sp_find_sha256
+  # (the wrapper's sha256 in the same run, where it is a file)
+  sp_p=.solverpilot/bin/job_wrapper.sh
+  if [ -f "$sp_p" ]; then sp_find_sha256 "$sp_p"; else sp_find_sha256; fi
   sp_fact sha256 "$sp_sha"
   sp_fact server "$sp_server"
   sp_d=$sp_server # the server folder may not exist yet: its nearest existing parent (no
@@ -55,17 +57,17 @@ SP_LOCK
   # the host's state
   sp_p=.solverpilot/bin/job_wrapper.sh
   if [ -n "$sp_sha" ] && [ -f "$sp_p" ]; then
-    sp_wrapper=$(sp_sha256 "$sp_p")
+    sp_wrapper=${sp_hashed:-$(sp_sha256 "$sp_p")}
     echo "wrapper=$sp_wrapper"
   fi
   [ ! -e "$sp_server/server.db" ] || echo db=yes
   # what keeps the wrapper from running, or lets another user replace it: one issue= a line
+  set --
   for sp_p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
-    if [ -e "$sp_p" ] || [ -L "$sp_p" ]; then
-      sp_unsafe "$sp_p"
-      [ -z "$sp_why" ] || { sp_plain='' && printf '%s\n' "$sp_why" | sed "s|^|issue=~/$sp_p |"; }
-    fi
+    if [ -e "$sp_p" ] || [ -L "$sp_p" ]; then set -- "$@" "$sp_p"; fi
   done
+  [ "$#" = 0 ] || sp_each_stat sp_issue "$@"
+  sp_p=.solverpilot/bin/job_wrapper.sh
   if [ -e "$sp_p" ] && [ ! -f "$sp_p" ]; then
     sp_plain='' && echo "issue=~/$sp_p is not a regular file"
   elif [ -f "$sp_p" ] && [ ! -x "$sp_p" ]; then
@@ -74,6 +76,13 @@ SP_LOCK
   # server_unsafe= (push stops), server_open= (push makes them 0700)
   sp_v=$(sp_server_safe report)
   [ -z "$sp_v" ] || { sp_plain='' && printf '%s\n' "$sp_v"; }
+}
+
+# sp_issue: the issue= lines of sp_p, its mode and owner read (sp_each_stat)
+# shellcheck disable=SC2329,SC2034 # not every step needs it; push.sh reads sp_plain
+sp_issue() {
+  sp_unsafe_read
+  [ -z "$sp_why" ] || { sp_plain='' && printf '%s\n' "$sp_why" | sed "s|^|issue=~/$sp_p |"; }
 }
 
 # sp_fact KEY VALUE: the line KEY=VALUE of the answer, also added to sp_facts; VALUE on one
