@@ -201,11 +201,11 @@ def test_a_rename_still_running_at_the_deadline_is_reported_as_either_wrapper(
 def test_a_failure_after_the_install_says_the_new_wrapper_is_in_place(
     lab: Lab, home: Path, kh: Path, slow: SlowHost
 ) -> None:
-    """The smoke run fails (a TMPDIR that does not exist, as some clusters set): the host has
-    the new wrapper, and the report says so."""
+    """The smoke run fails (the login exports a grace the wrapper refuses, as it would for
+    every job): the host has the new wrapper, and the report says so."""
     slow.place_old_wrapper()
     bashrc = slow.home / ".bashrc"
-    bashrc.write_text("export TMPDIR=/nonexistent/tmp\n")
+    bashrc.write_text("export SOLVERPILOT_KILL_GRACE=soon\n")
     try:
         proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh))
         out, _ = proc.communicate(timeout=60)
@@ -217,6 +217,26 @@ def test_a_failure_after_the_install_says_the_new_wrapper_is_in_place(
     assert "smoke run failed" in str(error_text(result))
     assert result["sha256"] == hashlib.sha256((slow.home / WRAPPER).read_bytes()).hexdigest()
     assert (slow.home / WRAPPER).read_bytes() != OLD_WRAPPER
+    assert sorted(p.name for p in (slow.home / ".solverpilot").iterdir()) == ["bin"]
+
+
+def test_a_tmpdir_that_does_not_exist_fails_no_smoke_run(
+    lab: Lab, home: Path, kh: Path, slow: SlowHost
+) -> None:
+    """Some clusters set a TMPDIR that does not exist: the smoke run's folder is made beside
+    the wrapper, not in it, and is gone after."""
+    slow.place_old_wrapper()
+    bashrc = slow.home / ".bashrc"
+    bashrc.write_text("export TMPDIR=/nonexistent/tmp\n")
+    try:
+        proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        bashrc.unlink()
+    assert proc.returncode == 0, err
+    (result,) = payload(out)
+    assert result["status"] == "deployed"
+    assert sorted(p.name for p in (slow.home / ".solverpilot").iterdir()) == ["bin"]
 
 
 @pytest.mark.parametrize("delay", [6, 14])

@@ -26,10 +26,16 @@ sp_init_db() {
 }
 
 # sp_smoke JOB_ID: run the installed wrapper once in a throwaway server folder: rc=EXIT_STATUS,
-# then the job's state file (one line), then true; false when no folder could be made
+# then the job's state file (one line), then true; false when no folder could be made. The
+# folder is ~/.solverpilot/JOB_ID (the user's, checked by the install: no temporary folder, which
+# a TMPDIR some clusters set may lack), made here with its jobs/ and locks/ (the wrapper finds
+# them: no mkdir of its own); one that is there already is never used or removed
 # shellcheck disable=SC2329 # not every step needs it
 sp_smoke() {
-  sp_tmpdir=$(mktemp -d) || return 1
+  [ ! -e "$HOME/.solverpilot/$1" ] && [ ! -L "$HOME/.solverpilot/$1" ] || return 1
+  sp_tmpdir=$HOME/.solverpilot/$1
+  # (-m: a default ACL on ~/.solverpilot would open them to others, and the wrapper refuse them)
+  mkdir -m 700 -- "$sp_tmpdir" "$sp_tmpdir/jobs" "$sp_tmpdir/locks" || return 1
   SOLVERPILOT_SERVER_DIR=$sp_tmpdir "$HOME/.solverpilot/bin/job_wrapper.sh" "$1" sh -c : </dev/null
   echo "rc=$?"
   # (no cat: the read builtin; a state file is one line, and a line without its end is read)
