@@ -37,14 +37,15 @@ _EMITTED: list[str] = []  # a --json document has begun on stdout (no error docu
 
 
 def _emit(doc: dict[str, Any]) -> None:
-    """One --json document on stdout (shapes.document), whole: INT and TERM wait until it is
-    written (a reader that is slow to take a large one must not get half of it)."""
+    """One --json document on stdout (shapes.document), whole: INT and TERM (and SIGALRM, which
+    raises an owed one: signals.py) wait until it is written (a reader that is slow to take a
+    large one must not get half of it)."""
     import json
     import signal
 
     text = json.dumps(doc, indent=2) + "\n"
     _EMITTED.append(doc["command"])
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

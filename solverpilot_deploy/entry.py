@@ -11,6 +11,8 @@ from types import FrameType
 
 
 def _interrupted_early(signum: int, frame: FrameType | None) -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):  # one message, whatever comes during it
+        signal.signal(number, signal.SIG_IGN)
     os.write(2, b"sp-deploy: interrupted\n")
     os._exit(130)
 
@@ -29,14 +31,20 @@ def run() -> int:
     first is a Ctrl-C (hosts in flight end their step, their connections are closed, the
     results are printed; in a fleet a second aborts them), every later one is absorbed, and
     once one came the exit status is 130, never death by the signal."""
-    signals.install(tuple(n for n in signals.SIGNALS if signal.getsignal(n) is _interrupted_early))
+    told = False  # main said "interrupted" itself
     try:
         try:
+            signals.install(
+                tuple(n for n in signals.SIGNALS if signal.getsignal(n) is _interrupted_early)
+            )
             code = main(sys.argv[1:])
+            told = code == 130
         finally:
             signals.stop_raising()
-    except KeyboardInterrupt:  # the first signal, just as main returned
+    except KeyboardInterrupt:  # the first signal, as main returned or while it reported
         code = 130
+    except SystemExit as exc:  # argparse's --help and usage errors
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     # the interpreter's own exit puts a Python handler back to the default (death by the
     # signal, 143): from here every signal is ignored
     for number in signals.SIGNALS:
@@ -44,7 +52,7 @@ def run() -> int:
             signal.signal(number, signal.SIG_IGN)
     if not signals.received():
         return code
-    if code != 130:
+    if not told:
         os.write(2, b"sp-deploy: interrupted\n")
     # CPython ends itself by SIGINT at exit once a KeyboardInterrupt has passed through a
     # nested evaluation (its flag stays set though main caught it): 4 exits in 150 died by INT

@@ -29,6 +29,7 @@ RETRY = 0.01  # seconds between two tries of an owed raise
 _count = 0
 _raising = True
 _owed = False
+_counting = False  # within counted()
 
 
 def received() -> int:
@@ -72,7 +73,7 @@ def _raise(frame: FrameType | None) -> None:
 
 def _retry(signum: int, frame: FrameType | None) -> None:
     # a fleet's hosts (counted) read the count themselves: an owed raise is for the rest
-    if _owed and _raising and signal.getsignal(signal.SIGINT) is handler:
+    if _owed and _raising and not _counting:
         _raise(frame)
 
 
@@ -109,14 +110,19 @@ class counted:  # used as a with-statement, like a function
         self.before: dict[int, object] = {}
         if threading.current_thread() is not threading.main_thread():
             return
+        global _counting
         if _owed and _raising:
             _owed = False
             raise KeyboardInterrupt
         for number in SIGNALS:
             self.before[number] = signal.getsignal(number)
             signal.signal(number, _count_only)
+        _counting = True
 
     def __exit__(self, *exc: object) -> None:
+        global _counting
         for number, previous in self.before.items():
             if previous is not None:
                 signal.signal(number, previous)  # type: ignore[arg-type]
+        if self.before:
+            _counting = False

@@ -172,3 +172,151 @@ def test_ctrl_c_at_random_moments_of_imports_in_many_threads_never_hangs_them(
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def test_a_term_owed_while_int_is_ignored_is_raised(tmp_path: Path) -> None:
+    """A background job of a script has INT ignored (sp-deploy leaves it so): an owed TERM is
+    raised all the same (the retry asked whether INT's handler was sp-deploy's)."""
+    (tmp_path / "termmod.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\ntotal = sum(range(9))\n"
+    )
+    script = tmp_path / "child.py"
+    script.write_text(
+        PREAMBLE.replace(
+            "signals.install()",
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\nsignals.install((signal.SIGTERM,))",
+        )
+        + textwrap.dedent(
+            """
+            try:
+                import termmod
+                wait_for_the_raise()
+            except KeyboardInterrupt:
+                print("raised", flush=True)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (proc.stdout, proc.stderr) == ("raised\n", "")
+
+
+def test_a_json_document_is_written_with_the_owed_raises_timer_held_too() -> None:
+    """cli._emit holds INT and TERM while it writes, and SIGALRM, which raises an owed one."""
+    import io
+
+    from solverpilot_deploy import cli
+
+    held: list[set[int]] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            held.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+            return super().write(text)
+
+    saved = sys.stdout
+    sys.stdout = Recording()
+    try:
+        cli._emit({"command": "profiles"})
+    finally:
+        sys.stdout = saved
+        cli._EMITTED.clear()
+    assert held and all({signal.SIGINT, signal.SIGTERM, signal.SIGALRM} <= h for h in held)
+    assert signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+# entry.run in a child, its main replaced: what a signal at a given moment makes of the exit
+ENTRY = """
+import os, signal, sys
+sys.argv = ["sp-deploy"]
+from solverpilot_deploy import entry, signals
+{setup}
+sys.exit(entry.run())
+"""
+
+
+def run_entry(tmp_path: Path, setup: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "entry_child.py"
+    script.write_text(ENTRY.format(setup=textwrap.dedent(setup)))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_a_signal_owed_when_a_command_ends_by_system_exit_is_still_exit_130(
+    tmp_path: Path,
+) -> None:
+    """--help ends by SystemExit: a Ctrl-C owed from its last import is not lost (exit 0)."""
+    (tmp_path / "lastmod.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    proc = run_entry(
+        tmp_path,
+        """
+        def main(argv):
+            import lastmod
+            print("usage: sp-deploy ...")
+            raise SystemExit(0)
+        entry.main = main
+        """,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130,
+        "usage: sp-deploy ...\n",
+        "sp-deploy: interrupted\n",
+    )
+
+
+def test_a_signal_while_the_handlers_are_installed_is_an_interrupt_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    proc = run_entry(
+        tmp_path,
+        """
+        install = signals.install
+        def installing(numbers):
+            install(numbers)
+            os.kill(os.getpid(), signal.SIGTERM)  # as install's last handler is set
+        signals.install = installing
+        entry.main = lambda argv: 0
+        """,
+    )
+    assert (proc.returncode, proc.stderr) == (130, "sp-deploy: interrupted\n")
+
+
+def test_an_interrupt_that_escapes_main_is_reported_once(tmp_path: Path) -> None:
+    """An owed Ctrl-C raised while main reports an error escapes it: entry says so."""
+    proc = run_entry(
+        tmp_path,
+        """
+        def main(argv):
+            signals.handler(signal.SIGINT, None)  # raises: the first signal
+        entry.main = main
+        """,
+    )
+    assert (proc.returncode, proc.stderr) == (130, "sp-deploy: interrupted\n")
+
+
+def test_a_term_while_the_early_handler_writes_its_message_adds_no_second_one(
+    tmp_path: Path,
+) -> None:
+    """Before the CLI is imported, a first signal writes "interrupted" and exits: a second one
+    that comes during that write is ignored, not handled again (the message twice)."""
+    script = tmp_path / "early.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal
+            from solverpilot_deploy import entry
+            write = os.write
+            def writing(fd, data):
+                os.kill(os.getpid(), signal.SIGTERM)  # during the message's write
+                return write(fd, data)
+            os.write = writing
+            entry._interrupted_early(signal.SIGINT, None)
+            """
+        )
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "sp-deploy: interrupted\n")
