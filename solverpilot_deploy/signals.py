@@ -100,21 +100,25 @@ def _count_only(signum: int, frame: FrameType | None) -> None:
 
 class counted:  # used as a with-statement, like a function
     """Within: INT and TERM are counted, never raised (in the main thread; elsewhere Python
-    takes signals in the main thread anyway). The previous handlers come back after. A raise
-    still owed when it begins is raised first (the fleet would not see it in the count)."""
+    takes signals in the main thread anyway); one ignored stays ignored. The previous handlers
+    come back after. A raise still owed when it begins is raised first (the fleet would not
+    see it in the count)."""
 
     def __enter__(self) -> None:
         import threading  # not at import: render starts fast
 
         global _owed
         self.before: dict[int, object] = {}
-        if threading.current_thread() is not threading.main_thread():
+        self.main = threading.current_thread() is threading.main_thread()
+        if not self.main:
             return
         global _counting
         if _owed and _raising:
             _owed = False
             raise KeyboardInterrupt
         for number in SIGNALS:
+            if signal.getsignal(number) is signal.SIG_IGN:  # (a background job's INT) stays so
+                continue
             self.before[number] = signal.getsignal(number)
             signal.signal(number, _count_only)
         _counting = True
@@ -124,5 +128,5 @@ class counted:  # used as a with-statement, like a function
         for number, previous in self.before.items():
             if previous is not None:
                 signal.signal(number, previous)  # type: ignore[arg-type]
-        if self.before:
+        if self.main:
             _counting = False

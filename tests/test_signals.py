@@ -320,3 +320,22 @@ def test_a_term_while_the_early_handler_writes_its_message_adds_no_second_one(
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (130, "sp-deploy: interrupted\n")
+
+
+def test_an_ignored_int_stays_ignored_in_a_fleet(tmp_path: Path) -> None:
+    """A background job of a script has INT ignored: a fleet (counted) neither counts nor acts
+    on it, as one-host commands do not; a TERM is counted."""
+    proc = child(
+        tmp_path,
+        """
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with signals.counted():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100000):
+                pass
+            print(signals.received(), flush=True)
+        print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, flush=True)
+        """,
+    )
+    assert (proc.stdout, proc.stderr) == ("1\nTrue\n", "")

@@ -243,7 +243,13 @@ def test_a_term_handler_that_outlives_killwait_keeps_the_record(
     the stop was recorded at once, so the record stands."""
     c = deployed
     marker, ready = c.home / SERVER / "got-term", c.home / SERVER / "trap-set"
-    job = f"trap 'touch {marker}; sleep 60' TERM; touch {ready}; sleep 300 & wait"
+    # Slurm TERMs each process of the job in turn: not `sleep & wait` (a wait that outlives a
+    # TERMed sleep returns 0 and the job ends before its shell's TERM comes), and the handler
+    # ignores the TERMs after its first (Slurm's and the wrapper's forward), its sleep too
+    job = (
+        f"trap 'trap \"\" TERM; touch {marker}; sleep 60' TERM; touch {ready}; "
+        "while :; do sleep 1; done"
+    )
     job_id, slurm_id = submit_started(capsys, c, "sh", "-c", job)
     poll(ready.exists, 30, "the job's TERM handler")
     started = time.monotonic()
