@@ -273,7 +273,7 @@ sp_server_path() {
 # as ls shows it (drwx------...) and sp_o its owner's uid, both empty when PATH cannot be read;
 # all read by one process (stat), each apart (sp_stat) only when that fails (a path gone
 # meanwhile, a stat without -c). Stops at the first FUNC that is false, and is then false.
-# FUNC must not use sp_each_stat.
+# FUNC must not use sp_each_stat, nor read its standard input (stat's lines).
 # shellcheck disable=SC2329 # not every step needs it
 sp_each_stat() {
   sp_fn=$1 && shift
