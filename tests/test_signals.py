@@ -231,6 +231,9 @@ def test_a_json_document_is_written_with_the_owed_raises_timer_held_too() -> Non
 ENTRY = """
 import os, signal, sys
 sys.argv = ["sp-deploy"]
+# (as from a terminal: a test run in the background of a script has INT ignored, and
+# sp-deploy rightly keeps it so)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from solverpilot_deploy import entry, signals
 {setup}
 sys.exit(entry.run())
