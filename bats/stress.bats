@@ -82,7 +82,7 @@ check_runs() { # check_runs [MAX_UNSTARTED_SHARE [MAX_UNAIMED_SHARE]]
 @test "TERM just as the job ends on its own: exactly one final record, own end or the stop, in every run" {
   local i
   for ((i = 0; i < RUNS; i++)); do
-    signal_run "end-$i" TERM 40 3 'sleep 0.02; exit 3'
+    signal_run "end-$i" TERM 150 3 'sleep 0.1; exit 3' # (long enough to be aimed at under load)
   done
   check_runs
   assert_equal "$(grep -c . "$WORK/runs")" "$RUNS"
