@@ -198,19 +198,26 @@ def test_a_rename_still_running_at_the_deadline_is_reported_as_either_wrapper(
     assert (slow.home / WRAPPER).read_bytes() != OLD_WRAPPER  # it did land, as warned
 
 
+def push_with_login_line(lab: Lab, kh: Path, slow: SlowHost, line: str) -> tuple[int, str, str]:
+    """push --json over the slow host's old wrapper, its login's ~/.bashrc holding ``line``:
+    the exit code, stdout and stderr."""
+    slow.place_old_wrapper()
+    bashrc = slow.home / ".bashrc"
+    bashrc.write_text(f"{line}\n")
+    try:
+        proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        bashrc.unlink()
+    return proc.returncode, out, err
+
+
 def test_a_failure_after_the_install_says_the_new_wrapper_is_in_place(
     lab: Lab, home: Path, kh: Path, slow: SlowHost
 ) -> None:
     """The smoke run fails (the login exports a grace the wrapper refuses, as it would for
     every job): the host has the new wrapper, and the report says so."""
-    slow.place_old_wrapper()
-    bashrc = slow.home / ".bashrc"
-    bashrc.write_text("export SOLVERPILOT_KILL_GRACE=soon\n")
-    try:
-        proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh))
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        bashrc.unlink()
+    _, out, _ = push_with_login_line(lab, kh, slow, "export SOLVERPILOT_KILL_GRACE=soon")
     (result,) = payload(out)
     assert result["status"] == "failed"
     assert str(error_text(result)).startswith("the new wrapper is installed (sha256 ")
@@ -225,15 +232,8 @@ def test_a_tmpdir_that_does_not_exist_fails_no_smoke_run(
 ) -> None:
     """Some clusters set a TMPDIR that does not exist: the smoke run's folder is made beside
     the wrapper, not in it, and is gone after."""
-    slow.place_old_wrapper()
-    bashrc = slow.home / ".bashrc"
-    bashrc.write_text("export TMPDIR=/nonexistent/tmp\n")
-    try:
-        proc = sp_deploy("push", slow.spec, "--json", *ssh_args(lab, kh))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        bashrc.unlink()
-    assert proc.returncode == 0, err
+    code, out, err = push_with_login_line(lab, kh, slow, "export TMPDIR=/nonexistent/tmp")
+    assert code == 0, err
     (result,) = payload(out)
     assert result["status"] == "deployed"
     assert sorted(p.name for p in (slow.home / ".solverpilot").iterdir()) == ["bin"]

@@ -40,8 +40,8 @@ SP_LOCK
     case $sp_v in [0-9]*.[0-9]*) ;; *) sp_v='' ;; esac
   sp_fact sqlite3 "$sp_v"
   # (the wrapper's sha256 in the same run, where it is a file)
-  sp_p=.solverpilot/bin/job_wrapper.sh
-  if [ -f "$sp_p" ]; then sp_find_sha256 "$sp_p"; else sp_find_sha256; fi
+  sp_wpath=.solverpilot/bin/job_wrapper.sh
+  if [ -f "$sp_wpath" ]; then sp_find_sha256 "$sp_wpath"; else sp_find_sha256; fi
   sp_fact sha256 "$sp_sha"
   sp_fact server "$sp_server"
   sp_d=$sp_server # the server folder may not exist yet: its nearest existing parent (no
@@ -55,23 +55,21 @@ SP_LOCK
   ! sp_logout_kills || sp_v=yes
   sp_fact logout_kills "$sp_v"
   # the host's state
-  sp_p=.solverpilot/bin/job_wrapper.sh
-  if [ -n "$sp_sha" ] && [ -f "$sp_p" ]; then
-    sp_wrapper=${sp_hashed:-$(sp_sha256 "$sp_p")}
+  if [ -n "$sp_sha" ] && [ -f "$sp_wpath" ]; then
+    sp_wrapper=${sp_hashed:-$(sp_sha256 "$sp_wpath")}
     echo "wrapper=$sp_wrapper"
   fi
   [ ! -e "$sp_server/server.db" ] || echo db=yes
   # what keeps the wrapper from running, or lets another user replace it: one issue= a line
   set --
-  for sp_p in .solverpilot .solverpilot/bin .solverpilot/bin/job_wrapper.sh; do
+  for sp_p in .solverpilot .solverpilot/bin "$sp_wpath"; do
     if [ -e "$sp_p" ] || [ -L "$sp_p" ]; then set -- "$@" "$sp_p"; fi
   done
   [ "$#" = 0 ] || sp_each_stat sp_issue "$@"
-  sp_p=.solverpilot/bin/job_wrapper.sh
-  if [ -e "$sp_p" ] && [ ! -f "$sp_p" ]; then
-    sp_plain='' && echo "issue=~/$sp_p is not a regular file"
-  elif [ -f "$sp_p" ] && [ ! -x "$sp_p" ]; then
-    sp_plain='' && echo "issue=~/$sp_p is not executable"
+  if [ -e "$sp_wpath" ] && [ ! -f "$sp_wpath" ]; then
+    sp_plain='' && echo "issue=~/$sp_wpath is not a regular file"
+  elif [ -f "$sp_wpath" ] && [ ! -x "$sp_wpath" ]; then
+    sp_plain='' && echo "issue=~/$sp_wpath is not executable"
   fi
   # server_unsafe= (push stops), server_open= (push makes them 0700)
   sp_v=$(sp_server_safe report)
