@@ -73,6 +73,9 @@ class Probe:
     # what about ~/.solverpilot, its bin or the wrapper push must repair ("~/PATH is ...")
     issues: tuple[str, ...] = ()
     facts: str = ""  # the answer's facts, as host_facts keeps them and push.sh hashes them
+    # push.sh's short answer (probing.sh's sp_current): the wrapper is the one push sends and
+    # needs nothing; its tools were not run (bash, flock, setsid and sqlite3 are not known)
+    current: bool = False
 
     def warnings(self) -> tuple[str, ...]:
         """What the host's set-up puts at risk, whatever the profile."""
@@ -190,6 +193,7 @@ def probe_of(result: StepResult) -> Probe:
         server_open=result.all_of("server_open"),
         issues=result.all_of("issue"),
         facts=facts_of(result.lines),
+        current=found.get("current") == "yes",
     )
 
 
@@ -344,9 +348,10 @@ def push_host(
 ) -> HostResult:
     """Probe, then (unless unchanged) one step that installs, sets up the DB and smoke-tests;
     for a host whose facts ``memory`` knows, both in one step (push.sh), which installs only
-    if the host's facts are still those. ``stop`` set means an interrupt: no new step starts,
-    and a host not yet changed raises StepInterrupted. Every result says which wrapper the
-    host has (``outcome``)."""
+    if the host's facts are still those, and answers from the wrapper's hash alone (no tool
+    run: Probe.current) when that wrapper is the render already. ``stop`` set means an
+    interrupt: no new step starts, and a host not yet changed raises StepInterrupted. Every
+    result says which wrapper the host has (``outcome``)."""
     plan = None if dry_run or memory is None else _plan(memory.known(), requested)
     answer = None  # the install's answer, when push.sh installed in its step
     smoke_id = f"sp-smoke-{secrets.token_hex(4)}" if smoke else None
@@ -367,6 +372,8 @@ def push_host(
         if answer is None and step.status != 0:  # (a whole answer: no install began)
             raise RemoteCommandError(f"probe failed: {step.error()}")
         found = probe_of(step)
+        if found.current and pick_profile(found, requested).name != plan.profile.name:
+            found = probe(session, remaining(deadline))  # its os-release picks another now
     else:
         found = probe(session, remaining(deadline))
     if memory is not None:
@@ -377,7 +384,7 @@ def push_host(
     warnings = (
         distro_warning(found, requested, profile)
         + found.warnings()
-        + check_requirements(found, profile)
+        + (() if found.current else check_requirements(found, profile))
     )
     text, digest = wrapper_for(profile)
     action = planned_action(found, digest)
@@ -614,9 +621,14 @@ def verify_host(
     _, digest = wrapper_for(profile)
     if found.server_unsafe:
         raise unsafe_server_dir(found.server_unsafe)
-    warnings = distro_warning(found, requested, profile) + found.warnings() + found.open_warning()
-    if not found.sha256:
-        raise RequirementError(f"no sha256 tool on the host; install: {profile.install_hint}")
+    # what the wrapper cannot run without fails the host, as in push (which, when it finds the
+    # wrapper in place, does not run the tools again)
+    warnings = (
+        distro_warning(found, requested, profile)
+        + found.warnings()
+        + found.open_warning()
+        + check_requirements(found, profile)
+    )
     seen = HostResult(
         host, "ok", profile.name, digest, warnings=warnings,
         current_sha256=found.wrapper_sha256, render_sha256=digest,

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -432,15 +433,25 @@ def test_json_output_is_only_json(
     assert isinstance(payload(out), list)
 
 
+@contextlib.contextmanager
+def limited_with_flock(lab: Lab) -> Iterator[None]:
+    """The limited host (no flock, no sqlite3) with flock, and the sleep and id it lacks too."""
+    added = []
+    try:
+        for tool in ("flock", "sleep", "id"):
+            link = lab.limited_bin / tool
+            link.symlink_to(shutil.which(tool) or tool)
+            added.append(link)
+        yield
+    finally:
+        for link in added:
+            link.unlink()
+
+
 def test_missing_sqlite3_is_only_a_warning(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:
-    added = []
-    for tool in ("flock", "sleep", "id"):
-        link = lab.limited_bin / tool
-        link.symlink_to(shutil.which(tool) or tool)
-        added.append(link)
-    try:
+    with limited_with_flock(lab):
         code, out, err = sp(
             capsys,
             "push",
@@ -451,9 +462,6 @@ def test_missing_sqlite3_is_only_a_warning(
             str(trusted),
             "--json",
         )
-    finally:
-        for link in added:
-            link.unlink()
     assert (code, error_text(payload(out)[0])) == (0, None)
     assert payload(out)[0]["status"] == "deployed"
     assert f"sp-deploy: {lab.limited.spec}: warning: sqlite3 missing" in err
@@ -865,6 +873,10 @@ def test_a_distro_other_than_the_hosts_own_is_warned_about(
     auth = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
     code, _, err = sp(capsys, "push", lab.a.spec, "--distro", "ubuntu", "--dry-run", *auth)
     assert code == 0 and f"{lab.a.spec}: warning: {said}" in err
+    # a repeat (push.sh's short answer: the wrapper in place) says it again
+    code, results = push(capsys, lab, trusted, lab.a.spec, "--distro", "ubuntu")
+    assert code == 0 and step_names(results[0]) == ["connect", "push"]
+    assert (results[0]["status"], results[0]["warnings"]) == ("unchanged", [said])
     code, results = push(capsys, lab, trusted, lab.a.spec, "--distro", "debian")
     assert code == 0 and results[0]["status"] == "deployed"
     assert results[0]["warnings"] == []
@@ -973,6 +985,52 @@ def test_a_host_seen_before_that_now_lacks_a_tool_keeps_its_wrapper(
     assert code == 1 and step_names(results[0]) == ["connect", "push"], results
     assert results[0]["outcome"] == "old" and "flock" in str(error_text(results[0])), results
     assert (Path(user.pw_dir) / WRAPPER).read_text() == old
+
+
+def test_a_push_that_finds_its_wrapper_in_place_runs_no_tool_and_verify_does(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """A repeat push to a host seen before whose wrapper is the render, with nothing to repair,
+    answers from the wrapper's hash and the folders' modes (push.sh's current=yes): its tools
+    are not run again, so a tool gone since (flock here) does not fail it: nothing was
+    changed, and it says so. verify runs them and names what is missing."""
+    with limited_with_flock(lab):
+        code, results = push(capsys, lab, trusted, lab.limited.spec)
+    assert code == 0 and results[0]["status"] == "deployed", results
+    assert "\nflock=ok\n" in memory_file(lab.limited.spec).read_text()
+    code, results = push(capsys, lab, trusted, lab.limited.spec)
+    assert code == 0 and step_names(results[0]) == ["connect", "push"], results
+    assert (results[0]["status"], results[0]["action"], results[0]["sha256"]) == (
+        "unchanged", "none", DEBIAN_SHA
+    )  # fmt: skip
+    assert results[0]["warnings"] == []  # (the first push warned of sqlite3: not run again)
+    # push.sh's short answer is not kept: the facts are still the last whole probe's
+    assert "\nflock=ok\n" in memory_file(lab.limited.spec).read_text()
+    verify = ("verify", lab.limited.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted))
+    code, results = sp_json(capsys, *verify)
+    assert code == 1 and results[0]["status"] == "failed", results
+    assert str(error_text(results[0])).startswith("missing requirement: flock; install:")
+    assert "\nflock=\n" in memory_file(lab.limited.spec).read_text()  # (verify's probe)
+
+
+def test_a_host_seen_before_whose_os_release_now_picks_another_profile_gets_it(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """Kept facts that pick ubuntu, and the host has ubuntu's wrapper: push.sh finds that
+    wrapper in place (current=yes), but the os-release in its answer picks debian, so the push
+    probes again and installs debian's, as a push without kept facts would."""
+    ubuntu = render_wrapper(load_profile("ubuntu")).encode()
+    code, results = push(capsys, lab, trusted, lab.a.spec, "--distro", "ubuntu")
+    assert code == 0 and (home / WRAPPER).read_bytes() == ubuntu
+    kept = memory_file(lab.a.spec)
+    kept.write_text(kept.read_text().replace("os_id=debian\n", "os_id=ubuntu\n", 1))
+    # (the kept facts alone would say unchanged: the host's wrapper is the one they pick)
+    code, results = push(capsys, lab, trusted, lab.a.spec)
+    assert code == 0 and results[0]["status"] == "deployed", results
+    assert step_names(results[0]) == ["connect", "push", "probe", "install", "init_db", "smoke"]
+    assert (results[0]["distro"], results[0]["action"]) == ("debian", "replace")
+    assert (home / WRAPPER).read_bytes() == DEBIAN_BYTES
+    assert kept.read_text().startswith("os_id=debian\n")  # the probe's facts are kept
 
 
 def test_folders_a_default_acl_opens_are_made_private(

@@ -20,9 +20,10 @@ from conftest import Lab, payload, poll, require, sp
 from sshlab import run_as
 from test_status_remote import boot_id, connect, finished, start_ticks, write_states
 
+from solverpilot_deploy.deploy import _schema_line
 from solverpilot_deploy.errors import RemoteCommandError
 from solverpilot_deploy.profiles import load_profile
-from solverpilot_deploy.remote import parse_framed, step_script, with_token
+from solverpilot_deploy.remote import parse_framed, step_script, with_payload, with_token
 from solverpilot_deploy.render import render_wrapper
 from solverpilot_deploy.safe import printable
 from solverpilot_deploy.ssh import MAX_ANSWER
@@ -30,6 +31,8 @@ from solverpilot_deploy.status import JOB_ID, NOT_ID_CHARS
 from solverpilot_deploy.transport import Answer
 
 SERVER = ".solverpilot-server"
+DEBIAN_TEXT = render_wrapper(load_profile("debian"))
+DEBIAN_SHA = hashlib.sha256(DEBIAN_TEXT.encode()).hexdigest()
 # what a hostile host would print: a clipboard write (OSC 52), a title, a screen clear, a C1
 # CSI (one byte, U+009B), a bidi override that reorders what follows on the screen
 OSC52 = "\x1b]52;c;cHduZWQ=\x07"
@@ -318,11 +321,15 @@ def test_probe_names_a_server_folder_with_backslashes_as_it_is(tmp_path: Path) -
     assert f"server={server}" in framed[1]
 
 
-def probe_here(home: Path, path: str) -> tuple[str, ...]:
-    """probe.sh's answer lines, run here under sh with ``path`` for its PATH."""
+def probe_here(home: Path, path: str, step: str = "probe", *args: str) -> tuple[str, ...]:
+    """probe.sh's answer lines (or ``step``'s, with ``args`` and, for push.sh, the debian
+    wrapper as its payload), run here under sh in ``home`` with ``path`` for its PATH."""
+    script = step_script(step)
+    if step == "push":
+        script = with_payload(script, _schema_line() + DEBIAN_TEXT)
     result = subprocess.run(
-        ["sh", "-s", "--", "TOKEN"], input=step_script("probe"), capture_output=True, text=True,
-        env={"PATH": path, "HOME": str(home)}, check=True,
+        ["sh", "-s", "--", "TOKEN", *args], input=script, capture_output=True, text=True,
+        env={"PATH": path, "HOME": str(home)}, cwd=home, check=True,
     )  # fmt: skip
     framed = parse_framed("TOKEN", result.stdout)
     assert framed is not None and framed[0] == 0, result
@@ -389,6 +396,91 @@ def test_the_probe_reads_the_same_whatever_the_hosts_stat_and_sha256_tool(
     assert [line for line in with_openssl if not line.startswith("sha256=")] == [
         line for line in plain if not line.startswith("sha256=")
     ]
+
+
+def test_a_push_to_a_host_that_has_the_wrapper_runs_only_the_hash_and_stat(
+    tmp_path: Path,
+) -> None:
+    """push.sh (a host seen before) with the wrapper in place, sound, and nothing to repair
+    answers current=yes from the wrapper's hash and one stat of every path (and the server
+    folder's filesystem): no bash, flock, setsid or sqlite3 is run, nothing changes. Anything
+    push would repair, a link, other bytes: the probe's whole answer instead, as before. The
+    answer is the same with a stat without -c and with openssl as the only sha256 tool."""
+    home = tmp_path / "home"
+    wrapper = home / ".solverpilot" / "bin" / "job_wrapper.sh"
+    wrapper.parent.mkdir(parents=True)
+    for folder in (home / ".solverpilot", wrapper.parent):
+        folder.chmod(0o700)
+    wrapper.write_text(DEBIAN_TEXT)
+    wrapper.chmod(0o755)
+    for sub in ("", "jobs", "locks"):
+        (home / SERVER / sub).mkdir(mode=0o700, exist_ok=True)
+    (home / SERVER / "server.db").write_bytes(b"")
+    args = (DEBIAN_SHA, "60", "db", "sp-smoke-x", "0" * 64)  # (facts no host has: no install)
+    log = tmp_path / "calls"
+    tools = ("stat", "ls", "sha256sum", "flock", "setsid", "sqlite3", "mv", "mkdir", "cat")
+    logged = shims(
+        tmp_path / "logged",
+        {tool: f'echo {tool} >>{log}\nexec /usr/bin/{tool} "$@"' for tool in tools},
+    )
+    before = wrapper.stat()
+    quick = probe_here(home, logged, "push", *args)
+    assert quick[0] == "current=yes", quick
+    assert f"wrapper={DEBIAN_SHA}" in quick and "db=yes" in quick and "sha256=sha256sum" in quick
+    assert [line.partition("=")[0] for line in quick[1:8]] == [
+        "os_id", "os_like", "sha256", "server", "fs_server", "server_relative", "logout_kills"
+    ]  # fmt: skip
+    assert not any(
+        line.startswith(("bash=", "install=", "issue=", "server_open=", "server_unsafe="))
+        for line in quick
+    )
+    assert sorted(log.read_text().split()) == ["sha256sum", "stat", "stat"]  # (stat -f too)
+    assert (wrapper.stat().st_ino, wrapper.stat().st_mtime_ns) == (
+        before.st_ino, before.st_mtime_ns
+    )  # fmt: skip
+    no_format = shims(
+        tmp_path / "nostat", {"stat": 'case $1 in -f) exec /usr/bin/stat "$@";; esac\nexit 1'}
+    )
+    assert probe_here(home, no_format, "push", *args) == quick
+    require(shutil.which("openssl") is not None, "openssl is not installed")
+    only_openssl = shims(
+        tmp_path / "openssl-only", {tool: "exit 127" for tool in ("sha256sum", "busybox", "shasum")}
+    )
+    with_openssl = probe_here(home, only_openssl, "push", *args)
+    assert "sha256=openssl dgst -sha256 -r" in with_openssl
+    assert [line for line in with_openssl if not line.startswith("sha256=")] == [
+        line for line in quick if not line.startswith("sha256=")
+    ]
+
+    # what push would repair or change: the probe's whole answer, and the tools run
+    def whole(digest: str = DEBIAN_SHA) -> tuple[str, ...]:
+        log.unlink()
+        said = probe_here(home, logged, "push", digest, *args[1:])
+        assert "current=yes" not in said and said[0].startswith("os_id="), said
+        assert {"flock", "setsid", "sqlite3"} <= set(log.read_text().split()), said
+        return said
+
+    whole("1" * 64)  # other bytes
+    for path, mode, says in (
+        (wrapper.parent, 0o770, "issue=~/.solverpilot/bin is writable by group or others"),
+        (wrapper, 0o644, "issue=~/.solverpilot/bin/job_wrapper.sh is not executable"),
+        (home / SERVER / "locks", 0o755, f"server_open=~/{SERVER}/locks drwxr-xr-x"),
+        (home / SERVER, 0o711, f"server_open=~/{SERVER} drwx--x--x"),
+    ):
+        path.chmod(mode)
+        assert says in whole(), says
+        path.chmod(0o755 if path == wrapper else 0o700)
+    (home / SERVER / "logs").symlink_to(tmp_path)
+    assert f"server_unsafe=~/{SERVER}/logs is a symbolic link" in whole()
+    (home / SERVER / "logs").unlink()
+    real = tmp_path / "real.sh"
+    wrapper.rename(real)
+    wrapper.symlink_to(real)  # the same bytes, behind a link another could change
+    assert "issue=~/.solverpilot/bin/job_wrapper.sh is a symbolic link" in whole()
+    wrapper.unlink()
+    real.rename(wrapper)
+    log.unlink()
+    assert probe_here(home, logged, "push", *args) == quick  # all repaired: current again
 
 
 def test_an_os_release_with_line_breaks_forges_no_line_of_the_probes_answer(

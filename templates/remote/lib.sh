@@ -226,30 +226,26 @@ sp_server_safe() {
   sp_my_uid
   sp_how=${1-} sp_key=error
   [ "$sp_how" != report ] || sp_key=server_unsafe
-  set -- # the paths that exist, each read once, all by one process
+  sp_server_stat sp_server_path
+}
+# sp_server_stat FUNC [PATH...]: sp_each_stat FUNC for the PATHs, then for the server folder and
+# those of its subfolders that exist (sp_server_safe's paths), all read by one process
+# shellcheck disable=SC2329 # not every step needs it
+sp_server_stat() {
+  sp_sfn=$1 && shift
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
     [ -e "$sp_p" ] || [ -L "$sp_p" ] || continue
     [ "$sp_p" != "$sp_server/" ] || [ -L "$sp_server" ] || continue # the same folder again
     set -- "$@" "$sp_p"
   done
-  [ "$#" = 0 ] || sp_each_stat sp_server_path "$@"
+  [ "$#" = 0 ] || sp_each_stat "$sp_sfn" "$@"
 }
 # sp_server_path: sp_server_safe's check of one path (sp_each_stat's sp_p, sp_m, sp_o); false
 # when it said why the path is unsafe
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_path() {
-  sp_why=''
-  [ -n "$sp_m" ] || sp_why='cannot be read'
-  case $sp_why:$sp_m in
-    :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
-    :d*) ;;
-    :*) sp_why='is not a folder' ;;
-  esac
-  [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
-  case $sp_why:$sp_m in
-    :l* | :drwx------*) return 0 ;;
-  esac
+  ! sp_server_judge || return 0
   sp_n=$(printf '%s' "${sp_p%/}" | tr '\n\r' '??') # one line, whatever the path
   # shellcheck disable=SC2088 # a literal ~ for the reader: the step runs in the home
   case $sp_n in ./*) sp_n="~/${sp_n#./}" ;; esac
@@ -266,6 +262,24 @@ sp_server_path() {
   esac
   [ -n "$sp_why" ] || return 0
   echo "$sp_key=$sp_n $sp_why"
+  return 1
+}
+# sp_server_judge: sp_why becomes why the server path sp_p (sp_each_stat's sp_p, sp_m, sp_o) is
+# unsafe, or empty; true when it is as it should be: 0700 and the user's (or the server folder
+# itself as the user's own link)
+# shellcheck disable=SC2329 # not every step needs it
+sp_server_judge() {
+  sp_why=''
+  [ -n "$sp_m" ] || sp_why='cannot be read'
+  case $sp_why:$sp_m in
+    :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
+    :d*) ;;
+    :*) sp_why='is not a folder' ;;
+  esac
+  [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
+  case $sp_why:$sp_m in
+    :l* | :drwx------*) return 0 ;;
+  esac
   return 1
 }
 
