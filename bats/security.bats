@@ -105,6 +105,28 @@ refused() {
   # a link another user planted, even to the user's own folder: refused
   chown -h "$EVIL:" "$SERVER"
   refused "$SERVER is owned by uid $(id -u "$EVIL")"
+  # named with a trailing / or /., the link itself is still read, not only the folder it names
+  local named
+  for named in "$SERVER/" "$SERVER/." "$SERVER//./"; do
+    SOLVERPILOT_SERVER_DIR=$named
+    refused "$SERVER is owned by uid $(id -u "$EVIL")"
+  done
+  SOLVERPILOT_SERVER_DIR=$SERVER
+  # the user's own link to no folder, or to a file: refused
+  rm -f "$SERVER"
+  ln -s "$BATS_TEST_TMPDIR/none" "$SERVER"
+  refused "stat cannot read $SERVER"
+  rm -f "$SERVER"
+  touch "$WORK/file"
+  ln -s "$WORK/file" "$SERVER"
+  refused "stat cannot read $SERVER"
+}
+
+@test "a setgid server folder (as mkdir makes it in a setgid parent) is the user's alone: accepted" {
+  mkdir -m 700 "$SERVER"
+  chmod 2700 "$SERVER"
+  run -0 wrapper job-setgid true
+  assert_equal "$(state_field job-setgid status)" "\"completed\""
 }
 
 @test "a link planted at the temporary state file is never written through" {

@@ -622,18 +622,36 @@ def verify_host(
     if found.server_unsafe:
         raise unsafe_server_dir(found.server_unsafe)
     # what the wrapper cannot run without fails the host, as in push (which, when it finds the
-    # wrapper in place, does not run the tools again)
+    # wrapper in place, does not run the tools again); the wrapper's own verdict (a wrapper
+    # another user can replace, say) and the shas are kept with it, never hidden by it
+    try:
+        needs: RequirementError | None = None
+        told = check_requirements(found, profile)
+    except RequirementError as exc:
+        needs, told = exc, ()
     warnings = (
-        distro_warning(found, requested, profile)
-        + found.warnings()
-        + found.open_warning()
-        + check_requirements(found, profile)
+        distro_warning(found, requested, profile) + found.warnings() + found.open_warning() + told
     )
     seen = HostResult(
         host, "ok", profile.name, digest, warnings=warnings,
         current_sha256=found.wrapper_sha256, render_sha256=digest,
         action=planned_action(found, digest),
     )  # fmt: skip
+    verdict = _wrapper_verdict(seen, found, host, profile.name, digest)
+    if needs is None:
+        return verdict
+    also = f"; and {verdict.status}: {verdict.error}" if verdict.error else ""
+    return replace(
+        verdict, status="failed", error=f"{needs}{also}", error_kind=needs.code,
+        sha256=found.wrapper_sha256,
+    )  # fmt: skip
+
+
+def _wrapper_verdict(
+    seen: HostResult, found: Probe, host: str, profile: str, digest: str
+) -> HostResult:
+    """verify's verdict on the wrapper the probe found: ``seen`` when it is the render and
+    sound, else missing, mismatch or needs-repair with why."""
     # the right bytes are not enough: a wrapper that cannot run, or that another user can
     # replace, is "needs-repair" (push repairs what it can and refuses the rest)
     issues = "; ".join(found.issues)
@@ -642,7 +660,7 @@ def verify_host(
         return replace(seen, status="missing", sha256=None, error=why)
     if found.wrapper_sha256 != digest:
         why = (
-            f"{WRAPPER_PATH} is {found.wrapper_sha256[:12]}..., the {profile.name} render is "
+            f"{WRAPPER_PATH} is {found.wrapper_sha256[:12]}..., the {profile} render is "
             f"{digest[:12]}..." + (f"; {issues}" if issues else "")
         )
         return replace(seen, status="mismatch", sha256=found.wrapper_sha256, error=why)

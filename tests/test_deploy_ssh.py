@@ -1011,6 +1011,19 @@ def test_a_push_that_finds_its_wrapper_in_place_runs_no_tool_and_verify_does(
     assert code == 1 and results[0]["status"] == "failed", results
     assert str(error_text(results[0])).startswith("missing requirement: flock; install:")
     assert "\nflock=\n" in memory_file(lab.limited.spec).read_text()  # (verify's probe)
+    # the missing tool hides nothing else verify finds: a wrapper another could replace
+    folder = (Path(lab.users[lab.limited.user].pw_dir) / WRAPPER).parent
+    folder.chmod(0o770)
+    try:
+        code, results = sp_json(capsys, *verify)
+    finally:
+        folder.chmod(0o700)
+    assert code == 1 and results[0]["status"] == "failed", results
+    said = str(error_text(results[0]))
+    assert said.startswith("missing requirement: flock; install:"), said
+    assert "; and needs-repair: ~/.solverpilot/bin is writable by group or others" in said
+    assert (results[0]["current_sha256"], results[0]["action"]) == (DEBIAN_SHA, "repair")
+    assert results[0]["error"]["kind"] == "missing_requirement"
 
 
 def test_a_host_seen_before_whose_os_release_now_picks_another_profile_gets_it(

@@ -321,15 +321,21 @@ def test_probe_names_a_server_folder_with_backslashes_as_it_is(tmp_path: Path) -
     assert f"server={server}" in framed[1]
 
 
-def probe_here(home: Path, path: str, step: str = "probe", *args: str) -> tuple[str, ...]:
+def probe_here(
+    home: Path, path: str, step: str = "probe", *args: str, server: str | None = None
+) -> tuple[str, ...]:
     """probe.sh's answer lines (or ``step``'s, with ``args`` and, for push.sh, the debian
-    wrapper as its payload), run here under sh in ``home`` with ``path`` for its PATH."""
+    wrapper as its payload), run here under sh in ``home`` with ``path`` for its PATH (and
+    ``server`` for SOLVERPILOT_SERVER_DIR)."""
     script = step_script(step)
     if step == "push":
         script = with_payload(script, _schema_line() + DEBIAN_TEXT)
+    env = {"PATH": path, "HOME": str(home)}
+    if server is not None:
+        env["SOLVERPILOT_SERVER_DIR"] = server
     result = subprocess.run(
         ["sh", "-s", "--", "TOKEN", *args], input=script, capture_output=True, text=True,
-        env={"PATH": path, "HOME": str(home)}, cwd=home, check=True,
+        env=env, cwd=home, check=True,
     )  # fmt: skip
     framed = parse_framed("TOKEN", result.stdout)
     assert framed is not None and framed[0] == 0, result
@@ -398,6 +404,19 @@ def test_the_probe_reads_the_same_whatever_the_hosts_stat_and_sha256_tool(
     ]
 
 
+def home_with_wrapper(tmp_path: Path) -> tuple[Path, Path]:
+    """A home in ``tmp_path`` with the debian wrapper installed as push leaves it (folders
+    0700, the wrapper 0755): the home and the wrapper's path."""
+    home = tmp_path / "home"
+    wrapper = home / ".solverpilot" / "bin" / "job_wrapper.sh"
+    wrapper.parent.mkdir(parents=True)
+    for folder in (home / ".solverpilot", wrapper.parent):
+        folder.chmod(0o700)
+    wrapper.write_text(DEBIAN_TEXT)
+    wrapper.chmod(0o755)
+    return home, wrapper
+
+
 def test_a_push_to_a_host_that_has_the_wrapper_runs_only_the_hash_and_stat(
     tmp_path: Path,
 ) -> None:
@@ -406,13 +425,7 @@ def test_a_push_to_a_host_that_has_the_wrapper_runs_only_the_hash_and_stat(
     folder's filesystem): no bash, flock, setsid or sqlite3 is run, nothing changes. Anything
     push would repair, a link, other bytes: the probe's whole answer instead, as before. The
     answer is the same with a stat without -c and with openssl as the only sha256 tool."""
-    home = tmp_path / "home"
-    wrapper = home / ".solverpilot" / "bin" / "job_wrapper.sh"
-    wrapper.parent.mkdir(parents=True)
-    for folder in (home / ".solverpilot", wrapper.parent):
-        folder.chmod(0o700)
-    wrapper.write_text(DEBIAN_TEXT)
-    wrapper.chmod(0o755)
+    home, wrapper = home_with_wrapper(tmp_path)
     for sub in ("", "jobs", "locks"):
         (home / SERVER / sub).mkdir(mode=0o700, exist_ok=True)
     (home / SERVER / "server.db").write_bytes(b"")
@@ -481,6 +494,62 @@ def test_a_push_to_a_host_that_has_the_wrapper_runs_only_the_hash_and_stat(
     real.rename(wrapper)
     log.unlink()
     assert probe_here(home, logged, "push", *args) == quick  # all repaired: current again
+
+
+def test_the_server_folders_check_is_not_fooled_by_a_slash_a_short_stat_or_a_dead_link(
+    tmp_path: Path,
+) -> None:
+    """The check of the server folder, in the probe and in push's quick path alike (adversary
+    findings): a link another user owns, named with a trailing / or /., is still read as a
+    link (stat went through it to the user's own folder: "current=yes"); a stat that answers a
+    line short is not paired with the paths (the last, a link, went unchecked); the user's own
+    link to no folder or to a file is refused, as the wrapper refuses it; a setgid folder
+    (drwx--S---, as mkdir makes it in a setgid parent and chmod 700 keeps it) is 0700."""
+    home, wrapper = home_with_wrapper(tmp_path)
+    real = home / SERVER
+    real.mkdir(mode=0o700)
+    args = (DEBIAN_SHA, "60", "db", "sp-smoke-x", "0" * 64)
+    system = "/usr/bin:/bin"
+    assert probe_here(home, system, "push", *args)[0] == "current=yes"
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    link = shared / "srv"
+    link.symlink_to(real)
+    os.lchown(link, 4343, 4343)  # another user's link, to the user's own folder
+    unsafe = f"server_unsafe={link} is owned by uid 4343, not by uid {os.getuid()}"
+    for named in (str(link), f"{link}/", f"{link}/.", f"{link}//./"):
+        for step in ("push", "probe"):
+            said = probe_here(home, system, step, *args, server=named)
+            assert unsafe in said and "current=yes" not in said, (named, step, said)
+    # a stat that says a line less than it was asked: never paired with the paths
+    (real / "jobs").symlink_to(tmp_path)  # the last path: a link
+    short = shims(
+        tmp_path / "short", {"stat": 'case $1 in -f) exec /usr/bin/stat "$@";; esac\n'
+                             '/usr/bin/stat "$@" | sed \'$d\''}
+    )  # fmt: skip
+    for step in ("push", "probe"):
+        said = probe_here(home, short, step, *args)
+        assert f"server_unsafe=~/{SERVER}/jobs is a symbolic link" in said, said
+        assert said == probe_here(home, system, step, *args)
+    (real / "jobs").unlink()
+    # the user's own link to no folder, or to a file
+    real.rename(tmp_path / "moved")
+    for target in (tmp_path / "none", wrapper):
+        real.symlink_to(target)
+        for step in ("push", "probe"):
+            said = probe_here(home, system, step, *args)
+            assert f"server_unsafe=~/{SERVER} is a symbolic link to no folder" in said, said
+        real.unlink()
+    (tmp_path / "moved").rename(real)
+    # setgid, 0700 otherwise: as sound as 0700 (it was reported open, tightened in vain)
+    (real / "jobs").mkdir()
+    for folder in (real, real / "jobs"):
+        folder.chmod(0o2700)
+    assert probe_here(home, system, "push", *args)[0] == "current=yes"
+    said = probe_here(home, system)
+    assert not [line for line in said if line.startswith(("server_open=", "server_unsafe="))]
+    (real / "jobs").chmod(0o2710)  # the group may enter: open, as before
+    assert f"server_open=~/{SERVER}/jobs drwx--s---" in probe_here(home, system)
 
 
 def test_an_os_release_with_line_breaks_forges_no_line_of_the_probes_answer(

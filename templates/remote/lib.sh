@@ -235,8 +235,11 @@ sp_server_stat() {
   sp_sfn=$1 && shift
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
-    [ -e "$sp_p" ] || [ -L "$sp_p" ] || continue
-    [ "$sp_p" != "$sp_server/" ] || [ -L "$sp_server" ] || continue # the same folder again
+    if [ "$sp_p" = "$sp_server/" ]; then # the folder a link names (a link to none: refused)
+      [ -L "$sp_server" ] || continue # else the same folder again
+    elif [ ! -e "$sp_p" ] && [ ! -L "$sp_p" ]; then
+      continue
+    fi
     set -- "$@" "$sp_p"
   done
   [ "$#" = 0 ] || sp_each_stat "$sp_sfn" "$@"
@@ -270,15 +273,19 @@ sp_server_path() {
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_judge() {
   sp_why=''
-  [ -n "$sp_m" ] || sp_why='cannot be read'
+  if [ -z "$sp_m" ]; then
+    sp_why='cannot be read'
+    [ "$sp_p" != "$sp_server/" ] || sp_why='is a symbolic link to no folder'
+  fi
   case $sp_why:$sp_m in
     :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
     :d*) ;;
     :*) sp_why='is not a folder' ;;
   esac
   [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
+  # 0700; a setgid bit (S: no group access) is what mkdir inherits and chmod 700 keeps
   case $sp_why:$sp_m in
-    :l* | :drwx------*) return 0 ;;
+    :l* | :drwx------* | :drwx--S---*) return 0 ;;
   esac
   return 1
 }
@@ -286,20 +293,27 @@ sp_server_judge() {
 # sp_each_stat FUNC PATH...: FUNC once for each PATH in turn, with sp_p the path, sp_m its mode
 # as ls shows it (drwx------...) and sp_o its owner's uid, both empty when PATH cannot be read;
 # all read by one process (stat), each apart (sp_stat) only when that fails (a path gone
-# meanwhile, a stat without -c). Stops at the first FUNC that is false, and is then false.
+# meanwhile, a stat without -c) or answers other than one line a path (never trusted to pair
+# its lines with the paths then). Stops at the first FUNC that is false, and is then false.
 # FUNC must not use sp_each_stat, nor read its standard input (stat's lines).
 # shellcheck disable=SC2329 # not every step needs it
 sp_each_stat() {
   sp_fn=$1 && shift
   if sp_all=$(stat -c '%A %u' -- "$@" 2>/dev/null); then
-    # (stat's lines: one a path, in their order, no path in them)
-    while read -r sp_m sp_o; do
-      sp_p=$1 && shift
-      "$sp_fn" || return 1
-    done <<SP_STATS
+    # (stat's lines: one a path, in their order, no path in them; counted first)
+    sp_c=0
+    while read -r sp_m sp_o; do [ -z "$sp_m" ] || sp_c=$((sp_c + 1)); done <<SP_STATS
 $sp_all
 SP_STATS
-    return 0
+    if [ "$sp_c" = "$#" ]; then
+      while read -r sp_m sp_o; do
+        sp_p=$1 && shift
+        "$sp_fn" || return 1
+      done <<SP_STATS
+$sp_all
+SP_STATS
+      return 0
+    fi
   fi
   for sp_p; do
     sp_stat "$sp_p" || :
@@ -384,4 +398,14 @@ umask 077
 # ./ keeps a relative one from reading as an option
 sp_server=${SOLVERPILOT_SERVER_DIR:-.solverpilot-server}
 case $sp_server in /*) ;; *) sp_server=./$sp_server ;; esac
+# a trailing / or /. names the same folder, but through a link: the link's own owner would
+# never be read (the wrapper drops them too)
+while :; do
+  case $sp_server in
+    */.) sp_server=${sp_server%/.} ;;
+    ?*/) sp_server=${sp_server%/} ;;
+    *) break ;;
+  esac
+done
+[ -n "$sp_server" ] || sp_server=/
 # the step's own lines follow

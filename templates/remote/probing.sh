@@ -128,7 +128,7 @@ sp_sound() {
     return
   fi
   sp_unsafe_read
-  [ -z "$sp_why" ]
+  [ -n "$sp_m" ] && [ -z "$sp_why" ] # (a path not read is not sound here)
 }
 
 # sp_issue: the issue= lines of sp_p, its mode and owner read (sp_each_stat)

@@ -276,6 +276,8 @@ server_dir() { # BASE: the server folder, absolute
     die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
   fi
   [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
+  # no trailing / or /.: through them, a link's own owner would go unread
+  while [[ $BASE =~ ^(.+)/\.?$ ]]; do BASE=${BASH_REMATCH[1]}; done
 }
 server_safe() { # the server folder and those of jobs/, locks/, logs/ that exist are the user's
   # alone: owned by the user, not writable by group or others, the subfolders no links (the
