@@ -112,6 +112,24 @@ refused() {
     refused "$SERVER is owned by uid $(id -u "$EVIL")"
   done
   SOLVERPILOT_SERVER_DIR=$SERVER
+  # the user's own link that leads through that link, or a name with ".." through it: refused
+  local mine=$BATS_TEST_TMPDIR/mine
+  ln -s "$SERVER" "$mine"
+  SOLVERPILOT_SERVER_DIR=$mine
+  refused "$SERVER is owned by uid $(id -u "$EVIL")"
+  SOLVERPILOT_SERVER_DIR=$SERVER/jobs/..
+  refused "$SERVER/jobs/.. is named through \"..\": name it without"
+  chown -h "$(id -u)" "$SERVER"
+  SOLVERPILOT_SERVER_DIR=$mine
+  run -0 wrapper job-chain true # every link on the way the user's own
+  SOLVERPILOT_SERVER_DIR=$SERVER
+  # a stat that prints a line more than it was asked is not read
+  mkdir -p "$WORK/shim"
+  printf '#!/bin/sh\nPATH=%s stat "$@"; echo "%s 700"\n' "$WRAPPER_PATH" "$(id -u)" >"$WORK/shim/stat"
+  chmod 755 "$WORK/shim/stat"
+  use_path "$WORK/shim:$WRAPPER_PATH"
+  refused "stat cannot read $SERVER"
+  use_path "$(userland_path)"
   # the user's own link to no folder, or to a file: refused
   rm -f "$SERVER"
   ln -s "$BATS_TEST_TMPDIR/none" "$SERVER"

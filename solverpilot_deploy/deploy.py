@@ -640,7 +640,13 @@ def verify_host(
     verdict = _wrapper_verdict(seen, found, host, profile.name, digest)
     if needs is None:
         return verdict
-    also = f"; and {verdict.status}: {verdict.error}" if verdict.error else ""
+    if not found.sha256:  # no tool to hash it: the wrapper's bytes are not known, nor its verdict
+        also = "; the wrapper's bytes cannot be compared without one" + "".join(
+            f"; {issue}" for issue in found.issues
+        )
+        verdict = replace(verdict, current_sha256=None, action=None)
+    else:
+        also = f"; and {verdict.status}: {verdict.error}" if verdict.error else ""
     return replace(
         verdict, status="failed", error=f"{needs}{also}", error_kind=needs.code,
         sha256=found.wrapper_sha256,

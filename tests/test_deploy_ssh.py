@@ -1024,6 +1024,18 @@ def test_a_push_that_finds_its_wrapper_in_place_runs_no_tool_and_verify_does(
     assert "; and needs-repair: ~/.solverpilot/bin is writable by group or others" in said
     assert (results[0]["current_sha256"], results[0]["action"]) == (DEBIAN_SHA, "repair")
     assert results[0]["error"]["kind"] == "missing_requirement"
+    # without a sha256 tool the wrapper cannot be hashed: no verdict on its bytes (it said
+    # "and missing: no .solverpilot/bin/job_wrapper.sh" of the wrapper in place)
+    tool = lab.limited_bin / "sha256sum"
+    tool.unlink()
+    try:
+        code, results = sp_json(capsys, *verify)
+    finally:
+        tool.symlink_to(shutil.which("sha256sum") or "sha256sum")
+    said = str(error_text(results[0]))
+    assert code == 1 and "a sha256 tool" in said, results
+    assert said.endswith("; the wrapper's bytes cannot be compared without one"), said
+    assert (results[0]["current_sha256"], results[0]["action"]) == (None, None)
 
 
 def test_a_host_seen_before_whose_os_release_now_picks_another_profile_gets_it(

@@ -504,7 +504,9 @@ def test_the_server_folders_check_is_not_fooled_by_a_slash_a_short_stat_or_a_dea
     link (stat went through it to the user's own folder: "current=yes"); a stat that answers a
     line short is not paired with the paths (the last, a link, went unchecked); the user's own
     link to no folder or to a file is refused, as the wrapper refuses it; a setgid folder
-    (drwx--S---, as mkdir makes it in a setgid parent and chmod 700 keeps it) is 0700."""
+    (drwx--S---, as mkdir makes it in a setgid parent and chmod 700 keeps it) is 0700, and a
+    setuid one; every link the server folder's link leads through must be the user's, and a
+    name with ".." in it is refused; a stat that adds a blank line is read right."""
     home, wrapper = home_with_wrapper(tmp_path)
     real = home / SERVER
     real.mkdir(mode=0o700)
@@ -531,7 +533,29 @@ def test_the_server_folders_check_is_not_fooled_by_a_slash_a_short_stat_or_a_dea
         said = probe_here(home, short, step, *args)
         assert f"server_unsafe=~/{SERVER}/jobs is a symbolic link" in said, said
         assert said == probe_here(home, system, step, *args)
+    # a blank line first: not counted, not paired (it ended the step: "can't shift")
+    blank = shims(
+        tmp_path / "blank", {"stat": 'case $1 in -f) exec /usr/bin/stat "$@";; esac\n'
+                             'echo; /usr/bin/stat "$@"'}
+    )  # fmt: skip
+    for step in ("push", "probe"):
+        assert probe_here(home, blank, step, *args) == probe_here(home, system, step, *args)
     (real / "jobs").unlink()
+    # the user's own link, leading through another user's link to the user's own folder; or a
+    # name with "..", through another user's link (srv/jobs/.. is the folder srv names)
+    mine = home / "mine"
+    mine.symlink_to(link)
+    (real / "jobs").mkdir(mode=0o700)
+    for named, says in (
+        (str(mine), unsafe),
+        (f"{link}/jobs/..", f'server_unsafe={link}/jobs/.. is named through "..": name it without'),
+    ):
+        for step in ("push", "probe"):
+            said = probe_here(home, system, step, *args, server=named)
+            assert says in said and "current=yes" not in said, (named, step, said)
+    os.lchown(link, 0, 0)  # every link on the way the user's own: sound
+    assert probe_here(home, system, "push", *args, server=str(mine))[0] == "current=yes"
+    (real / "jobs").rmdir()
     # the user's own link to no folder, or to a file
     real.rename(tmp_path / "moved")
     for target in (tmp_path / "none", wrapper):
@@ -541,13 +565,14 @@ def test_the_server_folders_check_is_not_fooled_by_a_slash_a_short_stat_or_a_dea
             assert f"server_unsafe=~/{SERVER} is a symbolic link to no folder" in said, said
         real.unlink()
     (tmp_path / "moved").rename(real)
-    # setgid, 0700 otherwise: as sound as 0700 (it was reported open, tightened in vain)
+    # setgid or setuid, 0700 otherwise: as sound as 0700 (reported open, tightened in vain)
     (real / "jobs").mkdir()
-    for folder in (real, real / "jobs"):
-        folder.chmod(0o2700)
-    assert probe_here(home, system, "push", *args)[0] == "current=yes"
-    said = probe_here(home, system)
-    assert not [line for line in said if line.startswith(("server_open=", "server_unsafe="))]
+    for mode in (0o2700, 0o4700, 0o6700):
+        for folder in (real, real / "jobs"):
+            folder.chmod(mode)
+        assert probe_here(home, system, "push", *args)[0] == "current=yes", oct(mode)
+        said = probe_here(home, system)
+        assert not [line for line in said if line.startswith(("server_open=", "server_unsafe="))]
     (real / "jobs").chmod(0o2710)  # the group may enter: open, as before
     assert f"server_open=~/{SERVER}/jobs drwx--s---" in probe_here(home, system)
 

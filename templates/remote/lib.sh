@@ -229,7 +229,9 @@ sp_server_safe() {
   sp_server_stat sp_server_path
 }
 # sp_server_stat FUNC [PATH...]: sp_each_stat FUNC for the PATHs, then for the server folder and
-# those of its subfolders that exist (sp_server_safe's paths), all read by one process
+# those of its subfolders that exist (sp_server_safe's paths), and for a server folder that is a
+# link, each further link it leads through (sp_links: each must be the user's too), all read by
+# one process
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_stat() {
   sp_sfn=$1 && shift
@@ -241,6 +243,13 @@ sp_server_stat() {
       continue
     fi
     set -- "$@" "$sp_p"
+  done
+  sp_links='' sp_l=$sp_server sp_k=0
+  while [ -L "$sp_l" ] && [ "$sp_k" -lt 40 ]; do # (40: the kernel's own bound, ELOOP)
+    sp_t=$(readlink -- "$sp_l") || break
+    case $sp_t in /*) sp_l=$sp_t ;; *) sp_l=${sp_l%/*}/$sp_t ;; esac
+    [ ! -L "$sp_l" ] || { set -- "$@" "$sp_l" && sp_links="$sp_links/$sp_l/"; }
+    sp_k=$((sp_k + 1))
   done
   [ "$#" = 0 ] || sp_each_stat "$sp_sfn" "$@"
 }
@@ -277,15 +286,18 @@ sp_server_judge() {
     sp_why='cannot be read'
     [ "$sp_p" != "$sp_server/" ] || sp_why='is a symbolic link to no folder'
   fi
+  case /$sp_server/ in */../*) sp_why='is named through "..": name it without' ;; esac
   case $sp_why:$sp_m in
-    :l*) [ "$sp_p" = "$sp_server" ] || sp_why='is a symbolic link' ;;
+    :l*)
+      case $sp_p in "$sp_server") ;; *) case $sp_links in *"/$sp_p/"*) ;; *) sp_why='is a symbolic link' ;; esac ;; esac
+      ;;
     :d*) ;;
     :*) sp_why='is not a folder' ;;
   esac
   [ -n "$sp_why" ] || [ "$sp_o" = "$sp_uid" ] || sp_why="is owned by uid $sp_o, not by uid $sp_uid"
-  # 0700; a setgid bit (S: no group access) is what mkdir inherits and chmod 700 keeps
+  # 0700; a setuid or setgid bit without access (S) is what mkdir inherits and chmod 700 keeps
   case $sp_why:$sp_m in
-    :l* | :drwx------* | :drwx--S---*) return 0 ;;
+    :l* | :drw[xs]--[-S]---*) return 0 ;;
   esac
   return 1
 }
@@ -307,6 +319,7 @@ $sp_all
 SP_STATS
     if [ "$sp_c" = "$#" ]; then
       while read -r sp_m sp_o; do
+        [ -n "$sp_m" ] || continue # (not counted either)
         sp_p=$1 && shift
         "$sp_fn" || return 1
       done <<SP_STATS

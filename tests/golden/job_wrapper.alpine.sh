@@ -276,25 +276,34 @@ server_dir() { # BASE: the server folder, absolute
     die 64 'HOME is not set: set HOME or SOLVERPILOT_SERVER_DIR'
   fi
   [[ $BASE == /* ]] || BASE=$PWD/$BASE # never an option-like path; the same folder after a cd
-  # no trailing / or /.: through them, a link's own owner would go unread
+  # no trailing / or /.: through them, a link's own owner would go unread; nor a "..", which
+  # can name the folder through a link of another user (a/link/jobs/..)
   while [[ $BASE =~ ^(.+)/\.?$ ]]; do BASE=${BASH_REMATCH[1]}; done
+  [[ /$BASE/ != */../* ]] || die 73 "unsafe server folder: $BASE is named through \"..\": name it without; the job was not run"
 }
 server_safe() { # the server folder and those of jobs/, locks/, logs/ that exist are the user's
   # alone: owned by the user, not writable by group or others, the subfolders no links (the
   # server folder may be the user's own link); one stat for all, read by a $( ) before any trap
-  local d i out got=() paths=("$BASE" "$BASE/")
+  local d i out got=() paths=("$BASE" "$BASE/") l=$BASE
   for d in jobs locks logs; do
     [[ ! -L $BASE/$d ]] || { WHY="$BASE/$d is a symbolic link" && return 1; }
     [[ ! -e $BASE/$d ]] || paths+=("$BASE/$d")
   done
+  while [[ -L $l ]] && ((${#paths[@]} < 45)); do # each link a link leads through: the user's too
+    d=$(readlink -- "$l") || { WHY="cannot read the link $l" && return 1; }
+    [[ $d == /* ]] && l=$d || l=${l%/*}/$d
+    [[ ! -L $l ]] || paths+=("$l")
+  done
   local IFS=$'\n' # not piped to mapfile: bash < 5.2 runs that apart when stdin is closed
+  for i in 1 2 3 4 5 6 7 8 9 10; do # as helper: again after a signal, only the last run read
+    out=$({ stat -c '%u %a' -- "${paths[@]}"; } 2>/dev/null) && break; (($? > 128)) || break
+  done
   # shellcheck disable=SC2206 # "UID MODE" lines, split at newlines on purpose: no glob in them
-  out=$(helper stat -c '%u %a' -- "${paths[@]}") && got=($out)
-  ((${#got[@]} < ${#paths[@]})) || got=("${got[@]: -${#paths[@]}}") # a helper run again printed twice
+  got=($out)
   ((${#got[@]} == ${#paths[@]})) || { WHY="stat cannot read $BASE" && return 1; }
   for i in "${!paths[@]}"; do
     [[ ${got[i]%% *} == "$EUID" ]] || { WHY="${paths[i]} is owned by uid ${got[i]%% *}, not by $RUN_USER" && return 1; }
-    ((i == 0)) && [[ -L $BASE ]] && continue # a link's own mode means nothing
+    [[ -L ${paths[i]} ]] && continue # a link's own mode means nothing (the subfolders are none)
     [[ ${got[i]#* } =~ ^[0-7]+$ ]] && ((!(8#${got[i]#* } & 8#022))) && continue
     WHY="${paths[i]} can be written by group or others (mode ${got[i]#* })" && return 1
   done
