@@ -117,6 +117,19 @@ refused() {
   ln -s "$SERVER" "$mine"
   SOLVERPILOT_SERVER_DIR=$mine
   refused "$SERVER is owned by uid $(id -u "$EVIL")"
+  local target # the same link named with a trailing / or /., or through ".."
+  for target in "$SERVER/" "$SERVER/." "$SERVER//"; do
+    ln -sfn "$target" "$mine"
+    refused "$SERVER is owned by uid $(id -u "$EVIL")"
+  done
+  ln -sfn "$SERVER/jobs/.." "$mine"
+  refused "$SERVER/jobs/..: a link names a folder through \"..\""
+  ln -s "$real" "$SERVER"$'\n' # another user's link whose name ends in a newline
+  chown -h "$EVIL:" "$SERVER"$'\n'
+  ln -sfn "$SERVER"$'\n' "$mine"
+  refused "$SERVER? is owned by uid $(id -u "$EVIL")"
+  rm -f "$SERVER"$'\n'
+  ln -sfn "$SERVER" "$mine"
   SOLVERPILOT_SERVER_DIR=$SERVER/jobs/..
   refused "$SERVER/jobs/.. is named through \"..\": name it without"
   chown -h "$(id -u)" "$SERVER"

@@ -553,9 +553,49 @@ def test_the_server_folders_check_is_not_fooled_by_a_slash_a_short_stat_or_a_dea
         for step in ("push", "probe"):
             said = probe_here(home, system, step, *args, server=named)
             assert says in said and "current=yes" not in said, (named, step, said)
+    # the user's link whose target names that link with a trailing / or /. (the walk read the
+    # text, not a link, and stopped), or its subfolder and ".."; another user's link named with
+    # a newline at its end ($( ) dropped it); a name through ".." whose folder does not exist
+    newline = shared / "srv\n"
+    newline.symlink_to(real)
+    os.lchown(newline, 4343, 4343)
+    for target, says in (
+        (f"{link}/", unsafe),
+        (f"{link}/.", unsafe),
+        (f"{link}//", unsafe),
+        (f"{link}/jobs/..", f'server_unsafe={link}/jobs/.. is a link to a name that ends in ".."'),
+        (str(newline), f"server_unsafe={shared}/srv? is owned by uid 4343"),
+    ):
+        mine.unlink()
+        mine.symlink_to(target)
+        for step in ("push", "probe"):
+            said = probe_here(home, system, step, *args, server=str(mine))
+            assert any(line.startswith(says) for line in said), (target, step, said)
+            assert "current=yes" not in said
+    absent = f"{home}/x/../absent"
+    said = probe_here(home, system, "push", *args, server=absent)
+    assert f'server_unsafe={absent} is named through "..": name it without' in said, said
+    mine.unlink()
+    mine.symlink_to(link)
     os.lchown(link, 0, 0)  # every link on the way the user's own: sound
     assert probe_here(home, system, "push", *args, server=str(mine))[0] == "current=yes"
+    # a subfolder link whose path is text inside the target of a link on the way (a test of
+    # text took it for that link)
+    mine.unlink()
+    chain = Path(f"{home}/x{mine}/jobs")
+    chain.parent.mkdir(parents=True)
+    chain.symlink_to(real)
+    mine.symlink_to(f"{home}/x/{mine}/jobs")
+    assert probe_here(home, system, "push", *args, server=str(mine))[0] == "current=yes"
     (real / "jobs").rmdir()
+    (real / "jobs").symlink_to(tmp_path)
+    said = probe_here(home, system, "push", *args, server=str(mine))
+    assert f"server_unsafe={mine}/jobs is a symbolic link" in said, said
+    (real / "jobs").unlink()
+    # without readlink the chain cannot be walked: refused, not taken as sound
+    no_readlink = shims(tmp_path / "noreadlink", {"readlink": "exit 127"})
+    said = probe_here(home, no_readlink, "push", *args, server=str(mine))
+    assert f"server_unsafe={mine} is a link that cannot be read (readlink)" in said, said
     # the user's own link to no folder, or to a file
     real.rename(tmp_path / "moved")
     for target in (tmp_path / "none", wrapper):

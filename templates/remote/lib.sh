@@ -230,11 +230,17 @@ sp_server_safe() {
 }
 # sp_server_stat FUNC [PATH...]: sp_each_stat FUNC for the PATHs, then for the server folder and
 # those of its subfolders that exist (sp_server_safe's paths), and for a server folder that is a
-# link, each further link it leads through (sp_links: each must be the user's too), all read by
-# one process
+# link, each further link it leads through (each must be the user's too), all read by one
+# process
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_stat() {
-  sp_sfn=$1 && shift
+  sp_sfn=$1 sp_unread='' && shift
+  # a name through "..": refused (sp_server_judge) whether the folder exists or not
+  case /$sp_server/ in */../*)
+    sp_each_stat "$sp_sfn" "$@" "$sp_server"
+    return
+    ;;
+  esac
   for sp_p in "$sp_server" "$sp_server/" "$sp_server/jobs" "$sp_server/locks" \
     "$sp_server/logs" "$sp_server/run" "$sp_server/slurm"; do
     if [ "$sp_p" = "$sp_server/" ]; then # the folder a link names (a link to none: refused)
@@ -244,14 +250,34 @@ sp_server_stat() {
     fi
     set -- "$@" "$sp_p"
   done
-  sp_links='' sp_l=$sp_server sp_k=0
+  sp_unread='' sp_l=$sp_server sp_k=0
   while [ -L "$sp_l" ] && [ "$sp_k" -lt 40 ]; do # (40: the kernel's own bound, ELOOP)
-    sp_t=$(readlink -- "$sp_l") || break
-    case $sp_t in /*) sp_l=$sp_t ;; *) sp_l=${sp_l%/*}/$sp_t ;; esac
-    [ ! -L "$sp_l" ] || { set -- "$@" "$sp_l" && sp_links="$sp_links/$sp_l/"; }
+    # (the x keeps a newline that ends the target's name)
+    if ! sp_t=$(readlink -- "$sp_l" && echo x); then
+      sp_unread=$sp_l
+      [ "$sp_l" = "$sp_server" ] || set -- "$@" "$sp_l"
+      break
+    fi
+    sp_trim "${sp_t%?x}" # (sp_server_judge refuses a name that ends in ..)
+    case $sp_r in /*) sp_l=$sp_r ;; *) sp_l=${sp_l%/*}/$sp_r ;; esac
+    [ ! -L "$sp_l" ] && [ "${sp_l##*/}" != .. ] || set -- "$@" "$sp_l"
     sp_k=$((sp_k + 1))
   done
   [ "$#" = 0 ] || sp_each_stat "$sp_sfn" "$@"
+}
+# sp_trim NAME: sp_r becomes NAME without a trailing / or /.: the same folder, but named so
+# that a link at its end is read as a link (its own owner), not through
+# shellcheck disable=SC2329 # not every step needs it
+sp_trim() {
+  sp_r=$1
+  while :; do
+    case $sp_r in
+      */.) sp_r=${sp_r%/.} ;;
+      ?*/) sp_r=${sp_r%/} ;;
+      *) break ;;
+    esac
+  done
+  [ -n "$sp_r" ] || sp_r=/
 }
 # sp_server_path: sp_server_safe's check of one path (sp_each_stat's sp_p, sp_m, sp_o); false
 # when it said why the path is unsafe
@@ -286,10 +312,14 @@ sp_server_judge() {
     sp_why='cannot be read'
     [ "$sp_p" != "$sp_server/" ] || sp_why='is a symbolic link to no folder'
   fi
+  [ "$sp_p" != "$sp_unread" ] || sp_why='is a link that cannot be read (readlink)'
+  case $sp_p in */..) sp_why='is a link to a name that ends in ".."' ;; esac
   case /$sp_server/ in */../*) sp_why='is named through "..": name it without' ;; esac
   case $sp_why:$sp_m in
-    :l*)
-      case $sp_p in "$sp_server") ;; *) case $sp_links in *"/$sp_p/"*) ;; *) sp_why='is a symbolic link' ;; esac ;; esac
+    :l*) # the server folder, or a link it leads through: the subfolders are no links
+      case $sp_p in "$sp_server"/jobs | "$sp_server"/locks | "$sp_server"/logs | "$sp_server"/run | \
+        "$sp_server"/slurm) sp_why='is a symbolic link' ;;
+      esac
       ;;
     :d*) ;;
     :*) sp_why='is not a folder' ;;
@@ -411,14 +441,6 @@ umask 077
 # ./ keeps a relative one from reading as an option
 sp_server=${SOLVERPILOT_SERVER_DIR:-.solverpilot-server}
 case $sp_server in /*) ;; *) sp_server=./$sp_server ;; esac
-# a trailing / or /. names the same folder, but through a link: the link's own owner would
-# never be read (the wrapper drops them too)
-while :; do
-  case $sp_server in
-    */.) sp_server=${sp_server%/.} ;;
-    ?*/) sp_server=${sp_server%/} ;;
-    *) break ;;
-  esac
-done
-[ -n "$sp_server" ] || sp_server=/
+sp_trim "$sp_server" # (the wrapper's server_dir does the same)
+sp_server=$sp_r
 # the step's own lines follow

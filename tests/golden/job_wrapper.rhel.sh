@@ -290,8 +290,10 @@ server_safe() { # the server folder and those of jobs/, locks/, logs/ that exist
     [[ ! -e $BASE/$d ]] || paths+=("$BASE/$d")
   done
   while [[ -L $l ]] && ((${#paths[@]} < 45)); do # each link a link leads through: the user's too
-    d=$(readlink -- "$l") || { WHY="cannot read the link $l" && return 1; }
+    d=$(readlink -- "$l" && echo x) || { WHY="cannot read the link $l" && return 1; } # (x: a \n ending it)
+    d=${d%?x} && while [[ $d =~ ^(.+)/\.?$ ]]; do d=${BASH_REMATCH[1]}; done # as server_dir's
     [[ $d == /* ]] && l=$d || l=${l%/*}/$d
+    [[ ${l##*/} != .. ]] || { WHY="$l: a link names a folder through \"..\"" && return 1; }
     [[ ! -L $l ]] || paths+=("$l")
   done
   local IFS=$'\n' # not piped to mapfile: bash < 5.2 runs that apart when stdin is closed
