@@ -129,6 +129,12 @@ refused() {
   ln -sfn "$SERVER"$'\n' "$mine"
   refused "$SERVER? is owned by uid $(id -u "$EVIL")"
   rm -f "$SERVER"$'\n'
+  # in a UTF-8 locale as well: a name that is no valid UTF-8 is still trimmed ("." in a regex
+  # matched no byte of it there, so evil/ was never read as the link evil)
+  local odd=$BATS_TEST_TMPDIR/$'\xe9quipe'
+  mkdir "$odd" && ln -s "$real" "$odd/evil" && chown -h "$EVIL:" "$odd/evil"
+  ln -sfn "$odd/evil/" "$mine"
+  LC_ALL=C.UTF-8 refused "evil is owned by uid $(id -u "$EVIL")"
   ln -sfn "$SERVER" "$mine"
   SOLVERPILOT_SERVER_DIR=$SERVER/jobs/..
   refused "$SERVER/jobs/.. is named through \"..\": name it without"

@@ -250,7 +250,7 @@ sp_server_stat() {
     fi
     set -- "$@" "$sp_p"
   done
-  sp_unread='' sp_l=$sp_server sp_k=0
+  sp_l=$sp_server sp_k=0
   while [ -L "$sp_l" ] && [ "$sp_k" -lt 40 ]; do # (40: the kernel's own bound, ELOOP)
     # (the x keeps a newline that ends the target's name)
     if ! sp_t=$(readlink -- "$sp_l" && echo x); then
@@ -303,8 +303,8 @@ sp_server_path() {
   return 1
 }
 # sp_server_judge: sp_why becomes why the server path sp_p (sp_each_stat's sp_p, sp_m, sp_o) is
-# unsafe, or empty; true when it is as it should be: 0700 and the user's (or the server folder
-# itself as the user's own link)
+# unsafe, or empty; true when it is as it should be: 0700 and the user's (or, the server folder
+# or a link it leads through, the user's own link)
 # shellcheck disable=SC2329 # not every step needs it
 sp_server_judge() {
   sp_why=''

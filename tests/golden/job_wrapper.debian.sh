@@ -268,6 +268,7 @@ timer() { # XCPU to the wrapper at LIMIT-SAVE s and at LIMIT s, while it is stil
   done
 }
 server_dir() { # BASE: the server folder, absolute
+  local LC_ALL=C # names read byte by byte: in UTF-8, "." matches no byte of an invalid sequence
   if [[ -n ${SOLVERPILOT_SERVER_DIR-} ]]; then
     BASE=$SOLVERPILOT_SERVER_DIR
   elif [[ -n ${HOME-} ]]; then
@@ -284,7 +285,7 @@ server_dir() { # BASE: the server folder, absolute
 server_safe() { # the server folder and those of jobs/, locks/, logs/ that exist are the user's
   # alone: owned by the user, not writable by group or others, the subfolders no links (the
   # server folder may be the user's own link); one stat for all, read by a $( ) before any trap
-  local d i out got=() paths=("$BASE" "$BASE/") l=$BASE
+  local d i out got=() paths=("$BASE" "$BASE/") l=$BASE LC_ALL=C # (as server_dir)
   for d in jobs locks logs; do
     [[ ! -L $BASE/$d ]] || { WHY="$BASE/$d is a symbolic link" && return 1; }
     [[ ! -e $BASE/$d ]] || paths+=("$BASE/$d")
