@@ -505,8 +505,11 @@ def test_the_server_folders_check_is_not_fooled_by_a_slash_a_short_stat_or_a_dea
     line short is not paired with the paths (the last, a link, went unchecked); the user's own
     link to no folder or to a file is refused, as the wrapper refuses it; a setgid folder
     (drwx--S---, as mkdir makes it in a setgid parent and chmod 700 keeps it) is 0700, and a
-    setuid one; every link the server folder's link leads through must be the user's, and a
-    name with ".." in it is refused; a stat that adds a blank line is read right."""
+    setuid one; every link the server folder's link leads through must be the user's, its
+    target's text trimmed of a trailing / or /. and kept with a newline at its end, one that
+    ends in ".." refused, a subfolder link never taken for one of them; a name with ".." in it
+    is refused, its folder there or not; without readlink a link is refused; a stat that adds
+    a blank line is read right."""
     home, wrapper = home_with_wrapper(tmp_path)
     real = home / SERVER
     real.mkdir(mode=0o700)
