@@ -624,8 +624,8 @@ def verify_host(
     # what the wrapper cannot run without fails the host, as in push (which, when it finds the
     # wrapper in place, does not run the tools again); the wrapper's own verdict (a wrapper
     # another user can replace, say) and the shas are kept with it, never hidden by it
+    needs: RequirementError | None = None
     try:
-        needs: RequirementError | None = None
         told = check_requirements(found, profile)
     except RequirementError as exc:
         needs, told = exc, ()
