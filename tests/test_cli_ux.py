@@ -368,6 +368,48 @@ def test_the_readme_first_command_leaves_the_clone_clean(tmp_path: Path) -> None
     assert status.stdout == "", status.stdout
 
 
+def test_short_ids_are_the_shortest_unique_prefixes_and_quick_for_100000_jobs() -> None:
+    """Each id's prefix is the shortest of at least 8 characters no other id starts with (the
+    rule checked id by id against every other, on random ids made to share starts, repeated
+    ones and ids that are prefixes of others); and 100,000 jobs' ids take well under a second
+    here, not the hour the id-by-id rule took (helper-25: 10,000 took tens of seconds)."""
+    import random
+    import uuid
+
+    from solverpilot_deploy.tables import WHOLE_ID, unique_prefixes
+
+    def by_rule(ids: list[str], least: int) -> dict[str, str]:
+        shown = {}
+        for job_id in ids:
+            size = len(job_id) if len(job_id) <= WHOLE_ID else least
+            while size < len(job_id) and any(
+                other != job_id and other.startswith(job_id[:size]) for other in ids
+            ):
+                size += 1
+            shown[job_id] = job_id[:size]
+        return shown
+
+    pick = random.Random(19)
+    for _ in range(2000):
+        ids: list[str] = []
+        for _ in range(pick.randint(0, 12)):
+            if ids and pick.random() < 0.5:  # shares a start with one before it
+                base = pick.choice(ids)
+                tail = "".join(pick.choice("ab") for _ in range(pick.randint(0, 6)))
+                ids.append(base[: pick.randint(0, len(base))] + tail)
+            else:
+                ids.append("".join(pick.choice("abc") for _ in range(pick.randint(0, 30))))
+        if ids and pick.random() < 0.2:
+            ids.append(pick.choice(ids))
+        for least in (3, 8):
+            assert unique_prefixes(ids, least) == by_rule(ids, least), ids
+    many = [str(uuid.uuid4()) for _ in range(100_000)]
+    began = time.monotonic()
+    shown = unique_prefixes(many)
+    assert time.monotonic() - began < 5
+    assert len(set(shown.values())) == len(many)
+
+
 def test_tables_fit_the_terminal_whatever_the_ids_statuses_and_scripts() -> None:
     """A lost job's reason, a signal, two ids sharing a long prefix, wide (CJK) characters:
     every line within the terminal's columns, the ids whole enough to tell apart."""
