@@ -5,12 +5,13 @@ at the end. Without a terminal nothing is drawn."""
 
 from __future__ import annotations
 
-import shutil
+import os
 import threading
 import time
 from typing import TextIO
 
 from solverpilot_deploy.safe import printable
+from solverpilot_deploy.tables import cut
 
 SLOW = 3.0  # seconds: from then on the line names the hosts still in flight
 
@@ -77,8 +78,22 @@ class Progress:
             names = ", ".join(printable(host) for _, host in slow[:3])
             more = f" +{len(slow) - 3}" if len(slow) > 3 else ""
             words += f"; waiting on {names}{more}"
-        most = shutil.get_terminal_size((80, 24)).columns - 1  # a wrapped line is not redrawn
-        return words if len(words) <= most else words[: max(most - 3, 0)] + "..."
+        return cut(words, self.width() - 1)  # (a wrapped line is not redrawn: it must fit)
+
+    def width(self) -> int:
+        """The columns of the terminal the line is drawn on (its own stream's, which need not
+        be stdout's: `push ... > report` draws on stderr), COLUMNS first as shutil's; else 80."""
+        try:
+            given = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            given = 0
+        if given > 0:
+            return given
+        try:
+            found = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):  # (no fd, or not a terminal)
+            found = 0
+        return found if found > 0 else 80
 
     def _erase(self) -> None:
         if self.drawn:

@@ -368,6 +368,37 @@ def test_the_readme_first_command_leaves_the_clone_clean(tmp_path: Path) -> None
     assert status.stdout == "", status.stdout
 
 
+def test_progress_line_fits_its_own_terminal_in_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The progress line is cut to the columns of the terminal it is drawn on (stderr), not
+    stdout's (`push ... > report`: none, so 80 were assumed, and on a narrower terminal the
+    line wrapped and its redraw left fragments), counting wide characters as two columns
+    (helper-25's findings 1 and 6)."""
+    from solverpilot_deploy.progress import SLOW, Progress
+    from solverpilot_deploy.tables import columns
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    master, slave = os.openpty()
+    try:
+        for width in (30, 64):
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+            with open(slave, "w", closefd=False) as stream:
+                progress = Progress(stream, 12, set())
+                began = time.monotonic() - SLOW - 1  # in flight long enough to be named
+                progress.flying = {f"計算ノード{n}.example.org": began for n in range(5)}
+                line = progress.line()
+                assert progress.width() == width
+            assert columns(line) <= width - 1, (width, line)
+            assert line.startswith("[0/12] 0 ok, 0 fail"), line
+            assert line.endswith("..."), line  # (cut: five such names do not fit)
+            assert width < 64 or ("5 in flight, " in line and "; waiting on 計算" in line), line
+        monkeypatch.setenv("COLUMNS", "200")  # the user's word first, as shutil's
+        with open(slave, "w", closefd=False) as stream:
+            assert Progress(stream, 1, set()).width() == 200
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def test_short_ids_are_the_shortest_unique_prefixes_and_quick_for_100000_jobs() -> None:
     """Each id's prefix is the shortest of at least 8 characters no other id starts with (the
     rule checked id by id against every other, on random ids made to share starts, repeated
