@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
-import textwrap
 import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -56,18 +55,25 @@ def unique_prefixes(ids: Sequence[str], least: int = SHORT_ID) -> dict[str, str]
     id at most WHOLE_ID long whole (a name someone chose: cutting it saves little). Commands
     take such a prefix for the id (resolve_prefix). In sorted order, the ids an id shares
     most of its start with are its neighbours: n log n, not n squared (100,000 jobs)."""
-    ordered = sorted(set(ids))
-    shared = dict.fromkeys(ordered, 0)  # each id's longest common start with another id
-    for before, after in itertools.pairwise(ordered):
-        common = len(os.path.commonprefix((before, after)))  # noqa: RUF071 (by character)
-        shared[before] = max(shared[before], common)
-        shared[after] = max(shared[after], common)
+    shared = shared_starts(ids)
     return {
         job_id: job_id
         if len(job_id) <= WHOLE_ID
         else job_id[: min(len(job_id), max(least, shared[job_id] + 1))]
         for job_id in ids
     }
+
+
+def shared_starts(texts: Sequence[str]) -> dict[str, int]:
+    """Each text's longest common start with another (in characters): beyond it, it reads
+    apart from all the others."""
+    ordered = sorted(set(texts))
+    shared = dict.fromkeys(ordered, 0)
+    for before, after in itertools.pairwise(ordered):
+        common = len(os.path.commonprefix((before, after)))  # noqa: RUF071 (by character)
+        shared[before] = max(shared[before], common)
+        shared[after] = max(shared[after], common)
+    return shared
 
 
 def duration(seconds: float | None) -> str:
@@ -171,12 +177,41 @@ def job_rows(jobs: Sequence[Any], wide: bool, now: datetime | None = None) -> li
 
 
 def columns(text: str) -> int:
-    """How many terminal columns ``text`` takes: East Asian wide and full-width characters two,
-    combining marks none (printable text: no control characters)."""
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in text
-    )
+    """How many terminal columns ``text`` takes, as a terminal (glibc's wcwidth) draws it: East
+    Asian wide and full-width characters two; nonspacing and enclosing marks (Devanagari and
+    Thai vowel signs too, whose combining class is 0) and Hangul's medial and final jamo none
+    (printable text: no control or format characters)."""
+    if text.isascii():  # the usual case, at C speed
+        return len(text)
+    return sum(_char_columns(c) for c in text)
+
+
+def _char_columns(c: str) -> int:
+    if unicodedata.category(c) in ("Mn", "Me") or "\u1160" <= c <= "\u11ff":
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
+
+
+def wrap_columns(text: str, most: int) -> list[str]:
+    """``text`` in lines of at most ``most`` terminal columns (at least one character each),
+    broken at spaces where it can, inside a word where it must; textwrap counts characters,
+    and a line of wide ones took twice its room."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        joined = f"{line} {word}" if line else word
+        if columns(joined) <= most:
+            line = joined
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for c in word:  # a word wider than a line: cut where the columns run out
+            if line and columns(line + c) > most:
+                lines.append(line)
+                line = ""
+            line += c
+    return [*lines, line] if line or not lines else lines
 
 
 def cut(text: str, most: int) -> str:
@@ -197,13 +232,19 @@ def pad(text: str, size: int) -> str:
 
 
 # the columns a table gives up room from when it is wider than the terminal, in this order,
-# each down to its least (an ID is never cut: it must work as typed; nor EXIT and times)
-SHRINK = (("COMMAND", 12), ("ERROR", 20), ("NAME", 6), ("STATUS", 10), ("HOST", 12))
+# each down to its least (an ID is never cut: it must work as typed; nor EXIT and times; a
+# STATUS keeps its first word; a HOST, at least so far that each still reads apart from the
+# others, node-01 from node-02: render raises its least)
+SHRINK = (("COMMAND", 12), ("ERROR", 20), ("NAME", 6), ("STATUS", 12), ("HOST", 12))
 DROP = ("CPU", "WALL", "STARTED", "NAME")  # then these go, in this order, while it is too wide
+WRAPPED_LEAST = 20  # a wrapped last column narrower than this goes below each row instead
 
 
-def fit(widths: list[int], head: Sequence[str], width: int) -> list[int]:
-    """Column widths within ``width`` terminal columns, taking room from SHRINK's columns."""
+def fit(
+    widths: list[int], head: Sequence[str], width: int, leasts: dict[str, int] | None = None
+) -> list[int]:
+    """Column widths within ``width`` terminal columns, taking room from SHRINK's columns, each
+    down to its least there (or in ``leasts``)."""
     widths = list(widths)
     over = sum(widths) + 2 * (len(widths) - 1) - width
     for name, least in SHRINK:
@@ -211,6 +252,7 @@ def fit(widths: list[int], head: Sequence[str], width: int) -> list[int]:
             break
         if name in head:
             at = list(head).index(name)
+            least = (leasts or {}).get(name, least)
             give = min(over, max(widths[at] - least, 0))
             widths[at] -= give
             over -= give
@@ -226,25 +268,42 @@ def render(
     ``wrap`` wrapped onto lines of its own instead); each row's STATUS cell coloured by its
     first word when ``colour``."""
     table: list[list[str]] = [[printable(str(cell)) for cell in row] for row in rows]
+    leasts = {}
+    if "HOST" in table[0]:  # cut short, each host still reads apart: its own start and "..."
+        at = table[0].index("HOST")
+        hosts = [row[at] for row in table[1:]]
+        shared = shared_starts(hosts)
+        leasts["HOST"] = max([12, *(columns(host[: shared[host] + 1]) + 3 for host in hosts)])
     while True:
         widths = [max(columns(row[i]) for row in table) for i in range(len(table[0]))]
         if width is None:
             break
-        widths = fit(widths, table[0], width)
+        widths = fit(widths, table[0], width, leasts)
         gone = [name for name in DROP if name in table[0]]
         if sum(widths) + 2 * (len(widths) - 1) <= width or not gone:
             break
         at = table[0].index(gone[0])  # still too wide (long ids): a column less
         table = [[*row[:at], *row[at + 1 :]] for row in table]
     status_at = table[0].index("STATUS") if "STATUS" in table[0] else None
+    # wrapped, the last column gets the room the others leave; when that is too little, each
+    # row's last cell goes on lines of its own below the row, named ("  ERROR: ...")
+    room = widths[-1]
+    if wrap and width is not None:
+        room = width - sum(widths[:-1]) - 2 * (len(widths) - 1)
+    below = wrap and width is not None and room < WRAPPED_LEAST
     lines = []
     for number, row in enumerate(table):
         cells = [pad(cut(cell, w), w) for cell, w in zip(row[:-1], widths, strict=False)]
         last, more = row[-1], []
-        room = widths[-1]
-        if wrap and width is not None and columns(last) > room:
+        if below:
+            label = f"  {table[0][-1]}: "
+            most = (width or 0) - columns(label)
+            parts = wrap_columns(last, max(most, 1)) if number and last else []
+            last = ""
+            more = [(label if not at else " " * columns(label)) + p for at, p in enumerate(parts)]
+        elif wrap and width is not None and columns(last) > room:
             used = sum(columns(cell) + 2 for cell in cells)
-            first, *more = textwrap.wrap(last, max(room, 1), break_on_hyphens=False)
+            first, *more = wrap_columns(last, max(room, 1))
             last, more = first, [" " * used + part for part in more]
         else:
             last = cut(last, room)

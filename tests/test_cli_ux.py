@@ -399,6 +399,71 @@ def test_progress_line_fits_its_own_terminal_in_columns(monkeypatch: pytest.Monk
         os.close(slave)
 
 
+def test_columns_as_the_terminal_counts_them_and_wrapping_by_columns() -> None:
+    """A cell's width is what glibc's wcwidth says a terminal draws (Devanagari and Thai vowel
+    signs none, though their combining class is 0: helper-25's finding 5); a long error
+    is wrapped by columns, not characters (wide ones took twice their room: finding 3)."""
+    import ctypes
+
+    from solverpilot_deploy.tables import columns, wrap_columns
+
+    libc = ctypes.CDLL("libc.so.6")
+    require(libc.setlocale(6, b"C.UTF-8") is not None, "needs the C.UTF-8 locale")  # LC_ALL
+    libc.wcswidth.argtypes = [ctypes.c_wchar_p, ctypes.c_size_t]
+    for text in ("हिंदी नाम", "ที่นี่", "한국어 각", "計算ノード", "café", "é", "x\u20dd", "plain"):
+        assert columns(text) == libc.wcswidth(text, len(text)), text
+    text = "服务器配置文件夹 is owned by user 1234 and others can write to it: 服务器配置文件夹" * 3
+    for most in (1, 7, 20, 33):
+        lines = wrap_columns(text, most)
+        # (a wide character is two columns: alone on a line of one, it is one character)
+        assert all(1 <= columns(line) <= most or len(line) == 1 for line in lines), (most, lines)
+        assert "".join("".join(lines).split()) == "".join(text.split())  # nothing lost
+    assert wrap_columns("", 10) == [""]
+
+
+def test_fleet_table_keeps_each_host_whole_and_wraps_wide_errors_within_the_width() -> None:
+    """The HOST column is cut no shorter than where each host reads apart from the others (at
+    80 columns node-01 and node-02 of a cluster were both "solver-no...": helper-25's finding
+    2), a STATUS not below its word; an error of wide characters
+    is wrapped within the terminal, each line at most its width: in its column when the others
+    leave it 20 columns or more, else on lines of its own below its row ("  ERROR: ...")."""
+    from solverpilot_deploy.tables import columns, render
+
+    head = ("HOST", "STATUS", "DISTRO", "HOST_SHA256", "RENDER_SHA256", "PUSH_WOULD", "ERROR")
+    hosts = [f"solver-node-0{n}.hpc.example.org" for n in (1, 2)]
+    error = "~/服务器配置文件夹/服务器配置文件夹 is writable by others: 服务器配置文件夹 " * 2
+    rows = [
+        head,
+        *((h, "would-deploy", "debian", "-", "0123456789ab", "install", error) for h in hosts),
+    ]
+    whole = "".join(error.split())
+    for width, below in ((80, True), (160, False)):
+        table = render(rows, width, wrap=True).splitlines()
+        assert all(columns(line) <= width for line in table), table
+        assert (table[0].split()[-1] == "ERROR") is not below, table
+        blocks: list[list[str]] = []
+        for line in table[1:]:
+            if line.startswith("solver"):
+                blocks.append([line])
+            else:
+                blocks[-1].append(line)
+        cells = [block[0].split()[0] for block in blocks]  # whole, or cut past where they differ
+        assert len(set(cells)) == 2 and all(
+            c == h or h.startswith(c[:-3]) for c, h in zip(cells, hosts, strict=True)
+        )
+        assert cells[0] == hosts[0] or cells[0] == "solver-node-01..."
+        assert [block[0].split()[1] for block in blocks] == ["would-deploy"] * 2
+        for first, *rest in blocks:
+            if below:  # the row without it, then "  ERROR: " and the rest aligned under it
+                assert first.split()[-1] == "install" and rest[0].startswith("  ERROR: ")
+                assert all(line.startswith(" " * 9) for line in rest[1:]), rest
+                assert "".join("".join(line.split()) for line in rest) == "ERROR:" + whole
+            else:  # in its column, the lines after it aligned under it
+                at = table[0].index("ERROR")
+                assert all(line[:at].isspace() for line in rest), rest
+                assert "".join("".join(line[at:].split()) for line in (first, *rest)) == whole
+
+
 def test_short_ids_are_the_shortest_unique_prefixes_and_quick_for_100000_jobs() -> None:
     """Each id's prefix is the shortest of at least 8 characters no other id starts with (the
     rule checked id by id against every other, on random ids made to share starts, repeated
