@@ -23,7 +23,9 @@ Completers are attached by the arguments' ``dest`` names (``attach_completers``)
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,6 +37,8 @@ PROG = "sp-deploy"
 _MAX_CONFIG_BYTES = 1 << 20  # an ssh config larger than this is read only this far
 _MAX_INCLUDE_DEPTH = 16  # OpenSSH's own limit (READCONF_MAX_DEPTH)
 _MAX_CONFIG_FILES = 256  # files read per TAB, whatever an Include's glob matches
+_MAX_TOTAL_BYTES = 4 << 20  # bytes read per TAB in all (a TAB stays well under a second)
+_MAX_CANDIDATES = 1000  # host candidates offered a TAB (bash asks before it lists even 100)
 
 
 # ---- the command: sp-deploy completion SHELL ----
@@ -139,13 +143,16 @@ def profile_candidates(action: argparse.Action, **_: object) -> list[str]:
     return [*names, "auto"] if action.default == "auto" else names
 
 
-def host_candidates(parsed_args: argparse.Namespace, **_: object) -> list[str]:
+def host_candidates(prefix: str, parsed_args: argparse.Namespace, **_: object) -> list[str]:
     """The Host aliases of the ssh config (of ``-F FILE`` when the line gives one before the
-    cursor); none when the line gives ``--inventory`` (its names are Ansible's)."""
+    cursor) that start with ``prefix``, the first _MAX_CANDIDATES of them (argcomplete's own
+    handling of tens of thousands took seconds a TAB); none when the line gives
+    ``--inventory`` (its names are Ansible's)."""
     if getattr(parsed_args, "inventory", None):
         return []
     config = getattr(parsed_args, "config_file", None)
-    return ssh_host_aliases(config)
+    found = (name for name in ssh_host_aliases(config) if name.startswith(prefix))
+    return list(itertools.islice(found, _MAX_CANDIDATES))
 
 
 # ---- the ssh config's Host aliases ----
@@ -163,7 +170,7 @@ def ssh_host_aliases(config_file: str | None = None) -> list[str]:
     else:
         roots = [(os.path.join(home_ssh, "config"), home_ssh), ("/etc/ssh/ssh_config", "/etc/ssh")]
     found: dict[str, None] = {}
-    budget = [_MAX_CONFIG_FILES]
+    budget = [_MAX_CONFIG_FILES, _MAX_TOTAL_BYTES]  # files, bytes
     for path, base in roots:
         _read_config(path, base, 0, found, budget)
     return list(found)
@@ -172,10 +179,11 @@ def ssh_host_aliases(config_file: str | None = None) -> list[str]:
 def _read_config(
     path: str, base: str, depth: int, found: dict[str, None], budget: list[int]
 ) -> None:
-    if depth > _MAX_INCLUDE_DEPTH or budget[0] <= 0:
+    if depth > _MAX_INCLUDE_DEPTH or budget[0] <= 0 or budget[1] <= 0:
         return
     budget[0] -= 1
-    text = _read_text(path)
+    text = _read_text(path, min(_MAX_CONFIG_BYTES, budget[1]))
+    budget[1] -= len(text)
     for line in text.splitlines():
         keyword, words = _config_line(line)
         if keyword == "host":
@@ -193,8 +201,8 @@ def _read_config(
                     _read_config(included, base, depth + 1, found, budget)
 
 
-def _read_text(path: str) -> str:
-    """The file's first _MAX_CONFIG_BYTES as text, or "" for anything but a readable regular
+def _read_text(path: str, most: int = _MAX_CONFIG_BYTES) -> str:
+    """The file's first ``most`` bytes as text, or "" for anything but a readable regular
     file (a fifo is never waited on: it is opened non-blocking and refused)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
@@ -205,7 +213,7 @@ def _read_text(path: str) -> str:
 
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return ""
-        data = os.read(fd, _MAX_CONFIG_BYTES)
+        data = os.read(fd, most)
     except OSError:
         return ""
     finally:
@@ -213,16 +221,22 @@ def _read_text(path: str) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+_KEYWORD = re.compile(r"\s*([^\s=#]+)\s*(?:=\s*)?")
+
+
 def _config_line(line: str) -> tuple[str, list[str]]:
     """An ssh_config line as (lower-case keyword, arguments): ``Keyword args`` or
-    ``Keyword=args``, arguments split as ssh splits them (quotes; ``#`` starts a comment)."""
-    text = line.strip()
-    if not text or text.startswith("#"):
+    ``Keyword=args``, arguments split as ssh splits them (quotes; ``#`` starts a comment);
+    only for Host and Include, the keywords read here (the others: no arguments)."""
+    match = _KEYWORD.match(line)
+    if match is None:  # blank, or a comment
         return "", []
-    cut = next((i for i, c in enumerate(text) if c.isspace() or c == "="), len(text))
-    keyword, rest = text[:cut].lower(), text[cut:].strip()
-    if rest.startswith("="):
-        rest = rest[1:].strip()
+    keyword = match[1].lower()
+    if keyword not in ("host", "include"):
+        return keyword, []
+    rest = line[match.end() :].strip()
+    if not any(c in rest for c in "\"'#\\"):  # plain words: no quote, comment or escape
+        return keyword, rest.split()
     import shlex
 
     try:
