@@ -347,9 +347,13 @@ def _on_host(args: argparse.Namespace, work: Callable[[Session, float], T], sent
     except UsageError as exc:  # the host said the command line named what is not there
         raise UsageError(f"{args.host}: {exc}") from exc
     except DeployError as exc:
-        from solverpilot_deploy.errors import NoJobError
+        from solverpilot_deploy.errors import HostTimeoutError, RemoteCommandError
 
-        said = f"; {sent}" if began and sent and not isinstance(exc, NoJobError) else ""
+        # said only when no answer came (or the host had begun), not with the host's own "no"
+        unknown = isinstance(exc, HostTimeoutError | RemoteCommandError)
+        said = (
+            f"; {sent}" if began and sent and (unknown or getattr(exc, "maybe_done", False)) else ""
+        )
         raise HostFailedError(f"{args.host}: {exc}{said}") from exc
     except KeyboardInterrupt:
         if began and sent:

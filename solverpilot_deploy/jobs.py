@@ -36,10 +36,16 @@ NO_WRAPPER = (
 
 
 class JobError(HostError):
-    """The job could not be started, found or stopped; the message says which."""
+    """The job could not be started, found or stopped; the message says which. ``maybe_done``:
+    the host had begun what was asked (a stop sent, say) when it failed, so it may yet be done;
+    otherwise the host's answer says it was not."""
 
     code = "job"
     kind = "job"
+
+    def __init__(self, message: str, maybe_done: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_done = maybe_done
 
 
 @dataclass(frozen=True)
@@ -247,7 +253,7 @@ def cancel_job(
     if result.code in ("slurm_unreachable", "scancel_refused"):
         raise JobError(f"job {job_id} runs under Slurm: {found.get('error', '?')}")
     if result.code == "still_running":
-        raise JobError(f"job {job_id} still runs {wait} s after TERM")
+        raise JobError(f"job {job_id} still runs {wait} s after TERM", maybe_done=True)
     held = printable(", ".join(result.all_of("held")) or "?")
     if result.code == "lock_held" and "was" in found:
         raise JobError(
@@ -266,11 +272,19 @@ def cancel_job(
             "its record still says running"
         )
     if result.code == "cannot_write":
-        raise JobError(f"job {job_id}: cannot write its record (disk full or folder not writable?)")
+        raise JobError(
+            f"job {job_id}: cannot write its record (disk full or folder not writable?)",
+            maybe_done=True,
+        )
     if result.code == "still_starting":
-        raise JobError(f"job {job_id} is still starting {wait} s later: no state yet")
+        raise JobError(
+            f"job {job_id} is still starting {wait} s later: no state yet", maybe_done=True
+        )
     if result.code == "lock_held_after_kill":
-        raise JobError(f"job {job_id}: processes of it still hold its lock after KILL ({held})")
+        raise JobError(
+            f"job {job_id}: processes of it still hold its lock after KILL ({held})",
+            maybe_done=True,
+        )
     if result.code == "no_start_time":
         pid = result.values().get("pid", "?")
         raise JobError(

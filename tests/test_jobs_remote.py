@@ -75,6 +75,7 @@ def test_run_a_job_that_prints_and_exits_3_then_its_logs(
     code, out, err = sp(capsys, "run", lab.a.spec, "--id", "job-print", *connect(lab, trusted),
                         "--", "true")  # fmt: skip
     assert code == 1 and "job id job-print is already used on this host" in err
+    assert "may have started" not in err  # the host said no: nothing started (helper-24)
 
 
 ODD_ARGS = [
@@ -174,6 +175,7 @@ def test_cancel_never_signals_a_pid_given_to_another_process(
         )
         code, _, err = sp(capsys, "cancel", lab.a.spec, "job-reused", *connect(lab, trusted))
         assert code == 1 and "is lost: its wrapper is gone; nothing was signalled" in err
+        assert "may have been stopped" not in err  # (it said so after "nothing was signalled")
         assert other.poll() is None  # still alive: not signalled
         # a state of an older wrapper (no start ticks) naming that live pid: never signalled
         (jobs / "job-old.status").write_text(
@@ -285,6 +287,7 @@ def test_cwd_relative_to_the_home_and_one_that_cannot_be_entered(
     code, out, err = sp(capsys, "run", lab.a.spec, "--id", "job-nocwd", "--cwd", "/nonexistent",
                         *connect(lab, trusted), "--", "true")  # fmt: skip
     assert code == 1 and "cannot enter the folder /nonexistent on the host" in err
+    assert "may have started" not in err
     start = time.monotonic()
     code, out, err = sp(capsys, "logs", lab.a.spec, "job-nocwd", "-f", *connect(lab, trusted))
     assert code == 1 and "cannot enter /nonexistent" in out  # and -f did not wait for ever
