@@ -1017,8 +1017,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     chunk_most = 4 * 1024 * 1024
 
     emitted = 0  # the job's bytes printed so far (--json's offset)
+    import codecs
 
-    def write(data: bytes) -> None:
+    # (--json's text: a character cut between two reads goes with the second, whole)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(data: bytes, final: bool = False) -> None:
         """The job's bytes as they are, or (--json) as a line: base64, and as text."""
         nonlocal emitted
         emitted += len(data)
@@ -1030,12 +1034,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     raise BrokenPipeError("stdout was closed")
                 view = view[written:]
             out.flush()
-        elif data:
+        elif data or final:
             import base64
 
             from solverpilot_deploy.shapes import line
 
-            text = data.decode("utf-8", "replace")
+            text = decoder.decode(data, final)
+            if not data and not text:
+                return
             _emit_line(line(
                 host=args.host, id=job_id, offset=emitted - len(data),
                 data=base64.b64encode(data).decode("ascii"), text=text,
@@ -1090,6 +1096,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         from solverpilot_deploy.status import read_status
 
         follow(session, deadline)
+        write(b"", final=True)  # (--json: a character the log ends inside of, replaced)
         if not args.follow:
             return 0
         jobs, _ = read_status(session, args.timeout, (job_id,))  # how it ended: the exit code

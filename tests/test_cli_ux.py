@@ -111,6 +111,30 @@ def cli(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_logs_json_text_joined_is_the_log_decoded_whole(
+    lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """An é whose two bytes `logs -f --json` reads in two polls is text of the second line,
+    whole, not two U+FFFD; a log that ends inside a character gets a last line with no data
+    and its U+FFFD (helper-24's finding 2): the texts joined are the bytes decoded at once."""
+    import base64
+
+    c = connect(lab, trusted)
+    host = lab.a.spec
+    job = "printf 'caf\\303'; sleep 3; printf '\\251 ok\\n\\342\\202'"
+    proc = cli("run", host, *c, "--id", "utf8-cut", "--", "sh", "-c", job)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("logs", "-f", host, "utf8-cut", *c, "--json")
+    *chunks, end = lines_of(proc.stdout)
+    data = b"".join(base64.b64decode(chunk["data"]) for chunk in chunks)
+    assert data == b"caf\xc3\xa9 ok\n\xe2\x82", chunks
+    assert base64.b64decode(chunks[0]["data"]) == b"caf\xc3", chunks  # the é cut by the polls
+    assert chunks[-1]["data"] == "", chunks
+    assert "".join(chunk["text"] for chunk in chunks) == "café ok\n\ufffd", chunks
+    assert [chunk["offset"] for chunk in chunks] == sorted(chunk["offset"] for chunk in chunks)
+    assert end["event"] == "ended"
+
+
 def test_every_command_prints_the_documented_json_shape(
     lab: Lab, deployed: Path, trusted: Path
 ) -> None:
