@@ -755,7 +755,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
     wanted = _job_ids(args.job_ids)
     end = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+    if args.wait_timeout is not None:  # the login too gives up by then (a host that hangs)
+        args.timeout = min(STEP_TIMEOUT, max(args.wait_timeout, 1.0))
     told: set[str] = set()
+
+    def bound() -> float:
+        """Each look's deadline: within --timeout (a second past it at most), else 60 s."""
+        left = STEP_TIMEOUT if end is None else end - time.monotonic() + 1.0
+        return min(STEP_TIMEOUT, max(left, 1.0))
 
     def on_end(jobs: list[Any]) -> None:  # each job's end once, as soon as it is seen
         import contextlib
@@ -781,11 +788,11 @@ def cmd_wait(args: argparse.Namespace) -> int:
     def watch(session: Session, _deadline: float) -> tuple[list[Any], bool]:
         nonlocal wanted
         while True:
-            jobs, _ = read_status(session, STEP_TIMEOUT, wanted)
+            jobs, _ = read_status(session, bound(), wanted)
             found = {job.id for job in jobs}
             missing = [job_id for job_id in wanted if job_id not in found]
             if missing:  # short ids (prefixes) of status's table, made whole once
-                full = {i: _resolve(session, STEP_TIMEOUT, i) for i in missing}
+                full = {i: _resolve(session, bound(), i) for i in missing}
                 wanted = tuple(dict.fromkeys(full.get(i, i) for i in wanted))
                 continue
             on_end(jobs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -482,6 +483,27 @@ def test_one_ctrl_c_gives_up_a_host_that_hangs_before_its_login(
     (result,) = payload(out)
     assert (result["status"], error_text(result)) == ("skipped", "interrupted before any change")
     assert "second Ctrl-C" not in out + err and "Traceback" not in err
+
+
+def test_wait_gives_up_a_host_that_hangs_within_its_timeout(lab: Lab, trusted: Path) -> None:
+    """wait --timeout 3 of a host that never answers ends within its 3 s (and a second or so):
+    it waited 60 s, wait's own step timeout (helper-24's finding 1); a host failure, exit 1,
+    kind timeout."""
+    with silent_listener() as (port, accepted):
+        began = time.monotonic()
+        proc = sp_deploy(
+            "wait", f"nobody@127.0.0.1:{port}", "some-job", "--timeout", "3", "--json",
+            "-i", str(lab.client_key), "--known-hosts", str(trusted),
+        )  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        took = time.monotonic() - began
+    assert accepted, "the connection to the silent host"
+    assert proc.returncode == 1, (out, err)
+    assert json.loads(out)["error"]["kind"] == "timeout", out
+    assert 3 <= took < 8, took
 
 
 def test_one_ctrl_c_gives_up_a_host_whose_start_up_file_hangs(
