@@ -17,8 +17,8 @@ time; its status event follows when it is not waiting), "queued", "starting", "p
 "removed" (its records are gone); and "now" for each job at the first look. Connection events:
 "disconnected" (with the error; the watch tries again after 1, 2, 4... up to 60 s),
 "reconnected", and "failed" (a host key refused, authentication failed, a server folder
-refused: trying again would not help; that host's watch ends, and once every host's has,
-watch exits 1).
+refused, an ssh config or host name ssh refuses, a missing ssh client: trying again would not
+help; that host's watch ends, and once every host's has, watch exits 1).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from solverpilot_deploy.errors import (
     AuthenticationError,
     DeployError,
     HostKeyError,
+    ToolMissingError,
     UnsafeServerDirError,
+    UsageError,
 )
 from solverpilot_deploy.inventory import HostTarget
 from solverpilot_deploy.remote import stream_step
@@ -180,7 +182,10 @@ class HostWatch:
                         quiet=3 * self.beat + 5,
                     )  # fmt: skip
                     raise DeployError("the watch ended on the host")
-            except (UnsafeServerDirError, HostKeyError, AuthenticationError) as exc:
+            except (
+                UnsafeServerDirError, HostKeyError, AuthenticationError, UsageError,
+                ToolMissingError,
+            ) as exc:  # fmt: skip
                 # what trying again cannot change: this host's watch ends ("failed")
                 self.tell("failed", error=str(exc), error_kind=exc.code)
                 return

@@ -366,3 +366,27 @@ def test_term_to_watch_ends_the_on_end_command_it_was_running(
         10,
         "the on-end command ended",
     )
+
+
+@pytest.mark.parametrize("why", ["missing ssh config", "host name ssh refuses"])
+def test_what_no_retry_can_fix_ends_the_hosts_watch_failed(
+    lab: Lab, trusted: Path, tmp_path: Path, why: str
+) -> None:
+    """An ssh config that is not there, a host name ssh refuses: the host's watch ends
+    "failed" (kind usage) and watch exits 1, as status exits at once; it retried them for
+    ever, "trying again in 1, 2, 4, 8 s" (helper-24's finding 9)."""
+    c = ("-i", str(lab.client_key), "--known-hosts", str(trusted))
+    args = (
+        (lab.a.spec, "-F", str(tmp_path / "absent" / "config"))
+        if why == "missing ssh config"
+        else ("bad\x1bhost",)
+    )
+    proc = sp_deploy("watch", *args, *c, "--transport", "openssh", "--json")
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 1, (out, err)
+    assert [e["event"] for e in events] == ["failed"], events
+    assert events[0]["error"]["kind"] == "usage", events
