@@ -237,3 +237,30 @@ def check_trusted(path: str | os.PathLike[str]) -> None:
             raise OutputError(f"refusing to trust {path}: every user can write it")
     finally:
         os.close(fd)
+
+
+def read_start(path: str | os.PathLike[str], most: int, whole: bool = False) -> bytes:
+    """The first ``most`` bytes of the file at ``path`` (links followed), never waiting on it:
+    a fifo, socket or folder is refused (opened without blocking), a device read only so far
+    (/dev/null is empty, /dev/zero endless). OSError (FileNotFoundError, ...), also EINVAL for
+    a file of none of these kinds and, with ``whole``, EFBIG for one larger than ``most``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= most:
+            chunk = os.read(fd, min(1 << 20, most + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > most and whole:
+            raise OSError(errno.EFBIG, f"larger than {most} bytes")
+        return b"".join(chunks)[:most]
+    finally:
+        os.close(fd)

@@ -8,21 +8,27 @@ connect with what this module resolves.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import functools
 import hmac
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from solverpilot_deploy.errors import AuthenticationError, HostKeyError, OutputError, UsageError
+from solverpilot_deploy.localfiles import read_start
 
 MAX_ANSWER = 64 << 20  # bytes of stdout besides the answer's lines (transport.Answer)
 MAX_STDERR = 64 << 10  # the end of stderr that is kept
 TRANSPORTS = ("paramiko", "openssh", "auto")
+MAX_KNOWN_HOSTS = 64 << 20  # a known_hosts file larger than this is refused (/dev/zero ...)
+SSH_G_TIMEOUT = 10  # seconds ssh -G may take to read the ssh config
 _SPEC_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
 SshConfig = dict[str, list[str]]  # ssh -G: each keyword (lower case) with its values
@@ -85,15 +91,24 @@ def _ssh_g(
         raise UsageError("the OpenSSH client (ssh) is needed to read the ssh config; install it")
     argv = [ssh, "-G"]
     if config:
+        with contextlib.suppress(OSError):  # (ssh would wait for ever on a fifo no one writes)
+            if stat.S_ISFIFO(os.stat(config).st_mode) or stat.S_ISSOCK(os.stat(config).st_mode):
+                raise UsageError(f"cannot read the ssh config {config}: not a regular file")
         argv += ["-F", config]
     if user:
         argv += ["-l", user]
     if port:
         argv += ["-p", str(port)]
     argv += extra
-    proc = subprocess.run(
-        [*argv, "--", host], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
-    )
+    try:  # (ssh waits for ever on a config that is a fifo no one writes)
+        proc = subprocess.run(
+            [*argv, "--", host], capture_output=True, text=True, check=False,
+            stdin=subprocess.DEVNULL, timeout=SSH_G_TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise UsageError(
+            f"cannot read the ssh config for {host}: ssh -G gave no answer in {SSH_G_TIMEOUT} s"
+        ) from exc
     if proc.returncode != 0:
         reason = proc.stderr.strip().splitlines()[-1:] or ["ssh -G failed"]
         raise UsageError(f"cannot read the ssh config for {host}: {reason[0]}")
@@ -195,8 +210,7 @@ def paramiko_cannot(values: SshConfig) -> list[str]:
 def _is_sk_key(path: str) -> bool:
     """A FIDO key that exists (its public half says sk-...; ssh lists id_*_sk by default)."""
     try:
-        with open(f"{path}.pub", "rb") as handle:
-            return handle.read(3) == b"sk-" and os.path.exists(path)
+        return read_start(f"{path}.pub", 3) == b"sk-" and os.path.exists(path)
     except OSError:
         return False
 
@@ -336,7 +350,8 @@ def host_key_check_weakened(values: SshConfig, options: ConnectOptions) -> str:
 
 def check_known_hosts(files: tuple[Path, ...]) -> None:
     """A known_hosts file another user planted (or a link to one), or one every user can
-    write, would make sp-deploy trust their key: HostKeyError."""
+    write, would make sp-deploy trust their key; one that is a fifo or endless (/dev/zero)
+    would hold ssh for ever: HostKeyError."""
     from solverpilot_deploy.localfiles import check_trusted
 
     for path in files:
@@ -344,6 +359,7 @@ def check_known_hosts(files: tuple[Path, ...]) -> None:
             check_trusted(path)
         except OutputError as exc:
             raise HostKeyError(str(exc)) from exc
+        _known_lines(path)  # (read as the paramiko transport reads it: refused alike)
 
 
 @functools.cache
@@ -391,8 +407,9 @@ def check_identity(path: str) -> None:
     if os.path.isdir(path):
         raise AuthenticationError(f"{path} is a folder, not a key")
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(64)
+        head = read_start(path, 64)
+        if not os.path.isfile(path):  # (a device: paramiko and ssh would read it for ever)
+            raise OSError(errno.EINVAL, "not a regular file")
     except OSError as exc:
         raise AuthenticationError(f"cannot read key {path}: {exc.strerror}") from exc
     if re.match(rb"^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ AAAA", head):
@@ -494,12 +511,12 @@ def _known_lines(path: Path) -> _KnownLines:
     indices by the names they give plainly (lowercased; "": a line with a hashed name, a
     wildcard or a negation, which must be matched)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = read_start(path, MAX_KNOWN_HOSTS, whole=True)  # (a fifo is never waited on)
     except FileNotFoundError:
         return (), {}
     except OSError as exc:
         raise HostKeyError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return _parse_known(text)
+    return _parse_known(data.decode("utf-8", errors="replace"))
 
 
 @functools.lru_cache(maxsize=16)

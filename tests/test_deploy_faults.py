@@ -775,3 +775,33 @@ def test_a_checksum_mismatch_in_push_sh_names_the_hosts_hash_and_leaves_the_fact
     with pytest.raises(InstallRefused, match=f"host computed {real[:12]}"):
         check_install(StepResult(status, lines, ""), wrong)
     assert not (tmp_path / WRAPPER).exists()
+
+
+@pytest.mark.parametrize(
+    "given", ["--known-hosts fifo", "-i fifo", "-F fifo", "--known-hosts /dev/zero"]
+)
+def test_a_fifo_or_endless_device_given_as_a_file_fails_at_once(
+    lab: Lab, trusted: Path, tmp_path: Path, given: str
+) -> None:
+    """A fifo no one writes, as known_hosts, key or ssh config, hung push for ever, past
+    --timeout and two Ctrl-C (a thread blocked in open); /dev/zero as known_hosts was read
+    until the memory ran out (helper-25's findings 11 and 12). Each now fails its host at
+    once, with its kind."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    option, name = given.split()
+    path = str(fifo) if name == "fifo" else name
+    args = {"--known-hosts": ["-i", str(lab.client_key)], "-i": ["--known-hosts", str(trusted)]}
+    extra = args.get(option, ["-i", str(lab.client_key), "--known-hosts", str(trusted)])
+    began = time.monotonic()
+    proc = sp_deploy("push", lab.a.spec, option, path, *extra, "--timeout", "20", "--json")
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert time.monotonic() - began < 10
+    (result,) = payload(out)
+    kind = {"--known-hosts": "host_key", "-i": "authentication", "-F": "usage"}[option]
+    assert proc.returncode == 1, (out, err)
+    assert result["error"]["kind"] == kind, result
+    assert "not a regular file" in error_text(result) or "larger than" in error_text(result)
