@@ -805,3 +805,21 @@ def test_a_fifo_or_endless_device_given_as_a_file_fails_at_once(
     assert proc.returncode == 1, (out, err)
     assert result["error"]["kind"] == kind, result
     assert "not a regular file" in error_text(result) or "larger than" in error_text(result)
+
+
+def test_a_host_name_the_resolver_refuses_is_unreachable_not_an_internal_error(
+    lab: Lab, trusted: Path
+) -> None:
+    """A label over 63 characters: Python's resolver raised UnicodeError (idna), reported as
+    sp-deploy's own bug, kind internal (helper-25's finding 10); it is an unreachable host."""
+    proc = sp_deploy(
+        "status", "a" * 64 + ".example.org", "--json", "-i", str(lab.client_key),
+        "--known-hosts", str(trusted), "--timeout", "10",
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, (out, err)
+    assert json.loads(out)["error"]["kind"] == "unreachable", out
+    assert "internal" not in err

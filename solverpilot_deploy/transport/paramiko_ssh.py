@@ -367,6 +367,8 @@ def _connect_error(
         return UnreachableError(f"{name}: {exc}")
     if isinstance(exc, OSError):
         return UnreachableError(f"{name}: {exc.strerror or exc}")
+    if isinstance(exc, UnicodeError):  # (the resolver's: a label over 63 characters, say)
+        return UnreachableError(f"{name}: cannot resolve {target.hostname!r}: {exc}")
     return exc
 
 
