@@ -261,7 +261,10 @@ def test_logs_follow_of_a_lost_job_returns(
     except subprocess.TimeoutExpired:
         logs.kill()
         pytest.fail("logs -f of a lost job did not return")
-    assert code == 1 and "hello" in out
+    # the job's bytes alone: not the launcher shell's "Killed" for its wrapper (helper-24's
+    # finding 11: the log said "hello\nKilled\n")
+    assert code == 1 and out == "hello\n", out
+    assert (deployed / SERVER / "logs" / "job-lost.log").read_bytes() == b"hello\n"
     assert "job job-lost is lost: its wrapper is gone" in err
     code, jobs = sp_json(capsys, "status", lab.a.spec, "job-lost", *connect(lab, trusted))
     assert jobs[0]["status"] == "lost"

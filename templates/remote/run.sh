@@ -113,13 +113,18 @@ if ! cd -- "$cwd"; then
   echo "sp-deploy run: cannot enter $cwd"
   rc=cwd
 else
+  # the pane gets the wrapper's stderr (fd 4 while it runs), never this shell's own: its
+  # "Killed" for a wrapper that KILL ended would be bytes in the log the job never wrote
+  # (dash and busybox print it past a { } group's redirection: exec, then)
+  exec 4>&2 2>/dev/null
   if [ -n "$limits" ]; then # for the wrapper only (it unsets them before the job starts)
     (umask "$mask" && SOLVERPILOT_TIME_LIMIT=${limits% *} SOLVERPILOT_SAVE_BEFORE=${limits#* } \
-      exec "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@")
+      exec "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@" 2>&4 4>&-)
   else
-    (umask "$mask" && exec "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@")
+    (umask "$mask" && exec "$HOME/.solverpilot/bin/job_wrapper.sh" "$id" "$@" 2>&4 4>&-)
   fi
   rc=$?
+  exec 2>&4 4>&-
 fi
 # the run step (or, for a queued job, the queue) reads this only when the wrapper wrote no
 # state of its own (it refused the job)
