@@ -249,7 +249,8 @@ def _run_fleet(
     with signals.counted():
         before = signals.received()
         targets = _targets(args, args.hosts)  # (an inventory is read): an interrupt is counted
-        if sys.stderr.isatty() and not args.json:
+        # (a dumb terminal takes no escapes: no line redrawn in place there, as no colours)
+        if sys.stderr.isatty() and not args.json and os.environ.get("TERM") != "dumb":
             progress = Progress(sys.stderr, len(targets), good)
         try:
             if signals.received() != before:

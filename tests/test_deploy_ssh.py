@@ -726,6 +726,30 @@ def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Pa
     ]
 
 
+def test_no_progress_line_on_a_dumb_terminal(lab: Lab, home: Path, trusted: Path) -> None:
+    """TERM=dumb takes no escapes: no line redrawn in place (\r and ESC [K), as no colours
+    (helper-25's finding 8); the table still comes, on stdout."""
+    import sys
+
+    master, slave = os.openpty()
+    exe = str(Path(sys.executable).parent / "sp-deploy")
+    proc = subprocess.run(
+        [exe, "push", lab.a.spec, lab.b.spec, "-i", str(lab.client_key), "--known-hosts",
+         str(trusted)],
+        stdout=subprocess.PIPE, stderr=slave, text=True, check=False,
+        env={**os.environ, "TERM": "dumb"},
+    )  # fmt: skip
+    os.close(slave)
+    drawn = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(master, 65536):
+            drawn += chunk
+    os.close(master)
+    assert proc.returncode == 0, proc.stdout
+    assert b"\r" not in drawn and b"\x1b" not in drawn, drawn
+    assert proc.stdout.splitlines()[0].split() == ["HOST", "STATUS", "DISTRO", "SHA256", "ERROR"]
+
+
 @pytest.mark.transports("paramiko")
 def test_proxy_command_is_refused_not_ignored(
     capsys: pytest.CaptureFixture[str], lab: Lab, trusted: Path, tmp_path: Path
