@@ -684,33 +684,32 @@ def test_banner_errors_are_retried_a_bounded_number_of_times(
         assert code == 1 and "banner" in str(error_text(results[0])).lower()
 
 
-def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Path) -> None:
+def push_on_a_terminal(
+    lab: Lab, trusted: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """push to hosts a and b with stderr on a pty (stdout a pipe): it ended, and what the
+    terminal got."""
     import sys
 
     master, slave = os.openpty()
     exe = str(Path(sys.executable).parent / "sp-deploy")
     proc = subprocess.run(
-        [
-            exe,
-            "push",
-            lab.a.spec,
-            lab.b.spec,
-            "-i",
-            str(lab.client_key),
-            "--known-hosts",
-            str(trusted),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        text=True,
-        check=False,
-    )
+        [exe, "push", lab.a.spec, lab.b.spec, "-i", str(lab.client_key), "--known-hosts",
+         str(trusted)],
+        stdout=subprocess.PIPE, stderr=slave, text=True, check=False,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     os.close(slave)
-    progress = b""
+    drawn = b""
     with contextlib.suppress(OSError):
         while chunk := os.read(master, 65536):
-            progress += chunk
+            drawn += chunk
     os.close(master)
+    return proc, drawn
+
+
+def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Path) -> None:
+    proc, progress = push_on_a_terminal(lab, trusted)
     assert proc.returncode == 0
     # one line redrawn in place: the count as hosts start and end, the last count, erased
     drawn = progress.decode().split("\r\x1b[K")
@@ -727,24 +726,9 @@ def test_progress_on_a_terminal_then_the_table(lab: Lab, home: Path, trusted: Pa
 
 
 def test_no_progress_line_on_a_dumb_terminal(lab: Lab, home: Path, trusted: Path) -> None:
-    """TERM=dumb takes no escapes: no line redrawn in place (\r and ESC [K), as no colours
+    """TERM=dumb takes no escapes: no line redrawn in place (\\r and ESC [K), as no colours
     (helper-25's finding 8); the table still comes, on stdout."""
-    import sys
-
-    master, slave = os.openpty()
-    exe = str(Path(sys.executable).parent / "sp-deploy")
-    proc = subprocess.run(
-        [exe, "push", lab.a.spec, lab.b.spec, "-i", str(lab.client_key), "--known-hosts",
-         str(trusted)],
-        stdout=subprocess.PIPE, stderr=slave, text=True, check=False,
-        env={**os.environ, "TERM": "dumb"},
-    )  # fmt: skip
-    os.close(slave)
-    drawn = b""
-    with contextlib.suppress(OSError):
-        while chunk := os.read(master, 65536):
-            drawn += chunk
-    os.close(master)
+    proc, drawn = push_on_a_terminal(lab, trusted, {"TERM": "dumb"})
     assert proc.returncode == 0, proc.stdout
     assert b"\r" not in drawn and b"\x1b" not in drawn, drawn
     assert proc.stdout.splitlines()[0].split() == ["HOST", "STATUS", "DISTRO", "SHA256", "ERROR"]
