@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from solverpilot_deploy.errors import HostError, RemoteCommandError
+from solverpilot_deploy.errors import HostError, NoWrapperError, RemoteCommandError
+from solverpilot_deploy.jobs import NO_WRAPPER
 from solverpilot_deploy.remote import run_step
 from solverpilot_deploy.safe import printable
 from solverpilot_deploy.status import JOB_ID, NOT_ID_CHARS
 from solverpilot_deploy.transport import Session
 
-NO_WRAPPER = "no wrapper here: run sp-deploy push first"
 OLD_WRAPPER = "the installed wrapper is older than this sp-deploy (no --sync): run sp-deploy push"
 
 
@@ -76,8 +76,8 @@ def _shown(job_id: str) -> str:
 def reconcile(session: Session, timeout: float, db_wait: int) -> list[Change]:
     """Run templates/remote/reconcile.sh: the changes the host made, in the order made."""
     result = run_step(session, "reconcile", str(db_wait), timeout=timeout)
-    if result.code == "no_wrapper":
-        raise ReconcileError(NO_WRAPPER)
+    if result.code == "no_wrapper":  # (the kind run and queue give it: no_wrapper)
+        raise NoWrapperError(NO_WRAPPER)
     if result.code == "old_wrapper":
         raise ReconcileError(OLD_WRAPPER)
     if result.code == "wrapper_refused":

@@ -281,6 +281,9 @@ def test_reconcile_needs_a_wrapper_with_sync(
     target.unlink()
     code, _, err = sp(capsys, "reconcile", lab.a.spec, *connect(lab, trusted))
     assert code == 1 and "push first" in err, err
+    # the kind run and queue give it, not "reconcile" (helper-24's finding 3)
+    code, out, _ = sp(capsys, "reconcile", lab.a.spec, *connect(lab, trusted), "--json")
+    assert code == 1 and json.loads(out)["error"]["kind"] == "no_wrapper", out
 
 
 def test_reconcile_waits_for_a_db_held_by_another_process_or_says_it_could_not(
