@@ -617,6 +617,8 @@ def _started(args: argparse.Namespace, job_id: str, started: Any, spec: Any) -> 
             ("-F", args.config_file), ("-i", args.identity), ("-l", args.login),
             ("-p", args.port), ("--known-hosts", args.known_hosts),
             ("--inventory", args.inventory),
+            # (paramiko, the default, cannot go through what made the user choose another)
+            ("--transport", args.transport if args.transport != "paramiko" else None),
         )  # fmt: skip
         opts = "".join(f" {flag} {shlex.quote(str(v))}" for flag, v in given if v)
         at = printable(f"{shlex.quote(args.host)} {job_id}{opts}")

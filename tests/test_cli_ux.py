@@ -287,6 +287,11 @@ def test_run_on_a_terminal_says_how_to_follow_the_job(
     opts = f"-i {lab.client_key} --known-hosts {trusted}"
     assert f"sp-deploy logs -f {lab.a.spec} told {opts}\n" in shown, shown
     assert f"sp-deploy wait {lab.a.spec} told {opts}\n" in shown, shown
+    # a transport other than the default is said too: the hints work as printed (without it,
+    # a host that needs openssh's ProxyCommand refused them: helper-24's finding 5)
+    shown = on_a_terminal(["run", lab.a.spec, *c, "--transport", "openssh", "--id", "told-o",
+                           "--", "true"])  # fmt: skip
+    assert f"sp-deploy wait {lab.a.spec} told-o {opts} --transport openssh\n" in shown, shown
     # without a terminal, the id alone (for scripts)
     proc = cli("run", lab.a.spec, *c, "--id", "told-2", "--", "true")
     assert (proc.returncode, proc.stdout) == (0, "told-2\n")
