@@ -661,6 +661,10 @@ def _wrapper_verdict(
     # the right bytes are not enough: a wrapper that cannot run, or that another user can
     # replace, is "needs-repair" (push repairs what it can and refuses the rest)
     issues = "; ".join(found.issues)
+    there = any(issue.startswith(f"~/{WRAPPER_PATH} ") for issue in found.issues)
+    if found.wrapper_sha256 is None and there:  # (not readable, not a regular file: not hashed)
+        why = f"{issues}; sp-deploy push {host} replaces it"
+        return replace(seen, status="needs-repair", sha256=None, error=why)
     if found.wrapper_sha256 is None:
         why = issues or f"no {WRAPPER_PATH}"
         return replace(seen, status="missing", sha256=None, error=why)

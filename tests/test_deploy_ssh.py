@@ -235,6 +235,25 @@ def test_dry_run_changes_nothing(
     assert results[0]["status"] == "unchanged"
 
 
+def test_a_wrapper_there_but_unreadable_needs_repair_not_missing(
+    capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
+) -> None:
+    """The render's bytes, mode 000: verify said "missing" with a null sha, against its own
+    "is not executable" (helper-25's finding 13); it is there: needs-repair, its bytes not
+    known (null), push would replace it, and does."""
+    verify = ("verify", lab.a.spec, "-i", str(lab.client_key), "--known-hosts", str(trusted))
+    push(capsys, lab, trusted, lab.a.spec)
+    (home / WRAPPER).chmod(0)
+    code, results = sp_json(capsys, *verify)
+    assert code == 1 and results[0]["status"] == "needs-repair", results
+    assert (results[0]["current_sha256"], results[0]["action"]) == (None, "replace"), results
+    assert "is not readable" in error_text(results[0]), results
+    push(capsys, lab, trusted, lab.a.spec)
+    code, results = sp_json(capsys, *verify)
+    assert code == 0 and results[0]["status"] == "ok", results
+    assert stat.S_IMODE((home / WRAPPER).stat().st_mode) == 0o755
+
+
 def test_verify_ok_then_tampered_then_missing(
     capsys: pytest.CaptureFixture[str], lab: Lab, home: Path, trusted: Path
 ) -> None:

@@ -49,13 +49,13 @@ SP_LOCK
   sp_fact sqlite3 "$sp_v"
   # (the wrapper's sha256 in the same run, where it is a file)
   sp_wpath=.solverpilot/bin/job_wrapper.sh
-  if [ -n "$sp_sha" ]; then :; elif [ -f "$sp_wpath" ]; then sp_find_sha256 "$sp_wpath"; else
+  if [ -n "$sp_sha" ]; then :; elif [ -f "$sp_wpath" ] && [ -r "$sp_wpath" ]; then sp_find_sha256 "$sp_wpath"; else
     sp_find_sha256
   fi
   sp_fact sha256 "$sp_sha"
   sp_server_facts
   # the host's state
-  if [ -n "$sp_sha" ] && [ -f "$sp_wpath" ]; then
+  if [ -n "$sp_sha" ] && [ -f "$sp_wpath" ] && [ -r "$sp_wpath" ]; then
     sp_wrapper=${sp_hashed:-$(sp_sha256 "$sp_wpath")}
     echo "wrapper=$sp_wrapper"
   fi
@@ -70,6 +70,9 @@ SP_LOCK
     sp_plain='' && echo "issue=~/$sp_wpath is not a regular file"
   elif [ -f "$sp_wpath" ] && [ ! -x "$sp_wpath" ]; then
     sp_plain='' && echo "issue=~/$sp_wpath is not executable"
+  fi
+  if [ -f "$sp_wpath" ] && [ ! -r "$sp_wpath" ]; then # (there, but its bytes cannot be hashed)
+    sp_plain='' && echo "issue=~/$sp_wpath is not readable"
   fi
   # server_unsafe= (push stops), server_open= (push makes them 0700)
   sp_v=$(sp_server_safe report)
