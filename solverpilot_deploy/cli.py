@@ -939,18 +939,36 @@ MAX_AGE = 520 * 604800
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from solverpilot_deploy.jobs import CLEANABLE, clean_jobs
+    import contextlib
+
+    from solverpilot_deploy.errors import NoJobError
+    from solverpilot_deploy.jobs import CLEANABLE, Cleaned, clean_jobs
     from solverpilot_deploy.shapes import document
     from solverpilot_deploy.ssh import remaining
 
     wanted = _job_ids(args.job_ids)
     statuses = tuple(dict.fromkeys(args.status or CLEANABLE))
-    done = _on_host(
-        args,
-        lambda session, end: clean_jobs(
-            session, remaining(end), wanted, args.older_than or 0, statuses
-        ),
-    )
+
+    def clean(session: Session, end: float) -> Cleaned:
+        done = clean_jobs(session, remaining(end), wanted, args.older_than or 0, statuses)
+        # a short id (prefix) of status's table, as every command that names a job takes it
+        full: dict[str, str] = {}
+        for job_id, why in done.kept:
+            if why == "no record":
+                with contextlib.suppress(NoJobError):
+                    full[job_id] = _resolve(session, remaining(end), job_id)
+        if not full:
+            return done
+        more = clean_jobs(
+            session, remaining(end), tuple(full.values()), args.older_than or 0, statuses
+        )
+        return Cleaned(
+            done.removed + more.removed,
+            tuple(kept for kept in done.kept if kept[0] not in full) + more.kept,
+            done.warnings + more.warnings,
+        )
+
+    done = _on_host(args, clean)
     for warning in done.warnings:
         _warn(args.host, warning)
     if args.json:

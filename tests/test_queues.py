@@ -752,3 +752,24 @@ def test_tmux_that_cannot_start_a_session_is_a_recorded_reason_not_a_silent_wait
         poll(lambda: db_status(deployed, "notmux") == "failed", 20, "its DB row")  # after its file
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def test_clean_takes_a_short_id_as_every_command_that_names_a_job(
+    capsys: pytest.CaptureFixture[str], lab: Lab, deployed: Path, trusted: Path
+) -> None:
+    """A unique prefix of at least 4 characters (status's short ids) names the job in clean
+    too: it kept "shortid-0: no record" and removed nothing (helper-24's finding 7); a prefix
+    of two jobs is refused, naming them; one of none is kept, "no record"."""
+    c = connect(lab, trusted)
+    for job_id in ("shortid-0a", "shortid-1a", "shortid-1b"):
+        code, _, err = sp(capsys, "run", lab.a.spec, "--id", job_id, *c, "--", "true")
+        assert code == 0, err
+    code, out, err = sp(capsys, "wait", lab.a.spec, "shortid-0a", "shortid-1a", "shortid-1b", *c)
+    assert code == 0, (out, err)
+    code, out, err = sp(capsys, "clean", lab.a.spec, "shortid-0", "nosuch-9", *c)
+    assert (code, out) == (1, "removed shortid-0a (completed)\n"), (out, err)
+    assert "kept nosuch-9: no record" in err
+    assert not (deployed / SERVER / "jobs" / "shortid-0a.status").exists()
+    code, out, err = sp(capsys, "clean", lab.a.spec, "shortid-1", *c)
+    assert (code, out) == (2, "") and "shortid-1 begins 2 job ids" in err, err
+    assert (deployed / SERVER / "jobs" / "shortid-1a.status").exists()
