@@ -662,21 +662,28 @@ def _run_slurm(args: argparse.Namespace, job_id: str) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    import contextlib
+
     from solverpilot_deploy.jobs import cancel_job
     from solverpilot_deploy.shapes import document
     from solverpilot_deploy.ssh import remaining
-    from solverpilot_deploy.status import recorded_job
+    from solverpilot_deploy.status import read_status, recorded_job
 
     (given,) = _job_ids([args.job_id])
     ids = [given]  # the job's whole id once known (a prefix given)
+    read: list[Any] = []  # the job as status reads it after the cancel (--json)
 
     def cancel(session: Session, end: float, job_id: str) -> Any:
         ids.append(job_id)
         # on top of the usual deadline: --wait for a start, then --wait for the stop (or
         # for --force's TERM, then 5 s after its KILL)
-        return cancel_job(
+        done = cancel_job(
             session, job_id, int(args.wait), remaining(end) + 2 * int(args.wait) + 5, args.force
         )
+        if args.json:  # the whole job object, as status and wait give it (name, argv, tmux...)
+            with contextlib.suppress(DeployError):
+                read.extend(read_status(session, max(remaining(end), 10.0), (job_id,))[0])
+        return done
 
     done = _on_host(
         args,
@@ -689,8 +696,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     for warning in done.warnings:
         _warn(args.host, warning)
     if args.json:
+        job = read[0] if read and read[0].id == job_id else recorded_job(job_id, done.state)
         _emit(document(
-            "cancel", host=args.host, job=recorded_job(job_id, done.state).as_json(),
+            "cancel", host=args.host, job=job.as_json(),
             already_ended=done.was is not None, recorded_by_sp_deploy=done.wrote,
             signalled=list(done.signalled), warnings=list(done.warnings),
         ))  # fmt: skip

@@ -170,11 +170,18 @@ def test_every_command_prints_the_documented_json_shape(
     assert [job["id"] for job in result["jobs"]] == ["shape-1"]
     for job in result["jobs"]:
         check_job(job)
-    proc = cli("run", host, *c, "--id", "shape-2", "--json", "--", "sleep", "60")
+    proc = cli(
+        "run", host, *c, "--id", "shape-2", "--name", "second", "--json", "--", "sleep", "60"
+    )
     check_job(document(proc, "run")["job"])
     doc = document(cli("cancel", host, "shape-2", *c, "--json"), "cancel")
     check_job(doc["job"])
     assert doc["job"]["status"] == "failed" and doc["job"]["signal"] == "TERM", doc
+    # the same object as status's, not one with its name, command, folder and times null
+    # (helper-24's finding 8)
+    (shown,) = document(cli("status", host, "shape-2", *c, "--json"), "status")["hosts"]
+    assert doc["job"] == shown["jobs"][0], (doc["job"], shown["jobs"][0])
+    assert (doc["job"]["name"], doc["job"]["argv"]) == ("second", ["sleep", "60"])
     doc = document(cli("restart", host, "shape-1", *c, "--id", "shape-3", "--json"), "restart")
     check_job(doc["job"])
     assert (doc["job"]["id"], doc["job"]["restart_of"]) == ("shape-3", "shape-1")
