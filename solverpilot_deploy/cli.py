@@ -435,14 +435,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"sp-deploy: error: no job {job_id} on {printable(args.host)}{hint}", file=sys.stderr)
-    if args.json:
-        error = None
-        if missing:
-            error = error_object("no_job", f"no job {', '.join(missing)} on {args.host}")
+    if args.json:  # as for several hosts: the host answered (no error of its own), the ids
+        # it lacks in its missing, and those on no host as the document's error
         shown = host_result(
-            args.host, "ok", error, warnings, jobs=[job.as_json() for job in jobs], missing=missing
+            args.host, "ok", None, warnings, jobs=[job.as_json() for job in jobs], missing=missing
         )
-        _emit(document("status", hosts=[shown]))
+        error = error_object("no_job", f"no job {', '.join(missing)} on {args.host}")
+        _emit(document("status", hosts=[shown], **({"error": error} if missing else {})))
         return 1 if missing else 0
     if missing and not jobs:
         return 1

@@ -216,7 +216,10 @@ def test_every_command_prints_the_documented_json_shape(
     # errors: a document with the error object, the usual exit code
     proc = cli("status", host, "nosuch", *c, "--json")
     doc = document(proc, "status")
-    assert proc.returncode == 1 and doc["hosts"][0]["error"]["kind"] == "no_job", doc
+    assert proc.returncode == 1 and doc["error"]["kind"] == "no_job", doc
+    # the shape of several hosts': the host answered, the id in its missing (helper-24's
+    # finding 6: the error was the host result's, for one host only)
+    assert (doc["hosts"][0]["error"], doc["hosts"][0]["missing"]) == (None, ["nosuch"]), doc
     proc = cli("cancel", host, "nosuch", *c, "--json")
     assert proc.returncode == 1 and document(proc, "cancel")["error"]["kind"] == "no_job"
     proc = cli("status", "nobody@127.0.0.1:1", *c, "--json")
