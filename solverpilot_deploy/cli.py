@@ -423,8 +423,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     args.host = names[0] if len(names) == 1 else args.host
     if len(names) > 1 or (args.inventory and len(_targets(args, names)) > 1):
         return _status_of_hosts(args, names, wanted)
-    jobs, warnings, missing = _on_host(
-        args, lambda session, end: _read_wanted(session, remaining(end), wanted)
+    jobs, warnings, missing = _on_host(  # (the answer's silence gets the whole --timeout,
+        # not what the login left of it: README "one that stops for --timeout seconds")
+        args,
+        lambda session, end: _read_wanted(session, max(remaining(end), args.timeout), wanted),
     )
     for warning in warnings:
         _warn(args.host, warning)
