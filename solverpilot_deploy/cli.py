@@ -1044,6 +1044,7 @@ SLURM_UNANSWERED_READS = 5  # logs -f: reads of a final record Slurm cannot conf
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    import codecs
     import time
 
     from solverpilot_deploy.errors import NoJobError
@@ -1054,8 +1055,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     chunk_most = 4 * 1024 * 1024
 
     emitted = 0  # the job's bytes printed so far (--json's offset)
-    import codecs
-
     # (--json's text: a character cut between two reads goes with the second, whole)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
 

@@ -203,22 +203,15 @@ def _read_config(
 
 def _read_text(path: str, most: int = _MAX_CONFIG_BYTES) -> str:
     """The file's first ``most`` bytes as text, or "" for anything but a readable regular
-    file (a fifo is never waited on: it is opened non-blocking and refused)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except (OSError, ValueError):  # ValueError: a NUL in the path
+    file (a fifo is never waited on: localfiles.read_start opens it non-blocking)."""
+    from solverpilot_deploy.localfiles import read_start
+
+    if not os.path.isfile(path):  # (a device too gives nothing; isfile is False for a NUL)
         return ""
     try:
-        import stat
-
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        data = os.read(fd, most)
+        return read_start(path, most).decode("utf-8", errors="replace")
     except OSError:
         return ""
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", errors="replace")
 
 
 _KEYWORD = re.compile(r"\s*([^\s=#]+)\s*(?:=\s*)?")

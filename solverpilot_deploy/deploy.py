@@ -88,6 +88,10 @@ class Probe:
             )
         return (*found, LOGOUT_WARNING) if self.logout_kills else found
 
+    def wrapper_issues(self) -> tuple[str, ...]:
+        """The issues of the wrapper file itself (not of its folders): it is there."""
+        return tuple(i for i in self.issues if i.startswith(f"~/{WRAPPER_PATH} "))
+
     def open_warning(self) -> tuple[str, ...]:
         """verify's word on folders push would make 0700 (push says what it did instead)."""
         if not self.server_open:
@@ -423,9 +427,7 @@ def push_host(
     except (InstallRefused, Installed) as exc:
         return _install_failed(result, session, exc, host)
     # a fresh copy replaced the wrapper: what was wrong with the old one is gone
-    fixed = tuple(
-        f"{issue}: replaced" for issue in found.issues if issue.startswith(f"~/{WRAPPER_PATH} ")
-    )
+    fixed = tuple(f"{issue}: replaced" for issue in found.wrapper_issues())
     warnings += fixed + answer.all_of("repaired") + (db_warnings(answer) if db else ())
     try:
         if smoke_id is not None and new:
@@ -661,8 +663,8 @@ def _wrapper_verdict(
     # the right bytes are not enough: a wrapper that cannot run, or that another user can
     # replace, is "needs-repair" (push repairs what it can and refuses the rest)
     issues = "; ".join(found.issues)
-    there = any(issue.startswith(f"~/{WRAPPER_PATH} ") for issue in found.issues)
-    if found.wrapper_sha256 is None and there:  # (not readable, not a regular file: not hashed)
+    # (there, but not readable or not a regular file: not hashed)
+    if found.wrapper_sha256 is None and found.wrapper_issues():
         why = f"{issues}; sp-deploy push {host} replaces it"
         return replace(seen, status="needs-repair", sha256=None, error=why)
     if found.wrapper_sha256 is None:

@@ -92,7 +92,8 @@ def _ssh_g(
     argv = [ssh, "-G"]
     if config:
         with contextlib.suppress(OSError):  # (ssh would wait for ever on a fifo no one writes)
-            if stat.S_ISFIFO(os.stat(config).st_mode) or stat.S_ISSOCK(os.stat(config).st_mode):
+            mode = os.stat(config).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                 raise UsageError(f"cannot read the ssh config {config}: not a regular file")
         argv += ["-F", config]
     if user:
